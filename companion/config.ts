@@ -1,0 +1,118 @@
+// The companion's one typed configuration. Sources, later wins: defaults < `$PERIMETER_HOME/config.json` <
+// environment (`PERIMETER_*`) < command-line flags. Validated with zod; an invalid value is a fatal error that names
+// the field. Secrets (the environment key) are never part of the configuration: see companion/queue/credentials.ts.
+import { z } from 'zod';
+import os from 'node:os';
+import path from 'node:path';
+import { readFileSync, existsSync } from 'node:fs';
+import { fatal } from './errors';
+
+export const SandboxMode = z.enum(['per-call', 'per-session']);
+
+export const ConfigSchema = z.object({
+  home: z.string(),
+  environmentId: z.string().optional(),
+  baseUrl: z.string().url().optional(),
+  workerId: z.string().optional(),
+  concurrency: z.number().int().min(1).max(64).default(4),
+  logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  sandbox: z.object({
+    driver: z.enum(['auto', 'qemu', 'firecracker', 'process']).default('auto'),
+    mode: SandboxMode.default('per-call'),
+    poolSize: z.number().int().min(0).max(64).default(2),
+    vcpus: z.number().int().min(1).max(16).default(1),
+    memoryMiB: z.number().int().min(64).max(65536).default(256),
+    diskMiB: z.number().int().min(16).max(65536).default(256),
+    maxProcesses: z.number().int().min(16).max(100000).default(512),
+    /** Host wall-clock cap for one tool call (the VM is killed past it). */
+    callTimeoutMs: z.number().int().min(1000).max(3_600_000).default(120_000),
+    /** `kvm`, `tcg` or `auto` (KVM only when a test boot succeeds). */
+    accel: z.enum(['auto', 'kvm', 'tcg']).default('auto'),
+    qemuBinary: z.string().default('qemu-system-x86_64'),
+    firecrackerBinary: z.string().default('firecracker'),
+    jailerBinary: z.string().optional(),
+    /** A template directory to use instead of the newest built one. */
+    template: z.string().optional(),
+  }).default({} as never),
+  persist: z.object({
+    defaults: z.array(z.string()).default(['/workspace']),
+    maxBytes: z.number().int().positive().default(1024 * 1024 * 1024),
+    maxFiles: z.number().int().positive().default(200_000),
+    keepGenerations: z.number().int().min(1).default(3),
+  }).default({} as never),
+  egress: z.object({
+    mode: z.enum(['none', 'allow']).default('none'),
+    allow: z.array(z.string()).default([]),
+    /** CIDRs the allow-list may reach even though they are private (e.g. an internal API). */
+    allowPrivate: z.array(z.string()).default([]),
+  }).default({} as never),
+  control: z.object({
+    enabled: z.boolean().default(true),
+    host: z.literal('127.0.0.1').default('127.0.0.1'),
+    port: z.number().int().min(0).max(65535).default(0),
+  }).default({} as never),
+});
+export type Config = z.infer<typeof ConfigSchema>;
+export type ConfigInput = z.input<typeof ConfigSchema>;
+
+export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.PERIMETER_HOME) return path.resolve(env.PERIMETER_HOME);
+  const base = env.XDG_STATE_HOME ? path.resolve(env.XDG_STATE_HOME) : path.join(os.homedir(), '.local', 'state');
+  return path.join(base, 'perimeter');
+}
+
+type Plain = Record<string, unknown>;
+function isPlain(v: unknown): v is Plain { return typeof v === 'object' && v !== null && !Array.isArray(v); }
+function merge(a: Plain, b: Plain): Plain {
+  const out: Plain = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    if (v === undefined) continue;
+    out[k] = isPlain(v) && isPlain(out[k]) ? merge(out[k] as Plain, v) : v;
+  }
+  return out;
+}
+
+function fromEnv(env: NodeJS.ProcessEnv): Plain {
+  const num = (v: string | undefined) => (v === undefined || v === '' ? undefined : Number(v));
+  const list = (v: string | undefined) => (v === undefined ? undefined : v.split(',').map((s) => s.trim()).filter(Boolean));
+  return {
+    environmentId: env.ANTHROPIC_ENVIRONMENT_ID,
+    baseUrl: env.ANTHROPIC_BASE_URL,
+    workerId: env.PERIMETER_WORKER_ID,
+    concurrency: num(env.PERIMETER_CONCURRENCY),
+    logLevel: env.PERIMETER_LOG_LEVEL,
+    sandbox: { driver: env.PERIMETER_DRIVER, mode: env.PERIMETER_SANDBOX_MODE, poolSize: num(env.PERIMETER_POOL_SIZE), accel: env.PERIMETER_ACCEL, template: env.PERIMETER_TEMPLATE },
+    persist: { defaults: list(env.PERIMETER_PERSIST) },
+    egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW) },
+  };
+}
+
+/** Loads the configuration; `overrides` are the command-line flags, already shaped like the schema. */
+export function loadConfig(overrides: Plain = {}, env: NodeJS.ProcessEnv = process.env): Config {
+  const home = typeof overrides.home === 'string' ? path.resolve(overrides.home) : defaultHome(env);
+  const file = path.join(home, 'config.json');
+  let fromFile: Plain = {};
+  if (existsSync(file)) {
+    try { fromFile = JSON.parse(readFileSync(file, 'utf8')) as Plain; } catch (err) { throw fatal('config_invalid', `${file} is not valid JSON: ${(err as Error).message}`); }
+  }
+  const merged = merge(merge(merge({ home }, fromFile), fromEnv(env)), overrides);
+  const parsed = ConfigSchema.safeParse(merged);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw fatal('config_invalid', `invalid configuration: ${issues}`);
+  }
+  return parsed.data;
+}
+
+/** Well-known locations under the state directory. */
+export function statePaths(home: string) {
+  return {
+    home,
+    templates: path.join(home, 'templates'),
+    sessions: path.join(home, 'sessions'),
+    journal: path.join(home, 'journal'),
+    vms: path.join(home, 'vms'),
+    logs: path.join(home, 'logs'),
+    controlFile: path.join(home, 'control.json'),
+  };
+}

@@ -1,0 +1,24 @@
+// The contract between the call orchestrator (companion/tools) and the persisted-file store (companion/persist).
+// The orchestrator calls `prepare` on every fresh sandbox before a tool runs and `commit` after it, and posts the
+// tool result only after `commit` resolved: a generation is durable before the model hears about it.
+import type { GuestOps } from '../sandbox/types';
+import type { PersistState } from '../protocol/control';
+
+/** Shell continuity for `bash` in per-call mode: the previous call's working directory and exported variables. */
+export interface ShellState { cwd: string; env: Record<string, string> }
+
+export interface CommitReport {
+  generation: number;
+  /** Messages for the model when something was refused or limited (quota, hostile entry); empty when all went well. */
+  notes: string[];
+}
+
+export interface CallPersistence {
+  /** Places the session's latest generation into a fresh sandbox and returns the shell state to start bash with. */
+  prepare(sessionId: string, sandbox: GuestOps): Promise<ShellState>;
+  /** Copies out what changed under the session's patterns and commits a new generation (atomically). */
+  commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport>;
+  patterns(sessionId: string): Promise<string[]>;
+  setPatterns(sessionId: string, patterns: string[]): Promise<PersistState>;
+  state(sessionId: string): Promise<PersistState>;
+}

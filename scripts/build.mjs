@@ -1,0 +1,31 @@
+// Bundles the companion CLI, the extension, the extension-host test suite and the benchmark with esbuild, and
+// compiles the static guest agent with the host C compiler. Usage: node scripts/build.mjs [--no-agent]
+import * as esbuild from 'esbuild';
+import { existsSync, mkdirSync, chmodSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..');
+const dist = path.join(root, 'dist');
+mkdirSync(dist, { recursive: true });
+
+const common = { bundle: true, platform: 'node', target: 'node20', format: 'cjs', sourcemap: 'linked', logLevel: 'warning', absWorkingDir: root };
+const entries = [
+  { in: 'companion/cli.ts', out: 'perimeter.js', banner: '#!/usr/bin/env node', exec: true },
+  { in: 'extension/extension.ts', out: 'extension.js', external: ['vscode'] },
+  { in: 'test/extension/suite/index.ts', out: 'test/suite/index.js', external: ['vscode', 'mocha'] },
+  { in: 'test/bench/bench.ts', out: 'bench.js' },
+];
+await Promise.all(entries.filter((e) => existsSync(path.join(root, e.in))).map(async (e) => {
+  const outfile = path.join(dist, e.out);
+  await esbuild.build({ ...common, entryPoints: [e.in], outfile, external: e.external ?? [], banner: e.banner ? { js: e.banner } : undefined });
+  if (e.exec) chmodSync(outfile, 0o755);
+}));
+
+const agentSrc = path.join(root, 'companion/guest/agent/perimeter-agent.c');
+if (!process.argv.includes('--no-agent') && existsSync(agentSrc)) {
+  const out = path.join(dist, 'guest');
+  mkdirSync(out, { recursive: true });
+  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-o', path.join(out, 'perimeter-agent'), agentSrc], { stdio: 'inherit' });
+  execFileSync('strip', [path.join(out, 'perimeter-agent')]);
+}
