@@ -1,0 +1,26 @@
+// What the control API server needs from the rest of the companion. The worker command wires real implementations
+// in; the server (companion/control/server.ts) depends only on these interfaces.
+import type { EventHub } from '../events';
+import type { HostFacts, WorkerState } from '../protocol/control';
+import type { JournalReader } from '../journal/types';
+import type { CallPersistence } from '../persist/types';
+
+export interface WorkerControl {
+  state(): WorkerState;
+  hostFacts(): HostFacts;
+  /** Stop claiming work; in-flight calls finish (bounded), then items are stopped. Resolves when drained. */
+  drain(): Promise<void>;
+  /** Drain, then exit the companion process. */
+  shutdown(): Promise<void>;
+}
+
+export interface ControlServerOptions {
+  home: string;
+  hub: EventHub;
+  journal: JournalReader;
+  persistence?: CallPersistence;
+  worker: WorkerControl;
+}
+
+/** Written to `<home>/control.json` with mode 0600; the extension reads it to connect. */
+export interface ControlEndpoint { port: number; token: string; pid: number; version: string }
