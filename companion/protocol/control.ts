@@ -94,3 +94,76 @@ export const ControlEvent = z.discriminatedUnion('type', [
   z.object({ type: z.literal('log'), level: z.enum(['debug', 'info', 'warn', 'error']), component: z.string(), message: z.string(), ts: z.number() }),
 ]);
 export type ControlEvent = z.infer<typeof ControlEvent>;
+
+// ---- requests, responses and the connection handshake ------------------------------------------------------------
+// A client authenticates either with `Authorization: Bearer <token>` on the WebSocket upgrade or with an `auth`
+// request as its first message; until then every other request is refused with `unauthorized`. After authentication
+// the server sends one `hello` (a snapshot: worker state and host facts) and then streams `event`s. Requests carry a
+// client-chosen `id` that the matching `response` or `error` repeats.
+export const RequestId = z.union([z.string().min(1).max(64), z.number().int().nonnegative()]);
+export type RequestId = z.infer<typeof RequestId>;
+
+const PageParams = { limit: z.number().int().min(1).max(500).default(100), cursor: z.string().max(256).nullable().optional() };
+const SessionId = z.string().min(1).max(256);
+/** A persist pattern: an absolute guest path (a glob is allowed in the last components). */
+export const PersistPattern = z.string().min(2).max(1024).regex(/^\/[^\0\n]*$/, 'must be an absolute path without NUL or newline');
+
+export const ControlRequest = z.discriminatedUnion('method', [
+  z.object({ id: RequestId, method: z.literal('auth'), params: z.object({ token: z.string().min(1).max(256) }) }),
+  z.object({ id: RequestId, method: z.literal('ping'), params: z.object({}).default({}) }),
+  z.object({ id: RequestId, method: z.literal('listSessions'), params: z.object(PageParams).default({ limit: 100 }) }),
+  z.object({ id: RequestId, method: z.literal('listCalls'), params: z.object({ sessionId: SessionId, ...PageParams }) }),
+  z.object({ id: RequestId, method: z.literal('getCallOutput'), params: z.object({ toolUseId: z.string().min(1).max(256) }) }),
+  z.object({ id: RequestId, method: z.literal('getPersist'), params: z.object({ sessionId: SessionId }) }),
+  z.object({ id: RequestId, method: z.literal('setPersist'), params: z.object({ sessionId: SessionId, patterns: z.array(PersistPattern).max(64) }) }),
+  z.object({ id: RequestId, method: z.literal('drain'), params: z.object({}).default({}) }),
+  z.object({ id: RequestId, method: z.literal('shutdown'), params: z.object({}).default({}) }),
+]);
+export type ControlRequest = z.infer<typeof ControlRequest>;
+export type ControlMethod = ControlRequest['method'];
+
+export const SessionPage = z.object({ items: z.array(SessionSummary), nextCursor: z.string().nullable() });
+export const CallPage = z.object({ items: z.array(ToolCallSummary), nextCursor: z.string().nullable() });
+
+/** The `result` of a successful response, per method. */
+export const ControlResults = {
+  auth: z.object({ ok: z.literal(true) }),
+  ping: z.object({ ts: z.number(), state: WorkerState }),
+  listSessions: SessionPage,
+  listCalls: CallPage,
+  getCallOutput: z.object({ call: ToolCallSummary, output: z.string() }),
+  getPersist: PersistState,
+  setPersist: PersistState,
+  drain: z.object({ state: WorkerState }),
+  shutdown: z.object({ accepted: z.literal(true) }),
+} satisfies Record<ControlMethod, z.ZodType>;
+export type ControlResult<M extends ControlMethod> = z.infer<(typeof ControlResults)[M]>;
+
+export const ControlErrorCode = z.enum([
+  'bad_request',      // not JSON, or does not match the request schema
+  'unauthorized',     // no or wrong token
+  'not_found',        // unknown session / call
+  'unavailable',      // the feature is not wired in this companion (e.g. no persisted-file store)
+  'internal',         // the companion failed while serving the request
+]);
+export type ControlErrorCode = z.infer<typeof ControlErrorCode>;
+
+export const ServerMessage = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('hello'), protocol: z.number().int(), version: z.string(),
+    state: WorkerState, facts: HostFacts, serverTime: z.number(),
+  }),
+  z.object({ type: z.literal('event'), event: ControlEvent }),
+  z.object({ type: z.literal('response'), id: RequestId, result: z.unknown() }),
+  z.object({ type: z.literal('error'), id: RequestId.nullable(), code: ControlErrorCode, message: z.string() }),
+]);
+export type ServerMessage = z.infer<typeof ServerMessage>;
+export type HelloMessage = Extract<ServerMessage, { type: 'hello' }>;
+
+/** The file `<home>/control.json` (mode 0600) that tells a client where and how to connect. */
+export const ControlEndpointFile = z.object({
+  port: z.number().int().min(1).max(65535),
+  token: z.string().min(16),
+  pid: z.number().int().positive(),
+  version: z.string(),
+});

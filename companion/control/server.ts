@@ -1,0 +1,221 @@
+// The control API server: a WebSocket on 127.0.0.1 (random port) that the VS Code extension (or any client holding
+// the token) uses to watch and steer this companion. Invariants:
+// - It listens on 127.0.0.1 only. The port and a fresh random token are written to `<home>/control.json` with mode
+//   0600 (atomically: a temp file renamed into place); `close()` removes the file if it is still ours.
+// - A connection must authenticate (Bearer header on the upgrade, or an `auth` first message) within AUTH_TIMEOUT_MS;
+//   tokens are compared in constant time. Upgrades carrying an `Origin` header (i.e. from a web page) are refused.
+// - Every inbound message is parsed with the zod schemas in companion/protocol/control.ts. A bad message gets a typed
+//   `error` reply; nothing a client sends can throw out of the server or stop the worker.
+// - After authentication the client gets one `hello` snapshot, then every EventHub event as it is published. A client
+//   that stops reading (send buffer above MAX_BUFFERED_BYTES) is disconnected rather than buffering without bound; it
+//   reconnects and re-reads history from the journal.
+import { randomBytes, timingSafeEqual } from 'node:crypto';
+import { mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import type { IncomingMessage } from 'node:http';
+import { WebSocketServer, WebSocket, type RawData } from 'ws';
+import {
+  CONTROL_PROTOCOL_VERSION, ControlRequest, type ControlErrorCode, type ControlEvent, type ControlResult,
+  type ControlMethod, type ServerMessage, type RequestId,
+} from '../protocol/control';
+import { statePaths } from '../config';
+import { logger } from '../log';
+import { errorMessage } from '../errors';
+import type { ControlEndpoint, ControlServerOptions } from './types';
+
+const log = logger('control');
+const AUTH_TIMEOUT_MS = 10_000;
+const MAX_MESSAGE_BYTES = 256 * 1024;
+const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+const LIVENESS_INTERVAL_MS = 30_000;
+
+/** A request failure that becomes a typed `error` reply. */
+class RequestError extends Error {
+  constructor(readonly code: ControlErrorCode, message: string) { super(message); }
+}
+
+export interface ControlServer { endpoint: ControlEndpoint; close(): Promise<void> }
+
+export async function startControlServer(opts: ControlServerOptions): Promise<ControlServer> {
+  const token = randomBytes(32).toString('base64url');
+  const tokenBytes = Buffer.from(token);
+  const wss = new WebSocketServer({
+    host: '127.0.0.1', port: 0, maxPayload: MAX_MESSAGE_BYTES, clientTracking: true,
+    // Browsers always send Origin; our clients (Node `ws`) do not. Refusing it closes the drive-by-web-page hole.
+    verifyClient: (info: { req: IncomingMessage }) => info.req.headers.origin === undefined,
+  });
+  await new Promise<void>((resolve, reject) => {
+    wss.once('listening', resolve);
+    wss.once('error', reject);
+  });
+  wss.on('error', (err) => log.error('server error:', err));
+  const port = (wss.address() as { port: number }).port;
+  const version = opts.worker.hostFacts().version;
+  const endpoint: ControlEndpoint = { port, token, pid: process.pid, version };
+  const controlFile = statePaths(opts.home).controlFile;
+  writeEndpointFile(controlFile, endpoint);
+  log.info(`listening on 127.0.0.1:${port}`);
+
+  const authed = new Set<WebSocket>();
+  const unsubscribe = opts.hub.subscribe((event) => broadcast(event));
+
+  function send(ws: WebSocket, msg: ServerMessage): void {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+      log.warn('a control client is not reading; disconnecting it');
+      ws.terminate();
+      return;
+    }
+    ws.send(JSON.stringify(msg));
+  }
+
+  function broadcast(event: ControlEvent): void {
+    for (const ws of authed) send(ws, { type: 'event', event });
+  }
+
+  function tokenMatches(candidate: string | undefined): boolean {
+    if (!candidate) return false;
+    const b = Buffer.from(candidate);
+    return b.length === tokenBytes.length && timingSafeEqual(b, tokenBytes);
+  }
+
+  function admit(ws: WebSocket): void {
+    authed.add(ws);
+    send(ws, {
+      type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, version,
+      state: opts.worker.state(), facts: opts.worker.hostFacts(), serverTime: Date.now(),
+    });
+  }
+
+  async function serve(req: ControlRequest): Promise<ControlResult<ControlMethod>> {
+    switch (req.method) {
+      case 'auth': return { ok: true };
+      case 'ping': return { ts: Date.now(), state: opts.worker.state() };
+      case 'listSessions': return opts.journal.listSessions({ limit: req.params.limit, cursor: req.params.cursor ?? null });
+      case 'listCalls': return opts.journal.listCalls(req.params.sessionId, { limit: req.params.limit, cursor: req.params.cursor ?? null });
+      case 'getCallOutput': {
+        const found = opts.journal.callOutput(req.params.toolUseId);
+        if (!found) throw new RequestError('not_found', `no tool call ${req.params.toolUseId}`);
+        return found;
+      }
+      case 'getPersist': return requirePersistence().state(req.params.sessionId);
+      case 'setPersist': {
+        const state = await requirePersistence().setPatterns(req.params.sessionId, req.params.patterns);
+        opts.hub.publish({ type: 'persist.changed', persist: state });
+        return state;
+      }
+      case 'drain':
+        await opts.worker.drain();
+        return { state: opts.worker.state() };
+      case 'shutdown':
+        // Reply first: the process is about to exit.
+        setImmediate(() => { opts.worker.shutdown().catch((err) => log.error('shutdown failed:', err)); });
+        return { accepted: true };
+    }
+  }
+
+  function requirePersistence() {
+    if (!opts.persistence) throw new RequestError('unavailable', 'this companion has no persisted-file store');
+    return opts.persistence;
+  }
+
+  async function onMessage(ws: WebSocket, data: RawData, isBinary: boolean): Promise<void> {
+    let raw: unknown;
+    try {
+      if (isBinary) throw new Error('binary frames are not accepted');
+      raw = JSON.parse(data.toString());
+    } catch (err) {
+      return send(ws, { type: 'error', id: null, code: 'bad_request', message: `not a JSON text message: ${errorMessage(err)}` });
+    }
+    const parsed = ControlRequest.safeParse(raw);
+    const id = requestIdOf(raw);
+    if (!parsed.success) {
+      const issues = parsed.error.issues.slice(0, 5).map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ');
+      return send(ws, { type: 'error', id, code: 'bad_request', message: issues });
+    }
+    const req = parsed.data;
+    if (!authed.has(ws)) {
+      if (req.method === 'auth' && tokenMatches(req.params.token)) {
+        send(ws, { type: 'response', id: req.id, result: { ok: true } });
+        return admit(ws);
+      }
+      send(ws, { type: 'error', id: req.id, code: 'unauthorized', message: 'authenticate first with the token from control.json' });
+      ws.close(4401, 'unauthorized');
+      return;
+    }
+    try {
+      const result = await serve(req);
+      send(ws, { type: 'response', id: req.id, result });
+    } catch (err) {
+      const code = err instanceof RequestError ? err.code : 'internal';
+      if (code === 'internal') log.warn(`${req.method} failed: ${errorMessage(err)}`);
+      send(ws, { type: 'error', id: req.id, code, message: errorMessage(err) });
+    }
+  }
+
+  wss.on('connection', (ws, req) => {
+    const alive = { value: true };
+    ws.on('pong', () => { alive.value = true; });
+    (ws as WebSocket & { perimeterAlive?: { value: boolean } }).perimeterAlive = alive;
+    ws.on('error', (err) => log.debug('client socket error:', errorMessage(err)));
+    ws.on('close', () => authed.delete(ws));
+    ws.on('message', (data, isBinary) => { void onMessage(ws, data, isBinary); });
+    const header = req.headers.authorization;
+    if (header?.startsWith('Bearer ') && tokenMatches(header.slice('Bearer '.length))) return admit(ws);
+    const timer = setTimeout(() => { if (!authed.has(ws)) ws.close(4401, 'authentication timeout'); }, AUTH_TIMEOUT_MS);
+    ws.once('close', () => clearTimeout(timer));
+  });
+
+  // Drops connections whose peer vanished without a close (a cut SSH tunnel can leave half-open sockets).
+  const liveness = setInterval(() => {
+    for (const ws of wss.clients) {
+      const alive = (ws as WebSocket & { perimeterAlive?: { value: boolean } }).perimeterAlive;
+      if (alive && !alive.value) { ws.terminate(); continue; }
+      if (alive) alive.value = false;
+      ws.ping();
+    }
+  }, LIVENESS_INTERVAL_MS);
+  liveness.unref();
+
+  let closed: Promise<void> | null = null;
+  return {
+    endpoint,
+    close() {
+      closed ??= (async () => {
+        clearInterval(liveness);
+        unsubscribe();
+        for (const ws of wss.clients) ws.close(1001, 'companion stopping');
+        await new Promise<void>((resolve) => {
+          const force = setTimeout(() => { for (const ws of wss.clients) ws.terminate(); }, 1000);
+          force.unref();
+          wss.close(() => { clearTimeout(force); resolve(); });
+        });
+        removeEndpointFileIfOurs(controlFile, token);
+      })();
+      return closed;
+    },
+  };
+}
+
+function requestIdOf(raw: unknown): RequestId | null {
+  if (typeof raw !== 'object' || raw === null) return null;
+  const id = (raw as { id?: unknown }).id;
+  if (typeof id === 'string' && id.length > 0 && id.length <= 64) return id;
+  if (typeof id === 'number' && Number.isInteger(id) && id >= 0) return id;
+  return null;
+}
+
+/** Writes control.json with mode 0600 via a temp file and rename, so a reader never sees half a file. */
+function writeEndpointFile(file: string, endpoint: ControlEndpoint): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, JSON.stringify(endpoint) + '\n', { mode: 0o600 });
+  renameSync(tmp, file);
+}
+
+function removeEndpointFileIfOurs(file: string, token: string): void {
+  try {
+    const current = JSON.parse(readFileSync(file, 'utf8')) as { token?: string };
+    if (current.token === token) rmSync(file, { force: true });
+  } catch { /* already gone or replaced */ }
+}
