@@ -100,18 +100,20 @@ function parse(data: Buffer, maxHandshakeBytes: number): HelloParse {
     if (major !== 3 || minor > 3) return { status: 'error', reason: 'bad_record', detail: `record version ${major}.${minor}` };
     if (length === 0 || length > MAX_RECORD_PAYLOAD) return { status: 'error', reason: 'bad_record', detail: `record length ${length}` };
     if (handshakeLen + length > maxHandshakeBytes + HANDSHAKE_HEADER) return { status: 'error', reason: 'too_large', detail: `handshake exceeds ${maxHandshakeBytes} bytes` };
-    if (data.length < offset + RECORD_HEADER + length) return { status: 'incomplete', need: offset + RECORD_HEADER + length };
-    fragments.push(data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length));
-    handshakeLen += length;
-    offset += RECORD_HEADER + length;
-    records += 1;
-    if (expected < 0 && handshakeLen >= HANDSHAKE_HEADER) {
-      const head = Buffer.concat(fragments);
+    const available = data.subarray(offset + RECORD_HEADER, offset + RECORD_HEADER + length);
+    if (expected < 0 && handshakeLen + available.length >= HANDSHAKE_HEADER) {
+      // The handshake header may be judged before its record is complete: refuse early, do not wait for 16 KiB.
+      const head = Buffer.concat([...fragments, available]);
       if (head[0] !== 0x01) return { status: 'error', reason: 'not_client_hello', detail: `handshake type ${head[0]}` };
       const bodyLen = (head[1]! << 16) | head.readUInt16BE(2);
       if (bodyLen > maxHandshakeBytes) return { status: 'error', reason: 'too_large', detail: `ClientHello of ${bodyLen} bytes exceeds ${maxHandshakeBytes}` };
       expected = HANDSHAKE_HEADER + bodyLen;
     }
+    if (available.length < length) return { status: 'incomplete', need: offset + RECORD_HEADER + length };
+    fragments.push(available);
+    handshakeLen += length;
+    offset += RECORD_HEADER + length;
+    records += 1;
     if (expected >= 0 && handshakeLen > expected) return { status: 'error', reason: 'malformed', detail: 'extra handshake bytes after the ClientHello' };
     if (expected >= 0 && handshakeLen === expected) break;
   }
