@@ -16,9 +16,24 @@ export interface CommitReport {
 export interface CallPersistence {
   /** Places the session's latest generation into a fresh sandbox and returns the shell state to start bash with. */
   prepare(sessionId: string, sandbox: GuestOps): Promise<ShellState>;
-  /** Copies out what changed under the session's patterns and commits a new generation (atomically). */
+  /** Copies out what changed under the session's patterns and commits a new generation (atomically).
+   *  Rejects (a PerimeterError) when the sandbox fails during copy-out; the previous generation then stays CURRENT. */
   commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport>;
   patterns(sessionId: string): Promise<string[]>;
   setPatterns(sessionId: string, patterns: string[]): Promise<PersistState>;
   state(sessionId: string): Promise<PersistState>;
 }
+
+/** A memory store the SDK syncs with Anthropic in a host directory, and where the guest sees it. Its files are
+ *  copied into each call's VM by `prepare` and the guest's changes back into `hostDir` by `commit`. */
+export interface MemoryMount {
+  /** Absolute guest path, e.g. `/mnt/memory/user-preferences`. */
+  guestPath: string;
+  /** The host directory the SDK's SessionMemoryStores keeps in sync (must exist and be a real directory). */
+  hostDir: string;
+  /** Read-only stores are copied in only; guest changes are never written back. */
+  readOnly: boolean;
+}
+
+/** Resolves a session's memory mounts (empty when the session has none). Provided by companion/queue. */
+export type MemoryMountResolver = (sessionId: string) => MemoryMount[] | Promise<MemoryMount[]>;

@@ -62,8 +62,10 @@ export const PersistState = z.object({
   sessionId: z.string(),
   patterns: z.array(z.string()),
   generation: z.number().int().nonnegative(),
+  /** The persisted files (at most the first 5000 by path; `fileCount` says how many there are in all). */
   files: z.array(PersistedFile),
   totalBytes: z.number().nonnegative(),
+  fileCount: z.number().int().nonnegative().optional(),
 });
 export type PersistState = z.infer<typeof PersistState>;
 

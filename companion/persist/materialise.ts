@@ -1,0 +1,44 @@
+// Recreates, inside the guest, what putFiles cannot: empty directories and symlinks (whose targets are data from the
+// store and only ever exist in the guest). One fixed bash script reads NUL-separated records from stdin, so no
+// persisted name or target is ever parsed by a shell or placed on a command line.
+import type { GuestOps } from '../sandbox/types';
+import { logger } from '../log';
+
+const log = logger('persist');
+const TIMEOUT_MS = 120_000;
+
+/** Creates empty directories and symlinks in the guest from NUL-separated records on stdin:
+ *  `d\0<path>\0` or `l\0<target>\0<path>\0`. Data never reaches the command line. */
+export const MATERIALISE_SCRIPT = [
+  'P="${PERIMETER_GUEST_PREFIX:-}"; fail=0',
+  'while IFS= read -r -d "" kind; do',
+  '  case "$kind" in',
+  '    d) IFS= read -r -d "" p || exit 2; mkdir -p -- "$P$p" || fail=1 ;;',
+  '    l) IFS= read -r -d "" t || exit 2; IFS= read -r -d "" p || exit 2',
+  '       mkdir -p -- "$P${p%/*}" && rm -f -- "$P$p" && ln -s -- "$t" "$P$p" || fail=1 ;;',
+  '    *) exit 2 ;;',
+  '  esac',
+  'done',
+  'exit $fail',
+].join('\n');
+
+export type MaterialiseRecord = { dir: string } | { link: string; target: string };
+
+/** Creates the directories and symlinks; failures are logged (the files themselves are already in place). */
+export async function materialise(sandbox: GuestOps, records: MaterialiseRecord[]): Promise<void> {
+  if (records.length === 0) return;
+  const fields: string[] = [];
+  for (const r of records) {
+    if ('dir' in r) fields.push('d', r.dir);
+    else fields.push('l', r.target, r.link);
+  }
+  const res = await sandbox.exec({
+    argv: ['/bin/bash', '--noprofile', '--norc', '-c', MATERIALISE_SCRIPT],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+    cwd: '/',
+    stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
+    timeoutMs: TIMEOUT_MS,
+    maxOutputBytes: 8192,
+  });
+  if (res.exitCode !== 0) log.warn(`copy-in: some directories or symlinks could not be recreated (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 500)}`);
+}

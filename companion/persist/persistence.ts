@@ -1,0 +1,466 @@
+// CallPersistence: carries a session's chosen files (and its shell state) from one tool call's sandbox to the next.
+// prepare(): places the latest generation into a fresh sandbox (files via putFiles, empty directories and symlinks by
+// a fixed guest script fed on stdin) and returns the shell state. commit(): walks the persisted roots in the guest,
+// validates every entry, diffs against the generation the sandbox started from, fetches only changed files, re-hashes
+// them on the host, stages blobs and commits a new generation atomically (companion/persist/store.ts).
+// Invariants:
+// - Everything from the guest is hostile: entries are admitted only after path, type, size, mode and hash checks;
+//   refused entries and quota overruns become notes for the model, never silent drops.
+// - Quotas (bytes, files) are checked on the walk before any data is fetched, and again on every byte received;
+//   an overrun commits nothing and the previous generation stays CURRENT.
+// - A sandbox that fails mid-copy rejects the commit; nothing half-done becomes visible.
+// - Calls of one session are serialised around the store; concurrent calls merge by three-way diff against the
+//   generation each sandbox started from.
+import { z } from 'zod';
+import { GuestError, type GuestOps, type PutFile } from '../sandbox/types';
+import type { Config } from '../config';
+import { statePaths } from '../config';
+import type { EventHub } from '../events';
+import { PerimeterError, fatal, transient, errorMessage } from '../errors';
+import { logger } from '../log';
+import type { PersistState } from '../protocol/control';
+import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
+import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
+import { SessionStore, sha256 } from './store';
+import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
+import { DEFAULT_SHELL, sameShell, sanitizeShell } from './shell';
+import { MemoryMirror } from './memory';
+import { type Admitted, Refusals, admitEntry } from './admit';
+import { materialise, type MaterialiseRecord } from './materialise';
+
+const log = logger('persist');
+
+/** Always carried, whatever the user's list says: the agent's skills and the memory-store mounts. */
+export const ALWAYS_PERSISTED = ['/workspace/skills', '/mnt/memory'] as const;
+/** Upper bounds of one getFiles/putFiles batch. */
+const BATCH_BYTES = 32 * 1024 * 1024;
+const BATCH_FILES = 1000;
+/** Files listed in a PersistState (events and the control API); `fileCount` says how many there are. */
+const STATE_FILES_LIMIT = 5000;
+
+const PatternList = z.array(z.string()).max(256);
+
+export interface PersistenceOptions {
+  home: string;
+  persist: Config['persist'];
+  hub?: EventHub;
+  /** The session's memory stores (host directory the SDK syncs, guest mount path). */
+  memoryMounts?: MemoryMountResolver;
+}
+
+interface Base { sessionId: string; manifest: Manifest; mirror: MemoryMirror | null }
+
+type WalkedFile = Extract<Admitted, { type: 'file' }>;
+
+interface Scan {
+  entries: Map<string, Admitted>;
+  /** Roots whose content is fully known (walked completely, or known to be absent). */
+  scannedRoots: string[];
+  refusals: Refusals;
+  /** Set when the walk hit the entry cap: the file-count quota is exceeded. */
+  truncated: boolean;
+}
+
+export class Persistence implements CallPersistence {
+  private readonly sessionsDir: string;
+  private readonly stores = new Map<string, Promise<SessionStore>>();
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private readonly bases = new WeakMap<GuestOps, Base>();
+
+  constructor(private readonly opts: PersistenceOptions) {
+    this.sessionsDir = statePaths(opts.home).sessions;
+  }
+
+  async patterns(sessionId: string): Promise<string[]> {
+    const store = await this.store(sessionId);
+    return (await store.readPatterns()) ?? [...this.opts.persist.defaults];
+  }
+
+  async setPatterns(sessionId: string, patterns: string[]): Promise<PersistState> {
+    const list = PatternList.safeParse(patterns);
+    if (!list.success) throw fatal('persist_pattern_invalid', 'persisted paths must be a list of at most 256 strings');
+    let parsed: PersistPattern[];
+    try { parsed = parsePatterns(list.data); } catch (err) { throw fatal('persist_pattern_invalid', errorMessage(err)); }
+    const store = await this.store(sessionId);
+    await this.locked(sessionId, () => store.writePatterns(parsed.map((p) => p.text)));
+    const state = await this.state(sessionId);
+    this.opts.hub?.publish({ type: 'persist.changed', persist: state });
+    return state;
+  }
+
+  async state(sessionId: string): Promise<PersistState> {
+    const store = await this.store(sessionId);
+    const current = await store.current();
+    const files = [...current.entries.values()].filter((e): e is FileEntry => e.type === 'file').sort((a, b) => (a.path < b.path ? -1 : 1));
+    return {
+      sessionId,
+      patterns: await this.patterns(sessionId),
+      generation: current.generation,
+      files: files.slice(0, STATE_FILES_LIMIT).map((f) => ({ path: f.path, size: f.size, sha256: f.sha256, mode: f.mode })),
+      totalBytes: totals(current).bytes,
+      fileCount: files.length,
+    };
+  }
+
+  async prepare(sessionId: string, sandbox: GuestOps): Promise<ShellState> {
+    const store = await this.store(sessionId);
+    return this.locked(sessionId, async () => {
+      const manifest = await store.current();
+      const patterns = await this.effectivePatterns(sessionId);
+      const mirror = await this.mirror(sessionId);
+      const inScope = (p: string) => patterns.some((pat) => pat.matches(p)) && !(mirror?.covers(p) ?? false);
+      try {
+        await this.copyIn(store, sandbox, [...manifest.entries.values()].filter((e) => inScope(e.path)));
+        if (mirror) await mirror.copyIn(sandbox);
+      } catch (err) {
+        throw asSandboxFailure('copy-in', err);
+      }
+      this.bases.set(sandbox, { sessionId, manifest, mirror });
+      return manifest.shell ?? { cwd: DEFAULT_SHELL.cwd, env: {} };
+    });
+  }
+
+  async commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport> {
+    const store = await this.store(sessionId);
+    return this.locked(sessionId, async () => {
+      const report = await this.commitStore(sessionId, store, sandbox, shell);
+      const remembered = this.bases.get(sandbox);
+      const mirror = remembered?.sessionId === sessionId ? remembered.mirror : null;
+      if (mirror) {
+        // Memory stores go back to the host directories the SDK syncs (independently of the store's quota).
+        try { report.notes.push(...await mirror.copyOut(sandbox, this.opts.persist)); } catch (err) { throw asSandboxFailure('memory copy-out', err); }
+      }
+      return report;
+    });
+  }
+
+  // ---- commit ----------------------------------------------------------------------------------------------------
+
+  private async commitStore(sessionId: string, store: SessionStore, sandbox: GuestOps, shellIn: ShellState | null): Promise<CommitReport> {
+    const current = await store.current();
+    const remembered = this.bases.get(sandbox);
+    const base = remembered?.sessionId === sessionId ? remembered.manifest : current;
+    const mirror = remembered?.sessionId === sessionId ? remembered.mirror : null;
+    const patterns = await this.effectivePatterns(sessionId);
+    const inScope = (p: string) => patterns.some((pat) => pat.matches(p)) && !(mirror?.covers(p) ?? false);
+    const { maxBytes, maxFiles } = this.opts.persist;
+    const notes: string[] = [];
+    const keep = (extra: string[] = []): CommitReport => ({ generation: current.generation, notes: [...notes, ...extra] });
+
+    let changes: Map<string, ManifestEntry | null>;
+    let toFetch: WalkedFile[];
+    let scan: Scan;
+    try {
+      // 1. A cheap walk without hashes: quotas are checked before the guest hashes or sends anything.
+      const sizes = await this.scan(sandbox, patterns, inScope, false);
+      const overQuota = quotaProblem(sizes, maxBytes, maxFiles);
+      if (overQuota) return keep([overQuota]);
+      // 2. The walk with content hashes, and the diff against the generation this sandbox started from.
+      scan = await this.scan(sandbox, patterns, inScope, true);
+      const again = quotaProblem(scan, maxBytes, maxFiles);
+      if (again) return keep([again]);
+      ({ changes, toFetch } = diff(base, scan, inScope));
+    } catch (err) {
+      throw asSandboxFailure('copy-out', err);
+    }
+    notes.push(...scan.refusals.notes('Not persisted (refused):'));
+
+    // 3. Fetch only what changed, re-hash on the host, stage blobs.
+    const txn = await store.begin();
+    try {
+      const fetchProblems = new Refusals();
+      let received = 0;
+      for (const batch of batches(toFetch)) {
+        const got = await this.fetchBatch(sandbox, batch, fetchProblems);
+        for (const [entry, { data, hash }] of got) {
+          received += data.length;
+          if (received > maxBytes) {
+            await txn.abort();
+            return keep([`persist quota exceeded: more than ${formatBytes(maxBytes)} of changed files; nothing from this call was persisted and the previous state (generation ${current.generation}) is kept. Delete files or narrow the persisted paths.`]);
+          }
+          if (entry.sha256 === null) {
+            // A single-file root: known by content only now.
+            const fetched: FileEntry = { type: 'file', path: entry.path, size: data.length, mode: entry.mode, mtimeMs: entry.mtimeMs, sha256: hash };
+            const before = base.entries.get(entry.path);
+            if (!sameEntry(before, fetched) || before?.mtimeMs !== fetched.mtimeMs) changes.set(entry.path, fetched);
+            if (before?.type === 'file' && before.sha256 === hash) continue;
+          }
+          await txn.addBlob(hash, data);
+        }
+        for (const entry of batch) if (!got.has(entry)) changes.delete(entry.path);
+      }
+      notes.push(...fetchProblems.notes('Not persisted (kept the previous version):'));
+
+      // 4. Shell state.
+      const { shell: cleanShell, dropped } = shellIn ? sanitizeShell(shellIn) : { shell: null, dropped: [] };
+      if (dropped.length > 0) notes.push(`Not carried to the next call: exported ${dropped.join(', ')}.`);
+      const nextShell = cleanShell ?? current.shell;
+
+      // 5. Merge onto CURRENT (not the base: a concurrent call of the same session may have committed meanwhile).
+      const merged = new Map<string, ManifestEntry>();
+      for (const [p, e] of current.entries) if (inScope(p)) merged.set(p, e);
+      for (const [p, e] of changes) { if (e) merged.set(p, e); else merged.delete(p); }
+      const entries = dropOrphans(merged);
+      const changed = entries.size !== current.entries.size || [...entries].some(([p, e]) => !sameEntry(e, current.entries.get(p)) || e.mtimeMs !== current.entries.get(p)?.mtimeMs)
+        || !sameShell(nextShell, current.shell);
+      const count = entries.size;
+      const bytes = totals({ generation: 0, entries, shell: null }).bytes;
+      if (count > maxFiles || bytes > maxBytes) {
+        await txn.abort();
+        return keep([quotaMessage(count, bytes, maxFiles, maxBytes, current.generation)]);
+      }
+
+      let generation = current.generation;
+      if (changed) {
+        generation = current.generation + 1;
+        await txn.finish({ generation, entries, shell: nextShell });
+        await store.prune(this.opts.persist.keepGenerations).catch((err) => log.warn(`session ${sessionId}: pruning failed: ${errorMessage(err)}`));
+      } else {
+        await txn.abort();
+      }
+
+      if (changed) this.opts.hub?.publish({ type: 'persist.changed', persist: await this.state(sessionId) });
+      return { generation, notes };
+    } catch (err) {
+      await txn.abort();
+      if (err instanceof PerimeterError) throw err;
+      throw asSandboxFailure('copy-out', err);
+    }
+  }
+
+  /** Walks every root of the patterns. Entries outside the patterns are ignored; hostile ones are refused. */
+  private async scan(sandbox: GuestOps, patterns: PersistPattern[], inScope: (p: string) => boolean, hashed: boolean): Promise<Scan> {
+    const { maxFiles } = this.opts.persist;
+    const entries = new Map<string, Admitted>();
+    const refusals = new Refusals();
+    const scannedRoots: string[] = [];
+    let truncated = false;
+    for (const root of walkRoots(patterns)) {
+      try {
+        const st = await sandbox.stat(root);
+        if (st === null) { scannedRoots.push(root); continue; }
+        if (typeof st !== 'object') throw new Error(`the guest answered stat(${root}) with garbage`);
+        if (st.type === 'file') {
+          // A single-file pattern: the walk cannot hash a root, so the file is fetched and compared by content.
+          const admitted = admitEntry({ ...st, path: root }, parentOf(root), false);
+          if (typeof admitted === 'string') refusals.add(root, admitted);
+          else if (inScope(root)) entries.set(root, admitted);
+          scannedRoots.push(root);
+          continue;
+        }
+        if (st.type !== 'dir') { refusals.add(root, 'a persisted path must be a directory or a regular file'); continue; }
+        const remaining = Math.max(0, maxFiles - entries.size);
+        const walked = await sandbox.walk(root, { hash: hashed, maxEntries: remaining + 1 });
+        if (!walked || !Array.isArray(walked.entries)) throw new Error(`the guest answered walk(${root}) with garbage`);
+        if (walked.truncated || walked.entries.length > remaining) truncated = true;
+        if (inScope(root)) entries.set(root, { type: 'dir', path: root, mode: 0o755, mtimeMs: 0 });
+        const admittedAll: Admitted[] = [];
+        const dirs = new Set<string>([root]);
+        const refusedDirs = new Set<string>();
+        const seen = new Set<string>();
+        for (const raw of walked.entries.slice(0, remaining + 1)) {
+          const admitted = admitEntry(raw, root, hashed);
+          if (typeof admitted === 'string') {
+            refusals.add(raw?.path, admitted);
+            if (raw?.type === 'dir' && typeof raw.path === 'string') refusedDirs.add(raw.path);
+            continue;
+          }
+          if (seen.has(admitted.path)) { refusals.add(admitted.path, 'listed twice by the guest'); continue; }
+          seen.add(admitted.path);
+          if (admitted.type === 'dir') dirs.add(admitted.path);
+          admittedAll.push(admitted);
+        }
+        // Parents sort before their children: an entry is kept only below a kept directory.
+        const keptDirs = new Set<string>([root]);
+        for (const a of admittedAll.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0))) {
+          const parent = parentOf(a.path);
+          if (!keptDirs.has(parent)) {
+            if (!refusedDirs.has(parent) && !dirs.has(parent)) refusals.add(a.path, 'its parent is not a directory');
+            if (a.type === 'dir') refusedDirs.add(a.path);
+            continue;
+          }
+          if (a.type === 'dir') keptDirs.add(a.path);
+          if (inScope(a.path)) entries.set(a.path, a);
+        }
+        if (!truncated) scannedRoots.push(root);
+      } catch (err) {
+        if (!(err instanceof GuestError)) throw err;
+        refusals.add(root, `could not be listed (${err.code}); its previous state is kept`);
+      }
+    }
+    return { entries, scannedRoots, refusals, truncated };
+  }
+
+  /** Fetches one batch; a batch the guest refuses is retried file by file so one bad file cannot sink the rest. */
+  private async fetchBatch(sandbox: GuestOps, batch: WalkedFile[], problems: Refusals): Promise<Map<WalkedFile, { data: Buffer; hash: string }>> {
+    const out = new Map<WalkedFile, { data: Buffer; hash: string }>();
+    const want = new Map(batch.map((e) => [e.path, e]));
+    const maxTotalBytes = batch.reduce((n, e) => n + e.size, 0);
+    let got;
+    try {
+      got = await sandbox.getFiles(batch.map((e) => e.path), { maxTotalBytes });
+    } catch (err) {
+      if (!(err instanceof GuestError)) throw err;
+      if (batch.length === 1) { problems.add(batch[0]!.path, `could not be copied out (${err.code})`); return out; }
+      for (const e of batch) for (const [k, v] of await this.fetchBatch(sandbox, [e], problems)) out.set(k, v);
+      return out;
+    }
+    if (!Array.isArray(got)) throw new Error('the guest answered getFiles with garbage');
+    const seen = new Set<string>();
+    let total = 0;
+    for (const f of got) {
+      const entry = typeof f?.path === 'string' ? want.get(f.path) : undefined;
+      if (!entry || seen.has(f.path) || !Buffer.isBuffer(f.data)) { problems.add(f?.path, 'sent by the guest without being asked for'); continue; }
+      seen.add(f.path);
+      total += f.data.length;
+      if (total > maxTotalBytes) { problems.add(f.path, 'the guest sent more data than the walk announced'); continue; }
+      const hostHash = sha256(f.data);
+      if (f.sha256 !== hostHash) { problems.add(f.path, 'the guest reported a hash that does not match the data'); continue; }
+      if ((entry.sha256 !== null && hostHash !== entry.sha256) || f.data.length !== entry.size) { problems.add(f.path, 'changed while being copied out'); continue; }
+      out.set(entry, { data: f.data, hash: hostHash });
+    }
+    for (const e of batch) if (!seen.has(e.path)) problems.add(e.path, 'not returned by the guest');
+    return out;
+  }
+
+  // ---- copy-in ---------------------------------------------------------------------------------------------------
+
+  private async copyIn(store: SessionStore, sandbox: GuestOps, entries: ManifestEntry[]): Promise<void> {
+    const files = entries.filter((e): e is FileEntry => e.type === 'file');
+    for (const batch of batches(files)) {
+      const put: PutFile[] = [];
+      for (const f of batch) put.push({ path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs });
+      await sandbox.putFiles(put, []);
+    }
+    // Directories that contain nothing persisted would not exist otherwise; symlinks are recreated as data.
+    const parents = new Set<string>();
+    for (const e of entries) parents.add(parentOf(e.path));
+    const records: MaterialiseRecord[] = [];
+    for (const e of entries) {
+      if (e.type === 'dir' && !parents.has(e.path)) records.push({ dir: e.path });
+      if (e.type === 'symlink') records.push({ link: e.path, target: e.target });
+    }
+    await materialise(sandbox, records);
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------------------------
+
+  private async effectivePatterns(sessionId: string): Promise<PersistPattern[]> {
+    return parsePatterns([...await this.patterns(sessionId), ...ALWAYS_PERSISTED]);
+  }
+
+  private async mirror(sessionId: string): Promise<MemoryMirror | null> {
+    if (!this.opts.memoryMounts) return null;
+    const mounts = await this.opts.memoryMounts(sessionId);
+    return mounts.length > 0 ? new MemoryMirror(mounts) : null;
+  }
+
+  private store(sessionId: string): Promise<SessionStore> {
+    const bad = checkSessionId(sessionId);
+    if (bad) return Promise.reject(fatal('persist_session_invalid', bad));
+    let s = this.stores.get(sessionId);
+    if (!s) {
+      s = SessionStore.open(this.sessionsDir, sessionId, this.opts.persist.keepGenerations);
+      s.catch(() => this.stores.delete(sessionId));
+      this.stores.set(sessionId, s);
+    }
+    return s;
+  }
+
+  private locked<T>(sessionId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(sessionId) ?? Promise.resolve();
+    const run = prev.then(fn, fn);
+    const tail = run.catch(() => undefined);
+    this.locks.set(sessionId, tail);
+    void tail.then(() => { if (this.locks.get(sessionId) === tail) this.locks.delete(sessionId); });
+    return run;
+  }
+}
+
+/** The changes a scan makes to the base generation: entry = added or modified, null = deleted. */
+function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean): { changes: Map<string, ManifestEntry | null>; toFetch: WalkedFile[] } {
+  const changes = new Map<string, ManifestEntry | null>();
+  const toFetch: WalkedFile[] = [];
+  for (const [p, e] of scan.entries) {
+    const b = base.entries.get(p);
+    if (e.type === 'file') {
+      if (b?.type === 'file' && e.sha256 !== null && b.sha256 === e.sha256 && b.size === e.size) {
+        if (b.mode !== e.mode || b.mtimeMs !== e.mtimeMs) changes.set(p, { ...b, mode: e.mode, mtimeMs: e.mtimeMs });
+        continue;
+      }
+      if (e.sha256 === null) {
+        // Single-file roots come without a hash: fetched every time, and the entry is known only once fetched.
+        toFetch.push(e);
+        continue;
+      }
+      toFetch.push(e);
+      changes.set(p, { type: 'file', path: p, size: e.size, mode: e.mode, mtimeMs: e.mtimeMs, sha256: e.sha256 });
+    } else if (e.type === 'dir') {
+      if (b?.type !== 'dir') changes.set(p, { type: 'dir', path: p, mode: 0o755, mtimeMs: e.mtimeMs });
+    } else if (!(b?.type === 'symlink' && b.target === e.target)) {
+      changes.set(p, { type: 'symlink', path: p, target: e.target, mtimeMs: e.mtimeMs });
+    }
+  }
+  for (const p of base.entries.keys()) {
+    if (scan.entries.has(p) || !inScope(p)) continue;
+    if (scan.scannedRoots.some((r) => isWithin(p, r))) changes.set(p, null);
+  }
+  return { changes, toFetch };
+}
+
+/** Drops entries whose parent is recorded as something other than a directory (possible only after a merge). */
+function dropOrphans(entries: Map<string, ManifestEntry>): Map<string, ManifestEntry> {
+  const out = new Map<string, ManifestEntry>();
+  const dropped = new Set<string>();
+  for (const p of [...entries.keys()].sort()) {
+    const parent = parentOf(p);
+    const pe = entries.get(parent);
+    if (dropped.has(parent) || (pe && pe.type !== 'dir')) { dropped.add(p); continue; }
+    out.set(p, entries.get(p)!);
+  }
+  return out;
+}
+
+function* batches<T extends { size: number }>(items: T[]): Generator<T[]> {
+  let batch: T[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    if (batch.length > 0 && (bytes + item.size > BATCH_BYTES || batch.length >= BATCH_FILES)) { yield batch; batch = []; bytes = 0; }
+    batch.push(item);
+    bytes += item.size;
+  }
+  if (batch.length > 0) yield batch;
+}
+
+function quotaProblem(scan: Scan, maxBytes: number, maxFiles: number): string | null {
+  let bytes = 0;
+  for (const e of scan.entries.values()) if (e.type === 'file') bytes += e.size;
+  if (scan.truncated) return `persist quota exceeded: more than ${maxFiles} files and directories under the persisted paths; nothing from this call was persisted and the previous state is kept. Delete files or narrow the persisted paths.`;
+  if (scan.entries.size > maxFiles || bytes > maxBytes) return quotaMessage(scan.entries.size, bytes, maxFiles, maxBytes, null, largest(scan));
+  return null;
+}
+
+function largest(scan: Scan): string {
+  const files = [...scan.entries.values()].filter((e) => e.type === 'file').sort((a, b) => (b as { size: number }).size - (a as { size: number }).size).slice(0, 3);
+  return files.length ? ` Largest: ${files.map((f) => `${showPath(f.path)} (${formatBytes((f as { size: number }).size)})`).join(', ')}.` : '';
+}
+
+function quotaMessage(count: number, bytes: number, maxFiles: number, maxBytes: number, generation: number | null, detail = ''): string {
+  const what = count > maxFiles ? `${count} files and directories (limit ${maxFiles})` : `${formatBytes(bytes)} (limit ${formatBytes(maxBytes)})`;
+  const kept = generation === null ? 'the previous state is kept' : `the previous state (generation ${generation}) is kept`;
+  return `persist quota exceeded: the persisted paths hold ${what}; nothing from this call was persisted and ${kept}.${detail} Delete files or narrow the persisted paths.`;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n / 1024;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
+  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+function asSandboxFailure(step: string, err: unknown): PerimeterError {
+  if (err instanceof PerimeterError) return err;
+  return transient('persist_sandbox_failed', `persisted files: ${step} failed (${errorMessage(err)}); the previous state is kept`, err);
+}

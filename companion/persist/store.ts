@@ -1,0 +1,275 @@
+// The on-disk persisted-file store of one session, under `<home>/sessions/<sessionId>/`:
+//   CURRENT              the committed generation number ("N\n"), replaced by an atomic rename
+//   gens/gen-N.json      one manifest per generation (paths, sizes, modes, hashes, symlink targets, shell state)
+//   blobs/ab/<sha256>    file contents by hash, shared across generations, mode 0600
+//   staging/<random>/    a private 0700 directory per commit (blobs and manifests in flight)
+//   patterns.json        the session's persist list, once someone set it
+// Invariants: no guest name is ever a host path here (blobs are named by their host-computed hash); every file is
+// created with O_CREAT|O_EXCL|O_NOFOLLOW inside a fresh mkdtemp directory, fsynced, then renamed into place; CURRENT
+// changes only after the manifest and all its blobs are durable, so a crash at any point leaves the previous
+// generation intact. The store's own directories must be real directories (a planted symlink is refused).
+import { constants as C, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { fatal } from '../errors';
+import { logger } from '../log';
+import { checkSessionId } from './paths';
+import { type Manifest, ManifestFile, emptyManifest, fromFile, toFile, SHA256_HEX } from './manifest';
+
+const log = logger('persist:store');
+const CREATE_FLAGS = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
+const GEN_FILE = /^gen-(\d{1,15})\.json$/;
+
+export function sha256(data: Buffer): string { return createHash('sha256').update(data).digest('hex'); }
+
+async function fsyncDir(dir: string): Promise<void> {
+  const h = await fsp.open(dir, C.O_RDONLY | C.O_DIRECTORY);
+  try { await h.sync(); } finally { await h.close(); }
+}
+
+/** Creates `dir` (mode 0700) if missing and checks it is a real directory of ours, not a planted symlink. */
+async function ensureRealDir(dir: string): Promise<void> {
+  try { await fsp.mkdir(dir, { mode: 0o700 }); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err; }
+  const st = await fsp.lstat(dir);
+  if (!st.isDirectory() || st.isSymbolicLink()) throw fatal('persist_store_tampered', `persist store: ${dir} is not a directory (refusing to use it)`);
+  if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw fatal('persist_store_tampered', `persist store: ${dir} is owned by another user (refusing to use it)`);
+}
+
+/** Writes a new file exclusively (never through a symlink, never over an existing file) and fsyncs it. */
+async function writeExclusive(file: string, data: Buffer | string): Promise<void> {
+  const h = await fsp.open(file, CREATE_FLAGS, 0o600);
+  try { await h.writeFile(data); await h.sync(); } finally { await h.close(); }
+}
+
+async function readNoFollow(file: string): Promise<Buffer> {
+  const h = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW);
+  try {
+    const st = await h.stat();
+    if (!st.isFile()) throw new Error(`${file} is not a regular file`);
+    return await h.readFile();
+  } finally { await h.close(); }
+}
+
+/** A commit in progress: blobs staged in a private directory, published by `finish`, discarded by `abort`. */
+export class CommitTxn {
+  private readonly staged = new Map<string, string>();
+  private done = false;
+  constructor(private readonly store: SessionStore, readonly stagingDir: string) {}
+
+  /** Stages a blob whose hash the host computed; a blob the store already holds is not written again. */
+  async addBlob(hash: string, data: Buffer): Promise<void> {
+    if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
+    if (this.staged.has(hash) || await this.store.hasBlob(hash)) return;
+    const file = path.join(this.stagingDir, hash);
+    await writeExclusive(file, data);
+    this.staged.set(hash, file);
+  }
+
+  /** Publishes the staged blobs and `manifest` as the session's new CURRENT generation. */
+  async finish(manifest: Manifest): Promise<void> {
+    if (this.done) throw new Error('commit already finished');
+    this.done = true;
+    try { await this.store.publish(this, this.staged, manifest); } finally { await this.cleanup(); }
+  }
+
+  async abort(): Promise<void> {
+    if (this.done) return;
+    this.done = true;
+    await this.cleanup();
+  }
+
+  private async cleanup(): Promise<void> { await fsp.rm(this.stagingDir, { recursive: true, force: true }); }
+}
+
+export class SessionStore {
+  readonly dir: string;
+  private readonly blobsDir: string;
+  private readonly gensDir: string;
+  private readonly stagingRoot: string;
+  private currentManifest: Manifest | null = null;
+  /** Blob hashes referenced by each kept generation (for pruning without re-reading manifests). */
+  private readonly keptRefs = new Map<number, Set<string>>();
+
+  private constructor(sessionsDir: string, readonly sessionId: string) {
+    this.dir = path.join(sessionsDir, sessionId);
+    this.blobsDir = path.join(this.dir, 'blobs');
+    this.gensDir = path.join(this.dir, 'gens');
+    this.stagingRoot = path.join(this.dir, 'staging');
+  }
+
+  /** Opens (creating if needed) a session's store and repairs what a crash may have left: staging leftovers,
+   *  manifests newer than CURRENT, blobs no kept generation references. */
+  static async open(sessionsDir: string, sessionId: string, keepGenerations: number): Promise<SessionStore> {
+    const bad = checkSessionId(sessionId);
+    if (bad) throw fatal('persist_session_invalid', bad);
+    await fsp.mkdir(sessionsDir, { recursive: true, mode: 0o700 });
+    const store = new SessionStore(sessionsDir, sessionId);
+    for (const d of [store.dir, store.blobsDir, store.gensDir, store.stagingRoot]) await ensureRealDir(d);
+    await store.recover(keepGenerations);
+    return store;
+  }
+
+  async current(): Promise<Manifest> {
+    if (!this.currentManifest) this.currentManifest = await this.loadCurrent();
+    return this.currentManifest;
+  }
+
+  async begin(): Promise<CommitTxn> {
+    await ensureRealDir(this.stagingRoot);
+    const dir = await fsp.mkdtemp(path.join(this.stagingRoot, 'commit-'));
+    return new CommitTxn(this, dir);
+  }
+
+  async hasBlob(hash: string): Promise<boolean> {
+    try { return (await fsp.lstat(this.blobPath(hash))).isFile(); } catch { return false; }
+  }
+
+  /** A blob's content, verified against its name (a damaged store is an error, not wrong data in a VM). */
+  async readBlob(hash: string): Promise<Buffer> {
+    if (!SHA256_HEX.test(hash)) throw fatal('persist_store_corrupt', `invalid blob hash ${hash}`);
+    const data = await readNoFollow(this.blobPath(hash));
+    if (sha256(data) !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
+    return data;
+  }
+
+  async readPatterns(): Promise<string[] | null> {
+    let raw: Buffer;
+    try { raw = await readNoFollow(path.join(this.dir, 'patterns.json')); } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw err;
+    }
+    const parsed = JSON.parse(raw.toString('utf8')) as { patterns?: unknown };
+    if (!Array.isArray(parsed.patterns) || !parsed.patterns.every((p) => typeof p === 'string')) throw fatal('persist_store_corrupt', `${this.dir}/patterns.json is damaged`);
+    return parsed.patterns as string[];
+  }
+
+  async writePatterns(patterns: string[]): Promise<void> {
+    const txn = await this.begin();
+    try {
+      const tmp = path.join(txn.stagingDir, 'patterns.json');
+      await writeExclusive(tmp, `${JSON.stringify({ version: 1, patterns }, null, 1)}\n`);
+      await fsp.rename(tmp, path.join(this.dir, 'patterns.json'));
+      await fsyncDir(this.dir);
+    } finally { await txn.abort(); }
+  }
+
+  /** Removes generations beyond the newest `keep` (never CURRENT) and the blobs only they referenced. */
+  async prune(keep: number): Promise<void> {
+    const current = (await this.current()).generation;
+    const gens = (await this.listGenerations()).filter((g) => g <= current).sort((a, b) => b - a);
+    const drop = gens.slice(Math.max(1, keep));
+    if (drop.length === 0) return;
+    const candidates = new Set<string>();
+    for (const g of drop) {
+      for (const h of this.keptRefs.get(g) ?? await this.refsOf(g)) candidates.add(h);
+      await fsp.rm(this.genPath(g), { force: true });
+      this.keptRefs.delete(g);
+    }
+    for (const g of gens.slice(0, Math.max(1, keep))) if (!this.keptRefs.has(g)) this.keptRefs.set(g, await this.refsOf(g));
+    for (const h of candidates) {
+      if ([...this.keptRefs.values()].some((refs) => refs.has(h))) continue;
+      await fsp.rm(this.blobPath(h), { force: true });
+    }
+  }
+
+  // ---- internals used by CommitTxn -------------------------------------------------------------------------------
+
+  async publish(txn: CommitTxn, staged: Map<string, string>, manifest: Manifest): Promise<void> {
+    const dirsToSync = new Set<string>();
+    for (const [hash, file] of staged) {
+      const shard = path.join(this.blobsDir, hash.slice(0, 2));
+      await ensureRealDir(shard);
+      await fsp.rename(file, path.join(shard, hash));
+      dirsToSync.add(shard);
+    }
+    for (const d of dirsToSync) await fsyncDir(d);
+    if (dirsToSync.size > 0) await fsyncDir(this.blobsDir);
+
+    const tmpManifest = path.join(txn.stagingDir, 'manifest.json');
+    await writeExclusive(tmpManifest, JSON.stringify(toFile(this.sessionId, manifest, Date.now())));
+    await fsp.rename(tmpManifest, this.genPath(manifest.generation));
+    await fsyncDir(this.gensDir);
+
+    const tmpCurrent = path.join(txn.stagingDir, 'CURRENT');
+    await writeExclusive(tmpCurrent, `${manifest.generation}\n`);
+    await fsp.rename(tmpCurrent, path.join(this.dir, 'CURRENT'));
+    await fsyncDir(this.dir);
+    this.currentManifest = manifest;
+    this.keptRefs.set(manifest.generation, refsOfManifest(manifest));
+  }
+
+  // ---- internals ---------------------------------------------------------------------------------------------------
+
+  private blobPath(hash: string): string { return path.join(this.blobsDir, hash.slice(0, 2), hash); }
+  private genPath(gen: number): string { return path.join(this.gensDir, `gen-${gen}.json`); }
+
+  private async currentGeneration(): Promise<number> {
+    let raw: Buffer;
+    try { raw = await readNoFollow(path.join(this.dir, 'CURRENT')); } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
+      throw err;
+    }
+    const text = raw.toString('utf8').trim();
+    if (!/^\d{1,15}$/.test(text)) throw fatal('persist_store_corrupt', `${this.dir}/CURRENT is damaged`);
+    return Number(text);
+  }
+
+  private async readGeneration(gen: number): Promise<Manifest> {
+    if (gen === 0) return emptyManifest();
+    let raw: Buffer;
+    try { raw = await readNoFollow(this.genPath(gen)); } catch (err) {
+      throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is missing (${(err as Error).message})`);
+    }
+    let json: unknown;
+    try { json = JSON.parse(raw.toString('utf8')); } catch { throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is not valid JSON`); }
+    const parsed = ManifestFile.safeParse(json);
+    if (!parsed.success || parsed.data.generation !== gen || parsed.data.sessionId !== this.sessionId) {
+      throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is damaged`);
+    }
+    return fromFile(parsed.data);
+  }
+
+  private async loadCurrent(): Promise<Manifest> { return this.readGeneration(await this.currentGeneration()); }
+
+  private async refsOf(gen: number): Promise<Set<string>> {
+    try { return refsOfManifest(await this.readGeneration(gen)); } catch { return new Set(); }
+  }
+
+  private async listGenerations(): Promise<number[]> {
+    const out: number[] = [];
+    for (const name of await fsp.readdir(this.gensDir)) {
+      const m = GEN_FILE.exec(name);
+      if (m) out.push(Number(m[1]));
+    }
+    return out;
+  }
+
+  private async recover(keep: number): Promise<void> {
+    for (const name of await fsp.readdir(this.stagingRoot)) await fsp.rm(path.join(this.stagingRoot, name), { recursive: true, force: true });
+    const current = await this.currentGeneration();
+    for (const g of await this.listGenerations()) if (g > current) await fsp.rm(this.genPath(g), { force: true });
+    this.currentManifest = await this.readGeneration(current);
+    this.keptRefs.set(current, refsOfManifest(this.currentManifest));
+    await this.prune(keep);
+    for (const g of (await this.listGenerations()).filter((x) => x !== current)) this.keptRefs.set(g, await this.refsOf(g));
+    // Blobs that no kept generation references: left by a crash between writing blobs and moving CURRENT.
+    const referenced = new Set<string>();
+    for (const refs of this.keptRefs.values()) for (const h of refs) referenced.add(h);
+    let removed = 0;
+    for (const shard of await fsp.readdir(this.blobsDir)) {
+      const shardDir = path.join(this.blobsDir, shard);
+      const st = await fsp.lstat(shardDir);
+      if (!st.isDirectory()) { await fsp.rm(shardDir, { force: true }); continue; }
+      for (const name of await fsp.readdir(shardDir)) {
+        if (!referenced.has(name)) { await fsp.rm(path.join(shardDir, name), { recursive: true, force: true }); removed += 1; }
+      }
+    }
+    if (removed > 0) log.info(`session ${this.sessionId}: removed ${removed} unreferenced blob(s) after a restart`);
+  }
+}
+
+function refsOfManifest(m: Manifest): Set<string> {
+  const refs = new Set<string>();
+  for (const e of m.entries.values()) if (e.type === 'file') refs.add(e.sha256);
+  return refs;
+}
