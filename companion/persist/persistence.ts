@@ -9,6 +9,8 @@
 // - Quotas (bytes, files) are checked on the walk before any data is fetched, and again on every byte received;
 //   an overrun commits nothing and the previous generation stays CURRENT.
 // - A sandbox that fails mid-copy rejects the commit; nothing half-done becomes visible.
+// - mtime policy: a file's mtime is recorded when its content or mode changes and restored on copy-in; a change of
+//   mtime alone (touch) is not a change. Modes are normalised to 0644/0755; owners are not kept.
 // - Calls of one session are serialised around the store; concurrent calls merge by three-way diff against the
 //   generation each sandbox started from.
 import { z } from 'zod';
@@ -182,7 +184,7 @@ export class Persistence implements CallPersistence {
             // A single-file root: known by content only now.
             const fetched: FileEntry = { type: 'file', path: entry.path, size: data.length, mode: entry.mode, mtimeMs: entry.mtimeMs, sha256: hash };
             const before = base.entries.get(entry.path);
-            if (!sameEntry(before, fetched) || before?.mtimeMs !== fetched.mtimeMs) changes.set(entry.path, fetched);
+            if (!sameEntry(before, fetched)) changes.set(entry.path, fetched);
             if (before?.type === 'file' && before.sha256 === hash) continue;
           }
           await txn.addBlob(hash, data);
@@ -201,7 +203,7 @@ export class Persistence implements CallPersistence {
       for (const [p, e] of current.entries) if (inScope(p)) merged.set(p, e);
       for (const [p, e] of changes) { if (e) merged.set(p, e); else merged.delete(p); }
       const entries = dropOrphans(merged);
-      const changed = entries.size !== current.entries.size || [...entries].some(([p, e]) => !sameEntry(e, current.entries.get(p)) || e.mtimeMs !== current.entries.get(p)?.mtimeMs)
+      const changed = entries.size !== current.entries.size || [...entries].some(([p, e]) => !sameEntry(e, current.entries.get(p)))
         || !sameShell(nextShell, current.shell);
       const count = entries.size;
       const bytes = totals({ generation: 0, entries, shell: null }).bytes;
@@ -385,7 +387,8 @@ function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean): { ch
     const b = base.entries.get(p);
     if (e.type === 'file') {
       if (b?.type === 'file' && e.sha256 !== null && b.sha256 === e.sha256 && b.size === e.size) {
-        if (b.mode !== e.mode || b.mtimeMs !== e.mtimeMs) changes.set(p, { ...b, mode: e.mode, mtimeMs: e.mtimeMs });
+        // Same content: only a mode change is recorded (mtime alone is not a change; see the module header).
+        if (b.mode !== e.mode) changes.set(p, { ...b, mode: e.mode, mtimeMs: e.mtimeMs });
         continue;
       }
       if (e.sha256 === null) {
