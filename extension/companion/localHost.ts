@@ -1,0 +1,140 @@
+// A worker on this machine: `node dist/perimeter.js worker --home <home> ...` spawned from an argv array. Plain
+// Node, no `vscode`. Invariants: the environment key is written to the worker's stdin (`--key-stdin`) and never
+// appears in argv or the environment; non-secret settings go as flags and PERIMETER_* variables; the worker is found
+// again through `<home>/control.json` (so a worker started by an earlier window is attached to, not duplicated).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync, watch, type FSWatcher, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { Emitter } from './emitter';
+import {
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
+  parseEndpointFile, pidAlive, delay, runProgram, lineSplitter,
+} from './workerHost';
+
+export interface LocalHostOptions {
+  /** The companion's state directory. */
+  home: string;
+  /** dist/perimeter.js of this extension. */
+  bundle: string;
+  /** The Node binary (VS Code's own runtime by default, run as plain Node). */
+  nodePath?: string;
+}
+
+export class LocalHost implements WorkerHost {
+  readonly hostId = 'local';
+  readonly label = 'This machine';
+  private child: ChildProcess | null = null;
+  private readonly linkDown = new Emitter<string>();
+  private readonly logs = new Emitter<string>();
+  readonly onLinkDown = this.linkDown.event;
+  readonly onLog = this.logs.event;
+
+  constructor(private readonly opts: LocalHostOptions) {}
+
+  private get controlFile() { return path.join(this.opts.home, 'control.json'); }
+
+  async findWorker(): Promise<ConnectTarget | null> {
+    let text: string;
+    try { text = readFileSync(this.controlFile, 'utf8'); } catch { return null; }
+    const target = parseEndpointFile(text);
+    return target && pidAlive(target.pid) ? target : null;
+  }
+
+  /** argv for the worker; exported through `workerArgs` for tests. */
+  workerArgs(settings: WorkerSettings, withKey: boolean): string[] {
+    return workerArgs(this.opts.bundle, this.opts.home, settings, withKey);
+  }
+
+  async startWorker(settings: WorkerSettings, key: string | undefined): Promise<void> {
+    if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
+    mkdirSync(this.opts.home, { recursive: true, mode: 0o700 });
+    const args = this.workerArgs(settings, settings.mode === 'environment');
+    const env: NodeJS.ProcessEnv = { ...process.env, ...workerEnv(settings), ELECTRON_RUN_AS_NODE: '1' };
+    delete env.ANTHROPIC_API_KEY;            // the worker refuses to start with an API key in its environment
+    delete env.ANTHROPIC_ENVIRONMENT_KEY;    // the key travels on stdin only
+    const child = spawn(this.opts.nodePath ?? process.execPath, args, { env, stdio: ['pipe', 'pipe', 'pipe'], shell: false });
+    this.child = child;
+    const toLog = lineSplitter((l) => this.logs.fire(l));
+    child.stdout!.on('data', toLog);
+    child.stderr!.on('data', toLog);
+    child.stdin!.on('error', () => { /* exited before reading */ });
+    child.stdin!.end(settings.mode === 'environment' ? `${key}\n` : '');
+    const exited = new Promise<string>((resolve) => {
+      child.once('error', (err) => resolve(`could not start the worker: ${err.message}`));
+      child.once('exit', (code, signal) => resolve(signal ? `worker killed by ${signal}` : `worker exited with code ${code}`));
+    });
+    void exited.then((detail) => { if (this.child === child) this.child = null; this.linkDown.fire(detail); });
+    const ready = await Promise.race([this.waitForEndpoint(child.pid ?? -1, 60_000), exited.then((d) => new Error(d))]);
+    if (ready instanceof Error) throw ready;
+  }
+
+  private async waitForEndpoint(pid: number, timeoutMs: number): Promise<true | Error> {
+    // fs.watch on the home directory wakes us as soon as control.json is renamed into place; the timer covers
+    // filesystems where watching is unreliable.
+    const deadline = Date.now() + timeoutMs;
+    let watcher: FSWatcher | null = null;
+    let wake: () => void = () => {};
+    try { watcher = watch(this.opts.home, () => wake()); } catch { /* fall back to the timer */ }
+    try {
+      while (Date.now() < deadline) {
+        const t = await this.findWorker();
+        if (t && t.pid === pid) return true;
+        if (this.child?.pid !== pid) return new Error('the worker exited during start-up');
+        await Promise.race([new Promise<void>((r) => { wake = r; }), delay(500)]);
+      }
+      return new Error(`the worker did not open its control API within ${timeoutMs / 1000} s`);
+    } finally { watcher?.close(); }
+  }
+
+  async waitStopped(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (!this.child && !(await this.findWorker())) return;
+      await delay(200);
+    }
+    throw new Error('the worker did not stop in time');
+  }
+
+  async forceStop(): Promise<void> {
+    const target = await this.findWorker();
+    const pid = this.child?.pid ?? target?.pid;
+    if (!pid) return;
+    try { process.kill(pid, 'SIGTERM'); } catch { return; }
+    for (let i = 0; i < 50 && pidAlive(pid); i++) await delay(200);
+    if (pidAlive(pid)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+  }
+
+  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
+    const args = command === 'doctor' ? ['doctor', '--json', '--home', this.opts.home] : ['template', 'build', '--home', this.opts.home];
+    return runProgram(this.opts.nodePath ?? process.execPath, [this.opts.bundle, ...args], {
+      env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' }, onOutput,
+    });
+  }
+
+  dispose(): void {
+    // The worker keeps running on its own (stop it with Stop Worker); we only stop listening.
+    this.child?.stdout?.removeAllListeners('data');
+    this.child?.stderr?.removeAllListeners('data');
+    this.linkDown.dispose(); this.logs.dispose();
+  }
+}
+
+export function workerArgs(bundle: string, home: string, s: WorkerSettings, withKey: boolean): string[] {
+  const args = [bundle, 'worker', '--home', home, '--concurrency', String(s.concurrency), '--driver', s.driver];
+  if (s.mode === 'localQueue') {
+    args.push('--local');
+    if (s.scenario) args.push('--scenario', s.scenario);
+  } else if (s.environmentId) args.push('--environment-id', s.environmentId);
+  if (withKey) args.push('--key-stdin');
+  return args;
+}
+
+/** Non-secret settings the worker's configuration reads from PERIMETER_* variables. */
+export function workerEnv(s: WorkerSettings): Record<string, string> {
+  return {
+    PERIMETER_LOG_LEVEL: s.logLevel,
+    PERIMETER_PERSIST: s.persistDefaults.join(','),
+    PERIMETER_EGRESS: s.egressAllow.length ? 'allow' : 'none',
+    PERIMETER_EGRESS_ALLOW: s.egressAllow.join(','),
+  };
+}

@@ -1,0 +1,103 @@
+// Building `ssh` command lines for a remote worker host. Plain Node, no `vscode`. Invariants (see
+// security-and-reliability.md §7.2):
+// - ssh always runs from an argv array (never a shell). `--` precedes the destination; a host must match
+//   HOST_PATTERN (so it cannot start with `-`, contain spaces, quotes or shell metacharacters); nothing
+//   user-controlled becomes an `-o` option.
+// - The remote command is one of the fixed scripts in REMOTE_SCRIPTS. The only variable part is the remote base
+//   directory, which must match REMOTE_DIR_PATTERN (relative to $HOME, no `..`), so it needs no quoting.
+//   Everything else (the environment key, configuration, the companion bundle) travels on stdin.
+// - Options: -T (no tty), BatchMode (never prompt), keepalives, a connect timeout; host keys are checked as the
+//   user's ssh configuration says (we never pass StrictHostKeyChecking=no).
+import { readFileSync } from 'node:fs';
+
+export const HOST_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._@-]*$/;
+export const REMOTE_DIR_PATTERN = /^(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._][A-Za-z0-9._/-]*$/;
+
+export class SshInputError extends Error {
+  constructor(message: string) { super(message); this.name = 'SshInputError'; }
+}
+
+export function validateHost(host: string): string {
+  if (host.startsWith('-')) throw new SshInputError(`refusing SSH host "${host}": it starts with "-" and would be read as an option`);
+  if (!HOST_PATTERN.test(host) || host.length > 253) {
+    throw new SshInputError(`refusing SSH host ${JSON.stringify(host)}: use a host name, user@host, or an alias from ~/.ssh/config (letters, digits, . _ - @)`);
+  }
+  return host;
+}
+
+export function validateRemoteDir(dir: string): string {
+  if (!REMOTE_DIR_PATTERN.test(dir) || dir.length > 200) {
+    throw new SshInputError(`refusing remote directory ${JSON.stringify(dir)}: it must be a path relative to the remote home (letters, digits, . _ - /, no "..")`);
+  }
+  return dir.replace(/\/+$/, '');
+}
+
+export interface SshTarget {
+  host: string;
+  /** An ssh_config file to use instead of ~/.ssh/config (`ssh -F`). */
+  configFile?: string;
+  /** Remote base directory relative to $HOME (default `.perimeter`): bin/ holds the bundle, home/ the state. */
+  remoteDir: string;
+}
+
+/** The fixed remote scripts. `$D` is the validated base directory under $HOME. */
+export const REMOTE_SCRIPTS = {
+  /** Prints the installed bundle's VERSION line (or nothing) and the remote Node version. */
+  probe: 'D="$HOME/$PERIMETER_DIR"; cat "$D/bin/VERSION" 2>/dev/null || echo none; command -v node >/dev/null && node --version || echo no-node',
+  /** Replaces $D/bin with the tar archive on stdin (atomically: unpack beside it, then swap). */
+  install: 'set -e; D="$HOME/$PERIMETER_DIR"; mkdir -p "$D"; rm -rf "$D/bin.new"; mkdir "$D/bin.new"; tar -xf - -C "$D/bin.new"; ' +
+    'rm -rf "$D/bin.old"; if [ -d "$D/bin" ]; then mv "$D/bin" "$D/bin.old"; fi; mv "$D/bin.new" "$D/bin"; rm -rf "$D/bin.old"; cat "$D/bin/VERSION"',
+  /** Writes the worker configuration (JSON on stdin) to $D/home/config.json with mode 0600. */
+  configure: 'set -e; D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; cat > "$D/home/config.json.new"; mv "$D/home/config.json.new" "$D/home/config.json"',
+  /** Starts a detached worker for a real environment; the first stdin line is the environment key. The key stays in
+   *  the shell's memory and reaches the worker through a pipe (printf is a shell builtin: no argv exposure). */
+  startEnvironment: 'D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; IFS= read -r KEY; cd "$D/home"; ' +
+    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$D/home" --key-stdin >> "$D/home/worker.log" 2>&1 & KEY=; echo started',
+  /** Starts a detached worker against the embedded dev queue and bundled scenario (no account). */
+  startLocalQueue: 'D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; cd "$D/home"; ' +
+    'nohup node "$D/bin/perimeter.js" worker --home "$D/home" --local < /dev/null >> "$D/home/worker.log" 2>&1 & echo started',
+  /** Prints control.json when its worker process is alive; exit 3 = no worker. */
+  endpoint: 'D="$HOME/$PERIMETER_DIR"; F="$D/home/control.json"; [ -f "$F" ] || exit 3; ' +
+    'P=$(sed -n \'s/.*"pid":\\([0-9][0-9]*\\).*/\\1/p\' "$F"); [ -n "$P" ] && kill -0 "$P" 2>/dev/null || exit 3; cat "$F"',
+  /** The last 200 lines of the remote worker log. */
+  log: 'D="$HOME/$PERIMETER_DIR"; tail -n 200 "$D/home/worker.log" 2>/dev/null || true',
+  doctor: 'D="$HOME/$PERIMETER_DIR"; node "$D/bin/perimeter.js" doctor --json --home "$D/home"',
+  templateBuild: 'D="$HOME/$PERIMETER_DIR"; node "$D/bin/perimeter.js" template build --home "$D/home"',
+} as const;
+export type RemoteScript = keyof typeof REMOTE_SCRIPTS;
+
+/** Options every invocation gets: never prompt, detect dead links, no tty. */
+export function baseOptions(target: SshTarget): string[] {
+  const args = ['-T', '-o', 'BatchMode=yes', '-o', 'ServerAliveInterval=15', '-o', 'ServerAliveCountMax=3', '-o', 'ConnectTimeout=15'];
+  if (target.configFile) args.unshift('-F', target.configFile);
+  return args;
+}
+
+/** argv (without the `ssh` program) that runs one fixed remote script. */
+export function scriptArgs(target: SshTarget, script: RemoteScript): string[] {
+  const host = validateHost(target.host);
+  const dir = validateRemoteDir(target.remoteDir);
+  return [...baseOptions(target), '--', host, `PERIMETER_DIR=${dir} sh -c '${REMOTE_SCRIPTS[script].replace(/'/g, `'\\''`)}'`];
+}
+
+/** argv for a port forward only: local 127.0.0.1:localPort -> remote 127.0.0.1:remotePort. */
+export function tunnelArgs(target: SshTarget, localPort: number, remotePort: number): string[] {
+  const host = validateHost(target.host);
+  for (const p of [localPort, remotePort]) if (!Number.isInteger(p) || p < 1 || p > 65535) throw new SshInputError(`bad port ${p}`);
+  return [...baseOptions(target), '-N', '-o', 'ExitOnForwardFailure=yes', '-L', `127.0.0.1:${localPort}:127.0.0.1:${remotePort}`, '--', host];
+}
+
+/** Host aliases from an ssh_config file (`Host` lines without wildcards or negations). */
+export function sshConfigHosts(text: string): string[] {
+  const hosts = new Set<string>();
+  for (const raw of text.split('\n')) {
+    const m = /^\s*Host\s+(.+)$/i.exec(raw.replace(/#.*/, ''));
+    if (!m) continue;
+    for (const h of m[1]!.trim().split(/\s+/)) if (!/[*?!]/.test(h) && HOST_PATTERN.test(h)) hosts.add(h);
+  }
+  return [...hosts];
+}
+
+export function readSshConfigHosts(file: string): string[] {
+  try { return sshConfigHosts(readFileSync(file, 'utf8')); } catch { return []; }
+}

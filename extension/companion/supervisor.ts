@@ -1,0 +1,213 @@
+// Keeps one host's companion running and connected while the user wants it, and feeds the view model. Plain Node,
+// no `vscode`. Invariants:
+// - `desired` is what the user asked for (Start / Stop). Only while it is `running` does the supervisor reconnect or
+//   restart; Stop always ends in `stopped`, even when the worker is unreachable.
+// - On a lost connection it first looks for the worker again (a cut SSH tunnel or a restarted window finds the same
+//   worker); only when none runs does it restart one. Retries follow a bounded backoff (BACKOFF_MS); after the last
+//   one the host is `failed` and the problem stays visible. A successful connect resets the count.
+// - History comes from the journal (listSessions / listCalls / getPersist) after every (re)connect, so what the views
+//   show survives restarts; live events are applied on top.
+import { ControlClient, ControlRequestError } from './controlClient';
+import type { WorkerHost, WorkerSettings, ConnectTarget } from './workerHost';
+import type { PerimeterModel } from '../views/model';
+import type { SessionSummary } from '../../companion/protocol/control';
+import type { Unsubscribe } from './emitter';
+import { Emitter } from './emitter';
+
+export const BACKOFF_MS = [1_000, 2_000, 4_000, 8_000, 15_000, 30_000];
+const HISTORY_SESSIONS = 200;
+
+export interface SupervisorOptions {
+  backoffMs?: number[];
+  heartbeatMs?: number;
+  heartbeatTimeoutMs?: number;
+  /** The environment key, read from SecretStorage when a start needs it. */
+  getKey: () => Promise<string | undefined>;
+}
+
+export class HostSupervisor {
+  private client: ControlClient | null = null;
+  private desired: 'running' | 'stopped' = 'stopped';
+  private settings: WorkerSettings | null = null;
+  private attempts = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private recovering = false;
+  private readonly subs: Unsubscribe[] = [];
+  private readonly logs = new Emitter<string>();
+  readonly onLog = this.logs.event;
+
+  constructor(readonly host: WorkerHost, private readonly model: PerimeterModel, private readonly opts: SupervisorOptions) {
+    model.ensureHost(host.hostId, host.label);
+    this.subs.push(host.onLog((l) => this.logs.fire(l)));
+    this.subs.push(host.onLinkDown((detail) => this.lost(detail)));
+  }
+
+  get hostId(): string { return this.host.hostId; }
+  get isRunning(): boolean { return this.desired === 'running'; }
+  get connection(): ControlClient | null { return this.client?.connected ? this.client : null; }
+
+  /** Connects to a worker that already runs on the host (e.g. started by an earlier window); false when none does. */
+  async attach(): Promise<boolean> {
+    let target: ConnectTarget | null;
+    try { target = await this.host.findWorker(); } catch { return false; }
+    if (!target) return false;
+    this.desired = 'running';
+    await this.connect(target);
+    return true;
+  }
+
+  async start(settings: WorkerSettings): Promise<void> {
+    this.settings = settings;
+    this.desired = 'running';
+    this.attempts = 0;
+    this.clearRetry();
+    if (this.client?.connected) return;
+    this.model.setConnection(this.hostId, 'starting', null);
+    try {
+      await this.bringUp();
+    } catch (err) {
+      this.desired = 'stopped';
+      this.model.setConnection(this.hostId, 'stopped', (err as Error).message);
+      throw err;
+    }
+  }
+
+  /** Asks the worker to drain and exit, waits for it, and falls back to force only when it does not stop. */
+  async stop(): Promise<void> {
+    this.desired = 'stopped';
+    this.clearRetry();
+    let client = this.client?.connected ? this.client : null;
+    if (!client) {
+      const target = await this.host.findWorker().catch(() => null);
+      if (target) { await this.connect(target).catch(() => undefined); client = this.client?.connected ? this.client : null; }
+    }
+    if (client) {
+      this.logs.fire(`asking the worker on ${this.host.label} to shut down`);
+      await client.request('shutdown').catch((err: Error) => this.logs.fire(`shutdown request: ${err.message}`));
+      try { await this.host.waitStopped(45_000); } catch { await this.host.forceStop(); }
+    } else {
+      await this.host.forceStop().catch(() => undefined);
+    }
+    this.client?.close();
+    this.client = null;
+    this.model.setConnection(this.hostId, 'stopped', null);
+  }
+
+  async restart(settings: WorkerSettings): Promise<void> {
+    await this.stop();
+    await this.start(settings);
+  }
+
+  private async bringUp(): Promise<void> {
+    let target = await this.host.findWorker();
+    if (!target) {
+      if (!this.settings) throw new Error('no worker is running and there are no settings to start one');
+      const key = this.settings.mode === 'environment' ? await this.opts.getKey() : undefined;
+      await this.host.startWorker(this.settings, key);
+      target = await this.host.findWorker();
+      if (!target) throw new Error('the worker started but its control API cannot be found');
+    }
+    await this.connect(target);
+  }
+
+  private async connect(target: ConnectTarget): Promise<void> {
+    this.client?.close();
+    const client = new ControlClient({ port: target.port, token: target.token, heartbeatMs: this.opts.heartbeatMs, heartbeatTimeoutMs: this.opts.heartbeatTimeoutMs });
+    this.client = client;
+    client.onEvent((e) => {
+      this.model.applyEvent(this.hostId, e);
+      if (e.type === 'log') this.logs.fire(`${e.level.toUpperCase()} [${e.component}] ${e.message}`);
+    });
+    client.onProtocolError((m) => this.logs.fire(m));
+    client.onClose(({ reason, detail }) => {
+      if (this.client !== client) return;
+      this.lost(reason === 'heartbeat' ? 'the worker stopped answering heartbeats' : `control connection closed (${detail})`);
+    });
+    const hello = await client.connect();
+    this.attempts = 0;
+    this.model.applyHello(this.hostId, hello);
+    this.model.setConnection(this.hostId, 'connected', null);
+    this.logs.fire(`connected to the worker on ${this.host.label} (pid ${target.pid}, ${target.version})`);
+    await this.loadHistory(client).catch((err: Error) => this.logs.fire(`could not read history: ${err.message}`));
+  }
+
+  private async loadHistory(client: ControlClient): Promise<void> {
+    const sessions: SessionSummary[] = [];
+    let cursor: string | null = null;
+    do {
+      const page: { items: SessionSummary[]; nextCursor: string | null } = await client.request('listSessions', { limit: 100, cursor });
+      sessions.push(...page.items);
+      cursor = page.nextCursor;
+    } while (cursor && sessions.length < HISTORY_SESSIONS);
+    this.model.loadSessions(this.hostId, sessions);
+    for (const s of sessions) {
+      const calls = await client.request('listCalls', { sessionId: s.sessionId, limit: 200 });
+      this.model.loadCalls(this.hostId, s.sessionId, calls.items);
+      if (s.state !== 'ended' && s.state !== 'lost') await this.refreshPersist(s.sessionId, client);
+    }
+  }
+
+  async refreshPersist(sessionId: string, client = this.connection): Promise<void> {
+    if (!client) return;
+    try {
+      this.model.loadPersist(this.hostId, await client.request('getPersist', { sessionId }));
+    } catch (err) {
+      if (!(err instanceof ControlRequestError && (err.code === 'unavailable' || err.code === 'not_found'))) throw err;
+    }
+  }
+
+  /** The link to the worker is gone (socket closed, heartbeat lost, process or tunnel exited). */
+  private lost(detail: string): void {
+    this.client = null;
+    if (this.desired !== 'running') return;
+    if (this.recovering || this.retryTimer) return;
+    this.logs.fire(`lost the worker on ${this.host.label}: ${detail}`);
+    this.model.setConnection(this.hostId, 'reconnecting', detail);
+    this.scheduleRetry();
+  }
+
+  private scheduleRetry(): void {
+    const backoff = this.opts.backoffMs ?? BACKOFF_MS;
+    if (this.attempts >= backoff.length) {
+      this.desired = 'stopped';
+      const problem = `gave up after ${backoff.length} attempts to restart or reconnect; use Restart Worker`;
+      this.logs.fire(problem);
+      this.model.setConnection(this.hostId, 'failed', problem);
+      return;
+    }
+    const wait = backoff[this.attempts++]!;
+    this.retryTimer = setTimeout(() => { this.retryTimer = null; void this.recover(); }, wait);
+  }
+
+  private async recover(): Promise<void> {
+    if (this.desired !== 'running') return;
+    this.recovering = true;
+    try {
+      const existing = await this.host.findWorker();
+      if (!existing) { this.model.noteRestart(this.hostId); this.logs.fire(`restarting the worker on ${this.host.label} (attempt ${this.attempts})`); }
+      await (existing ? this.connect(existing) : this.bringUp());
+    } catch (err) {
+      this.logs.fire(`attempt ${this.attempts} failed: ${(err as Error).message}`);
+      this.model.setConnection(this.hostId, 'reconnecting', (err as Error).message);
+      this.recovering = false;
+      this.scheduleRetry();
+      return;
+    }
+    this.recovering = false;
+  }
+
+  private clearRetry(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+  }
+
+  dispose(): void {
+    this.clearRetry();
+    this.desired = 'stopped';
+    for (const u of this.subs) u();
+    this.client?.close();
+    this.client = null;
+    this.host.dispose();
+    this.logs.dispose();
+  }
+}

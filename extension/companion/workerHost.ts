@@ -1,0 +1,100 @@
+// What the supervisor needs from a machine that runs a companion worker: this machine (localHost.ts) or an SSH host
+// (sshHost.ts). Plain Node, no `vscode`. The settings here are non-secret; the environment key is passed separately
+// and only ever written to the worker's stdin.
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { ControlEndpointFile } from '../../companion/protocol/control';
+import type { Unsubscribe } from './emitter';
+
+export type SandboxDriverSetting = 'auto' | 'qemu' | 'firecracker' | 'process';
+export type LogLevelSetting = 'debug' | 'info' | 'warn' | 'error';
+
+export interface WorkerSettings {
+  /** `environment` serves a real self_hosted environment; `localQueue` plays the bundled scenario (Try Locally). */
+  mode: 'environment' | 'localQueue';
+  environmentId?: string;
+  concurrency: number;
+  driver: SandboxDriverSetting;
+  persistDefaults: string[];
+  egressAllow: string[];
+  logLevel: LogLevelSetting;
+  /** A scenario file for the local queue (this machine only); the bundled one when absent. */
+  scenario?: string;
+}
+
+/** Where a running worker's control API can be reached from this machine. */
+export interface ConnectTarget { port: number; token: string; pid: number; version: string }
+
+export interface CommandResult { code: number | null; stdout: string; stderr: string }
+
+export interface WorkerHost {
+  readonly hostId: string;
+  readonly label: string;
+  /** The running worker for this host, or null when none runs (a stale control.json does not count). */
+  findWorker(): Promise<ConnectTarget | null>;
+  /** Starts a worker and resolves once its control API is up. `key` is required for mode `environment`. */
+  startWorker(settings: WorkerSettings, key: string | undefined): Promise<void>;
+  /** Fires when the link to the worker ends (our local worker process exited, or the SSH tunnel closed). */
+  onLinkDown(listener: (detail: string) => void): Unsubscribe;
+  /** Lines the worker (or ssh) wrote to stderr, for the Worker Log. */
+  onLog(listener: (line: string) => void): Unsubscribe;
+  /** Resolves once no worker runs any more (after a shutdown request), or rejects after `timeoutMs`. */
+  waitStopped(timeoutMs: number): Promise<void>;
+  /** Last resort after a shutdown request went unanswered: kill what we can reach. */
+  forceStop(): Promise<void>;
+  /** Runs a companion CLI command (`doctor --json`, `template build`) on that machine. */
+  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult>;
+  /** Releases processes this object spawned (tunnels); a detached worker keeps running. */
+  dispose(): void;
+}
+
+export function parseEndpointFile(text: string): ConnectTarget | null {
+  try {
+    const parsed = ControlEndpointFile.safeParse(JSON.parse(text));
+    return parsed.success ? parsed.data : null;
+  } catch { return null; }
+}
+
+export function pidAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+export function delay(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }
+
+/** A free TCP port on 127.0.0.1 (ssh -L cannot allocate one itself). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Runs a program from an argv array (never a shell), optionally feeding stdin; collects output. */
+export function runProgram(program: string, args: string[], opts: { stdin?: string | Buffer; env?: NodeJS.ProcessEnv; timeoutMs?: number; onOutput?: (text: string) => void } = {}): Promise<CommandResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(program, args, { shell: false, env: opts.env ?? process.env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = ''; let stderr = '';
+    const timer = opts.timeoutMs ? setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs) : null;
+    child.stdout.on('data', (b: Buffer) => { stdout += b.toString(); opts.onOutput?.(b.toString()); });
+    child.stderr.on('data', (b: Buffer) => { stderr += b.toString(); opts.onOutput?.(b.toString()); });
+    child.on('error', (err) => { if (timer) clearTimeout(timer); reject(err); });
+    child.on('close', (code) => { if (timer) clearTimeout(timer); resolve({ code, stdout, stderr }); });
+    child.stdin.on('error', () => { /* the program may exit without reading stdin */ });
+    child.stdin.end(opts.stdin ?? '');
+  });
+}
+
+/** Splits a byte stream into lines for a log sink. */
+export function lineSplitter(sink: (line: string) => void): (chunk: Buffer | string) => void {
+  let rest = '';
+  return (chunk) => {
+    const text = rest + chunk.toString();
+    const lines = text.split('\n');
+    rest = lines.pop() ?? '';
+    for (const l of lines) if (l.trim()) sink(l);
+  };
+}

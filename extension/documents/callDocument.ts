@@ -1,0 +1,36 @@
+// The text and address of a tool call's read-only virtual document (scheme `perimeter-call`). Pure: the
+// TextDocumentContentProvider in extension/documents/provider.ts renders with `renderCallDocument` and re-renders
+// when the call's live output grows. The URI names the host and the call; the file name ends in `.log` so VS Code
+// picks a plain-text mode. Parsing rejects anything that is not exactly what `callUri` builds.
+import type { ToolCallSummary } from '../../companion/protocol/control';
+import { formatDuration } from '../views/items';
+
+export const CALL_SCHEME = 'perimeter-call';
+
+export interface CallRef { hostId: string; toolUseId: string }
+
+/** The path part of a call document URI: /<host>/<toolUseId>/<tool>.log (each segment URI-encoded). */
+export function callUriPath(ref: CallRef, toolName: string): string {
+  return `/${encodeURIComponent(ref.hostId)}/${encodeURIComponent(ref.toolUseId)}/${encodeURIComponent(toolName || 'call')}.log`;
+}
+
+export function parseCallUriPath(path: string): CallRef | null {
+  const m = /^\/([^/]+)\/([^/]+)\/[^/]+\.log$/.exec(path);
+  if (!m) return null;
+  try { return { hostId: decodeURIComponent(m[1]!), toolUseId: decodeURIComponent(m[2]!) }; } catch { return null; }
+}
+
+export function renderCallDocument(call: ToolCallSummary, output: string, opts: { live: boolean }): string {
+  const lines = [
+    `# ${call.name} · ${call.toolUseId}`,
+    `session:  ${call.sessionId}`,
+    `state:    ${call.state}${call.isError ? ' (is_error)' : ''}`,
+    `started:  ${new Date(call.startedAt).toISOString()}`,
+  ];
+  if (call.finishedAt !== null) lines.push(`finished: ${new Date(call.finishedAt).toISOString()} (${formatDuration(call.durationMs)})`);
+  if (call.exitCode !== null) lines.push(`exit code: ${call.exitCode}`);
+  lines.push('', '## input', JSON.stringify(call.input, null, 2) ?? 'null', '', '## output');
+  lines.push(output.length > 0 ? output : opts.live ? '(no output yet)' : '(empty output)');
+  if (opts.live) lines.push('', '… (running: this document follows the live output)');
+  return lines.join('\n') + '\n';
+}

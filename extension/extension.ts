@@ -1,0 +1,91 @@
+// The Perimeter extension's entry point: wires the plain modules (model, supervisors, control client) to VS Code's
+// views, commands, documents and status bar. It holds no logic of its own beyond wiring; every disposable it creates
+// is registered in context.subscriptions. `activate` returns a small API the integration tests use.
+import * as vscode from 'vscode';
+import { PerimeterModel } from './views/model';
+import { WorkerTree, SessionsTree, PersistTree } from './views/trees';
+import { statusBarText } from './views/statusText';
+import { CallDocumentProvider } from './documents/provider';
+import { CALL_SCHEME } from './documents/callDocument';
+import { HostRegistry } from './hosts';
+import { registerWorkerCommands } from './commands/worker';
+import { registerPersistCommands } from './commands/persist';
+import { registerToolCommands } from './commands/tools';
+import { trackKeyPresence } from './secrets';
+import * as settings from './settings';
+
+const TICK_MS = 5_000;
+
+export interface PerimeterApi {
+  model: PerimeterModel;
+  registry: HostRegistry;
+  sessionsTree: SessionsTree;
+  workerTree: WorkerTree;
+  persistTree: PersistTree;
+  statusBar: vscode.StatusBarItem;
+  outputLines: string[];
+}
+
+export function activate(context: vscode.ExtensionContext): PerimeterApi {
+  const output = vscode.window.createOutputChannel('Perimeter Worker');
+  const outputLines: string[] = [];
+  const log = (label: string, line: string) => {
+    const text = `[${label}] ${line}`;
+    output.appendLine(text);
+    outputLines.push(text);
+    if (outputLines.length > 2000) outputLines.splice(0, outputLines.length - 2000);
+  };
+  const model = new PerimeterModel();
+  const registry = new HostRegistry(context, model, log);
+
+  const workerTree = new WorkerTree(model, settings.stuckAfterMs);
+  const sessionsTree = new SessionsTree(model, settings.stuckAfterMs);
+  const persistTree = new PersistTree(model, settings.stuckAfterMs);
+  const documents = new CallDocumentProvider(model, (hostId) => registry.get(hostId)?.connection ?? null);
+
+  const statusBar = vscode.window.createStatusBarItem('perimeter.status', vscode.StatusBarAlignment.Left, 50);
+  statusBar.name = 'Perimeter';
+  statusBar.command = 'workbench.view.extension.perimeter';
+  const updateStatus = () => {
+    const s = statusBarText(model, settings.stuckAfterMs());
+    statusBar.text = s.text;
+    statusBar.tooltip = s.tooltip;
+    statusBar.backgroundColor = s.warning ? new vscode.ThemeColor('statusBarItem.warningBackground') : undefined;
+    const running = model.hostList().some((h) => h.connection !== 'stopped' && h.connection !== 'failed');
+    void vscode.commands.executeCommand('setContext', 'perimeter.workerRunning', running);
+    const noKvm = model.hostList().some((h) => h.connection === 'connected' && h.facts && h.facts.driver !== 'process' && h.facts.accel !== 'kvm');
+    if (noKvm) void vscode.commands.executeCommand('setContext', 'perimeter.noKvm', true);
+  };
+  updateStatus();
+  statusBar.show();
+
+  // Durations, uptime and the "stuck" flag depend on the clock: repaint them now and then (this reads only local
+  // state; the companion is never polled).
+  const ticker = setInterval(() => { workerTree.refresh(); sessionsTree.refresh(); updateStatus(); }, TICK_MS);
+
+  context.subscriptions.push(
+    output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,
+    { dispose: () => clearInterval(ticker) },
+    { dispose: () => model.dispose() },
+    { dispose: model.onDidChange(() => updateStatus()) },
+    vscode.window.createTreeView('perimeter.worker', { treeDataProvider: workerTree, showCollapseAll: false }),
+    vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true }),
+    vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
+    vscode.workspace.registerTextDocumentContentProvider(CALL_SCHEME, documents),
+    trackKeyPresence(context),
+    vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(); }),
+    ...registerWorkerCommands({ context, registry, output }),
+    ...registerPersistCommands(registry, model),
+    ...registerToolCommands(registry, model, output),
+  );
+
+  // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:
+  // attaching is harmless, but restarting on loss would start processes.
+  if (vscode.workspace.isTrusted) void registry.attachAll();
+
+  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, outputLines };
+}
+
+export function deactivate(): void {
+  // Disposables in context.subscriptions close sockets and tunnels; workers keep running until stopped by the user.
+}

@@ -1,0 +1,81 @@
+// The set of worker hosts the extension knows (this machine plus the SSH hosts in `perimeter.hosts`), one
+// HostSupervisor each, and which host commands act on by default (the "selected" host, kept in globalState; it is not
+// a secret and not a setting a workspace could override). Rebuilt when the host settings change; a running host is
+// kept until it is stopped.
+import * as vscode from 'vscode';
+import path from 'node:path';
+import { HostSupervisor } from './companion/supervisor';
+import { LocalHost } from './companion/localHost';
+import { SshHost } from './companion/sshHost';
+import { readCompanionBundle } from './companion/bundle';
+import { validateHost, validateRemoteDir } from './companion/ssh';
+import type { PerimeterModel } from './views/model';
+import * as settings from './settings';
+import { getEnvironmentKey } from './secrets';
+
+const SELECTED_HOST = 'perimeter.selectedHost';
+
+export class HostRegistry implements vscode.Disposable {
+  private readonly supervisors = new Map<string, HostSupervisor>();
+  private readonly changed = new vscode.EventEmitter<void>();
+  readonly onDidChange = this.changed.event;
+
+  constructor(
+    private readonly context: vscode.ExtensionContext,
+    private readonly model: PerimeterModel,
+    private readonly log: (hostLabel: string, line: string) => void,
+  ) {
+    this.sync();
+  }
+
+  /** Creates supervisors for configured hosts that lack one and drops idle ones no longer configured. */
+  sync(): void {
+    const wanted = new Map<string, () => HostSupervisor>();
+    wanted.set('local', () => this.supervise(new LocalHost({
+      home: settings.localHome(), bundle: path.join(this.context.extensionPath, 'dist', 'perimeter.js'), nodePath: settings.nodePath(),
+    })));
+    for (const raw of settings.sshHosts()) {
+      let host: string;
+      try { host = validateHost(raw); validateRemoteDir(settings.remoteDirectory()); } catch (err) { this.log('settings', (err as Error).message); continue; }
+      wanted.set(`ssh:${host}`, () => this.supervise(new SshHost({
+        target: { host, configFile: settings.sshConfigFile(), remoteDir: settings.remoteDirectory() },
+        bundle: () => readCompanionBundle(this.context.extensionPath, String(this.context.extension.packageJSON.version)),
+      })));
+    }
+    for (const [id, sup] of this.supervisors) {
+      if (!wanted.has(id) && !sup.isRunning) { sup.dispose(); this.supervisors.delete(id); this.model.removeHost(id); }
+    }
+    for (const [id, make] of wanted) if (!this.supervisors.has(id)) this.supervisors.set(id, make());
+    this.changed.fire();
+  }
+
+  private supervise(host: LocalHost | SshHost): HostSupervisor {
+    const sup = new HostSupervisor(host, this.model, { getKey: () => getEnvironmentKey(this.context) });
+    sup.onLog((line) => this.log(host.label, line));
+    return sup;
+  }
+
+  get(hostId: string): HostSupervisor | undefined { return this.supervisors.get(hostId); }
+  all(): HostSupervisor[] { return [...this.supervisors.values()]; }
+
+  selectedHostId(): string {
+    const id = this.context.globalState.get<string>(SELECTED_HOST) ?? 'local';
+    return this.supervisors.has(id) ? id : 'local';
+  }
+
+  async select(hostId: string): Promise<void> {
+    await this.context.globalState.update(SELECTED_HOST, hostId);
+    this.changed.fire();
+  }
+
+  /** Attaches to workers that already run (started by an earlier window or left running on a remote host). */
+  async attachAll(): Promise<void> {
+    await Promise.all(this.all().map((s) => s.attach().catch(() => false)));
+  }
+
+  dispose(): void {
+    for (const s of this.supervisors.values()) s.dispose();
+    this.supervisors.clear();
+    this.changed.dispose();
+  }
+}

@@ -1,0 +1,180 @@
+// Pure descriptions of the tree items the three views show (label, description, icon, contextValue, stable id).
+// The vscode TreeDataProviders (extension/views/trees.ts) only translate these into vscode.TreeItems, so everything a
+// user reads in the trees is unit-tested here without VS Code. contextValues are space-separated words that the
+// manifest's menus match with regexes (`viewItem =~ /\bhost\b/ && viewItem =~ /\brunning\b/`).
+import type { PersistState, ToolCallSummary } from '../../companion/protocol/control';
+import type { HostEntry, SessionEntry } from './model';
+
+export interface ItemDescriptor {
+  id: string;
+  label: string;
+  description?: string;
+  tooltip?: string;
+  /** A codicon id, optionally with a theme color id after a space (`pass testing.iconPassed`). */
+  icon: string;
+  contextValue: string;
+  collapsible: 'none' | 'collapsed' | 'expanded';
+}
+
+export function formatDuration(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined || !Number.isFinite(ms) || ms < 0) return '';
+  if (ms < 1000) return `${Math.round(ms)} ms`;
+  if (ms < 60_000) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.floor(ms / 1000);
+  if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+export function formatBytes(n: number): string {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+// ---- Worker view --------------------------------------------------------------------------------------------------
+export function hostStateLabel(h: HostEntry): string {
+  switch (h.connection) {
+    case 'stopped': return h.problem ? 'stopped (failed)' : 'stopped';
+    case 'starting': return 'starting';
+    case 'reconnecting': return 'reconnecting';
+    case 'failed': return 'failed';
+    case 'connected': return h.workerState ?? 'connected';
+  }
+}
+
+function hostIcon(h: HostEntry): string {
+  if (h.connection === 'failed') return 'error errorForeground';
+  if (h.connection === 'reconnecting') return 'sync~spin list.warningForeground';
+  if (h.connection === 'starting') return 'loading~spin';
+  if (h.connection === 'stopped') return 'circle-outline';
+  switch (h.workerState) {
+    case 'polling': return 'vm-running testing.iconPassed';
+    case 'draining': return 'debug-pause list.warningForeground';
+    case 'error': return 'error errorForeground';
+    case 'stopped': return 'circle-outline';
+    default: return 'loading~spin';
+  }
+}
+
+export function describeHost(h: HostEntry): ItemDescriptor {
+  const running = h.connection === 'connected' || h.connection === 'starting' || h.connection === 'reconnecting';
+  const parts = [hostStateLabel(h)];
+  if (h.problem) parts.push(h.problem);
+  return {
+    id: `host:${h.hostId}`,
+    label: h.label,
+    description: parts.join(' · '),
+    tooltip: h.problem ? `${h.label}: ${hostStateLabel(h)}\n${h.problem}` : `${h.label}: ${hostStateLabel(h)}`,
+    icon: hostIcon(h),
+    contextValue: `host ${running ? 'running' : 'stopped'}${h.hostId === 'local' ? ' local' : ' remote'}`,
+    collapsible: 'expanded',
+  };
+}
+
+/** The fact rows under a host: state, uptime, driver, accel, concurrency, queue. */
+export function describeHostDetails(h: HostEntry, counts: { activeSessions: number; runningCalls: number }, now: number): ItemDescriptor[] {
+  const row = (key: string, label: string, value: string, icon: string): ItemDescriptor =>
+    ({ id: `host:${h.hostId}:${key}`, label, description: value, icon, contextValue: `hostDetail ${key}`, collapsible: 'none' });
+  const f = h.facts;
+  const rows = [row('state', 'State', h.workerDetail ? `${hostStateLabel(h)} (${h.workerDetail})` : hostStateLabel(h), 'pulse')];
+  if (h.connection !== 'connected' || !f) return h.problem ? [...rows, row('problem', 'Problem', h.problem, 'warning')] : rows;
+  rows.push(
+    row('uptime', 'Uptime', formatDuration(now - f.startedAt), 'clock'),
+    row('driver', 'Sandbox driver', f.driver, 'package'),
+    row('accel', 'Acceleration', f.accel === 'kvm' ? 'KVM' : f.accel === 'tcg' ? 'TCG (no KVM: slow)' : 'none (no VM isolation)', f.accel === 'kvm' ? 'zap' : 'warning'),
+    row('concurrency', 'Concurrency', String(f.concurrency), 'layers'),
+    row('queue', 'Queue', `${counts.activeSessions} active session${counts.activeSessions === 1 ? '' : 's'}, ${counts.runningCalls} running call${counts.runningCalls === 1 ? '' : 's'}, ${f.vmsRunning} VM${f.vmsRunning === 1 ? '' : 's'} running`, 'list-ordered'),
+    row('host', 'Host', `${f.hostname} · pid ${f.pid} · v${f.version}`, 'server'),
+  );
+  return rows;
+}
+
+// ---- Sessions view ------------------------------------------------------------------------------------------------
+export function describeSession(s: SessionEntry, stuck: boolean, multiHost: boolean): ItemDescriptor {
+  const sum = s.summary;
+  const icon = stuck ? 'watch list.warningForeground'
+    : sum.state === 'running' ? 'sync~spin'
+      : sum.state === 'claimed' ? 'inbox'
+        : sum.state === 'idle' ? 'debug-pause'
+          : sum.state === 'lost' ? 'error errorForeground' : 'pass testing.iconPassed';
+  const parts: string[] = [stuck ? 'stuck? no progress' : sum.state, `${s.calls.size || sum.callCount} call${(s.calls.size || sum.callCount) === 1 ? '' : 's'}`];
+  if (multiHost) parts.push(s.hostId);
+  return {
+    id: `session:${s.hostId}:${sum.sessionId}`,
+    label: sum.sessionId,
+    description: parts.join(' · '),
+    tooltip: [`session ${sum.sessionId}`, `state: ${sum.state}`, sum.lastError ? `last error: ${sum.lastError}` : null,
+      stuck ? 'No event for a while although a call is in progress: the session may be stuck.' : null].filter(Boolean).join('\n'),
+    icon,
+    contextValue: `session ${sum.state === 'ended' || sum.state === 'lost' ? 'ended' : 'active'}${stuck ? ' stuck' : ''}`,
+    collapsible: sum.state === 'ended' || sum.state === 'lost' ? 'collapsed' : 'expanded',
+  };
+}
+
+/** A one-line summary of a tool call's input: the command, path or pattern it acts on. */
+export function summarizeInput(name: string, input: unknown): string {
+  const o = (typeof input === 'object' && input !== null ? input : {}) as Record<string, unknown>;
+  const pick = (k: string) => (typeof o[k] === 'string' ? (o[k] as string) : '');
+  let text: string;
+  switch (name) {
+    case 'bash': text = pick('command'); break;
+    case 'read': case 'write': case 'edit': text = pick('file_path') || pick('path'); break;
+    case 'glob': case 'grep': text = pick('pattern'); break;
+    default: text = JSON.stringify(input) ?? '';
+  }
+  const line = text.split('\n')[0]!.trim();
+  return line.length > 60 ? `${line.slice(0, 59)}…` : line;
+}
+
+function callIcon(c: ToolCallSummary): string {
+  switch (c.state) {
+    case 'running': return 'loading~spin';
+    case 'waiting_confirmation': return 'question list.warningForeground';
+    case 'denied': return 'circle-slash';
+    case 'interrupted': return 'debug-disconnect errorForeground';
+    case 'failed': return 'error errorForeground';
+    case 'done': case 'posted': return c.isError ? 'error errorForeground' : 'pass testing.iconPassed';
+  }
+}
+
+export function describeCall(hostId: string, c: ToolCallSummary, now: number): ItemDescriptor {
+  const running = c.state === 'running' || c.state === 'waiting_confirmation';
+  const duration = c.durationMs ?? (running ? now - c.startedAt : null);
+  const status = c.state === 'waiting_confirmation' ? 'waiting for confirmation' : c.isError && c.state !== 'failed' ? 'error' : c.state;
+  const parts = [status, formatDuration(duration)];
+  if (c.exitCode !== null && c.exitCode !== 0) parts.push(`exit ${c.exitCode}`);
+  const summary = summarizeInput(c.name, c.input);
+  return {
+    id: `call:${hostId}:${c.toolUseId}`,
+    label: summary ? `${c.name}: ${summary}` : c.name,
+    description: parts.filter(Boolean).join(' · '),
+    tooltip: `${c.name} (${c.toolUseId})\n${status}${c.outputPreview ? `\n\n${c.outputPreview.slice(0, 500)}` : ''}`,
+    icon: callIcon(c),
+    contextValue: `call ${running ? 'running' : 'finished'}`,
+    collapsible: 'none',
+  };
+}
+
+// ---- Persisted Files view -----------------------------------------------------------------------------------------
+export function describePersistSession(hostId: string, sessionId: string, p: PersistState | undefined, multiHost: boolean): ItemDescriptor {
+  const parts = p ? [`${p.patterns.length} path${p.patterns.length === 1 ? '' : 's'}`, `${p.files.length} file${p.files.length === 1 ? '' : 's'}`, formatBytes(p.totalBytes), `gen ${p.generation}`] : ['not loaded'];
+  if (multiHost) parts.push(hostId);
+  return {
+    id: `persist:${hostId}:${sessionId}`, label: sessionId, description: parts.join(' · '), icon: 'archive',
+    contextValue: 'persistSession', collapsible: 'expanded',
+  };
+}
+
+export function describePattern(hostId: string, sessionId: string, pattern: string): ItemDescriptor {
+  return {
+    id: `persist:${hostId}:${sessionId}:pattern:${pattern}`, label: pattern, description: 'persisted path', icon: 'pin',
+    contextValue: 'persistPattern', collapsible: 'none',
+  };
+}
+
+export function describePersistedFile(hostId: string, sessionId: string, f: { path: string; size: number }): ItemDescriptor {
+  return {
+    id: `persist:${hostId}:${sessionId}:file:${f.path}`, label: f.path, description: formatBytes(f.size), icon: 'file',
+    contextValue: 'persistFile', collapsible: 'none',
+  };
+}
