@@ -1,0 +1,94 @@
+// `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable,
+// or only TCG), QEMU, the sandbox drivers' own probes (via select.ts), a built template, free disk space and a
+// writable state directory, ripgrep for the process driver. `--json` prints {ok, checks:[{name, ok, severity,
+// detail, fix}]}; the exit code is 1 when an error-severity check failed (warnings do not fail).
+import { execFile } from 'node:child_process';
+import { promises as fs, constants as fsc } from 'node:fs';
+import path from 'node:path';
+import { statePaths } from '../config';
+import { EventHub } from '../events';
+import { probeDrivers } from '../sandbox/select';
+import { CONFIG_FLAGS, configFromFlags, parse } from './options';
+import type { Command } from './types';
+
+export interface DoctorCheck { name: string; ok: boolean; severity: 'error' | 'warning'; detail: string; fix: string | null }
+
+const MIN_FREE_BYTES = 2 * 1024 * 1024 * 1024;
+
+function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: 10_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } }, (err, stdout, stderr) => resolve({ ok: !err, out: `${stdout}${stderr}`.trim() }));
+  });
+}
+
+export const doctorCommand: Command = {
+  name: 'doctor',
+  summary: 'report what this host can run (KVM, QEMU, template, disk, state dir) and how to fix problems',
+  async run(argv) {
+    const { values } = parse(argv, { ...CONFIG_FLAGS, json: { type: 'boolean' } });
+    if (values.help) { process.stdout.write('usage: perimeter doctor [--json] [--home DIR]\n'); return 0; }
+    const config = configFromFlags(values, { control: { enabled: false } });
+    const checks: DoctorCheck[] = [];
+    const add = (c: DoctorCheck) => checks.push(c);
+
+    const major = Number(process.versions.node.split('.')[0]);
+    add({ name: 'node', ok: major >= 20, severity: 'error', detail: `Node ${process.versions.node}`, fix: major >= 20 ? null : 'install Node 20 or newer' });
+
+    let kvmOk = false;
+    let kvmDetail = '/dev/kvm is missing';
+    try { await fs.access('/dev/kvm', fsc.R_OK | fsc.W_OK); kvmOk = true; kvmDetail = '/dev/kvm is usable: VMs run with hardware acceleration'; } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EACCES') kvmDetail = '/dev/kvm exists but this user cannot open it';
+    }
+    add({ name: 'kvm', ok: kvmOk, severity: 'warning', detail: kvmOk ? kvmDetail : `${kvmDetail}; VMs can only run under TCG (software CPU, much slower)`,
+      fix: kvmOk ? null : kvmDetail.includes('cannot open') ? `add this user to the kvm group (sudo usermod -aG kvm ${process.env.USER ?? '$USER'}) and log in again` : 'enable virtualization (VT-x/AMD-V, or nested virtualization for a cloud VM) and load the kvm module (sudo modprobe kvm_intel or kvm_amd)' });
+
+    const qemu = await run(config.sandbox.qemuBinary, ['--version']);
+    add({ name: 'qemu', ok: qemu.ok, severity: 'error', detail: qemu.ok ? qemu.out.split('\n')[0]! : `${config.sandbox.qemuBinary} not found`, fix: qemu.ok ? null : 'sudo apt-get install qemu-system-x86 qemu-utils' });
+
+    const hub = new EventHub();
+    for (const p of await probeDrivers(config, hub)) {
+      add({ name: `driver:${p.kind}`, ok: p.probe.ok, severity: p.kind === 'process' ? 'warning' : 'error', detail: `${p.probe.detail}${p.probe.ok ? ` (accel ${p.probe.accel})` : ''}`, fix: p.probe.fixes.length ? p.probe.fixes.join('; ') : null });
+    }
+
+    const tdir = config.sandbox.template ?? statePaths(config.home).templates;
+    let templates: string[] = [];
+    try { templates = (await fs.readdir(tdir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name); } catch { /* none */ }
+    add({ name: 'template', ok: templates.length > 0, severity: 'error', detail: templates.length ? `${templates.length} template(s) in ${tdir}` : `no VM template in ${tdir}`, fix: templates.length ? null : 'perimeter template build' });
+
+    const home = config.home;
+    let writable = false;
+    let writeDetail = '';
+    try {
+      await fs.mkdir(home, { recursive: true, mode: 0o700 });
+      const probe = path.join(home, `.doctor-${process.pid}`);
+      await fs.writeFile(probe, 'ok');
+      await fs.rm(probe);
+      writable = true;
+      writeDetail = `${home} is writable`;
+    } catch (err) { writeDetail = `${home}: ${(err as Error).message}`; }
+    add({ name: 'state-dir', ok: writable, severity: 'error', detail: writeDetail, fix: writable ? null : `create ${home} owned by this user, or pass --home DIR` });
+
+    try {
+      const st = await fs.statfs(writable ? home : path.dirname(home));
+      const free = st.bavail * st.bsize;
+      add({ name: 'disk', ok: free >= MIN_FREE_BYTES, severity: 'warning', detail: `${(free / 2 ** 30).toFixed(1)} GiB free under ${home}`, fix: free >= MIN_FREE_BYTES ? null : 'free at least 2 GiB (templates, persisted files and the journal live there)' });
+    } catch (err) {
+      add({ name: 'disk', ok: false, severity: 'warning', detail: `cannot read free space: ${(err as Error).message}`, fix: null });
+    }
+
+    const rg = await run('rg', ['--version']);
+    add({ name: 'ripgrep', ok: rg.ok, severity: 'warning', detail: rg.ok ? rg.out.split('\n')[0]! : 'rg not found on this host (the process driver runs grep with the host rg)', fix: rg.ok ? null : 'sudo apt-get install ripgrep' });
+
+    const ok = checks.every((c) => c.ok || c.severity === 'warning');
+    if (values.json) process.stdout.write(`${JSON.stringify({ ok, checks }, null, 2)}\n`);
+    else {
+      for (const c of checks) {
+        process.stdout.write(`${c.ok ? 'ok  ' : c.severity === 'error' ? 'FAIL' : 'warn'}  ${c.name.padEnd(20)} ${c.detail}\n`);
+        if (!c.ok && c.fix) process.stdout.write(`      ${''.padEnd(20)} fix: ${c.fix}\n`);
+      }
+      process.stdout.write(ok ? 'this host can run Perimeter\n' : 'problems found: see the fixes above\n');
+    }
+    return ok ? 0 : 1;
+  },
+};

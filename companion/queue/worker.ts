@@ -1,0 +1,330 @@
+// The worker: claims a self_hosted environment's work items and serves each session's tool calls, entirely through
+// the unmodified @anthropic-ai/sdk. Our own loop runs `WorkPoller({autoStop:false})` and hands each claimed item to
+// `EnvironmentWorker.handleItem()` with a tools factory returning our six tools (companion/tools/runnable.ts), so the
+// SDK does the lease heartbeats (412 = lease lost: no stop), the force-stop (409 = already stopped), skills download,
+// the event stream with reconcile-after-reconnect, confirmations, unknown tool names and never-empty text.
+// Invariants:
+// - At most `concurrency` sessions at once; the poller is not asked for (and so does not ack) more work until a
+//   slot is free. Newest work item per session wins: the older handler is aborted (its teardown force-stops it)
+//   before the newer one starts. Healthcheck items are force-stopped without running anything.
+// - The environment key lives only in this process (the SDK client). Sandboxes receive tool inputs only.
+// - Results are posted by the SDK; a wire observer on the client's fetch journals `posted` after a 2xx.
+// - drain(): stop claiming; in-flight calls finish (bounded by drainTimeoutMs) or are killed and answered with an
+//   explicit error; results are given a moment to post; then every held item is released (force-stopped).
+import os from 'node:os';
+import path from 'node:path';
+import { randomUUID } from 'node:crypto';
+import { promises as fs } from 'node:fs';
+import Anthropic from '@anthropic-ai/sdk';
+import { WorkPoller, EnvironmentWorker } from '@anthropic-ai/sdk/helpers/beta/environments';
+import type { BetaSelfHostedWork } from '@anthropic-ai/sdk/resources/beta/environments/work';
+import type { Config } from '../config';
+import type { EventHub } from '../events';
+import type { WorkerControl } from '../control/types';
+import type { HostFacts, WorkerState } from '../protocol/control';
+import type { Journal } from '../journal/journal';
+import type { CallPersistence } from '../persist/types';
+import type { DriverProbe, EgressAttachment, SandboxDriver } from '../sandbox/types';
+import { CallRunner, type SessionCalls } from '../tools/call-runner';
+import { sessionTools } from '../tools/runnable';
+import { logger, registerSecret } from '../log';
+import { errorMessage } from '../errors';
+import { VERSION } from '../version';
+
+const log = logger('worker');
+const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
+const POST_GRACE_MS = 5_000;
+const SUPERSEDE_WAIT_MS = 35_000;
+const FACTS_INTERVAL_MS = 10_000;
+
+export interface WorkerOptions {
+  config: Config;
+  environmentId: string;
+  environmentKey: string;
+  baseUrl?: string;
+  hub: EventHub;
+  driver: SandboxDriver;
+  driverProbe: DriverProbe;
+  journal: Journal;
+  persistence?: CallPersistence;
+  egressFor?: (sessionId: string) => EgressAttachment | undefined;
+  /** Idle time after an `end_turn` before a session's item is released (SDK default 60 s). */
+  maxIdleMs?: number;
+  drainTimeoutMs?: number;
+  /** SDK client retries per request (429/5xx/connection errors, honouring retry-after). */
+  maxRetries?: number;
+  /** Called by shutdown() after draining. */
+  onExit?: (code: number) => void;
+}
+
+interface SessionHandle {
+  sessionId: string;
+  workId: string;
+  ctrl: AbortController;
+  calls: SessionCalls | null;
+  done: Promise<void>;
+  leaseLost: boolean;
+}
+
+export class Worker implements WorkerControl {
+  private current: WorkerState = 'starting';
+  private detail: string | undefined;
+  private readonly startedAt = Date.now();
+  private readonly pollCtrl = new AbortController();
+  private readonly sessions = new Map<string, SessionHandle>();
+  private readonly handles = new Set<SessionHandle>();
+  private readonly workToSession = new Map<string, string>();
+  private slotWaiters: Array<() => void> = [];
+  private readonly client: Anthropic;
+  private readonly calls: CallRunner;
+  private drainPromise: Promise<void> | null = null;
+  private factsTimer: NodeJS.Timeout | null = null;
+  readonly workerId: string;
+
+  constructor(private readonly opts: WorkerOptions) {
+    this.workerId = opts.config.workerId ?? `${os.hostname()}-perimeter-${randomUUID()}`;
+    const sdkLog = logger('sdk');
+    this.client = new Anthropic({
+      apiKey: null,
+      authToken: opts.environmentKey,
+      baseURL: opts.baseUrl ?? opts.config.baseUrl ?? 'https://api.anthropic.com',
+      maxRetries: opts.maxRetries ?? 4,
+      fetch: this.observedFetch,
+      logger: { debug: (...a) => sdkLog.debug(...a), info: (...a) => sdkLog.info(...a), warn: (...a) => sdkLog.warn(...a), error: (...a) => sdkLog.error(...a) },
+      logLevel: opts.config.logLevel === 'debug' ? 'debug' : 'warn',
+    });
+    this.calls = new CallRunner({
+      driver: opts.driver, journal: opts.journal, hub: opts.hub, mode: opts.config.sandbox.mode,
+      callTimeoutMs: opts.config.sandbox.callTimeoutMs, persistence: opts.persistence, egressFor: opts.egressFor,
+    });
+  }
+
+  // ---- WorkerControl -----------------------------------------------------------------------------------------------
+
+  state(): WorkerState { return this.current; }
+
+  hostFacts(): HostFacts {
+    const info = this.opts.driver.info();
+    return {
+      hostname: os.hostname(), driver: info.kind, accel: info.accel === 'none' ? this.opts.driverProbe.accel : info.accel,
+      vmsRunning: info.running, vmsPooled: info.pooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
+      concurrency: this.opts.config.concurrency, version: VERSION, pid: process.pid, startedAt: this.startedAt,
+    };
+  }
+
+  drain(): Promise<void> {
+    this.drainPromise ??= this.doDrain();
+    return this.drainPromise;
+  }
+
+  async shutdown(): Promise<void> {
+    await this.drain();
+    this.opts.onExit?.(0);
+  }
+
+  /** Active sessions (for tests and the CLI). */
+  activeSessions(): Array<{ sessionId: string; workId: string }> { return [...this.handles].map((h) => ({ sessionId: h.sessionId, workId: h.workId })); }
+
+  // ---- the loop ------------------------------------------------------------------------------------------------------
+
+  private setState(state: WorkerState, detail?: string): void {
+    if (this.current === state && this.detail === detail) return;
+    this.current = state;
+    this.detail = detail;
+    this.opts.hub.publish({ type: 'worker.state', state, ...(detail ? { detail } : {}) });
+    log.info(`state: ${state}${detail ? ` (${detail})` : ''}`);
+  }
+
+  /** Runs the poll loop until drained or a fatal error. Resolves with the process exit code. */
+  async run(): Promise<number> {
+    this.opts.hub.publish({ type: 'host.facts', facts: this.hostFacts() });
+    this.factsTimer = setInterval(() => this.opts.hub.publish({ type: 'host.facts', facts: this.hostFacts() }), FACTS_INTERVAL_MS);
+    this.factsTimer.unref();
+    this.setState('polling');
+    const poller = new WorkPoller({
+      client: this.client, environmentId: this.opts.environmentId, environmentKey: this.opts.environmentKey,
+      workerId: this.workerId, signal: this.pollCtrl.signal, autoStop: false,
+    });
+    let code = 0;
+    try {
+      for await (const work of poller) {
+        this.dispatch(work);
+        await this.waitForSlot();
+      }
+    } catch (err) {
+      if (!this.pollCtrl.signal.aborted) {
+        code = 1;
+        log.error(`polling stopped: ${errorMessage(err)}`);
+        this.setState('error', `polling stopped: ${errorMessage(err)}`);
+      }
+    }
+    if (code !== 0) await this.releaseAll('the worker stopped polling after a fatal error');
+    else await this.drain();
+    if (this.factsTimer) clearInterval(this.factsTimer);
+    if (code === 0) this.setState('stopped');
+    return code;
+  }
+
+  private slotsFree(): boolean {
+    return this.handles.size < this.opts.config.concurrency && this.opts.journal.healthy;
+  }
+
+  private waitForSlot(): Promise<void> {
+    if (this.slotsFree() || this.pollCtrl.signal.aborted) return Promise.resolve();
+    if (!this.opts.journal.healthy) this.setState('error', 'the journal cannot be written; not claiming work');
+    return new Promise((resolve) => {
+      const wake = () => resolve();
+      this.slotWaiters.push(wake);
+      this.pollCtrl.signal.addEventListener('abort', wake, { once: true });
+    });
+  }
+
+  private wakeSlotWaiters(): void {
+    if (!this.slotsFree()) return;
+    const waiters = this.slotWaiters;
+    this.slotWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private dispatch(work: BetaSelfHostedWork): void {
+    registerSecret(work.secret ?? null);
+    if (work.data.type !== 'session') {
+      log.info(`work item ${work.id} is a ${work.data.type} item: nothing to run; stopping it`);
+      void this.client.beta.environments.work.stop(work.id, { environment_id: work.environment_id, force: true }).catch((err: unknown) => {
+        if ((err as { status?: number }).status !== 409) log.warn(`stopping ${work.id} failed: ${errorMessage(err)}`);
+      });
+      return;
+    }
+    const sessionId = work.data.id;
+    const previous = this.sessions.get(sessionId);
+    const handle: SessionHandle = { sessionId, workId: work.id, ctrl: new AbortController(), calls: null, done: Promise.resolve(), leaseLost: false };
+    this.sessions.set(sessionId, handle);
+    this.handles.add(handle);
+    this.workToSession.set(work.id, sessionId);
+    handle.done = this.serve(handle, work, previous).finally(() => {
+      this.handles.delete(handle);
+      this.workToSession.delete(work.id);
+      if (this.sessions.get(sessionId) === handle) this.sessions.delete(sessionId);
+      this.wakeSlotWaiters();
+    });
+  }
+
+  private async serve(h: SessionHandle, work: BetaSelfHostedWork, previous: SessionHandle | undefined): Promise<void> {
+    const { journal, hub, config } = this.opts;
+    if (previous) {
+      log.info(`session ${h.sessionId}: newer work item ${h.workId} supersedes ${previous.workId}; releasing the older one`);
+      previous.ctrl.abort(new Error(`superseded by work item ${h.workId}`));
+      await Promise.race([previous.done, new Promise((r) => setTimeout(r, SUPERSEDE_WAIT_MS).unref())]);
+    }
+    let s;
+    try {
+      s = journal.updateSession(h.sessionId, { workId: h.workId, state: 'claimed', claimedAt: Date.now(), endedAt: null, lastError: null });
+    } catch (err) {
+      log.error(`cannot journal session ${h.sessionId}: ${errorMessage(err)}`);
+      return;
+    }
+    hub.publish({ type: 'session.claimed', session: journal.sessionSummary(s) });
+    const workdir = path.join(config.home, 'work', `${h.sessionId}-${randomUUID().slice(0, 8)}`);
+    let lastError: string | null = null;
+    try {
+      await fs.mkdir(workdir, { recursive: true, mode: 0o700 });
+      h.calls = this.calls.openSession(h.sessionId, h.workId, { skillsDir: path.join(workdir, 'skills') });
+      if (this.drainPromise) h.calls.refuseNew('the companion is shutting down');
+      const calls = h.calls;
+      const ew = new EnvironmentWorker({
+        client: this.client, environmentKey: this.opts.environmentKey, workdir, tools: () => sessionTools(calls),
+        memorySyncIntervalMs: null, workerId: this.workerId,
+        ...(this.opts.maxIdleMs !== undefined ? { maxIdleMs: this.opts.maxIdleMs } : {}),
+      });
+      journal.updateSession(h.sessionId, { state: 'running' });
+      await ew.handleItem({ workId: h.workId, environmentId: work.environment_id, sessionId: h.sessionId, workSecret: work.secret ?? '', signal: h.ctrl.signal });
+    } catch (err) {
+      lastError = errorMessage(err);
+      log.error(`session ${h.sessionId} (work ${h.workId}) failed: ${lastError}`);
+    } finally {
+      await h.calls?.close();
+      await fs.rm(workdir, { recursive: true, force: true }).catch(() => {});
+      try {
+        const ended = journal.updateSession(h.sessionId, { state: h.leaseLost ? 'lost' : 'ended', endedAt: Date.now(), lastError: h.leaseLost ? 'lease lost (another worker holds the item)' : lastError });
+        hub.publish({ type: 'session.ended', session: journal.sessionSummary(ended) });
+      } catch (err) { log.error(`cannot journal the end of session ${h.sessionId}: ${errorMessage(err)}`); }
+    }
+  }
+
+  // ---- drain -----------------------------------------------------------------------------------------------------
+
+  private async doDrain(): Promise<void> {
+    if (this.current !== 'error') this.setState('draining');
+    this.pollCtrl.abort();
+    this.wakeSlotWaiters();
+    for (const h of this.handles) h.calls?.refuseNew('the companion is shutting down');
+    const timeout = this.opts.drainTimeoutMs ?? DEFAULT_DRAIN_TIMEOUT_MS;
+    const inFlight = () => [...this.handles].reduce((n, h) => n + (h.calls?.inFlightCount ?? 0), 0);
+    const deadline = Date.now() + timeout;
+    while (inFlight() > 0 && Date.now() < deadline) await sleep(100);
+    if (inFlight() > 0) {
+      log.warn(`drain deadline (${timeout} ms) reached with ${inFlight()} call(s) running; killing them`);
+      for (const h of this.handles) h.calls?.abortInFlight(`the companion is shutting down; the call was stopped at the ${Math.round(timeout / 1000)} s drain deadline`);
+      const killDeadline = Date.now() + POST_GRACE_MS;
+      while (inFlight() > 0 && Date.now() < killDeadline) await sleep(50);
+    }
+    await this.waitForPosts(POST_GRACE_MS);
+    await this.releaseAll('the companion is shutting down');
+    if (this.current !== 'error') this.setState('stopped');
+  }
+
+  /** Waits (bounded) until every finished call of the held sessions has been posted. */
+  private async waitForPosts(maxMs: number): Promise<void> {
+    const held = new Set([...this.handles].map((h) => h.sessionId));
+    const pending = () => this.opts.journal.listSessions({ limit: 1000 }).items
+      .filter((s) => held.has(s.sessionId))
+      .some((s) => this.opts.journal.listCalls(s.sessionId, { limit: 1000 }).items.some((c) => c.state === 'done' || c.state === 'failed' || c.state === 'interrupted'));
+    const deadline = Date.now() + maxMs;
+    while (pending() && Date.now() < deadline) await sleep(100);
+  }
+
+  private async releaseAll(reason: string): Promise<void> {
+    this.pollCtrl.abort();
+    for (const h of this.handles) h.ctrl.abort(new Error(reason));
+    await Promise.all([...this.handles].map((h) => h.done));
+  }
+
+  // ---- wire observer -------------------------------------------------------------------------------------------
+
+  /** Wraps fetch to learn what the SDK did: results posted (-> journal `posted`) and leases lost (412). */
+  private readonly observedFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const res = await fetch(input, init);
+    try { this.observe(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, init?.method ?? 'GET', init?.body, res.status); } catch (err) {
+      log.debug(`wire observer: ${errorMessage(err)}`);
+    }
+    return res;
+  };
+
+  private observe(url: string, method: string, body: unknown, status: number): void {
+    const p = new URL(url).pathname;
+    let m = /^\/v1\/sessions\/([^/]+)\/events$/.exec(p);
+    if (m && method === 'POST' && status >= 200 && status < 300 && typeof body === 'string') {
+      const parsed = JSON.parse(body) as { events?: Array<{ type?: string; tool_use_id?: string; custom_tool_use_id?: string }> };
+      for (const ev of parsed.events ?? []) {
+        const id = ev.type === 'user.tool_result' ? ev.tool_use_id : ev.type === 'user.custom_tool_result' ? ev.custom_tool_use_id : undefined;
+        if (!id) continue;
+        const c = this.opts.journal.callPosted(id);
+        if (c) this.opts.hub.publish({ type: 'call.finished', call: this.opts.journal.callSummary(c) });
+      }
+      return;
+    }
+    m = /^\/v1\/environments\/[^/]+\/work\/([^/]+)\/heartbeat$/.exec(p);
+    if (m && status === 412) {
+      const sessionId = this.workToSession.get(m[1]!);
+      const h = sessionId ? [...this.handles].find((x) => x.workId === m![1]) : undefined;
+      if (h && !h.leaseLost) {
+        h.leaseLost = true;
+        log.warn(`session ${h.sessionId}: lease of ${h.workId} lost (412); stopping its calls, not stopping the item`);
+        h.calls?.refuseNew('the lease of this session was lost');
+        h.calls?.abortInFlight('the lease of this session was lost to another worker');
+      }
+    }
+  }
+}
+
+function sleep(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }

@@ -1,0 +1,252 @@
+// The tool-call orchestrator: one entry point per call, driver-agnostic. For each `agent.tool_use` it
+//   journal `running` -> acquire a Sandbox (per-call: fresh, destroyed after; per-session: one per session)
+//   -> persistence.prepare -> copy the session's skills in -> run the tool -> persistence.commit
+//   -> journal `done`/`failed` -> return the result (the SDK posts it; the worker journals `posted`).
+// Invariants:
+// - A tool_use_id runs at most once per journal: a re-dispatched call with a stored result gets that result again;
+//   one left running by a crash was already turned into an explicit `interrupted` error by the journal; the same
+//   id with a different input is refused loudly. Concurrent duplicate dispatches share one execution.
+// - The result is durable (journal fsync) and the persisted generation committed before the result is returned.
+// - Nothing but the tool input (and the session's skills and persisted files) enters the sandbox.
+// - Failures of the sandbox, persistence or the tool are results with `isError: true`, never exceptions.
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import type { EventHub } from '../events';
+import type { Journal, CallEntry } from '../journal/journal';
+import { hasResult, inputDigest } from '../journal/journal';
+import type { CallPersistence, ShellState } from '../persist/types';
+import type { EgressAttachment, Sandbox, SandboxDriver, PutFile } from '../sandbox/types';
+import { logger } from '../log';
+import { errorMessage } from '../errors';
+import { isToolName } from './schemas';
+import { runTool, INITIAL_SHELL, WORKDIR } from './tools';
+import { NO_OUTPUT } from './text';
+
+const log = logger('calls');
+/** Guest directory the session's skills are copied to (persistence should not treat it as user data). */
+export const SKILLS_GUEST_DIR = `${WORKDIR}/skills`;
+const MAX_SKILL_BYTES = 64 * 1024 * 1024;
+/** call.output events are batched to at most this many characters per event. */
+const OUTPUT_EVENT_CHARS = 16 * 1024;
+
+export interface CallResult { text: string; isError: boolean }
+
+export interface CallRunnerOptions {
+  driver: SandboxDriver;
+  journal: Journal;
+  hub: EventHub;
+  mode: 'per-call' | 'per-session';
+  callTimeoutMs: number;
+  persistence?: CallPersistence;
+  /** The egress attachment for a session's sandboxes (helper D); absent = no network. */
+  egressFor?: (sessionId: string) => EgressAttachment | undefined;
+}
+
+export interface SessionCallOptions {
+  /** Host directory holding the session's downloaded skills (`<dir>/<name>/...`), if any. */
+  skillsDir?: string;
+}
+
+export class CallRunner {
+  private readonly inFlight = new Map<string, Promise<CallResult>>();
+  /** Shell state per session when no persistence keeps it. */
+  private readonly shells = new Map<string, ShellState>();
+
+  constructor(readonly opts: CallRunnerOptions) {}
+
+  openSession(sessionId: string, workId: string, opts: SessionCallOptions = {}): SessionCalls {
+    return new SessionCalls(this, sessionId, workId, opts);
+  }
+
+  /** @internal */ shellFor(sessionId: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, env: {} }; }
+  /** @internal */ setShell(sessionId: string, s: ShellState): void { this.shells.set(sessionId, s); }
+  /** @internal */ inFlightCall(id: string) { return this.inFlight.get(id); }
+  /** @internal */ trackInFlight(id: string, p: Promise<CallResult>) { this.inFlight.set(id, p); void p.finally(() => this.inFlight.delete(id)); }
+}
+
+export class SessionCalls {
+  private sessionSandbox: Sandbox | null = null;
+  private sessionSandboxPrepared = false;
+  private readonly running = new Map<string, { sandbox: Sandbox | null; abort: (reason: string) => void }>();
+  private refuseReason: string | null = null;
+
+  constructor(private readonly runner: CallRunner, readonly sessionId: string, readonly workId: string, private readonly opts: SessionCallOptions) {}
+
+  get inFlightCount(): number { return this.running.size; }
+
+  /** From now on, new calls are answered with an error instead of running (drain). */
+  refuseNew(reason: string): void { this.refuseReason = reason; }
+
+  /** Kills every running call's sandbox; those calls return `interrupted` error results. */
+  abortInFlight(reason: string): void { for (const r of this.running.values()) r.abort(reason); }
+
+  async run(toolUse: { id: string; name: string; input: unknown }, signal?: AbortSignal | null): Promise<CallResult> {
+    const { journal } = this.runner.opts;
+    const existing = journal.getCall(toolUse.id);
+    if (existing) {
+      if (existing.inputSha256 && existing.inputSha256 !== inputDigest(toolUse.input)) {
+        log.error(`tool_use_id ${toolUse.id} was delivered again with a different input; refusing it`);
+        return { text: `refused: tool_use_id ${toolUse.id} was already executed with a different input`, isError: true };
+      }
+      const shared = this.runner.inFlightCall(toolUse.id);
+      if (shared) return shared;
+      if (hasResult(existing)) {
+        journal.callReplayed(toolUse.id);
+        log.info(`call ${toolUse.id} (${existing.name}) re-dispatched: answering from the journal, not running it again`);
+        return { text: existing.result || NO_OUTPUT, isError: existing.isError ?? false };
+      }
+    }
+    const p = this.execute(toolUse, signal ?? undefined);
+    this.runner.trackInFlight(toolUse.id, p);
+    return p;
+  }
+
+  private publishCall(type: 'call.started' | 'call.finished', c: CallEntry): void {
+    const { journal, hub } = this.runner.opts;
+    hub.publish({ type, call: journal.callSummary(c) });
+  }
+
+  private async execute(toolUse: { id: string; name: string; input: unknown }, signal?: AbortSignal): Promise<CallResult> {
+    const { journal, hub } = this.runner.opts;
+    let entry: CallEntry;
+    try {
+      entry = journal.callStarted({ toolUseId: toolUse.id, sessionId: this.sessionId, workId: this.workId, name: toolUse.name, input: toolUse.input });
+    } catch (err) {
+      return { text: `not run: ${errorMessage(err)}`, isError: true };
+    }
+    this.publishCall('call.started', entry);
+    let outcome: { text: string; isError: boolean; exitCode: number | null; state?: 'interrupted' };
+    if (this.refuseReason) {
+      outcome = { text: `not run: ${this.refuseReason}`, isError: true, exitCode: null };
+    } else if (!isToolName(toolUse.name)) {
+      outcome = { text: `unknown tool ${JSON.stringify(toolUse.name)}`, isError: true, exitCode: null };
+    } else {
+      outcome = await this.runInSandbox(toolUse, toolUse.name, signal);
+    }
+    const text = outcome.text || NO_OUTPUT;
+    try {
+      entry = journal.callFinished(toolUse.id, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state });
+    } catch (err) {
+      log.error(`could not journal the result of ${toolUse.id}: ${errorMessage(err)}`);
+    }
+    this.publishCall('call.finished', entry);
+    const s = journal.getSession(this.sessionId);
+    if (s) hub.publish({ type: 'session.updated', session: journal.sessionSummary(s) });
+    return { text, isError: outcome.isError };
+  }
+
+  private async runInSandbox(toolUse: { id: string; input: unknown }, name: import('./schemas').ToolName, signal?: AbortSignal) {
+    const { driver, persistence, mode, callTimeoutMs, hub, egressFor } = this.runner.opts;
+    const started = Date.now();
+    let abortReason: string | null = null;
+    const slot: { sandbox: Sandbox | null; abort: (reason: string) => void } = {
+      sandbox: null,
+      abort: (reason) => {
+        if (abortReason) return;
+        abortReason = reason;
+        // Killing the sandbox is the only way to stop a guest command; in per-session mode the session's sandbox
+        // goes with it and a fresh one is prepared for the next call.
+        if (slot.sandbox) { if (slot.sandbox === this.sessionSandbox) this.dropSessionSandbox(); else void slot.sandbox.destroy(); }
+      },
+    };
+    const onAbort = () => slot.abort(signal?.reason instanceof Error ? signal.reason.message : 'the call was cancelled');
+    if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
+    this.running.set(toolUse.id, slot);
+    let pending = '';
+    const flush = () => { if (pending) { hub.publish({ type: 'call.output', sessionId: this.sessionId, toolUseId: toolUse.id, chunk: pending }); pending = ''; } };
+    try {
+      let sandbox: Sandbox;
+      let shell: ShellState;
+      try {
+        if (mode === 'per-session') {
+          if (!this.sessionSandbox) { this.sessionSandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) }); this.sessionSandboxPrepared = false; }
+          sandbox = this.sessionSandbox;
+        } else {
+          sandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) });
+        }
+        slot.sandbox = sandbox;
+        if (abortReason) throw new Error(abortReason);
+        if (mode === 'per-call' || !this.sessionSandboxPrepared) {
+          const prepared = persistence ? await persistence.prepare(this.sessionId, sandbox) : null;
+          if (prepared) this.runner.setShell(this.sessionId, prepared);
+          await this.copySkills(sandbox);
+          if (mode === 'per-session') this.sessionSandboxPrepared = true;
+        }
+        shell = this.runner.shellFor(this.sessionId);
+      } catch (err) {
+        if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' as const };
+        log.error(`sandbox for ${toolUse.id} failed: ${errorMessage(err)}`);
+        if (slot.sandbox && mode === 'per-call') await slot.sandbox.destroy().catch(() => {});
+        if (mode === 'per-session') this.dropSessionSandbox();
+        return { text: `sandbox unavailable: ${errorMessage(err)}`, isError: true, exitCode: null };
+      }
+      const outcome = await runTool(name, toolUse.input, {
+        sandbox, shell, callTimeoutMs,
+        onOutput: (chunk) => { pending += chunk; if (pending.length >= OUTPUT_EVENT_CHARS) flush(); },
+      });
+      flush();
+      if (abortReason) {
+        const secs = Math.round((Date.now() - started) / 1000);
+        const partial = outcome.text && outcome.text !== NO_OUTPUT ? `${outcome.text}\n` : '';
+        return { text: `${partial}interrupted: ${abortReason}; the command was killed after ${secs} s`, isError: true, exitCode: outcome.exitCode, state: 'interrupted' as const };
+      }
+      const nextShell = outcome.shell ?? shell;
+      this.runner.setShell(this.sessionId, nextShell);
+      let text = outcome.text;
+      let isError = outcome.isError;
+      if (persistence) {
+        try {
+          const report = await persistence.commit(this.sessionId, sandbox, nextShell);
+          if (report.notes.length) text = `${text}\n[persisted files] ${report.notes.join('; ')}`;
+        } catch (err) {
+          log.error(`persist commit for ${toolUse.id} failed: ${errorMessage(err)}`);
+          text = `${text}\n[persisted files] not saved: ${errorMessage(err)}`;
+          isError = true;
+        }
+      }
+      return { text, isError, exitCode: outcome.exitCode };
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      this.running.delete(toolUse.id);
+      if (mode === 'per-call' && slot.sandbox) await slot.sandbox.destroy().catch((err) => log.warn(`destroy failed: ${errorMessage(err)}`));
+    }
+  }
+
+  private dropSessionSandbox(): void {
+    const sb = this.sessionSandbox;
+    this.sessionSandbox = null;
+    this.sessionSandboxPrepared = false;
+    if (sb) void sb.destroy().catch(() => {});
+  }
+
+  private async copySkills(sandbox: Sandbox): Promise<void> {
+    const dir = this.opts.skillsDir;
+    if (!dir) return;
+    const files: PutFile[] = [];
+    let total = 0;
+    const walk = async (hostDir: string, rel: string): Promise<void> => {
+      let entries: import('node:fs').Dirent[];
+      try { entries = await fs.readdir(hostDir, { withFileTypes: true }); } catch { return; }
+      for (const e of entries) {
+        const hp = path.join(hostDir, e.name);
+        const r = rel ? `${rel}/${e.name}` : e.name;
+        if (e.isDirectory()) await walk(hp, r);
+        else if (e.isFile()) {
+          const st = await fs.stat(hp);
+          total += st.size;
+          if (total > MAX_SKILL_BYTES) { log.warn(`skills of session ${this.sessionId} exceed ${MAX_SKILL_BYTES} bytes; the rest is not copied`); return; }
+          files.push({ path: `${SKILLS_GUEST_DIR}/${r}`, data: await fs.readFile(hp), mode: st.mode & 0o111 ? 0o755 : 0o644 });
+        }
+      }
+    };
+    await walk(dir, '');
+    if (files.length) await sandbox.putFiles(files, []);
+  }
+
+  /** Destroys the session's sandbox (per-session mode). */
+  async close(): Promise<void> {
+    const sb = this.sessionSandbox;
+    this.sessionSandbox = null;
+    if (sb) await sb.destroy().catch(() => {});
+  }
+}

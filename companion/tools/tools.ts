@@ -1,0 +1,299 @@
+// The semantics of the six agent_toolset_20260401 tools (bash, read, write, edit, glob, grep), written once against
+// the GuestOps interface so every sandbox driver behaves the same. Mirrors the reference toolset (SDK
+// tools/agent-toolset/node.ts) in field names, caps, messages and error rules. Invariants:
+// - Every outcome is a result, never a throw: bad input, guest errors and timeouts become `isError: true` text.
+// - Result text is never empty ("(no output)") and never larger than the caps below.
+// - File tools are confined (lexically) to WORKDIR; the sandbox, not this check, is the security boundary.
+// - bash runs in a fresh shell per call; cwd and exported variables carry over through `ShellState`, captured by an
+//   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
+import path from 'node:path';
+import { GuestError, type GuestOps } from '../sandbox/types';
+import type { ShellState } from '../persist/types';
+import { parseToolInput, type ToolInputs, type ToolName } from './schemas';
+import { cleanOutput, nonEmpty, trimTrailingNewlines, truncateUtf8 } from './text';
+import { globToRegExp } from './glob';
+
+export const WORKDIR = '/workspace';
+export const BASH_OUTPUT_LIMIT = 100 * 1024;
+export const BASH_DEFAULT_TIMEOUT_MS = 120_000;
+export const MAX_FILE_BYTES = 256 * 1024;
+export const GREP_OUTPUT_LIMIT = 100 * 1024;
+export const GREP_TIMEOUT_MS = 60_000;
+export const GLOB_RESULT_LIMIT = 200;
+export const GLOB_WALK_MAX_ENTRIES = 50_000;
+const READ_CHUNK_BYTES = 64 * 1024;
+/** Where the bash prelude saves the shell state (cwd, NUL, `env -0`) when the shell exits. */
+export const SHELL_STATE_FILE = '/tmp/.perimeter-shell-state';
+export const BASE_ENV: Readonly<Record<string, string>> = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  HOME: '/root',
+  TERM: 'dumb',
+  LANG: 'C.UTF-8',
+};
+export const INITIAL_SHELL: Readonly<ShellState> = { cwd: WORKDIR, env: {} };
+
+export interface ToolRunContext {
+  sandbox: GuestOps;
+  /** Shell state the bash tool starts from. */
+  shell: ShellState;
+  /** Host cap on one call's wall-clock time (config.sandbox.callTimeoutMs). */
+  callTimeoutMs: number;
+  /** Live output of a running command (bash, grep), already cleaned. */
+  onOutput?: (chunk: string) => void;
+}
+
+export interface ToolOutcome {
+  text: string;
+  isError: boolean;
+  exitCode: number | null;
+  /** The shell state after a bash call (null when the tool does not touch the shell). */
+  shell: ShellState | null;
+}
+
+class ToolError extends Error {}
+
+const ok = (text: string, extra: Partial<ToolOutcome> = {}): ToolOutcome => ({ text: nonEmpty(text), isError: false, exitCode: null, shell: null, ...extra });
+const fail = (text: string, extra: Partial<ToolOutcome> = {}): ToolOutcome => ({ text: nonEmpty(text), isError: true, exitCode: null, shell: null, ...extra });
+
+/** Runs one tool call. Never throws for anything the model or the guest can cause. */
+export async function runTool(name: ToolName, input: unknown, ctx: ToolRunContext): Promise<ToolOutcome> {
+  const parsed = parseToolInput(name, input);
+  if (!parsed.ok) return fail(parsed.message);
+  try {
+    switch (name) {
+      case 'bash': return await bash(parsed.value as ToolInputs['bash'], ctx);
+      case 'read': return ok(await read(parsed.value as ToolInputs['read'], ctx));
+      case 'write': return ok(await write(parsed.value as ToolInputs['write'], ctx));
+      case 'edit': return ok(await edit(parsed.value as ToolInputs['edit'], ctx));
+      case 'glob': return ok(await glob(parsed.value as ToolInputs['glob'], ctx));
+      case 'grep': return await grep(parsed.value as ToolInputs['grep'], ctx);
+    }
+  } catch (err) {
+    if (err instanceof ToolError) return fail(err.message);
+    if (err instanceof GuestError) return fail(`${name}: ${err.message}`);
+    return fail(`${name}: ${(err as Error)?.message ?? String(err)}`);
+  }
+}
+
+// ---- paths ----------------------------------------------------------------------------------------------------
+
+/** Resolves a tool path against the workdir; it must stay inside it. */
+export function resolveToolPath(tool: string, p: string): string {
+  if (p.includes('\0')) throw new ToolError(`${tool}: path ${JSON.stringify(p)} contains a NUL byte`);
+  const abs = path.posix.normalize(p.startsWith('/') ? p : path.posix.join(WORKDIR, p));
+  const clean = abs.length > 1 && abs.endsWith('/') ? abs.slice(0, -1) : abs;
+  if (clean !== WORKDIR && !clean.startsWith(`${WORKDIR}/`)) throw new ToolError(`${tool}: path ${JSON.stringify(p)} is outside ${WORKDIR}`);
+  return clean;
+}
+
+function guestMessage(tool: string, err: unknown, file: string): string {
+  const code = err instanceof GuestError ? err.code : (err as NodeJS.ErrnoException)?.code;
+  const detail: Record<string, string> = {
+    ENOENT: 'no such file or directory', EACCES: 'permission denied', EPERM: 'permission denied', ENOTDIR: 'not a directory',
+    EISDIR: 'is a directory', ELOOP: 'too many levels of symbolic links', ENAMETOOLONG: 'file name too long', ENOSPC: 'no space left on device',
+  };
+  return `${tool}: ${file}: ${(code && detail[code]) ?? (err as Error)?.message ?? String(err)}`;
+}
+
+async function guestCall<T>(tool: string, file: string, fn: () => Promise<T>): Promise<T> {
+  try { return await fn(); } catch (err) {
+    if (err instanceof ToolError) throw err;
+    throw new ToolError(guestMessage(tool, err, file));
+  }
+}
+
+// ---- bash -----------------------------------------------------------------------------------------------------
+
+function shQuote(s: string): string { return `'${s.replace(/'/g, `'\\''`)}'`; }
+
+/** The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command. */
+export function bashScript(command: string, cwd: string): string {
+  return [
+    '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}"',
+    '__perimeter_save() {',
+    '  local __d; __d="$(pwd)"; __d="${__d#"$__perimeter_p"}"',
+    `  { printf '%s\\0' "\${__d:-/}"; if [ -n "$__perimeter_p" ]; then env -0 -u PERIMETER_GUEST_PREFIX -u TMPDIR -u PWD -u OLDPWD -u SHLVL -u _ HOME="\${HOME#"$__perimeter_p"}"; else env -0 -u PWD -u OLDPWD -u SHLVL -u _; fi; } > "$__perimeter_p${SHELL_STATE_FILE}" 2>/dev/null`,
+    '}',
+    'trap __perimeter_save EXIT',
+    `cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null`,
+    command,
+    '',
+  ].join('\n');
+}
+
+export function parseShellState(data: Buffer): ShellState | null {
+  const parts = data.toString('utf8').split('\0');
+  const cwd = parts.shift();
+  if (!cwd || !cwd.startsWith('/')) return null;
+  const env: Record<string, string> = {};
+  for (const p of parts) {
+    const eq = p.indexOf('=');
+    if (eq <= 0) continue;
+    const k = p.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || k.startsWith('__perimeter')) continue;
+    env[k] = p.slice(eq + 1);
+  }
+  return { cwd: path.posix.normalize(cwd), env };
+}
+
+async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<ToolOutcome> {
+  let shell: ShellState = ctx.shell;
+  if (input.restart) shell = { cwd: INITIAL_SHELL.cwd, env: {} };
+  if (!input.command) {
+    if (input.restart) return ok('bash session restarted', { shell });
+    return fail('bash: command is required');
+  }
+  const timeoutMs = Math.min(input.timeout_ms && input.timeout_ms > 0 ? input.timeout_ms : BASH_DEFAULT_TIMEOUT_MS, ctx.callTimeoutMs);
+  const env = { ...BASE_ENV, ...shell.env };
+  // A stale state file from an earlier call in the same sandbox must not be mistaken for this call's state.
+  await ctx.sandbox.putFiles([], [SHELL_STATE_FILE]).catch(() => {});
+  const res = await ctx.sandbox.exec(
+    { argv: ['/bin/bash', '--noprofile', '--norc', '-c', bashScript(input.command, shell.cwd || WORKDIR)], env, timeoutMs, maxOutputBytes: BASH_OUTPUT_LIMIT },
+    ctx.onOutput ? (chunk) => ctx.onOutput!(cleanOutput(chunk)) : undefined,
+  );
+  let next: ShellState = shell;
+  try {
+    const { data } = await ctx.sandbox.readFile(SHELL_STATE_FILE);
+    next = parseShellState(data) ?? shell;
+  } catch { /* the shell was killed or exec'd away: keep the previous state */ }
+  let text = trimTrailingNewlines(cleanOutput(res.output));
+  if (res.droppedBytes > 0) text = `[output truncated: ${res.droppedBytes} bytes omitted]\n${text}`;
+  if (res.timedOut) {
+    const note = `bash: command timed out after ${timeoutMs} ms and was killed`;
+    return fail(text ? `${text}\n${note}` : note, { exitCode: res.exitCode, shell: next });
+  }
+  if (res.exitCode !== 0) return fail(text || `exit ${res.exitCode}`, { exitCode: res.exitCode, shell: next });
+  return ok(text, { exitCode: 0, shell: next });
+}
+
+// ---- read / write / edit --------------------------------------------------------------------------------------
+
+async function regularFile(tool: string, sandbox: GuestOps, abs: string, shown: string) {
+  const st = await guestCall(tool, shown, () => sandbox.stat(abs));
+  if (!st) throw new ToolError(`${tool}: ${shown}: no such file or directory`);
+  if (st.type === 'dir') throw new ToolError(`${tool}: ${shown} is not a regular file`);
+  return st;
+}
+
+async function read(input: ToolInputs['read'], ctx: ToolRunContext): Promise<string> {
+  const abs = resolveToolPath('read', input.file_path);
+  const range = input.view_range;
+  if (range?.length && range.length !== 2) throw new ToolError('read: view_range must be [start_line, end_line]');
+  const st = await regularFile('read', ctx.sandbox, abs, input.file_path);
+  if (!range?.length) {
+    if (st.size > MAX_FILE_BYTES) {
+      throw new ToolError(`read: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
+    }
+    const { data, size } = await guestCall('read', input.file_path, () => ctx.sandbox.readFile(abs, { length: MAX_FILE_BYTES + 1 }));
+    if (size > MAX_FILE_BYTES) throw new ToolError(`read: ${input.file_path} is ${size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
+    return data.toString('utf8');
+  }
+  const [startLine, endLine] = range as [number, number];
+  const start = Math.max(0, startLine - 1);
+  const end = endLine > 0 ? endLine : Infinity;
+  if (end <= start) return '';
+  const collected: Buffer[] = [];
+  let collectedBytes = 0;
+  let line = 0;
+  let offset = 0;
+  for (;;) {
+    const { data, size } = await guestCall('read', input.file_path, () => ctx.sandbox.readFile(abs, { offset, length: READ_CHUNK_BYTES }));
+    if (data.length === 0) break;
+    let pos = 0;
+    while (pos < data.length && line < end) {
+      const nl = data.indexOf(0x0a, pos);
+      const lineEnd = nl < 0 ? data.length : nl;
+      if (line >= start) {
+        collected.push(data.subarray(pos, lineEnd));
+        collectedBytes += lineEnd - pos;
+        if (nl >= 0 && line + 1 < end) { collected.push(Buffer.from('\n')); collectedBytes += 1; }
+        if (collectedBytes > MAX_FILE_BYTES) {
+          throw new ToolError(end - start === 1
+            ? `read: line ${start + 1} of ${input.file_path} alone exceeds ${MAX_FILE_BYTES}-byte limit. The read tool cannot return part of a line, so view_range cannot narrow this further.`
+            : `read: view_range [${startLine}, ${endLine}] of ${input.file_path} exceeds ${MAX_FILE_BYTES}-byte limit. Narrow the view_range to read a smaller portion.`);
+        }
+      }
+      if (nl < 0) break;
+      line++;
+      pos = nl + 1;
+    }
+    offset += data.length;
+    if (line >= end || offset >= size) break;
+  }
+  return Buffer.concat(collected).toString('utf8');
+}
+
+async function write(input: ToolInputs['write'], ctx: ToolRunContext): Promise<string> {
+  const abs = resolveToolPath('write', input.file_path);
+  if (abs === WORKDIR) throw new ToolError(`write: ${input.file_path}: is a directory`);
+  const st = await guestCall('write', input.file_path, () => ctx.sandbox.stat(abs));
+  if (st?.type === 'dir') throw new ToolError(`write: ${input.file_path}: is a directory`);
+  const data = Buffer.from(input.content, 'utf8');
+  await guestCall('write', input.file_path, () => ctx.sandbox.writeFile(abs, data, { mode: st?.type === 'file' ? st.mode & 0o777 : 0o644 }));
+  return `wrote ${data.length} bytes to ${input.file_path}`;
+}
+
+async function edit(input: ToolInputs['edit'], ctx: ToolRunContext): Promise<string> {
+  const abs = resolveToolPath('edit', input.file_path);
+  const st = await regularFile('edit', ctx.sandbox, abs, input.file_path);
+  if (st.size > MAX_FILE_BYTES) {
+    throw new ToolError(`edit: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. The edit tool loads the whole file and cannot modify a file this large.`);
+  }
+  const { data } = await guestCall('edit', input.file_path, () => ctx.sandbox.readFile(abs, { length: MAX_FILE_BYTES + 1 }));
+  const text = data.toString('utf8');
+  const count = text.split(input.old_string).length - 1;
+  if (count === 0) throw new ToolError(`edit: old_string not found in ${input.file_path}`);
+  let updated: string;
+  if (input.replace_all) updated = text.split(input.old_string).join(input.new_string);
+  else {
+    if (count > 1) throw new ToolError(`edit: old_string appears ${count} times in ${input.file_path} (must be unique)`);
+    updated = text.replace(input.old_string, () => input.new_string);
+  }
+  await guestCall('edit', input.file_path, () => ctx.sandbox.writeFile(abs, Buffer.from(updated, 'utf8'), { mode: st.type === 'file' ? st.mode & 0o777 : 0o644 }));
+  return `edited ${input.file_path} (${input.replace_all ? count : 1} replacement(s))`;
+}
+
+// ---- glob / grep ----------------------------------------------------------------------------------------------
+
+async function glob(input: ToolInputs['glob'], ctx: ToolRunContext): Promise<string> {
+  if (input.pattern.startsWith('/')) throw new ToolError('glob: absolute pattern not permitted; pass a relative pattern (and optionally path)');
+  if (input.pattern.split(/[\\/{},]/).includes('..')) throw new ToolError('glob: ".." is not permitted in the pattern');
+  const root = input.path ? resolveToolPath('glob', input.path) : WORKDIR;
+  const st = await guestCall('glob', input.path ?? root, () => ctx.sandbox.stat(root));
+  if (!st) throw new ToolError(`glob: ${input.path ?? root}: no such file or directory`);
+  if (st.type !== 'dir') throw new ToolError(`glob: ${input.path ?? root}: not a directory`);
+  const re = globToRegExp(input.pattern);
+  const { entries } = await guestCall('glob', input.path ?? root, () => ctx.sandbox.walk(root, { hash: false, maxEntries: GLOB_WALK_MAX_ENTRIES, skipNames: ['.git', 'node_modules'] }));
+  const prefix = root === '/' ? '/' : `${root}/`;
+  const matches = entries
+    .filter((e) => e.type === 'file' && e.path.startsWith(prefix) && re.test(e.path.slice(prefix.length)))
+    .sort((a, b) => b.mtimeMs - a.mtimeMs || a.path.localeCompare(b.path));
+  if (matches.length === 0) return 'no matches';
+  return matches.slice(0, GLOB_RESULT_LIMIT).map((m) => m.path).join('\n');
+}
+
+async function grep(input: ToolInputs['grep'], ctx: ToolRunContext): Promise<ToolOutcome> {
+  const root = input.path ? resolveToolPath('grep', input.path) : WORKDIR;
+  const st = await guestCall('grep', input.path ?? root, () => ctx.sandbox.stat(root));
+  if (!st) throw new ToolError(`grep: ${input.path ?? root}: no such file or directory`);
+  // Run from `/` with a relative path so the process driver (which maps `/` onto its root) and VMs behave alike.
+  const rel = root.slice(1) || '.';
+  const res = await ctx.sandbox.exec({
+    argv: ['rg', '--no-config', '-n', '--no-heading', '-e', input.pattern, '--', rel],
+    cwd: '/', env: { PATH: BASE_ENV.PATH!, LANG: 'C.UTF-8' },
+    timeoutMs: Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs),
+    maxOutputBytes: GREP_OUTPUT_LIMIT * 2,
+  });
+  if (res.timedOut) return fail(`grep: timed out after ${Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs) / 1000}s`);
+  if (res.exitCode === 1) return ok('no matches', { exitCode: 1 });
+  if (res.exitCode === 127) return fail('grep: rg (ripgrep) is not installed in the sandbox', { exitCode: 127 });
+  let text = cleanOutput(res.output);
+  if (res.exitCode !== 0) return fail(`grep: rg failed: ${trimTrailingNewlines(text) || `exit ${res.exitCode}`}`, { exitCode: res.exitCode });
+  if (st.type === 'dir') {
+    const from = rel === '.' ? './' : `${rel}/`;
+    text = text.split('\n').map((l) => (l.startsWith(from) ? `/${rel === '.' ? '' : `${rel}/`}${l.slice(from.length)}` : l)).join('\n');
+  }
+  const cut = truncateUtf8(text, GREP_OUTPUT_LIMIT);
+  if (cut.truncated || res.droppedBytes > 0) return ok(`${cut.text}\n[output truncated at ${GREP_OUTPUT_LIMIT} bytes]`, { exitCode: 0 });
+  return ok(trimTrailingNewlines(text), { exitCode: 0 });
+}
