@@ -161,7 +161,11 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     ws.on('close', () => authed.delete(ws));
     ws.on('message', (data, isBinary) => { void onMessage(ws, data, isBinary); });
     const header = req.headers.authorization;
-    if (header?.startsWith('Bearer ') && tokenMatches(header.slice('Bearer '.length))) return admit(ws);
+    if (header !== undefined) {
+      if (header.startsWith('Bearer ') && tokenMatches(header.slice('Bearer '.length))) return admit(ws);
+      ws.close(4401, 'unauthorized');
+      return;
+    }
     const timer = setTimeout(() => { if (!authed.has(ws)) ws.close(4401, 'authentication timeout'); }, AUTH_TIMEOUT_MS);
     ws.once('close', () => clearTimeout(timer));
   });

@@ -1,0 +1,76 @@
+// Lints the extension manifest (package.json `contributes`) and the extension sources for the rules a user relies
+// on: dangerous settings are machine-scoped (V5), commands are categorised and exist, the key is only ever written
+// to SecretStorage (V4), restricted workspaces are declared, and no `vscode` import leaks into plain modules.
+import assert from 'node:assert/strict';
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import path from 'node:path';
+
+const root = path.resolve(__dirname, '../..');
+const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8'));
+const c = pkg.contributes;
+
+function sources(dir: string): string[] {
+  return readdirSync(path.join(root, dir), { withFileTypes: true, recursive: true })
+    .filter((e) => e.isFile() && e.name.endsWith('.ts'))
+    .map((e) => path.join(e.parentPath ?? (e as unknown as { path: string }).path, e.name));
+}
+
+describe('extension manifest', () => {
+  it('pins the VS Code engine and the entry point', () => {
+    assert.equal(pkg.engines.vscode, '^1.100.0');
+    assert.equal(pkg.devDependencies['@types/vscode'], '1.100.0');
+    assert.equal(pkg.main, './dist/extension.js');
+    assert.deepEqual(pkg.extensionKind, ['workspace']);
+  });
+
+  it('scopes every setting that starts processes, picks hosts or opens the network to the machine (V5)', () => {
+    const props = c.configuration.properties as Record<string, { scope?: string }>;
+    const windowOk = new Set(['perimeter.stuckAfterSeconds']);
+    for (const [name, p] of Object.entries(props)) {
+      if (windowOk.has(name)) continue;
+      assert.ok(p.scope === 'machine' || p.scope === 'application', `${name} must be machine-scoped`);
+    }
+    assert.ok(!Object.keys(props).some((k) => /key|token|secret/i.test(k)), 'no secret is a setting');
+  });
+
+  it('declares limited support for untrusted workspaces', () => {
+    assert.equal(pkg.capabilities.untrustedWorkspaces.supported, 'limited');
+  });
+
+  it('puts every command in the Perimeter category and every menu entry on a declared command', () => {
+    const ids = new Set<string>(c.commands.map((x: { command: string; category: string }) => { assert.equal(x.category, 'Perimeter'); return x.command; }));
+    for (const want of ['startWorker', 'stopWorker', 'restartWorker', 'showWorkerLog', 'connectEnvironment', 'tryLocally', 'selectHost', 'persistPath', 'stopPersistingPath', 'buildTemplate', 'runDoctor']) {
+      assert.ok(ids.has(`perimeter.${want}`), want);
+    }
+    for (const list of Object.values(c.menus) as Array<Array<{ command: string }>>) for (const m of list) assert.ok(ids.has(m.command), m.command);
+    for (const w of c.viewsWelcome) for (const m of (w.contents as string).matchAll(/command:([\w.]+)/g)) {
+      assert.ok(ids.has(m[1]!) || m[1]!.startsWith('workbench.'), m[1]);
+    }
+    const src = sources('extension').map((f) => readFileSync(f, 'utf8')).join('\n');
+    for (const id of ids) assert.ok(src.includes(`'${id}'`), `${id} is registered`);
+  });
+
+  it('contributes the panel, its three views and an icon that exists', () => {
+    assert.equal(c.viewsContainers.activitybar[0].title, 'Perimeter');
+    assert.ok(existsSync(path.join(root, c.viewsContainers.activitybar[0].icon)));
+    assert.deepEqual(c.views.perimeter.map((v: { name: string }) => v.name), ['Worker', 'Sessions', 'Persisted Files']);
+  });
+
+  it('writes the environment key only to SecretStorage (V4)', () => {
+    for (const file of sources('extension')) {
+      const text = readFileSync(file, 'utf8');
+      if (path.basename(file) !== 'secrets.ts') assert.doesNotMatch(text, /secrets\.(store|get)\(/, `${file} touches SecretStorage directly`);
+      assert.doesNotMatch(text, /globalState\.update\([^)]*[Kk]ey/, file);
+      assert.doesNotMatch(text, /\.update\(\s*'[^']*(key|token|secret)/i, file);
+    }
+  });
+
+  it('keeps `vscode` out of the plain modules that unit tests load', () => {
+    for (const dir of ['extension/companion', 'companion']) {
+      for (const file of sources(dir)) assert.doesNotMatch(readFileSync(file, 'utf8'), /from 'vscode'/, file);
+    }
+    for (const f of ['extension/views/model.ts', 'extension/views/items.ts', 'extension/views/statusText.ts', 'extension/documents/callDocument.ts', 'extension/validation.ts']) {
+      assert.doesNotMatch(readFileSync(path.join(root, f), 'utf8'), /from 'vscode'/, f);
+    }
+  });
+});

@@ -1,0 +1,166 @@
+// SSH command lines, the fixed remote scripts (run here through a real `sh`, as the remote login shell would), the
+// companion bundle archive (unpacked by the system `tar`), and input validation.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts, REMOTE_SCRIPTS, type RemoteScript } from '../../extension/companion/ssh';
+import { packTar, readCompanionBundle, needsInstall } from '../../extension/companion/bundle';
+import { remoteConfig } from '../../extension/companion/sshHost';
+import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
+import { readDoctor } from '../../extension/companion/doctor';
+import type { WorkerSettings } from '../../extension/companion/workerHost';
+
+const target = { host: 'box', remoteDir: '.perimeter' };
+
+/** Runs what ssh would hand to the remote login shell (everything after the destination), with HOME=home. */
+function runRemote(home: string, script: RemoteScript, stdin: string | Buffer = '') {
+  const argv = scriptArgs(target, script);
+  const remoteCommand = argv.slice(argv.indexOf('box') + 1).join(' ');
+  return spawnSync('sh', ['-c', remoteCommand], { env: { PATH: process.env.PATH, HOME: home }, input: stdin });
+}
+
+describe('ssh command lines', () => {
+  it('rejects hosts that could become options or shell syntax (V1)', () => {
+    for (const bad of ['-oProxyCommand=touch pwned', '-p22', 'a b', 'a;b', '`x`', '$(x)', 'a\nb', "a'b", '', 'a|b', 'a/b']) {
+      assert.throws(() => validateHost(bad), /refusing SSH host/, JSON.stringify(bad));
+      assert.throws(() => scriptArgs({ ...target, host: bad }, 'probe'), /refusing/);
+    }
+    for (const good of ['box', 'user@box.example.com', 'gpu-01', '10.0.0.7']) assert.equal(validateHost(good), good);
+  });
+
+  it('puts "--" right before the destination and never lets input become an -o option', () => {
+    for (const script of Object.keys(REMOTE_SCRIPTS) as RemoteScript[]) {
+      const argv = scriptArgs({ ...target, configFile: '/tmp/cfg' }, script);
+      assert.equal(argv[argv.indexOf('box') - 1], '--');
+      assert.equal(argv.indexOf('box'), argv.length - 2, 'one remote command after the host');
+      assert.deepEqual(argv.slice(0, 2), ['-F', '/tmp/cfg']);
+      assert.ok(argv.includes('BatchMode=yes'));
+      assert.ok(!argv.some((a) => /StrictHostKeyChecking=no/.test(a)));
+    }
+    const t = tunnelArgs(target, 40000, 41000);
+    assert.deepEqual(t.slice(-4), ['-L', '127.0.0.1:40000:127.0.0.1:41000', '--', 'box']);
+    assert.throws(() => tunnelArgs(target, 0, 1), /bad port/);
+  });
+
+  it('keeps the remote command fixed: settings and secrets never reach it', () => {
+    const a = scriptArgs(target, 'startEnvironment').at(-1)!;
+    assert.equal(a, scriptArgs({ ...target, configFile: '/other' }, 'startEnvironment').at(-1));
+    assert.doesNotMatch(a, /sk-ant|environment-id|concurrency/);
+  });
+
+  it('accepts only plain relative remote directories', () => {
+    assert.equal(validateRemoteDir('.perimeter'), '.perimeter');
+    assert.equal(validateRemoteDir('tools/perimeter/'), 'tools/perimeter');
+    for (const bad of ['/abs', '../up', 'a/../b', 'a b', "a'b", '$HOME', '-x', '']) assert.throws(() => validateRemoteDir(bad), /refusing remote directory/, bad);
+  });
+
+  it('lists concrete host aliases from an ssh config', () => {
+    const cfg = 'Host *\n  ServerAliveInterval 5\nHost gpu gpu-2 # two\n  HostName 10.0.0.2\nhost !bad *.corp build\nMatch exec "x"\n';
+    assert.deepEqual(sshConfigHosts(cfg), ['gpu', 'gpu-2', 'build']);
+  });
+});
+
+describe('remote scripts, run through sh', () => {
+  let home: string;
+  beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-remote-')); });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  it('installs a bundle from a tar stream, replaces it atomically and reports its version', () => {
+    const dist = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ext-'));
+    mkdirSync(path.join(dist, 'dist', 'guest'), { recursive: true });
+    writeFileSync(path.join(dist, 'dist', 'perimeter.js'), '#!/usr/bin/env node\nconsole.log("companion")\n');
+    writeFileSync(path.join(dist, 'dist', 'guest', 'perimeter-agent'), Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0, 1, 2]), { mode: 0o755 });
+    const bundle = readCompanionBundle(dist, '0.1.0');
+    assert.match(bundle.version, /^0\.1\.0 [0-9a-f]{16}$/);
+    assert.equal(runRemote(home, 'probe').stdout.toString().split('\n')[0], 'none');
+    const r = runRemote(home, 'install', packTar(bundle.files));
+    assert.equal(r.status, 0, r.stderr.toString());
+    assert.equal(r.stdout.toString().trim(), bundle.version);
+    const bin = path.join(home, '.perimeter', 'bin');
+    assert.equal(readFileSync(path.join(bin, 'perimeter.js'), 'utf8'), readFileSync(path.join(dist, 'dist', 'perimeter.js'), 'utf8'));
+    assert.deepEqual(readFileSync(path.join(bin, 'guest', 'perimeter-agent')), Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0, 1, 2]));
+    assert.equal(statSync(path.join(bin, 'perimeter.js')).mode & 0o111, 0o111, 'executable bit kept');
+    const probe = runRemote(home, 'probe').stdout.toString().split('\n');
+    assert.equal(needsInstall(probe[0]!, bundle), false);
+    assert.match(probe[1]!, /^v\d+/);
+    writeFileSync(path.join(dist, 'dist', 'perimeter.js'), 'changed');
+    assert.equal(needsInstall(probe[0]!, readCompanionBundle(dist, '0.1.0')), true, 'another build is detected');
+    rmSync(dist, { recursive: true, force: true });
+  });
+
+  it('writes the worker configuration from stdin with mode 0600', () => {
+    const settings: WorkerSettings = { mode: 'environment', environmentId: 'env_1', concurrency: 3, driver: 'qemu', persistDefaults: ['/workspace'], egressAllow: ['pypi.org'], logLevel: 'debug' };
+    const r = runRemote(home, 'configure', JSON.stringify(remoteConfig(settings)));
+    assert.equal(r.status, 0, r.stderr.toString());
+    const file = path.join(home, '.perimeter', 'home', 'config.json');
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { environmentId: 'env_1', concurrency: 3, logLevel: 'debug', sandbox: { driver: 'qemu' }, persist: { defaults: ['/workspace'] }, egress: { mode: 'allow', allow: ['pypi.org'] } });
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.doesNotMatch(readFileSync(file, 'utf8'), /key/i);
+  });
+
+  it('starts the worker detached with the key on its stdin, not in argv, and finds it through control.json', async () => {
+    // A stand-in companion: records its argv and stdin, writes control.json, then waits to be killed.
+    const bin = path.join(home, '.perimeter', 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'perimeter.js'), `
+      const fs = require('fs'); const path = require('path');
+      const home = process.argv[process.argv.indexOf('--home') + 1];
+      let stdin = ''; process.stdin.on('data', (d) => stdin += d).on('end', () => {
+        fs.writeFileSync(path.join(home, 'record.json'), JSON.stringify({ argv: process.argv.slice(2), stdin }));
+        fs.writeFileSync(path.join(home, 'control.json'), JSON.stringify({ port: 4242, token: 'a'.repeat(43), pid: process.pid, version: 't' }));
+      });
+      setInterval(() => {}, 1000);`);
+    assert.equal(runRemote(home, 'endpoint').status, 3, 'no worker yet');
+    const key = 'sk-ant-test-' + 'k'.repeat(30);
+    const r = runRemote(home, 'startEnvironment', `${key}\n`);
+    assert.equal(r.status, 0, r.stderr.toString());
+    const record = path.join(home, '.perimeter', 'home', 'record.json');
+    const control = path.join(home, '.perimeter', 'home', 'control.json');
+    for (let i = 0; i < 100 && !existsSync(control); i++) await new Promise((res) => setTimeout(res, 50));
+    const rec = JSON.parse(readFileSync(record, 'utf8'));
+    assert.equal(rec.stdin, `${key}\n`);
+    assert.deepEqual(rec.argv, ['worker', '--home', path.join(home, '.perimeter', 'home'), '--key-stdin']);
+    const ep = runRemote(home, 'endpoint');
+    assert.equal(ep.status, 0);
+    const pid = JSON.parse(ep.stdout.toString()).pid as number;
+    process.kill(pid, 'SIGTERM');
+    for (let i = 0; i < 100 && runRemote(home, 'endpoint').status !== 3; i++) await new Promise((res) => setTimeout(res, 50));
+    assert.equal(runRemote(home, 'endpoint').status, 3, 'a stale control.json (dead pid) is no worker');
+  });
+});
+
+describe('bundle archive', () => {
+  it('is a tar archive the system tar lists exactly', () => {
+    const tar = packTar([{ name: 'a.txt', data: Buffer.from('A'), mode: 0o644 }, { name: 'guest/b', data: Buffer.alloc(1000, 1), mode: 0o755 }]);
+    assert.equal(tar.length % 512, 0);
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-tar-'));
+    writeFileSync(path.join(dir, 'x.tar'), tar);
+    assert.deepEqual(execFileSync('tar', ['-tf', path.join(dir, 'x.tar')]).toString().trim().split('\n'), ['a.txt', 'guest/b']);
+    rmSync(dir, { recursive: true, force: true });
+    assert.throws(() => packTar([{ name: '../evil', data: Buffer.alloc(0), mode: 0o644 }]), /bad archive member/);
+  });
+});
+
+describe('input validation', () => {
+  it('checks keys, environment IDs and persist paths', () => {
+    assert.equal(validateKeyInput('sk-ant-' + 'x'.repeat(40)), undefined);
+    assert.match(validateKeyInput('short')!, /does not look/);
+    assert.match(validateKeyInput('sk-ant-aaaa bbbbbbbbbbbbbbbbbbbb')!, /spaces/);
+    assert.equal(validateEnvironmentId('env_01ABC'), undefined);
+    assert.match(validateEnvironmentId('env 1')!, /letters/);
+    assert.equal(validatePersistPath('/data'), undefined);
+    assert.match(validatePersistPath('data')!, /absolute/);
+    assert.match(validatePersistPath('/a/../etc')!, /\.\./);
+    assert.match(validatePersistPath('/data', ['/data'])!, /already/);
+  });
+
+  it('reads doctor output tolerantly', () => {
+    assert.deepEqual(readDoctor({ checks: [{ name: 'kvm', ok: false, fix: 'add yourself to the kvm group' }, { name: 'template', ok: true }] }),
+      { kvm: false, template: true, problems: ['kvm: add yourself to the kvm group'] });
+    assert.deepEqual(readDoctor({ kvm: { status: 'ok' } }), { kvm: true, template: undefined, problems: [] });
+    assert.deepEqual(readDoctor('nonsense'), { kvm: undefined, template: undefined, problems: [] });
+  });
+});
+

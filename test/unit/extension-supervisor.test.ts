@@ -1,0 +1,173 @@
+// The host supervisor (start, history, reconnect, restart with bounded backoff, stop) against real control servers
+// on loopback behind a scripted WorkerHost, and LocalHost's process launch with a stand-in companion script.
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startControlServer, type ControlServer } from '../../companion/control/server';
+import { EventHub } from '../../companion/events';
+import type { WorkerControl } from '../../companion/control/types';
+import type { JournalReader } from '../../companion/journal/types';
+import type { WorkerState } from '../../companion/protocol/control';
+import { HostSupervisor } from '../../extension/companion/supervisor';
+import { LocalHost } from '../../extension/companion/localHost';
+import { Emitter } from '../../extension/companion/emitter';
+import type { WorkerHost, WorkerSettings, ConnectTarget } from '../../extension/companion/workerHost';
+import { PerimeterModel, type ConnectionStatus } from '../../extension/views/model';
+import { facts, session, call } from './control-fixtures';
+
+const SETTINGS: WorkerSettings = { mode: 'localQueue', concurrency: 2, driver: 'process', persistDefaults: ['/workspace'], egressAllow: [], logLevel: 'info' };
+
+/** A "machine" whose worker is an in-process control server; `crash()` makes it vanish like a killed process. */
+class ScriptedHost implements WorkerHost {
+  readonly hostId = 'local'; readonly label = 'test host';
+  server: ControlServer | null = null;
+  hub = new EventHub();
+  starts = 0; failStarts = 0; shutdowns = 0;
+  private readonly down = new Emitter<string>(); private readonly logs = new Emitter<string>();
+  readonly onLinkDown = this.down.event; readonly onLog = this.logs.event;
+  constructor(private readonly home: string) {}
+  async findWorker(): Promise<ConnectTarget | null> { return this.server ? this.server.endpoint : null; }
+  async startWorker(): Promise<void> {
+    this.starts++;
+    if (this.failStarts > 0) { this.failStarts--; throw new Error('simulated start failure'); }
+    let state: WorkerState = 'polling';
+    const worker: WorkerControl = {
+      state: () => state, hostFacts: () => facts(),
+      drain: async () => { state = 'stopped'; },
+      shutdown: async () => { this.shutdowns++; await this.crash(); },
+    };
+    const journal: JournalReader = {
+      listSessions: () => ({ items: [session('s-old', { state: 'ended' })], nextCursor: null }),
+      listCalls: (sid) => ({ items: [call(`c-${sid}`, sid)], nextCursor: null }),
+      callOutput: () => null,
+    };
+    this.server = await startControlServer({ home: this.home, hub: this.hub, worker, journal });
+  }
+  async crash(): Promise<void> { const s = this.server; this.server = null; await s?.close(); this.down.fire('worker exited'); }
+  async waitStopped(): Promise<void> { for (let i = 0; i < 100 && this.server; i++) await new Promise((r) => setTimeout(r, 20)); }
+  async forceStop(): Promise<void> { await this.crash(); }
+  async runCli() { return { code: 0, stdout: '', stderr: '' }; }
+  dispose(): void { void this.server?.close(); }
+}
+
+function until(model: PerimeterModel, pred: () => boolean): Promise<void> {
+  if (pred()) return Promise.resolve();
+  return new Promise((resolve) => { const off = model.onDidChange(() => { if (pred()) { off(); resolve(); } }); });
+}
+const status = (m: PerimeterModel): ConnectionStatus => m.host('local')!.connection;
+
+describe('host supervisor', () => {
+  let home: string; let host: ScriptedHost; let model: PerimeterModel; let sup: HostSupervisor;
+  beforeEach(() => {
+    home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-sup-'));
+    host = new ScriptedHost(home); model = new PerimeterModel();
+    sup = new HostSupervisor(host, model, { getKey: async () => undefined, backoffMs: [10, 20, 40], heartbeatMs: 50, heartbeatTimeoutMs: 2000 });
+  });
+  afterEach(async () => { sup.dispose(); await host.server?.close(); rmSync(home, { recursive: true, force: true }); });
+
+  it('starts a worker, connects, loads journal history and applies live events', async () => {
+    await sup.start(SETTINGS);
+    assert.equal(status(model), 'connected');
+    await until(model, () => model.callList('local', 's-old').length === 1);
+    assert.equal(model.host('local')!.facts!.driver, 'process');
+    host.hub.publish({ type: 'session.claimed', session: session('s-new', { claimedAt: 99 }) });
+    await until(model, () => model.session('local', 's-new') !== undefined);
+    assert.deepEqual(model.sessionList().map((s) => s.summary.sessionId), ['s-new', 's-old']);
+  });
+
+  it('restarts a crashed worker with backoff, keeping history visible meanwhile', async () => {
+    await sup.start(SETTINGS);
+    await until(model, () => model.sessionList().length === 1);
+    await host.crash();
+    assert.equal(status(model), 'reconnecting');
+    assert.equal(model.sessionList().length, 1, 'history is still shown');
+    await until(model, () => status(model) === 'connected');
+    assert.equal(host.starts, 2);
+    assert.equal(model.host('local')!.restarts, 1);
+  });
+
+  it('gives up after the bounded number of attempts and says so', async () => {
+    await sup.start(SETTINGS);
+    host.failStarts = 10;
+    await host.crash();
+    await until(model, () => status(model) === 'failed');
+    assert.match(model.host('local')!.problem!, /gave up after 3 attempts/);
+    assert.equal(host.starts, 1 + 3);
+    assert.equal(sup.isRunning, false);
+  });
+
+  it('reconnects to the same worker when only the connection dropped', async () => {
+    await sup.start(SETTINGS);
+    sup.connection!.terminate();          // the socket dies, the worker does not
+    await until(model, () => status(model) === 'reconnecting');
+    await until(model, () => status(model) === 'connected');
+    assert.equal(host.starts, 1, 'no restart');
+  });
+
+  it('stops the worker through the control API and does not restart it', async () => {
+    await sup.start(SETTINGS);
+    await sup.stop();
+    assert.equal(host.shutdowns, 1);
+    assert.equal(status(model), 'stopped');
+    assert.equal(host.server, null);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(host.starts, 1);
+  });
+
+  it('attaches to a worker that already runs', async () => {
+    await host.startWorker();
+    assert.equal(await sup.attach(), true);
+    assert.equal(status(model), 'connected');
+  });
+});
+
+describe('local host', () => {
+  let dir: string;
+  beforeEach(() => { dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-local-')); });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('spawns the companion with flags, the key only on stdin (V3), and finds it through control.json', async () => {
+    const fake = path.join(dir, 'fake-perimeter.js');
+    writeFileSync(fake, `
+      const fs = require('fs'); const path = require('path');
+      const home = process.argv[process.argv.indexOf('--home') + 1];
+      let stdin = ''; process.stdin.on('data', (d) => stdin += d).on('end', () => {
+        fs.writeFileSync(path.join(home, 'record.json'), JSON.stringify({ argv: process.argv.slice(2), stdin, env: process.env }));
+        fs.writeFileSync(path.join(home, 'control.json'), JSON.stringify({ port: 4242, token: 'b'.repeat(43), pid: process.pid, version: 't' }));
+      });
+      process.on('SIGTERM', () => process.exit(0));
+      setInterval(() => {}, 1000);`);
+    const home = path.join(dir, 'home');
+    const local = new LocalHost({ home, bundle: fake, nodePath: process.execPath });
+    const key = 'sk-ant-envkey-' + 'z'.repeat(30);
+    const down = new Promise<string>((r) => local.onLinkDown(r));
+    await local.startWorker({ ...SETTINGS, mode: 'environment', environmentId: 'env_9', persistDefaults: ['/workspace', '/data'] }, key);
+    const rec = JSON.parse(readFileSync(path.join(home, 'record.json'), 'utf8'));
+    assert.deepEqual(rec.argv, ['worker', '--home', home, '--concurrency', '2', '--driver', 'process', '--environment-id', 'env_9', '--key-stdin']);
+    assert.equal(rec.stdin, `${key}\n`);
+    assert.ok(!JSON.stringify(rec.env).includes(key), 'the key is not in the environment');
+    assert.equal(rec.env.PERIMETER_PERSIST, '/workspace,/data');
+    const found = await local.findWorker();
+    assert.equal(found!.port, 4242);
+    await local.forceStop();
+    assert.match(await down, /exited|SIGTERM/);
+    assert.equal(await local.findWorker(), null, 'a dead pid in control.json is no worker');
+    assert.ok(existsSync(path.join(home, 'control.json')));
+  });
+
+  it('reports a worker that dies during start-up with its exit status', async () => {
+    const fake = path.join(dir, 'dies.js');
+    writeFileSync(fake, 'console.error("perimeter: cannot start: no KVM"); process.exit(3);');
+    const local = new LocalHost({ home: path.join(dir, 'home'), bundle: fake, nodePath: process.execPath });
+    const lines: string[] = [];
+    local.onLog((l) => lines.push(l));
+    await assert.rejects(local.startWorker(SETTINGS, undefined), /exited with code 3|exited during start-up/);
+    assert.ok(lines.some((l) => /no KVM/.test(l)));
+  });
+
+  it('refuses to start an environment worker without a key', async () => {
+    const local = new LocalHost({ home: path.join(dir, 'home'), bundle: '/nonexistent', nodePath: process.execPath });
+    await assert.rejects(local.startWorker({ ...SETTINGS, mode: 'environment' }, undefined), /Connect Environment/);
+  });
+});
