@@ -1,0 +1,346 @@
+// Host side of the guest agent protocol: GuestOps over one byte stream (a virtio-serial Unix socket on QEMU, a
+// vsock stream after the CONNECT handshake on Firecracker), plus the egress tunnel transport.
+// Invariants: every request has a host-side deadline; a deadline miss, a malformed or unexpected guest frame, or a
+// closed channel makes the client unusable and calls `onFatal` (the driver then kills the VM) — it never hangs.
+// Guest replies are decoded with bounds checks (BodyReader) and validated with zod before anything uses them; sizes
+// the host asked for (output caps, byte budgets) are enforced here again, whatever the guest claims.
+import { Duplex } from 'node:stream';
+import { z } from 'zod';
+import { BodyReader, BodyWriter, encodeFrame, encodeMessage, FrameDecoder, MAX_MESSAGE, MAX_PAYLOAD, ProtocolError, T, type Frame } from './protocol';
+import {
+  GuestError, type EgressAttachment, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestOps, type GuestStat, type PutFile,
+} from '../sandbox/types';
+
+/** Deadline for file operations (they are native in the agent: milliseconds, even under TCG). */
+const FILE_OP_DEADLINE_MS = 60_000;
+/** Extra time the host grants past an exec's own timeout before it declares the guest dead. */
+const EXEC_GRACE_MS = 5_000;
+const MAX_TUNNELS = 64;
+
+const ENTRY_TYPES = ['file', 'dir', 'symlink', 'other'] as const;
+const GuestEntrySchema = z.object({
+  path: z.string().min(1).max(4096).startsWith('/'),
+  type: z.enum(ENTRY_TYPES),
+  size: z.number().int().nonnegative(),
+  mode: z.number().int().min(0).max(0o7777),
+  mtimeMs: z.number().int().nonnegative(),
+  sha256: z.string().regex(/^[0-9a-f]{64}$/).optional(),
+  linkTarget: z.string().max(4096).optional(),
+});
+const ExecTrailerSchema = z.object({
+  exitCode: z.number().int().min(0).max(255),
+  timedOut: z.boolean(),
+  droppedBytes: z.number().int().nonnegative(),
+  durationMs: z.number().int().nonnegative(),
+});
+
+export interface GuestLimits { pidsMax: number; memoryMaxBytes: number; writableBytes: number }
+
+interface Pending {
+  type: string;
+  chunks: Buffer[];
+  size: number;
+  maxBytes: number;
+  timer?: NodeJS.Timeout;
+  onOutput?: (chunk: Buffer) => void;
+  resolve(body: Buffer): void;
+  reject(err: Error): void;
+}
+
+export class GuestClient implements GuestOps {
+  private readonly decoder = new FrameDecoder();
+  private readonly pending = new Map<number, Pending>();
+  private readonly tunnels = new Map<number, Duplex>();
+  private nextId = 1;
+  private failure: Error | null = null;
+  private helloWaiter: { resolve(text: string): void; reject(err: Error): void } | null = null;
+  private hello: string | null = null;
+  private egress: EgressAttachment | null = null;
+
+  constructor(private readonly channel: Duplex, private readonly onFatal: (err: Error) => void = () => {}) {
+    channel.on('data', (data: Buffer) => {
+      try { for (const f of this.decoder.push(data)) this.onFrame(f); } catch (err) { this.fail(err as Error); }
+    });
+    channel.on('close', () => this.fail(new ProtocolError('agent channel closed')));
+    channel.on('error', (err) => this.fail(err));
+  }
+
+  get broken(): Error | null { return this.failure; }
+
+  /** Resolves with the HELLO text (only a freshly booted agent sends one). */
+  waitHello(timeoutMs: number): Promise<string> {
+    if (this.hello !== null) return Promise.resolve(this.hello);
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => { this.helloWaiter = null; reject(new ProtocolError(`no HELLO from the guest agent within ${timeoutMs} ms`)); }, timeoutMs);
+      this.helloWaiter = {
+        resolve: (t) => { clearTimeout(timer); resolve(t); },
+        reject: (e) => { clearTimeout(timer); reject(e); },
+      };
+    });
+  }
+
+  async ping(timeoutMs = 10_000): Promise<void> {
+    const nonce = Buffer.from(String(Math.random()));
+    const echo = await this.request(T.ping, new BodyWriter().bytes(nonce).finish(), { deadlineMs: timeoutMs, maxBytes: 64 });
+    if (!echo.equals(new BodyWriter().bytes(nonce).finish())) throw new ProtocolError('ping echo mismatch');
+  }
+
+  /** After every restore: wall clock, fresh entropy (RNDADDENTROPY + reseed) and this VM's limits. */
+  async init(entropy: Buffer, limits: GuestLimits): Promise<void> {
+    const body = new BodyWriter().u64(BigInt(Date.now()) * 1_000_000n).bytes(entropy)
+      .u32(limits.pidsMax).u64(limits.memoryMaxBytes).u64(limits.writableBytes).finish();
+    await this.request(T.init, body, { deadlineMs: 10_000, maxBytes: 0 });
+  }
+
+  /** Starts the guest's listeners (TCP 127.0.0.1:<ports>, UDP 127.0.0.1:53) and routes their traffic to `attachment`. */
+  async attachEgress(attachment: EgressAttachment): Promise<void> {
+    if (attachment.ports.length > 8) throw new GuestError('EINVAL', 'at most 8 egress ports');
+    this.egress = attachment;
+    const w = new BodyWriter().u32(attachment.ports.length);
+    for (const p of attachment.ports) w.u16(p);
+    await this.request(T.egress, w.finish(), { deadlineMs: 10_000, maxBytes: 0 });
+  }
+
+  async exec(req: ExecRequest, onOutput?: (chunk: Buffer) => void): Promise<ExecResult> {
+    if (req.argv.length === 0) throw new GuestError('EINVAL', 'empty argv');
+    const w = new BodyWriter().u32(Math.max(1, Math.floor(req.timeoutMs))).u32(req.maxOutputBytes).str(req.cwd ?? '/').u32(req.argv.length);
+    for (const a of req.argv) w.str(a);
+    const env = Object.entries(req.env ?? {});
+    w.u32(env.length);
+    for (const [k, v] of env) {
+      if (!k || k.includes('=')) throw new GuestError('EINVAL', `invalid environment variable name ${JSON.stringify(k)}`);
+      w.str(`${k}=${v}`);
+    }
+    w.bytes(req.stdin ?? Buffer.alloc(0));
+    const started = Date.now();
+    const output: Buffer[] = [];
+    let kept = 0;
+    let hostDropped = 0;
+    const collect = (chunk: Buffer) => {
+      const room = Math.max(0, req.maxOutputBytes - kept);
+      const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
+      hostDropped += chunk.length - part.length;
+      if (part.length) { output.push(part); kept += part.length; onOutput?.(part); }
+    };
+    let trailer: Buffer;
+    try {
+      trailer = await this.request(T.exec, w.finish(), { deadlineMs: req.timeoutMs + EXEC_GRACE_MS, maxBytes: 64, onOutput: collect });
+    } catch (err) {
+      if (err instanceof DeadlineError) {
+        return { exitCode: 137, timedOut: true, output: Buffer.concat(output), droppedBytes: hostDropped, durationMs: Date.now() - started };
+      }
+      throw err;
+    }
+    const r = new BodyReader(trailer);
+    const t = ExecTrailerSchema.parse({ exitCode: r.u32(), timedOut: r.u8() === 1, droppedBytes: r.u64(), durationMs: r.u32() });
+    r.done();
+    return { exitCode: t.exitCode, timedOut: t.timedOut, output: Buffer.concat(output), droppedBytes: t.droppedBytes + hostDropped, durationMs: Date.now() - started };
+  }
+
+  async readFile(path: string, opts: { offset?: number; length?: number } = {}): Promise<{ data: Buffer; size: number }> {
+    const length = Math.min(opts.length ?? MAX_MESSAGE - 64, MAX_MESSAGE - 64);
+    const body = new BodyWriter().str(path).u64(opts.offset ?? 0).u64(length).finish();
+    const r = new BodyReader(await this.request(T.readFile, body, { maxBytes: length + 64 }));
+    const size = r.u64();
+    const data = Buffer.from(r.bytes(length));
+    r.done();
+    return { data, size };
+  }
+
+  async writeFile(path: string, data: Buffer, opts: { mode?: number } = {}): Promise<void> {
+    const body = new BodyWriter().str(path).u32(opts.mode ?? 0xffffffff).bytes(data).finish();
+    await this.request(T.writeFile, body, { maxBytes: 0 });
+  }
+
+  async stat(path: string): Promise<GuestStat | null> {
+    const r = new BodyReader(await this.request(T.stat, new BodyWriter().str(path).finish(), { maxBytes: 16_384 }));
+    if (r.u8() === 0) { r.done(); return null; }
+    const e = readEntry(r);
+    r.done();
+    const { sha256: _s, linkTarget: _l, ...stat } = e;
+    return stat;
+  }
+
+  async walk(root: string, opts: { hash: boolean; maxEntries: number; skipNames?: string[] }): Promise<{ entries: GuestEntry[]; truncated: boolean }> {
+    const w = new BodyWriter().str(root).u8(opts.hash ? 1 : 0).u32(opts.maxEntries).u32(opts.skipNames?.length ?? 0);
+    for (const s of opts.skipNames ?? []) w.str(s);
+    const r = new BodyReader(await this.request(T.walk, w.finish(), { maxBytes: MAX_MESSAGE }));
+    const truncated = r.u8() === 1;
+    const count = r.u32();
+    if (count > opts.maxEntries) throw new ProtocolError(`walk returned ${count} entries, more than the ${opts.maxEntries} asked for`);
+    const entries: GuestEntry[] = [];
+    for (let i = 0; i < count; i++) entries.push(readEntry(r));
+    r.done();
+    return { entries, truncated };
+  }
+
+  async putFiles(files: PutFile[], deletes: string[]): Promise<void> {
+    const w = new BodyWriter().u32(deletes.length);
+    for (const d of deletes) w.str(d);
+    w.u32(files.length);
+    for (const f of files) w.str(f.path).u32(f.mode & 0o7777).u64(Math.max(0, Math.floor(f.mtimeMs ?? 0))).bytes(f.data);
+    await this.request(T.putFiles, w.finish(), { maxBytes: 0 });
+  }
+
+  async getFiles(paths: string[], opts: { maxTotalBytes: number }): Promise<GotFile[]> {
+    const budget = Math.min(opts.maxTotalBytes, MAX_MESSAGE - 1024);
+    const w = new BodyWriter().u64(budget).u32(paths.length);
+    for (const p of paths) w.str(p);
+    const r = new BodyReader(await this.request(T.getFiles, w.finish(), { maxBytes: MAX_MESSAGE }));
+    const n = r.u32();
+    if (n !== paths.length) throw new ProtocolError(`getFiles returned ${n} files for ${paths.length} paths`);
+    const out: GotFile[] = [];
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const path = r.str(4096);
+      if (path !== paths[i]) throw new ProtocolError('getFiles answered a path that was not asked for');
+      const mode = z.number().int().min(0).max(0o7777).parse(r.u32());
+      const sha256 = r.raw(32).toString('hex');
+      const data = Buffer.from(r.bytes(budget));
+      total += data.length;
+      if (total > budget) throw new ProtocolError('getFiles exceeded its byte budget');
+      out.push({ path, data, mode, sha256 });
+    }
+    r.done();
+    return out;
+  }
+
+  /** Asks the agent to kill the running exec (its result then reports timedOut). */
+  async killExec(): Promise<void> { await this.request(T.kill, Buffer.alloc(0), { deadlineMs: 5_000, maxBytes: 0 }); }
+
+  close(): void {
+    this.fail(new ProtocolError('agent channel closed by the host'), false);
+    this.channel.destroy();
+  }
+
+  // ------------------------------------------------------------------ internals
+  private request(type: string, body: Buffer, o: { deadlineMs?: number; maxBytes: number; onOutput?: (c: Buffer) => void }): Promise<Buffer> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise<Buffer>((resolve, reject) => {
+      const p: Pending = { type, chunks: [], size: 0, maxBytes: o.maxBytes, onOutput: o.onOutput, resolve, reject };
+      const deadline = o.deadlineMs ?? FILE_OP_DEADLINE_MS;
+      p.timer = setTimeout(() => {
+        this.pending.delete(id);
+        const err = new DeadlineError(`guest agent did not answer '${type}' within ${deadline} ms`);
+        reject(err);
+        this.fail(err);
+      }, deadline);
+      this.pending.set(id, p);
+      this.write(encodeMessage(type, id, body));
+    });
+  }
+
+  private write(frames: Buffer[]): void {
+    if (this.failure) return;
+    this.channel.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  }
+
+  private settle(id: number): Pending {
+    const p = this.pending.get(id);
+    if (!p) throw new ProtocolError(`guest answered unknown request ${id}`);
+    return p;
+  }
+
+  private onFrame(f: Frame): void {
+    switch (f.type) {
+      case T.hello: {
+        if (this.hello !== null) throw new ProtocolError('second HELLO');
+        this.hello = f.payload.toString('utf8').slice(0, 1024);
+        this.helloWaiter?.resolve(this.hello);
+        this.helloWaiter = null;
+        return;
+      }
+      case T.pong: case T.ok: case T.error: case T.chunk: {
+        const p = this.settle(f.id);
+        p.size += f.payload.length;
+        if (p.size > Math.max(p.maxBytes, 4096) + 4096) throw new ProtocolError(`guest reply to '${p.type}' exceeds ${p.maxBytes} bytes`);
+        p.chunks.push(f.payload);
+        if (f.type === T.chunk) return;
+        this.pending.delete(f.id);
+        clearTimeout(p.timer);
+        const body = Buffer.concat(p.chunks);
+        if (f.type === T.error) {
+          const r = new BodyReader(body);
+          const code = r.str(64);
+          const message = r.str(4096);
+          p.reject(new GuestError(/^E[A-Z0-9]{1,20}$/.test(code) ? code : 'EIO', message));
+        } else {
+          p.resolve(body);
+        }
+        return;
+      }
+      case T.output: {
+        const p = this.settle(f.id);
+        if (p.type !== T.exec) throw new ProtocolError('output frame for a request that is not an exec');
+        p.onOutput?.(f.payload);
+        return;
+      }
+      case T.tunnelOpen: return this.onTunnelOpen(f);
+      case T.tunnelData: { this.tunnels.get(f.id)?.push(Buffer.from(f.payload)); return; }
+      case T.tunnelClose: { const s = this.tunnels.get(f.id); this.tunnels.delete(f.id); s?.push(null); return; }
+      case T.dnsQuery: return this.onDnsQuery(f);
+      default: throw new ProtocolError(`unexpected frame type 0x${f.type.charCodeAt(0).toString(16)} from the guest`);
+    }
+  }
+
+  private onTunnelOpen(f: Frame): void {
+    const r = new BodyReader(f.payload);
+    const port = r.u16();
+    r.done();
+    if (!this.egress || !this.egress.ports.includes(port) || this.tunnels.has(f.id) || this.tunnels.size >= MAX_TUNNELS) {
+      this.write([encodeFrame(T.tunnelClose, f.id)]);
+      return;
+    }
+    const id = f.id;
+    const stream = new Duplex({
+      read() {},
+      write: (chunk: Buffer, _enc, cb) => {
+        for (let off = 0; off < chunk.length; off += MAX_PAYLOAD) this.write([encodeFrame(T.tunnelData, id, chunk.subarray(off, off + MAX_PAYLOAD))]);
+        cb();
+      },
+      final: (cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(); },
+      destroy: (err, cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(err); },
+    });
+    this.tunnels.set(id, stream);
+    this.egress.onConnection(stream, port);
+  }
+
+  private onDnsQuery(f: Frame): void {
+    const egress = this.egress;
+    const answer = (buf: Buffer | null) => this.write([encodeFrame(T.dnsAnswer, f.id, buf && buf.length <= 65535 ? buf : Buffer.alloc(0))]);
+    if (!egress || f.payload.length > 4096) return answer(null);
+    egress.onDnsQuery(Buffer.from(f.payload)).then(answer, () => answer(null));
+  }
+
+  private fail(err: Error, notify = true): void {
+    if (this.failure) return;
+    this.failure = err;
+    for (const [, p] of this.pending) { clearTimeout(p.timer); p.reject(err); }
+    this.pending.clear();
+    for (const [, s] of this.tunnels) s.destroy();
+    this.tunnels.clear();
+    this.helloWaiter?.reject(err);
+    this.helloWaiter = null;
+    if (notify) this.onFatal(err);
+  }
+}
+
+export class DeadlineError extends ProtocolError {
+  constructor(message: string) { super(message); this.name = 'DeadlineError'; }
+}
+
+function readEntry(r: BodyReader): GuestEntry {
+  const type = ENTRY_TYPES[r.u8()];
+  const path = r.str(4096);
+  const size = r.u64();
+  const mode = r.u32();
+  const mtimeMs = r.u64();
+  const sha256 = r.u8() === 1 ? r.raw(32).toString('hex') : undefined;
+  const link = r.bytes(4096);
+  const entry: GuestEntry = GuestEntrySchema.parse({ path, type, size, mode, mtimeMs });
+  if (sha256 !== undefined) entry.sha256 = sha256;
+  if (type === 'symlink') entry.linkTarget = GuestEntrySchema.shape.linkTarget.parse(link.toString('utf8'));
+  return entry;
+}

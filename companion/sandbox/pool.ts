@@ -1,0 +1,84 @@
+// Warm pool: keeps `size` ready items (restored VMs) ahead of need. `take()` hands out a ready item when one is
+// there (checked with `healthy` first) and otherwise creates one on the spot; every take triggers a refill behind
+// it. Invariants: at most `size` items are being created or waiting at any time; a failed creation is logged and
+// retried on the next take (with a short backoff), never thrown at an idle pool; after close() nothing is created and
+// every pooled item is destroyed.
+import { logger } from '../log';
+
+const log = logger('sandbox:pool');
+
+export interface PoolHooks<T> {
+  create(): Promise<T>;
+  destroy(item: T): Promise<void>;
+  /** A quick liveness check before handing an item out (e.g. an agent ping). */
+  healthy(item: T): Promise<boolean>;
+}
+
+export class WarmPool<T> {
+  private readonly ready: T[] = [];
+  private filling = 0;
+  private closed = false;
+  private failures = 0;
+  private retryTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly size: number, private readonly hooks: PoolHooks<T>) {}
+
+  get readyCount(): number { return this.ready.length; }
+  get fillingCount(): number { return this.filling; }
+
+  /** Starts filling the pool (idempotent). */
+  start(): void { this.refill(); }
+
+  async take(): Promise<T> {
+    if (this.closed) throw new Error('pool closed');
+    while (this.ready.length) {
+      const item = this.ready.shift()!;
+      this.refill();
+      if (await this.hooks.healthy(item).catch(() => false)) return item;
+      await this.hooks.destroy(item).catch(() => {});
+    }
+    this.refill();
+    return this.hooks.create();
+  }
+
+  /** Resolves once the pool holds `size` ready items (for tests and benchmarks). */
+  async waitFull(timeoutMs = 60_000): Promise<void> {
+    const until = Date.now() + timeoutMs;
+    while (this.ready.length < this.size) {
+      if (this.closed) throw new Error('pool closed');
+      if (Date.now() > until) throw new Error(`pool did not fill to ${this.size} within ${timeoutMs} ms (ready ${this.ready.length})`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    const items = this.ready.splice(0);
+    await Promise.all(items.map((i) => this.hooks.destroy(i).catch(() => {})));
+  }
+
+  private refill(): void {
+    if (this.closed || this.retryTimer) return;
+    while (this.ready.length + this.filling < this.size) {
+      this.filling++;
+      this.hooks.create().then(
+        async (item) => {
+          this.filling--;
+          this.failures = 0;
+          if (this.closed) { await this.hooks.destroy(item).catch(() => {}); return; }
+          this.ready.push(item);
+        },
+        (err: Error) => {
+          this.filling--;
+          this.failures++;
+          log.warn(`warm pool: creating a sandbox failed (${err.message}); retrying`);
+          if (!this.closed && !this.retryTimer) {
+            this.retryTimer = setTimeout(() => { this.retryTimer = null; this.refill(); }, Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)));
+            this.retryTimer.unref();
+          }
+        },
+      );
+    }
+  }
+}

@@ -1,0 +1,62 @@
+// Accelerator choice. KVM is used only when a test boot of the real kernel + initramfs under KVM reaches the agent's
+// HELLO in time: a /dev/kvm that opens is not enough (a nested kvm-pvm device accepts KVM_CREATE_VM yet cannot run
+// normal guests). Otherwise TCG, which is for testing only. The verdict is cached per (kernel, initramfs, QEMU, host
+// kernel) in <home>/cache/accel.json so the probe runs once, not at every start.
+import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { QemuVm, type VmImage } from './vm';
+import { logger } from '../../log';
+
+const log = logger('qemu:accel');
+export const KVM_PROBE_TIMEOUT_MS = 10_000;
+
+export function qemuVersion(binary: string): string {
+  try { return execFileSync(binary, ['--version'], { env: {}, encoding: 'utf8', timeout: 10_000 }).split('\n')[0]!.trim(); } catch (err) {
+    throw new Error(`cannot run ${binary}: ${(err as Error).message}`);
+  }
+}
+
+export interface AccelVerdict { accel: 'kvm' | 'tcg'; detail: string }
+
+export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: string; image: VmImage; imageKey: string; home: string }): Promise<AccelVerdict> {
+  if (o.wanted === 'tcg') return { accel: 'tcg', detail: 'TCG requested by configuration (software CPU: for testing only)' };
+  if (!existsSync('/dev/kvm')) {
+    if (o.wanted === 'kvm') throw new Error('accel=kvm requested but /dev/kvm does not exist');
+    return { accel: 'tcg', detail: 'no /dev/kvm: using TCG (software CPU: for testing only, much slower)' };
+  }
+  const cacheFile = path.join(o.home, 'cache', 'accel.json');
+  const key = createHash('sha256').update(JSON.stringify([o.imageKey, qemuVersion(o.binary), os.release()])).digest('hex');
+  let cache: Record<string, AccelVerdict> = {};
+  try { cache = JSON.parse(readFileSync(cacheFile, 'utf8')) as Record<string, AccelVerdict>; } catch { /* no cache yet */ }
+  let verdict = cache[key];
+  if (!verdict) {
+    verdict = await probeKvm(o.binary, o.image, path.join(o.home, 'vms'));
+    cache[key] = verdict;
+    mkdirSync(path.dirname(cacheFile), { recursive: true });
+    writeFileSync(cacheFile, JSON.stringify(cache, null, 2));
+  }
+  if (verdict.accel === 'tcg' && o.wanted === 'kvm') throw new Error(`accel=kvm requested but KVM cannot run the guest: ${verdict.detail}`);
+  if (verdict.accel === 'tcg') log.warn(verdict.detail);
+  return verdict;
+}
+
+async function probeKvm(binary: string, image: VmImage, vmsDir: string): Promise<AccelVerdict> {
+  const t0 = Date.now();
+  let vm: QemuVm | null = null;
+  const memDir = path.join(vmsDir, `kvm-probe-${process.pid}`);
+  mkdirSync(memDir, { recursive: true });
+  try {
+    vm = await QemuVm.spawn(image, { binary, accel: 'kvm', vmsDir, memFile: path.join(memDir, 'mem.bin'), role: 'template' }, () => {});
+    await vm.agent.waitHello(KVM_PROBE_TIMEOUT_MS);
+    return { accel: 'kvm', detail: `KVM test boot reached the agent in ${Date.now() - t0} ms` };
+  } catch (err) {
+    const why = vm?.diagnostics || (err as Error).message;
+    return { accel: 'tcg', detail: `KVM test boot failed (${why.split('\n')[0]!.slice(0, 300)}): using TCG (software CPU: for testing only, much slower)` };
+  } finally {
+    await vm?.kill();
+    rmSync(memDir, { recursive: true, force: true });
+  }
+}

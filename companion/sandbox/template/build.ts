@@ -1,0 +1,387 @@
+// `perimeter template build`: kernel + root filesystem + guest agent → a booted, warmed-up, snapshotted template.
+// Inputs come from Debian's archive only (linux-source-6.1 or the packaged cloud kernel; debootstrap minbase bookworm)
+// or from a root filesystem directory the user gives. Invariants:
+// - Expensive inputs are cached under <home>/cache keyed by what they are built from (kernel: fragment + source
+//   package version; rootfs: suite, packages, mirror; a user tree: its file listing), so rebuilds are fast.
+// - The template is content-addressed: <home>/templates/<hash> where the hash covers kernel, initramfs (agent),
+//   rootfs key, command line, memory, vCPUs, accelerator and QEMU version. It is built in a temporary directory and
+//   renamed into place complete; `current` is updated last.
+// - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, copyFileSync, linkSync, chmodSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { writeCpio, type CpioEntry } from './cpio';
+import { findTemplate, loadTemplate, templatesDir, type Template, type TemplateManifest } from './manifest';
+import { QemuVm, hostTscKhz, type VmImage } from '../qemu/vm';
+import { chooseAccel, qemuVersion } from '../qemu/accel';
+import { fatal } from '../../errors';
+
+export const ROOTFS_PACKAGES = ['bash', 'coreutils', 'ripgrep', 'git', 'python3', 'curl', 'ca-certificates', 'tar'];
+const SUITE = 'bookworm';
+const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
+const HELLO_TIMEOUT_MS = 120_000;
+
+export interface BuildOptions {
+  home: string;
+  kernel: 'tiny' | 'debian';
+  rootfsDir?: string;
+  force?: boolean;
+  memoryMiB: number;
+  vcpus: number;
+  /** Writable layer (tmpfs upper of the root overlay) default size in MiB. */
+  writableMiB: number;
+  accel: 'auto' | 'kvm' | 'tcg';
+  qemuBinary: string;
+  mirror?: string;
+  progress: (line: string) => void;
+}
+
+// ------------------------------------------------------------------ helpers
+export function findAsset(name: string): string {
+  const candidates = [
+    path.join(__dirname, name),
+    path.join(__dirname, 'guest', name),
+    path.join(__dirname, '..', 'companion', 'sandbox', 'template', name),
+    path.join(__dirname, '..', '..', '..', 'dist', 'guest', name),
+    path.join(__dirname, '..', 'dist', 'guest', name),
+    path.join(process.cwd(), 'dist', 'guest', name),
+    path.join(process.cwd(), 'companion', 'sandbox', 'template', name),
+  ];
+  const found = candidates.find((c) => existsSync(c));
+  if (!found) throw fatal('asset_missing', `${name} not found (looked in ${candidates.join(', ')}); run \`npm run build\``);
+  return found;
+}
+
+export function agentBinary(): string {
+  return process.env.PERIMETER_AGENT_BINARY ? path.resolve(process.env.PERIMETER_AGENT_BINARY) : findAsset('perimeter-agent');
+}
+
+const sha256 = (data: Buffer | string) => createHash('sha256').update(data).digest('hex');
+
+export function sha256File(file: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    createReadStream(file).on('data', (d) => h.update(d)).on('end', () => resolve(h.digest('hex'))).on('error', reject);
+  });
+}
+
+/** Runs a command; output lines go to `onLine` (or are summarised); rejects with the tail of the output on failure. */
+function run(cmd: string, args: string[], o: { cwd?: string; onLine?: (l: string) => void; nice?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const argv = o.nice ? ['-n', '10', cmd, ...args] : args;
+    const p = spawn(o.nice ? 'nice' : cmd, argv, { cwd: o.cwd, env: o.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let tail = '';
+    let partial = '';
+    const onData = (d: Buffer) => {
+      const text = d.toString('utf8');
+      tail = (tail + text).slice(-4000);
+      partial += text;
+      const lines = partial.split('\n');
+      partial = lines.pop() ?? '';
+      for (const l of lines) o.onLine?.(l);
+    };
+    p.stdout.on('data', onData);
+    p.stderr.on('data', onData);
+    p.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
+    p.once('exit', (code) => (code === 0 ? resolve(tail) : reject(new Error(`${cmd} ${args.slice(0, 4).join(' ')} failed (exit ${code}):\n${tail.slice(-1500)}`))));
+  });
+}
+
+function hardlinkOrCopy(from: string, to: string): void {
+  try { linkSync(from, to); } catch { copyFileSync(from, to); }
+}
+
+function duBytes(dir: string): number {
+  let total = 0;
+  const walk = (d: string) => {
+    for (const name of readdirSync(d)) {
+      const p = path.join(d, name);
+      const st = lstatSync(p);
+      total += st.isFile() ? st.size : 4096;
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  walk(dir);
+  return total;
+}
+
+// ------------------------------------------------------------------ kernels
+interface KernelArtifact { vmlinux: string; modules: { name: string; file: string }[]; machineOpts: string; appendExtra: string; key: string }
+
+async function tinyKernel(cache: string, progress: (l: string) => void): Promise<KernelArtifact> {
+  const fragment = readFileSync(findAsset('microvm.config.fragment'), 'utf8');
+  const srcVersion = (await run('dpkg-query', ['-W', '-f=${Version}', 'linux-source-6.1']).catch(() => 'not-installed')).trim();
+  const key = sha256(JSON.stringify({ fragment, srcVersion, recipe: 1 })).slice(0, 16);
+  const out = path.join(cache, 'kernel', `tiny-${key}`);
+  const artifact = { vmlinux: path.join(out, 'vmlinux'), modules: [], machineOpts: 'acpi=off', appendExtra: '', key: `tiny-${key}` };
+  if (existsSync(artifact.vmlinux)) { progress(`kernel: cached tiny kernel ${out}`); return artifact; }
+  const work = `${out}.build-${process.pid}`;
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  const started = Date.now();
+  let tarball = '/usr/src/linux-source-6.1.tar.xz';
+  if (!existsSync(tarball)) {
+    progress('kernel: downloading linux-source-6.1 from the Debian archive');
+    await run('apt-get', ['download', 'linux-source-6.1'], { cwd: work });
+    const deb = readdirSync(work).find((f) => f.endsWith('.deb'));
+    if (!deb) throw new Error('apt-get download linux-source-6.1 produced no .deb');
+    await run('dpkg', ['-x', deb, 'pkg'], { cwd: work });
+    tarball = path.join(work, 'pkg/usr/src/linux-source-6.1.tar.xz');
+  }
+  progress('kernel: unpacking linux-source-6.1');
+  await run('tar', ['-xf', tarball], { cwd: work });
+  const src = path.join(work, 'linux-source-6.1');
+  writeFileSync(path.join(work, 'microvm.config.fragment'), fragment);
+  await run('make', ['-s', 'tinyconfig'], { cwd: src });
+  await run('scripts/kconfig/merge_config.sh', ['-m', '.config', path.join(work, 'microvm.config.fragment')], { cwd: src });
+  await run('make', ['-s', 'olddefconfig'], { cwd: src });
+  const jobs = String(Math.max(1, os.cpus().length));
+  progress(`kernel: compiling (make -j${jobs} vmlinux under nice; about 6-10 min on 2 cores)`);
+  let objects = 0;
+  await run('make', [`-j${jobs}`, 'vmlinux'], {
+    cwd: src, nice: true,
+    onLine: (l) => { if (/^\s+CC\s/.test(l) && ++objects % 100 === 0) progress(`kernel: ${objects} files compiled (${Math.round((Date.now() - started) / 1000)} s)`); },
+  });
+  mkdirSync(`${out}.tmp`, { recursive: true });
+  copyFileSync(path.join(src, 'vmlinux'), path.join(`${out}.tmp`, 'vmlinux'));
+  copyFileSync(path.join(src, '.config'), path.join(`${out}.tmp`, 'config'));
+  renameSync(`${out}.tmp`, out);
+  rmSync(work, { recursive: true, force: true });
+  progress(`kernel: tiny kernel built in ${Math.round((Date.now() - started) / 1000)} s`);
+  return artifact;
+}
+
+const DEBIAN_MODULES = [
+  'drivers/virtio/virtio_ring.ko', 'drivers/virtio/virtio.ko', 'drivers/virtio/virtio_mmio.ko', 'drivers/char/virtio_console.ko',
+  'drivers/block/virtio_blk.ko', 'drivers/char/hw_random/virtio-rng.ko', 'fs/overlayfs/overlay.ko',
+];
+
+async function debianKernel(cache: string, progress: (l: string) => void): Promise<KernelArtifact> {
+  const deps = await run('apt-cache', ['depends', 'linux-image-cloud-amd64']);
+  const pkg = deps.match(/Depends:\s*(linux-image-[0-9][^\s]*-cloud-amd64)/)?.[1];
+  if (!pkg) throw new Error('cannot find the Debian cloud kernel package (apt-cache depends linux-image-cloud-amd64); run apt-get update');
+  const kver = pkg.replace(/^linux-image-/, '');
+  const out = path.join(cache, 'kernel', `debian-${kver}`);
+  const modules = DEBIAN_MODULES.map((m) => ({ name: path.basename(m), file: path.join(out, 'modules', path.basename(m)) }));
+  const artifact = { vmlinux: path.join(out, 'vmlinux'), modules, machineOpts: '', appendExtra: 'cryptomgr.notests', key: `debian-${kver}` };
+  if (existsSync(artifact.vmlinux)) { progress(`kernel: cached Debian kernel ${kver}`); return artifact; }
+  const work = `${out}.build-${process.pid}`;
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  progress(`kernel: downloading ${pkg} from the Debian archive`);
+  await run('apt-get', ['download', pkg], { cwd: work });
+  const deb = readdirSync(work).find((f) => f.endsWith('.deb'));
+  if (!deb) throw new Error(`apt-get download ${pkg} produced no .deb`);
+  await run('dpkg', ['-x', deb, 'pkg'], { cwd: work });
+  const vmlinuz = path.join(work, 'pkg', 'boot', `vmlinuz-${kver}`);
+  const tmp = `${out}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  mkdirSync(path.join(tmp, 'modules'), { recursive: true });
+  progress('kernel: extracting the ELF vmlinux from the bzImage');
+  await extractVmlinux(vmlinuz, path.join(tmp, 'vmlinux'));
+  for (const m of DEBIAN_MODULES) copyFileSync(path.join(work, 'pkg', 'lib', 'modules', kver, 'kernel', m), path.join(tmp, 'modules', path.basename(m)));
+  renameSync(tmp, out);
+  rmSync(work, { recursive: true, force: true });
+  return artifact;
+}
+
+/** Cuts the uncompressed ELF out of an LZ4-compressed bzImage (like the kernel's scripts/extract-vmlinux). */
+async function extractVmlinux(bzImage: string, out: string): Promise<void> {
+  const data = readFileSync(bzImage);
+  const magic = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
+  for (let pos = data.indexOf(magic); pos >= 0; pos = data.indexOf(magic, pos + 1)) {
+    const elf = await new Promise<Buffer | null>((resolve) => {
+      const p = spawn('lz4', ['-d', '-c'], { stdio: ['pipe', 'pipe', 'ignore'] });
+      const chunks: Buffer[] = [];
+      p.stdout.on('data', (d: Buffer) => chunks.push(d));
+      p.once('error', () => resolve(null));
+      p.once('close', () => resolve(Buffer.concat(chunks)));
+      p.stdin.on('error', () => {});
+      p.stdin.end(data.subarray(pos));
+    });
+    if (elf && elf.length > 1 << 20 && elf.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) { writeFileSync(out, elf); return; }
+  }
+  throw new Error(`no LZ4-compressed ELF found in ${bzImage} (is lz4 installed?)`);
+}
+
+// ------------------------------------------------------------------ root filesystem
+interface RootfsArtifact { tree: string; key: string; source: string; disposable: boolean }
+
+async function debootstrapRootfs(cache: string, mirror: string, progress: (l: string) => void): Promise<RootfsArtifact> {
+  const key = sha256(JSON.stringify({ suite: SUITE, variant: 'minbase', packages: ROOTFS_PACKAGES, mirror, recipe: 1 })).slice(0, 16);
+  const out = path.join(cache, 'rootfs', key);
+  const art = { tree: path.join(out, 'tree'), key: `debootstrap-${key}`, source: `debootstrap ${SUITE} minbase + ${ROOTFS_PACKAGES.join(',')}`, disposable: false };
+  if (existsSync(path.join(out, 'complete'))) { progress(`rootfs: cached debootstrap tree ${out}`); return art; }
+  rmSync(out, { recursive: true, force: true });
+  mkdirSync(out, { recursive: true });
+  progress(`rootfs: debootstrap --variant=minbase ${SUITE} with ${ROOTFS_PACKAGES.join(' ')} (about 1 min)`);
+  const started = Date.now();
+  await run('debootstrap', ['--variant=minbase', `--include=${ROOTFS_PACKAGES.join(',')}`, SUITE, art.tree, mirror], {
+    onLine: (l) => { if (/^I: (Retrieving|Validating|Extracting|Installing|Configuring) /.test(l) && !/Retrieving|Validating|Extracting/.test(l)) progress(`rootfs: ${l.slice(3)}`); },
+  });
+  prepareTree(art.tree);
+  writeFileSync(path.join(out, 'complete'), new Date().toISOString());
+  progress(`rootfs: debootstrap finished in ${Math.round((Date.now() - started) / 1000)} s`);
+  return art;
+}
+
+/** A user's tree: keyed by its listing (names, sizes, modes, mtimes); copied so our adjustments never touch it. */
+async function userRootfs(dir: string, cache: string, progress: (l: string) => void): Promise<RootfsArtifact> {
+  const root = path.resolve(dir);
+  if (!existsSync(root) || !statSync(root).isDirectory()) throw fatal('rootfs_invalid', `--rootfs ${dir} is not a directory`);
+  if (!existsSync(path.join(root, 'bin', 'sh')) && !existsSync(path.join(root, 'usr', 'bin', 'sh'))) throw fatal('rootfs_invalid', `--rootfs ${dir} has no /bin/sh`);
+  const h = createHash('sha256');
+  const walk = (d: string) => {
+    for (const name of readdirSync(d).sort()) {
+      const p = path.join(d, name);
+      const st = lstatSync(p);
+      h.update(`${path.relative(root, p)}\0${st.mode}\0${st.size}\0${st.mtimeMs}\n`);
+      if (st.isDirectory()) walk(p);
+    }
+  };
+  progress(`rootfs: indexing ${root}`);
+  walk(root);
+  const key = h.digest('hex').slice(0, 16);
+  const tree = path.join(cache, 'rootfs', `user-${key}.tree-${process.pid}`);
+  rmSync(tree, { recursive: true, force: true });
+  mkdirSync(path.dirname(tree), { recursive: true });
+  await run('cp', ['-a', '--reflink=auto', `${root}/.`, tree]);
+  prepareTree(tree);
+  return { tree, key: `user-${key}`, source: root, disposable: true };
+}
+
+/** Adjusts a tree for sandbox use: DNS through the agent, no shared machine identity or seeds, no apt caches. */
+function prepareTree(tree: string): void {
+  const etc = path.join(tree, 'etc');
+  mkdirSync(etc, { recursive: true });
+  for (const f of ['resolv.conf', 'hostname', 'hosts', 'machine-id']) { try { unlinkSync(path.join(etc, f)); } catch { /* absent */ } }
+  writeFileSync(path.join(etc, 'resolv.conf'), 'nameserver 127.0.0.1\noptions attempts:1 timeout:5\n');
+  writeFileSync(path.join(etc, 'hostname'), 'sandbox\n');
+  writeFileSync(path.join(etc, 'hosts'), '127.0.0.1 localhost sandbox\n::1 localhost\n');
+  writeFileSync(path.join(etc, 'machine-id'), '');
+  for (const d of ['var/lib/apt/lists', 'var/cache/apt/archives']) {
+    const p = path.join(tree, d);
+    if (existsSync(p)) for (const f of readdirSync(p)) if (f !== 'partial' && f !== 'lock') rmSync(path.join(p, f), { recursive: true, force: true });
+  }
+  for (const f of ['var/lib/systemd/random-seed', 'var/lib/urandom/random-seed']) rmSync(path.join(tree, f), { force: true });
+  for (const d of ['workspace', 'root', 'tmp']) mkdirSync(path.join(tree, d), { recursive: true });
+  chmodSync(path.join(tree, 'tmp'), 0o1777);
+}
+
+async function makeImage(tree: string, out: string, progress: (l: string) => void): Promise<void> {
+  const bytes = duBytes(tree);
+  const mib = Math.ceil((bytes * 1.2) / (1 << 20)) + 64;
+  progress(`image: mkfs.ext4 -d (${mib} MiB, sparse, opened read-only by every VM)`);
+  await run('mkfs.ext4', ['-q', '-F', '-L', 'root', '-O', '^has_journal', '-d', tree, out, `${mib}M`]);
+}
+
+function makeInitramfs(kernel: KernelArtifact, out: string): void {
+  const entries: CpioEntry[] = ['dev', 'proc', 'sys', 'newroot', 'lower', 'upperfs', 'lib', 'lib/modules'].map((d) => ({ name: d, mode: 0o755 }));
+  entries.push({ name: 'init', mode: 0o755, data: readFileSync(agentBinary()) });
+  for (const m of kernel.modules) entries.push({ name: `lib/modules/${m.name}`, mode: 0o644, data: readFileSync(m.file) });
+  if (kernel.modules.length) entries.push({ name: 'modules.list', mode: 0o644, data: Buffer.from(kernel.modules.map((m) => `/lib/modules/${m.name}\n`).join('')) });
+  writeFileSync(out, writeCpio(entries));
+}
+
+// ------------------------------------------------------------------ the build
+export async function buildTemplate(o: BuildOptions): Promise<Template> {
+  const cache = path.join(o.home, 'cache');
+  const tdir = templatesDir(o.home);
+  mkdirSync(tdir, { recursive: true });
+  const qver = qemuVersion(o.qemuBinary);
+  const p = o.progress;
+  p(`template: ${o.kernel} kernel, ${o.memoryMiB} MiB, ${o.vcpus} vCPU, ${qver}`);
+  const kernel = o.kernel === 'tiny' ? await tinyKernel(cache, p) : await debianKernel(cache, p);
+  const rootfs = o.rootfsDir ? await userRootfs(o.rootfsDir, cache, p) : await debootstrapRootfs(cache, o.mirror ?? DEFAULT_MIRROR, p);
+
+  const work = path.join(tdir, `.build-${process.pid}-${randomBytes(3).toString('hex')}`);
+  mkdirSync(work, { recursive: true });
+  try {
+    hardlinkOrCopy(kernel.vmlinux, path.join(work, 'vmlinux'));
+    makeInitramfs(kernel, path.join(work, 'initramfs.cpio'));
+    const tsc = hostTscKhz();
+    const writableMiB = Math.max(16, Math.min(o.writableMiB, Math.floor(o.memoryMiB / 2)));
+    const append = ['quiet', 'panic=-1', 'agent.root=/dev/vda', `agent.upper=${writableMiB}m`, tsc ? `tsc_early_khz=${tsc} tsc=reliable` : '', kernel.appendExtra]
+      .filter(Boolean).join(' ');
+    const image: VmImage = {
+      kernel: path.join(work, 'vmlinux'), initrd: path.join(work, 'initramfs.cpio'), rootfs: path.join(work, 'rootfs.ext4'),
+      append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts,
+    };
+    const [kernelHash, initrdHash] = await Promise.all([sha256File(image.kernel), sha256File(image.initrd)]);
+    const inputs = { kernelHash, initrdHash, rootfs: rootfs.key, append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts, qver };
+    // The accelerator is part of the identity: a TCG snapshot is not restored under KVM.
+    await makeImage(rootfs.tree, image.rootfs, p);
+    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${kernelHash}:${initrdHash}`, home: o.home });
+    p(`accel: ${accel.accel} (${accel.detail})`);
+    const hash = sha256(JSON.stringify({ ...inputs, accel: accel.accel })).slice(0, 24);
+    const final = path.join(tdir, hash);
+    if (!o.force && existsSync(path.join(final, 'template.json'))) {
+      p(`template: already built: ${final}`);
+      writeFileSync(path.join(tdir, 'current'), hash);
+      return loadTemplate(final);
+    }
+
+    p('boot: starting the template VM and waiting for the agent');
+    const memFile = path.join(work, 'mem.bin');
+    const bootStart = Date.now();
+    let fatalErr: Error | null = null;
+    const vm = await QemuVm.spawn(image, { binary: o.qemuBinary, accel: accel.accel, vmsDir: path.join(o.home, 'vms'), memFile, role: 'template' }, (e) => { fatalErr = e; });
+    let bootMs = 0;
+    let snapshotMs = 0;
+    try {
+      const hello = await vm.agent.waitHello(HELLO_TIMEOUT_MS).catch((e: Error) => { throw new Error(`${e.message}\n${vm.diagnostics}`); });
+      bootMs = Date.now() - bootStart;
+      p(`boot: agent ready after ${bootMs} ms: ${hello}`);
+      if (!/cgroup=1/.test(hello) || /; /.test(hello)) throw new Error(`the guest booted with problems: ${hello}`);
+      const check = o.rootfsDir ? 'command -v sh' : 'bash --version | head -1 && rg --version | head -1 && git --version && python3 -V && curl --version | head -1 && tar --version | head -1';
+      const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, timeoutMs: 60_000, maxOutputBytes: 65536 });
+      if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
+      for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);
+      const s0 = Date.now();
+      await vm.snapshot(path.join(work, 'state.bin'));
+      snapshotMs = Date.now() - s0;
+      p(`snapshot: device state written in ${snapshotMs} ms`);
+    } finally {
+      await vm.kill();
+    }
+    if (fatalErr) throw fatalErr;
+    const files: TemplateManifest['files'] = {};
+    for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4', 'mem.bin', 'state.bin']) {
+      const full = path.join(work, f);
+      files[f] = { bytes: statSync(full).size, sha256: await sha256File(full) };
+      chmodSync(full, 0o444);
+    }
+    const manifest: TemplateManifest = {
+      version: 1, hash, createdAt: new Date().toISOString(), kernel: o.kernel, accel: accel.accel, qemuVersion: qver,
+      memoryMiB: o.memoryMiB, vcpus: o.vcpus, writableMiB, append, machineOpts: kernel.machineOpts, rootfsSource: rootfs.source,
+      files, bootMs, snapshotMs,
+    };
+    writeFileSync(path.join(work, 'template.json'), JSON.stringify(manifest, null, 2));
+    if (existsSync(final)) { const old = `${final}.old-${process.pid}`; renameSync(final, old); rmSync(old, { recursive: true, force: true }); }
+    renameSync(work, final);
+    writeFileSync(path.join(tdir, 'current'), hash);
+    p(`template: ready at ${final}`);
+    return loadTemplate(final);
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    if (rootfs.disposable) rmSync(rootfs.tree, { recursive: true, force: true });
+  }
+}
+
+/** `--check`: the files match the manifest's hashes. Returns the problems found (empty = good). */
+export async function checkTemplate(home: string, configured: string | undefined, progress: (l: string) => void): Promise<string[]> {
+  const t = findTemplate(home, configured);
+  if (!t) return [`no template under ${templatesDir(home)} (run \`perimeter template build\`)`];
+  const problems: string[] = [];
+  for (const [name, want] of Object.entries(t.manifest.files)) {
+    const file = path.join(t.dir, name);
+    if (!existsSync(file)) { problems.push(`${name} is missing`); continue; }
+    const got = await sha256File(file);
+    progress(`check: ${name} ${got === want.sha256 ? 'ok' : 'MODIFIED'}`);
+    if (got !== want.sha256) problems.push(`${name} does not match its recorded sha256`);
+  }
+  return problems;
+}
