@@ -187,6 +187,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
     };
     const endOther = (other: Duplex) => () => {
       if (!other.writableEnded) other.end();
+      other.resume();                           // unpiped now: drain it so its end (and close) can arrive
       setTimeout(teardown, 2_000).unref();     // the other side gets a moment to flush, then both go
     };
     guest.on('error', teardown);

@@ -6,6 +6,7 @@ import { parseDnsQuery, buildDnsAnswer, RCODE, TYPE_A, TYPE_AAAA } from '../../c
 import { createEgressGateway } from '../../companion/egress/proxy';
 import { EventHub } from '../../companion/events';
 import { ControlEvent } from '../../companion/protocol/control';
+import { setStderrLogging } from '../../companion/log';
 
 describe('egress allow-list', () => {
   const policy = createPolicy(['*.example.test', 'exact.test', 'api.internal.test:8443', 'MiXeD.Test.', '[2001:db8::1]:443', '203.0.113.7']);
@@ -135,6 +136,8 @@ function dnsQuery(name: string, type: number, id = 0x1234, extra?: (b: Buffer) =
 }
 
 describe('egress DNS stub', () => {
+  before(() => setStderrLogging(false));
+  after(() => setStderrLogging(true));
   const events: ControlEvent[] = [];
   const hub = new EventHub();
   hub.subscribe((e) => events.push(e));

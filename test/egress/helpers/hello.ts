@@ -74,7 +74,8 @@ export function randomHello(rng: Rng, sni: string, opts: { pq?: boolean } = {}):
     keyShareExt(shares, rng),
     alpnExt(rng.next() < 0.5 ? ['h2', 'http/1.1'] : ['http/1.1']),
   ];
-  const used = new Set([0, 10, 43, 13, 51, 16, 0xfe0d]);
+  if (opts.pq) extensions.push(ext(21, Buffer.alloc(rng.int(100, 400))));   // padding, as browsers send with PQ shares
+  const used = new Set([0, 10, 43, 13, 51, 16, 21, 0xfe0d]);
   const extra = rng.int(0, 8);
   for (let i = 0; i < extra; i++) {
     let type: number;
