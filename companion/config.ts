@@ -50,7 +50,7 @@ export const ConfigSchema = z.object({
     enabled: z.boolean().default(true),
     host: z.literal('127.0.0.1').default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(0),
-  }).default({} as never),
+  }).prefault({}),   // prefault: an absent `control` is parsed, so its field defaults apply (zod 4 `.default` would not)
 });
 export type Config = z.infer<typeof ConfigSchema>;
 export type ConfigInput = z.input<typeof ConfigSchema>;
