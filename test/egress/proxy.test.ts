@@ -3,6 +3,7 @@
 // hands them over (a Duplex plus the guest port); the injected resolver stands in for DNS and counts its calls.
 import assert from 'node:assert/strict';
 import net from 'node:net';
+import { execFile } from 'node:child_process';
 import tls from 'node:tls';
 import { createEgressGateway, type EgressGateway, type Resolver } from '../../companion/egress/proxy';
 import { EventHub } from '../../companion/events';
@@ -296,6 +297,29 @@ describe('egress gateway with loopback servers', function () {
     h.gw.close();
     await Promise.all(closed);
     assert.equal(h.gw.activeConnections, 0);
+    await h.close();
+  });
+
+  it('curl (the client a guest uses) gets through for an allowed name and fails for a denied one', async () => {
+    const h = await harness([`allowed.test:${allowedTls.port}`, `allowed.test:${httpOrigin.port}`]);
+    const tlsPort = await h.emulator(allowedTls.port);
+    const httpPort = await h.emulator(httpOrigin.port);
+    const curl = (args: string[]) => new Promise<{ code: number | null; out: string }>((resolve) => {
+      execFile('curl', ['-sS', '--max-time', '20', '--cacert', pki.caFile, ...args], (err, stdout, stderr) => {
+        resolve({ code: err ? (typeof err.code === 'number' ? err.code : -1) : 0, out: stdout + stderr });
+      });
+    });
+    const ok = await curl(['--resolve', `allowed.test:${tlsPort}:127.0.0.1`, `https://allowed.test:${tlsPort}/`]);
+    assert.equal(ok.code, 0, ok.out);
+    assert.match(ok.out, /allowed-origin/);
+    const denied = await curl(['--resolve', `evil.test:${tlsPort}:127.0.0.1`, `https://evil.test:${tlsPort}/`]);
+    assert.notEqual(denied.code, 0);
+    const plain = await curl(['--resolve', `allowed.test:${httpPort}:127.0.0.1`, '-H', `Host: allowed.test:${httpOrigin.port}`, `http://allowed.test:${httpPort}/`]);
+    assert.match(plain.out, /http-origin host=allowed\.test/);
+    const plainDenied = await curl(['-i', '--resolve', `evil.test:${httpPort}:127.0.0.1`, '-H', `Host: evil.test:${httpOrigin.port}`, `http://evil.test:${httpPort}/`]);
+    assert.match(plainDenied.out, /403 Forbidden/);
+    assert.equal(evilTls.connections, 0);
+    assert.deepEqual(h.decisions.map((d) => [d.kind, d.host, d.allowed]), [['tls', 'allowed.test', true], ['tls', 'evil.test', false], ['http', 'allowed.test', true], ['http', 'evil.test', false]]);
     await h.close();
   });
 
