@@ -8,6 +8,7 @@ import { fatal } from '../errors';
 import { logger } from '../log';
 import type { DriverKind, DriverProbe, SandboxDriver } from './types';
 import { ProcessDriver, PROCESS_DRIVER_WARNING } from './process/driver';
+import { QemuDriver } from './qemu/driver';
 
 const log = logger('sandbox');
 
@@ -18,7 +19,9 @@ export type DriverFactory = (config: Config, hub: EventHub) => Promise<SandboxDr
  * VM drivers in order of preference for `auto`. ---- VM DRIVERS: add entries here ----
  * e.g. `{ kind: 'qemu', create: (config, hub) => new QemuDriver(config, hub) }`.
  */
-const VM_DRIVERS: Array<{ kind: Exclude<DriverKind, 'process'>; create: DriverFactory }> = [];
+const VM_DRIVERS: Array<{ kind: Exclude<DriverKind, 'process'>; create: DriverFactory }> = [
+  { kind: 'qemu', create: (config) => new QemuDriver(config) },
+];
 
 export interface DriverSelection {
   driver: SandboxDriver;

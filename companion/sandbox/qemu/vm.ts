@@ -3,7 +3,7 @@
 // - Every VM has its own 0700 run directory under <home>/vms/<id>/ holding the agent and QMP sockets, the migration
 //   socket, QEMU's pidfile and an `owner` file (companion pid); nothing else of a VM lives on the host.
 // - QEMU is hardened: empty environment, -nodefaults, seccomp `-sandbox on,...,spawn=deny`, no NIC, the root image
-//   opened `format=raw,readonly=on`, guest RAM from the template's mem.bin mapped MAP_PRIVATE (`share=off,readonly=on`).
+//   opened `format=raw,readonly=on`, guest RAM from the template's mem.bin mapped MAP_PRIVATE (`share=off`).
 //   Snapshots move only device state, over a Unix socket the host serves (no `exec:` helper, which spawn=deny forbids).
 // - Every spawned QEMU is registered and SIGKILLed when this process exits; `sweepOrphans` removes what a killed
 //   companion left behind (see sweep.ts).
@@ -32,7 +32,7 @@ export interface VmOptions {
   binary: string;
   accel: 'kvm' | 'tcg';
   vmsDir: string;
-  /** Guest RAM file; `share=on` for a template boot, MAP_PRIVATE read-only for clones. */
+  /** Guest RAM file; `share=on` for a template boot, MAP_PRIVATE for clones (QEMU 7.2 clones hang with readonly=on, so the file is opened read-write but never written). */
   memFile: string;
   role: 'template' | 'clone';
   /** Run QEMU as this uid/gid (when the companion runs as root and the files are reachable). */
@@ -66,7 +66,7 @@ export function qemuArgs(image: VmImage, o: VmOptions, dir: string, incoming: bo
     .filter(Boolean).join(',');
   const mem = o.role === 'template'
     ? `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=on`
-    : `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=off,readonly=on`;
+    : `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=off`;
   const args = [
     '-M', machine, '-accel', o.accel, '-cpu', o.accel === 'kvm' ? 'host' : 'max',
     '-m', String(image.memoryMiB), '-smp', String(image.vcpus),

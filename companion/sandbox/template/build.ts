@@ -336,7 +336,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       bootMs = Date.now() - bootStart;
       p(`boot: agent ready after ${bootMs} ms: ${hello}`);
       if (!/cgroup=1/.test(hello) || /; /.test(hello)) throw new Error(`the guest booted with problems: ${hello}`);
-      const check = o.rootfsDir ? 'command -v sh' : 'bash --version | head -1 && rg --version | head -1 && git --version && python3 -V && curl --version | head -1 && tar --version | head -1';
+      const check = o.rootfsDir ? 'command -v sh' : 'bash --version | sed -n 1p && rg --version | sed -n 1p && git --version && python3 -V && curl --version | sed -n 1p && tar --version | sed -n 1p';
       const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, timeoutMs: 60_000, maxOutputBytes: 65536 });
       if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
       for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);

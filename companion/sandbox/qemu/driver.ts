@@ -1,0 +1,167 @@
+// The `qemu` SandboxDriver: every sandbox is a QEMU `-M microvm` clone restored from the template snapshot, handed
+// out from a warm pool. Invariants:
+// - A sandbox is ready only after restore + agent ping + init (clock, fresh host entropy, this VM's limits), so two
+//   clones never share randomness and every limit is set by the host before user code runs.
+// - Host-enforced limits: vCPUs and memory (fixed by the template), writable layer (tmpfs size), processes and memory
+//   of user commands (guest cgroup set by the host's init frame), wall clock (the agent kills at the call's timeout;
+//   the host kills the VM if the agent misses its deadline), output cap (agent and host).
+// - Orphans never outlive the companion: startup sweep of <home>/vms, pidfile per VM, children killed on exit.
+// - No NIC ever. Egress only through the agent tunnel, when the caller attaches one.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
+import type { Config } from '../../config';
+import { statePaths } from '../../config';
+import { fatal, transient } from '../../errors';
+import { logger } from '../../log';
+import type {
+  AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestStat, PutFile, Sandbox, SandboxDriver,
+} from '../types';
+import { WarmPool } from '../pool';
+import { findTemplate, type Template } from '../template/manifest';
+import { QemuVm } from './vm';
+import { qemuVersion } from './accel';
+import { sweepOrphans } from './sweep';
+import type { GuestLimits } from '../../guest/client';
+
+const log = logger('sandbox:qemu');
+/** Guest memory kept back from user commands for the kernel and the agent. */
+const GUEST_RESERVED_MIB = 48;
+
+export const TCG_WARNING = 'QEMU is running guests under TCG (software CPU emulation): this is for testing; use a host where KVM works for real workloads';
+
+export class QemuSandbox implements Sandbox {
+  readonly driver = 'qemu' as const;
+  private destroyed: Promise<void> | null = null;
+
+  constructor(readonly vm: QemuVm, private readonly callTimeoutMs: number, private readonly onGone: (s: QemuSandbox) => void) {}
+
+  get id(): string { return this.vm.id; }
+
+  exec(req: ExecRequest, onOutput?: (chunk: Buffer) => void): Promise<ExecResult> {
+    return this.vm.agent.exec({ ...req, timeoutMs: Math.min(req.timeoutMs, this.callTimeoutMs) }, onOutput);
+  }
+  readFile(p: string, opts?: { offset?: number; length?: number }) { return this.vm.agent.readFile(p, opts); }
+  writeFile(p: string, data: Buffer, opts?: { mode?: number }): Promise<void> { return this.vm.agent.writeFile(p, data, opts); }
+  stat(p: string): Promise<GuestStat | null> { return this.vm.agent.stat(p); }
+  walk(root: string, opts: { hash: boolean; maxEntries: number; skipNames?: string[] }): Promise<{ entries: GuestEntry[]; truncated: boolean }> {
+    return this.vm.agent.walk(root, opts);
+  }
+  putFiles(files: PutFile[], deletes: string[]): Promise<void> { return this.vm.agent.putFiles(files, deletes); }
+  getFiles(paths: string[], opts: { maxTotalBytes: number }): Promise<GotFile[]> { return this.vm.agent.getFiles(paths, opts); }
+
+  destroy(): Promise<void> {
+    this.destroyed ??= this.vm.kill().finally(() => this.onGone(this));
+    return this.destroyed;
+  }
+}
+
+export class QemuDriver implements SandboxDriver {
+  readonly kind = 'qemu' as const;
+  private template: Template | null = null;
+  private pool: WarmPool<QemuSandbox> | null = null;
+  private readonly active = new Set<QemuSandbox>();
+  private readonly vmsDir: string;
+  private closed = false;
+
+  constructor(private readonly config: Config) {
+    this.vmsDir = statePaths(config.home).vms;
+  }
+
+  async probe(): Promise<DriverProbe> {
+    const fixes: string[] = [];
+    let version: string;
+    try { version = qemuVersion(this.config.sandbox.qemuBinary); } catch (err) {
+      return { ok: false, accel: 'none', detail: (err as Error).message, fixes: ['apt-get install qemu-system-x86 (QEMU 7.2 or newer)'] };
+    }
+    let t: Template | null;
+    try { t = findTemplate(this.config.home, this.config.sandbox.template); } catch (err) {
+      return { ok: false, accel: 'none', detail: (err as Error).message, fixes: ['perimeter template build --force'] };
+    }
+    if (!t) return { ok: false, accel: 'none', detail: `${version}; no template built yet`, fixes: ['perimeter template build'] };
+    if (t.manifest.qemuVersion !== version) fixes.push('QEMU was upgraded since the template was built: perimeter template build');
+    const asRoot = process.getuid?.() === 0;
+    const detail = [
+      `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
+      t.manifest.accel === 'tcg' ? TCG_WARNING : '',
+      asRoot ? 'the companion runs as root, so QEMU does too (confined by -sandbox seccomp); run the companion as an unprivileged user in the kvm group' : '',
+    ].filter(Boolean).join('; ');
+    return { ok: t.manifest.qemuVersion === version, accel: t.manifest.accel, detail, fixes };
+  }
+
+  /** Loads the template, sweeps orphans and starts the warm pool (idempotent; acquire() calls it). */
+  async start(): Promise<void> {
+    if (this.template) return;
+    const t = findTemplate(this.config.home, this.config.sandbox.template);
+    if (!t) throw fatal('template_missing', 'no sandbox template: run `perimeter template build`');
+    mkdirSync(this.vmsDir, { recursive: true, mode: 0o700 });
+    const killed = sweepOrphans(this.vmsDir);
+    if (killed) log.warn(`killed ${killed} orphaned QEMU process(es) left by an earlier companion`);
+    if (t.manifest.accel === 'tcg') log.warn(TCG_WARNING);
+    this.template = t;
+    this.pool = new WarmPool<QemuSandbox>(this.config.sandbox.poolSize, {
+      create: () => this.restore(),
+      destroy: (s) => s.destroy(),
+      healthy: async (s) => { if (s.vm.agent.broken) return false; await s.vm.agent.ping(2_000); return true; },
+    });
+    this.pool.start();
+  }
+
+  async acquire(opts: AcquireOptions): Promise<Sandbox> {
+    if (this.closed) throw transient('driver_closed', 'the QEMU driver is shutting down');
+    await this.start();
+    const sandbox = await this.pool!.take();
+    this.active.add(sandbox);
+    if (opts.egress) {
+      try { await sandbox.vm.agent.attachEgress(opts.egress); } catch (err) {
+        await sandbox.destroy();
+        throw transient('egress_attach', `cannot attach egress to the sandbox: ${(err as Error).message}`);
+      }
+    }
+    return sandbox;
+  }
+
+  /** Restores one clone and makes it ready (exposed for the benchmark). */
+  async restore(): Promise<QemuSandbox> {
+    const t = this.template;
+    if (!t) throw fatal('template_missing', 'driver not started');
+    if (!existsSync(t.memFile)) throw fatal('template_invalid', `template ${t.dir} lost its memory file`);
+    let sandbox: QemuSandbox | null = null;
+    const vm = await QemuVm.spawn(t.image, { binary: this.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: this.vmsDir, memFile: t.memFile, role: 'clone' }, (err) => {
+      log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`);
+      void (sandbox ? sandbox.destroy() : vm.kill());
+    });
+    sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s));
+    try {
+      await vm.restore(t.stateFile);
+      await vm.agent.ping(10_000);
+      await vm.agent.init(randomBytes(64), this.limits(t));
+    } catch (err) {
+      await sandbox.destroy();
+      throw transient('restore_failed', `restoring a sandbox failed: ${(err as Error).message}${vm.diagnostics ? `: ${vm.diagnostics}` : ''}`);
+    }
+    return sandbox;
+  }
+
+  limits(t: Template): GuestLimits {
+    const s = this.config.sandbox;
+    const mib = 1024 * 1024;
+    return {
+      pidsMax: s.maxProcesses,
+      memoryMaxBytes: Math.max(32, t.manifest.memoryMiB - GUEST_RESERVED_MIB) * mib,
+      writableBytes: Math.max(16, Math.min(s.diskMiB, Math.floor(t.manifest.memoryMiB / 2))) * mib,
+    };
+  }
+
+  /** Waits until the warm pool is full (benchmarks, tests). */
+  async warm(timeoutMs = 60_000): Promise<void> { await this.start(); await this.pool!.waitFull(timeoutMs); }
+
+  info(): DriverInfo {
+    return { kind: 'qemu', accel: this.template?.manifest.accel ?? 'none', running: this.active.size, pooled: this.pool?.readyCount ?? 0 };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.pool?.close();
+    await Promise.all([...this.active].map((s) => s.destroy()));
+  }
+}
