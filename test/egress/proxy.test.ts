@@ -4,13 +4,16 @@
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import { execFile } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { parseClientHello } from '../../companion/egress/clienthello';
 import tls from 'node:tls';
 import { createEgressGateway, type EgressGateway, type Resolver } from '../../companion/egress/proxy';
 import { EventHub } from '../../companion/events';
 import { ControlEvent, type EgressDecision } from '../../companion/protocol/control';
 import { addLogSink, setStderrLogging, type LogRecord } from '../../companion/log';
 import { makeTestPki, startHttpsFixture, startHttpFixture, startCaptureFixture, startAgentEmulator, until, type TestPki, type Fixture } from './helpers/fixtures';
-import { prng, randomHello, toRecords, segments, clientHelloMessage, sniExt, ext } from './helpers/hello';
+import { prng, randomHello, toRecords, segments, clientHelloMessage, sniExt, ext, withoutExtension } from './helpers/hello';
 
 interface Harness {
   gw: EgressGateway;
@@ -211,6 +214,27 @@ describe('egress gateway with loopback servers', function () {
     await until(() => capture.received().length >= wire.length);
     assert.ok(capture.received().equals(wire), 'the origin received exactly the bytes the guest sent');
     assert.equal(h.decisions[0]!.allowed, true);
+    h.gw.close();
+    await exchange;
+    await Promise.all([h.close(), capture.close()]);
+  });
+
+  it('a captured Chromium 156 hello (X25519MLKEM768, ~2 KB, GREASE ECH): ECH refused; without ECH forwarded byte-exactly', async () => {
+    const captured = readFileSync(path.join(__dirname, 'fixtures', 'chromium-156-clienthello.bin'));
+    const parsed = parseClientHello(captured);
+    assert.ok(parsed.status === 'ok' && parsed.hello.serverName === 'allowed.test' && parsed.hello.ech && parsed.hello.keyShareBytes > 1216, JSON.stringify(parsed));
+    const capture = await startCaptureFixture();
+    const h = await harness([`allowed.test:${capture.port}`]);
+    const port = await h.emulator(capture.port);
+    await rawExchange(port, [captured]);
+    assert.equal(h.decisions[0]!.reason, 'ech_refused');
+    assert.equal(capture.connections, 0);
+    const noEch = withoutExtension(captured, 0xfe0d);
+    assert.ok(noEch.length > 1500);
+    const exchange = rawExchange(port, segments(noEch, prng(9), 3));
+    await until(() => capture.received().length >= noEch.length);
+    assert.ok(capture.received().equals(noEch));
+    assert.equal(h.decisions[1]!.allowed, true);
     h.gw.close();
     await exchange;
     await Promise.all([h.close(), capture.close()]);

@@ -101,3 +101,22 @@ export function segments(data: Buffer, rng: Rng, maxSegment: number): Buffer[] {
   }
   return out;
 }
+
+/** Removes one extension from a single-record ClientHello (fixing every enclosing length), for fixture variants. */
+export function withoutExtension(wire: Buffer, type: number): Buffer {
+  const msg = wire.subarray(5);
+  let pos = 4 + 2 + 32;
+  pos += 1 + msg[pos]!;                       // session id
+  pos += 2 + msg.readUInt16BE(pos);           // cipher suites
+  pos += 1 + msg[pos]!;                       // compression
+  const extStart = pos + 2;
+  const extEnd = extStart + msg.readUInt16BE(pos);
+  const kept: Buffer[] = [];
+  for (let p = extStart; p < extEnd;) {
+    const len = msg.readUInt16BE(p + 2);
+    if (msg.readUInt16BE(p) !== type) kept.push(msg.subarray(p, p + 4 + len));
+    p += 4 + len;
+  }
+  const body = Buffer.concat([msg.subarray(4, pos), vec16(Buffer.concat(kept))]);
+  return toRecords(Buffer.concat([Buffer.from([1]), u24(body.length), body]));
+}
