@@ -221,13 +221,13 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
     const outcome = await readPrefix(guest, sniff, { maxBytes: limits.maxPrefixBytes, timeoutMs: limits.helloTimeoutMs });
     if (closed) return void guest.destroy();
     if (outcome.status !== 'done') {
-      const kind = outcome.buffered.length > 0 && outcome.buffered[0] !== 0x16 ? 'http' : 'tls';
+      const kind = outcome.buffered.length === 0 ? 'tcp' : outcome.buffered[0] === 0x16 ? 'tls' : looksLikeHttp(outcome.buffered) ? 'http' : 'tcp';
       publish({ host: '', port, kind, allowed: false, reason: `${outcome.status}: ${outcome.detail}`, address: null });
       return void guest.destroy();
     }
     const sniffed = outcome.value;
     if (sniffed.kind === 'unknown') {
-      publish({ host: '', port, kind: 'tls', allowed: false, reason: 'unknown_protocol: neither TLS nor HTTP', address: null });
+      publish({ host: '', port, kind: 'tcp', allowed: false, reason: 'unknown_protocol: neither TLS nor HTTP', address: null });
       return void guest.destroy();
     }
     let host: string;
@@ -270,11 +270,11 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
   const onConnection = (guest: Duplex, port: number) => {
     guest.on('error', (err) => log.debug(`guest stream on port ${port}: ${errorMessage(err)}`));
     if (closed || !policy.ports.includes(port)) {
-      publish({ host: '', port, kind: 'tls', allowed: false, reason: closed ? 'gateway_closed' : 'port_not_served', address: null });
+      publish({ host: '', port, kind: 'tcp', allowed: false, reason: closed ? 'gateway_closed' : 'port_not_served', address: null });
       return void guest.destroy();
     }
     if (live.size >= limits.maxConnections) {
-      publish({ host: '', port, kind: 'tls', allowed: false, reason: `too_many_connections: ${limits.maxConnections}`, address: null });
+      publish({ host: '', port, kind: 'tcp', allowed: false, reason: `too_many_connections: ${limits.maxConnections}`, address: null });
       return void guest.destroy();
     }
     live.add(guest);

@@ -74,7 +74,8 @@ export const EgressDecision = z.object({
   sessionId: z.string().nullable(),
   host: z.string(),
   port: z.number().int(),
-  kind: z.enum(['tls', 'http', 'dns']),
+  /** tcp: refused before a protocol was recognised (unserved port, cap, garbage, timeout). */
+  kind: z.enum(['tls', 'http', 'dns', 'tcp']),
   allowed: z.boolean(),
   reason: z.string(),
   address: z.string().nullable(),

@@ -310,7 +310,7 @@ describe('egress gateway with loopback servers', function () {
     const h = await harness([`allowed.test:${allowedTls.port}`], { limits: { maxConnections: 2 } });
     const wrongPort = await h.emulator(22);
     await rawExchange(wrongPort, [Buffer.from('SSH-2.0-x\r\n')]);
-    assert.equal(h.decisions.at(-1)!.reason, 'port_not_served');
+    assert.deepEqual([h.decisions.at(-1)!.reason, h.decisions.at(-1)!.kind], ['port_not_served', 'tcp']);
     const port = await h.emulator(allowedTls.port);
     const idle = [net.connect(port, '127.0.0.1'), net.connect(port, '127.0.0.1')];
     for (const s of idle) s.on('error', () => {});
