@@ -73,7 +73,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
     vscode.workspace.registerTextDocumentContentProvider(CALL_SCHEME, documents),
     trackKeyPresence(context),
-    vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(); }),
+    vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(true); }),
     ...registerWorkerCommands({ context, registry, output }),
     ...registerPersistCommands(registry, model),
     ...registerToolCommands(registry, model, output),

@@ -28,8 +28,12 @@ export class HostRegistry implements vscode.Disposable {
     this.sync();
   }
 
-  /** Creates supervisors for configured hosts that lack one and drops idle ones no longer configured. */
-  sync(): void {
+  /**
+   * Creates supervisors for configured hosts that lack one and drops idle ones no longer configured. With
+   * `settingsChanged`, idle supervisors are rebuilt so a new home, node path or ssh configuration applies; a running
+   * one keeps its settings until it is stopped.
+   */
+  sync(settingsChanged = false): void {
     const wanted = new Map<string, () => HostSupervisor>();
     wanted.set('local', () => this.supervise(new LocalHost({
       home: settings.localHome(), bundle: path.join(this.context.extensionPath, 'dist', 'perimeter.js'), nodePath: settings.nodePath(),
@@ -43,7 +47,10 @@ export class HostRegistry implements vscode.Disposable {
       })));
     }
     for (const [id, sup] of this.supervisors) {
-      if (!wanted.has(id) && !sup.isRunning) { sup.dispose(); this.supervisors.delete(id); this.model.removeHost(id); }
+      if (sup.isRunning || (wanted.has(id) && !settingsChanged)) continue;
+      sup.dispose();
+      this.supervisors.delete(id);
+      if (!wanted.has(id)) this.model.removeHost(id);
     }
     for (const [id, make] of wanted) if (!this.supervisors.has(id)) this.supervisors.set(id, make());
     this.changed.fire();

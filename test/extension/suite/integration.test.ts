@@ -1,0 +1,127 @@
+// Integration tests in a real VS Code extension host (code-server 4.100.3 = VS Code 1.100.3) driving the real
+// companion (dist/perimeter.js) with its embedded dev queue and the process sandbox driver. What a user does from the
+// palette, done through the same commands: Try Locally, watch the Sessions tree, add a persisted path that the next
+// call uses, open a call's output document, survive a worker crash, Stop Worker.
+import * as vscode from 'vscode';
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { PerimeterApi } from '../../../extension/extension';
+import type { PerimeterNode } from '../../../extension/views/trees';
+
+const EXTENSION_ID = 'perimeter.perimeter';
+
+/** Resolves once `pred` holds, re-checking on every model change (the mocha timeout bounds the wait). */
+export function until(api: PerimeterApi, pred: () => boolean): Promise<void> {
+  if (pred()) return Promise.resolve();
+  return new Promise((resolve) => {
+    const off = api.model.onDidChange(() => { if (pred()) { off(); resolve(); } });
+  });
+}
+
+function pidAlive(pid: number): boolean { try { process.kill(pid, 0); return true; } catch { return false; } }
+
+describe('Perimeter in the VS Code extension host', function () {
+  let api: PerimeterApi;
+  let home: string;
+  const cfg = () => vscode.workspace.getConfiguration('perimeter');
+
+  before(async () => {
+    const ext = vscode.extensions.getExtension<PerimeterApi>(EXTENSION_ID);
+    assert.ok(ext, `${EXTENSION_ID} is installed`);
+    api = await ext.activate();
+    home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ext-home-'));
+    await cfg().update('home', home, vscode.ConfigurationTarget.Global);
+    await cfg().update('sandboxDriver', 'process', vscode.ConfigurationTarget.Global);
+    await cfg().update('concurrency', 2, vscode.ConfigurationTarget.Global);
+    // Only /workspace/keep persists by default, so a file under /workspace/data survives only via Persist Path.
+    await cfg().update('persist.defaults', ['/workspace/keep'], vscode.ConfigurationTarget.Global);
+    await cfg().update('localScenario', path.join(ext.extensionPath, 'test/extension/fixtures/persist-scenario.json'), vscode.ConfigurationTarget.Global);
+  });
+
+  after(async () => {
+    if (api?.registry.get('local')?.isRunning) await vscode.commands.executeCommand('perimeter.stopWorker', 'local');
+  });
+
+  const sessionNodes = () => api.sessionsTree.getChildren() as Array<Extract<PerimeterNode, { kind: 'session' }>>;
+  const callNodes = (s: PerimeterNode) => api.sessionsTree.getChildren(s) as Array<Extract<PerimeterNode, { kind: 'call' }>>;
+  const labelOf = (n: PerimeterNode) => String(api.sessionsTree.getTreeItem(n).label);
+
+  it('contributes its commands under the Perimeter category', async () => {
+    const all = await vscode.commands.getCommands(true);
+    for (const c of ['startWorker', 'stopWorker', 'restartWorker', 'showWorkerLog', 'connectEnvironment', 'tryLocally', 'selectHost', 'persistPath', 'stopPersistingPath', 'buildTemplate', 'runDoctor']) {
+      assert.ok(all.includes(`perimeter.${c}`), c);
+    }
+    assert.match(api.statusBar.text, /Perimeter: stopped/);
+  });
+
+  it('Try Locally starts the companion; the scenario\'s session appears in the Sessions tree', async () => {
+    assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally'), true, api.outputLines.slice(-15).join('\n'));
+    assert.equal(api.model.host('local')!.connection, 'connected');
+    const endpoint = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8'));
+    assert.ok(pidAlive(endpoint.pid), 'the companion runs');
+    const [hostNode] = api.workerTree.getChildren();
+    assert.equal(String(api.workerTree.getTreeItem(hostNode!).label), 'This machine');
+    const details = api.workerTree.getChildren(hostNode).map((n) => api.workerTree.getTreeItem(n));
+    assert.ok(details.some((d) => d.label === 'Sandbox driver' && d.description === 'process'));
+    await until(api, () => sessionNodes().length === 1);
+    assert.match(api.statusBar.text, /Perimeter: polling · 1 session/);
+  });
+
+  it('adds a persisted path that the next call uses', async () => {
+    const [session] = sessionNodes();
+    assert.equal(await vscode.commands.executeCommand('perimeter.persistPath', session, '/workspace/data'), true);
+    assert.deepEqual(api.model.persistOf('local', session!.sessionId)!.patterns, ['/workspace/keep', '/workspace/data']);
+    // The scenario writes /workspace/data/note.txt in one call and reads it in the next, from a fresh sandbox.
+    await until(api, () => callNodes(session!).some((c) => labelOf(c) === 'read: /workspace/data/note.txt' && api.model.findCall('local', c.toolUseId)!.finishedAt !== null));
+    const read = callNodes(session!).find((c) => labelOf(c) === 'read: /workspace/data/note.txt')!;
+    const call = api.model.findCall('local', read.toolUseId)!;
+    assert.equal(call.isError, false, `read failed: ${call.outputPreview}`);
+    assert.match(call.outputPreview, /kept between calls/);
+    await until(api, () => (api.model.persistOf('local', session!.sessionId)?.files ?? []).some((f) => f.path === '/workspace/data/note.txt'));
+    const persistSession = api.persistTree.getChildren().find((n) => n.kind === 'persistSession' && n.sessionId === session!.sessionId)!;
+    const rows = api.persistTree.getChildren(persistSession).map((n) => String(api.persistTree.getTreeItem(n).label));
+    assert.ok(rows.includes('/workspace/data') && rows.includes('/workspace/data/note.txt'), rows.join(', '));
+  });
+
+  it('lists calls newest first and opens a call\'s input and output as a read-only document', async () => {
+    const [session] = sessionNodes();
+    await until(api, () => callNodes(session!).some((c) => labelOf(c).startsWith('bash: for i in') && api.model.findCall('local', c.toolUseId)!.finishedAt !== null));
+    const labels = callNodes(session!).map(labelOf);
+    assert.equal(labels[0], 'bash: for i in $(seq 1 5); do echo line-$i; done; echo all-done', labels.join(' | '));
+    assert.equal(labels.at(-1), 'bash: echo session started');
+    const node = callNodes(session!)[0]!;
+    const item = api.sessionsTree.getTreeItem(node);
+    assert.equal(item.command?.command, 'perimeter.openCall');
+    assert.equal(item.contextValue, 'call finished');
+    const doc = await vscode.commands.executeCommand<vscode.TextDocument>('perimeter.openCall', node);
+    assert.equal(doc.uri.scheme, 'perimeter-call');
+    const text = doc.getText();
+    assert.match(text, /## input\n\{\n {2}"command": "for i in/);
+    assert.match(text, /line-1\nline-2\nline-3\nline-4\nline-5\nall-done/);
+    assert.equal(vscode.window.activeTextEditor?.document.uri.toString(), doc.uri.toString());
+  });
+
+  it('restarts the companion after a crash and keeps the history visible', async () => {
+    const before = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
+    const sessionsBefore = sessionNodes().length;
+    process.kill(before, 'SIGKILL');
+    await until(api, () => api.model.host('local')!.connection === 'reconnecting');
+    assert.ok(sessionNodes().length >= sessionsBefore, 'history stays while the worker is down');
+    await until(api, () => api.model.host('local')!.connection === 'connected');
+    const after = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
+    assert.notEqual(after, before);
+    assert.equal(api.model.host('local')!.restarts, 1);
+    assert.ok(api.outputLines.some((l) => /lost the worker/.test(l)), 'the Worker Log tells what happened');
+  });
+
+  it('Stop Worker stops the companion and keeps the sessions listed', async () => {
+    const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
+    assert.equal(await vscode.commands.executeCommand('perimeter.stopWorker'), true);
+    assert.equal(api.model.host('local')!.connection, 'stopped');
+    assert.equal(pidAlive(pid), false);
+    assert.ok(sessionNodes().length >= 1);
+    assert.match(api.statusBar.text, /Perimeter: stopped/);
+  });
+});
