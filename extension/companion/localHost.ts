@@ -37,8 +37,13 @@ export class LocalHost implements WorkerHost {
     let text: string;
     try { text = readFileSync(this.controlFile, 'utf8'); } catch { return null; }
     const target = parseEndpointFile(text);
-    return target && pidAlive(target.pid) ? target : null;
+    if (!target || !pidAlive(target.pid)) return null;
+    this.lastPid = target.pid;
+    return target;
   }
+
+  /** The worker process last seen through control.json (waitStopped waits for it to exit, not just the file). */
+  private lastPid: number | null = null;
 
   /** argv for the worker; exported through `workerArgs` for tests. */
   workerArgs(settings: WorkerSettings, withKey: boolean): string[] {
@@ -89,8 +94,9 @@ export class LocalHost implements WorkerHost {
   async waitStopped(timeoutMs: number): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
-      if (!this.child && !(await this.findWorker())) return;
-      await delay(200);
+      const lastAlive = this.lastPid !== null && pidAlive(this.lastPid);
+      if (!this.child && !lastAlive && !(await this.findWorker())) return;
+      await delay(100);
     }
     throw new Error('the worker did not stop in time');
   }

@@ -59,6 +59,9 @@ export const REMOTE_SCRIPTS = {
   /** Prints control.json when its worker process is alive; exit 3 = no worker. */
   endpoint: 'D="$HOME/$PERIMETER_DIR"; F="$D/home/control.json"; [ -f "$F" ] || exit 3; ' +
     'P=$(sed -n \'s/.*"pid":\\([0-9][0-9]*\\).*/\\1/p\' "$F"); [ -n "$P" ] && kill -0 "$P" 2>/dev/null || exit 3; cat "$F"',
+  /** Waits (up to 45 s) for the process whose PID is the first stdin line to exit; the PID must be all digits. */
+  waitExit: 'IFS= read -r P; case "$P" in ""|*[!0-9]*) exit 2;; esac; i=0; ' +
+    'while kill -0 "$P" 2>/dev/null; do i=$((i+1)); [ "$i" -ge 450 ] && exit 1; sleep 0.1; done; exit 0',
   /** The last 200 lines of the remote worker log. */
   log: 'D="$HOME/$PERIMETER_DIR"; tail -n 200 "$D/home/worker.log" 2>/dev/null || true',
   doctor: 'D="$HOME/$PERIMETER_DIR"; node "$D/bin/perimeter.js" doctor --json --home "$D/home"',

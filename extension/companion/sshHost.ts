@@ -68,6 +68,7 @@ export class SshHost implements WorkerHost {
     if (r.code !== 0) throw this.fail('looking for the worker', r);
     const remote = parseEndpointFile(r.stdout.trim());
     if (!remote) throw new Error(`${this.label}: control.json is not valid`);
+    this.lastPid = remote.pid;
     return { ...remote, port: await this.openTunnel(remote.port) };
   }
 
@@ -120,7 +121,14 @@ export class SshHost implements WorkerHost {
     throw new Error(`the worker on ${this.label} did not open its control API; its log ends with:\n${log.stdout.split('\n').slice(-10).join('\n')}`);
   }
 
+  /** The remote worker's PID as last read from its control.json (sent on stdin to `waitExit`, never in argv). */
+  private lastPid: number | null = null;
+
   async waitStopped(timeoutMs: number): Promise<void> {
+    if (this.lastPid !== null) {
+      const r = await this.ssh('waitExit', `${this.lastPid}\n`, timeoutMs + 10_000);
+      if (r.code !== 0) throw new Error(`the worker on ${this.label} did not stop in time`);
+    }
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       const r = await this.ssh('endpoint', undefined, 30_000);

@@ -4,38 +4,7 @@
 // opens its workbench in headless Chromium. The extension host's exit code is the result: runTests rejects on
 // failure. Needs scripts/install-code-server.sh and Debian's chromium.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { runTests } from '@vscode/test-electron';
-
-const root = path.resolve(__dirname, '../..');
-export const shim = path.join(root, 'test/extension/harness/run-ext-tests.mjs');
-export const codeServer = process.env.CODE_SERVER_BIN ?? path.join(root, '.tools/code-server/node_modules/.bin/code-server');
-
-export function requireHarness(): void {
-  assert.ok(existsSync(codeServer), `code-server is not installed at ${codeServer}: run scripts/install-code-server.sh`);
-  assert.ok(existsSync(process.env.CHROMIUM_BIN ?? '/usr/bin/chromium'), 'Chromium is missing: apt-get install -y chromium');
-  assert.ok(existsSync(path.join(root, 'dist/test/suite/index.js')) && existsSync(path.join(root, 'dist/perimeter.js')), 'run npm run build first');
-}
-
-/** Runs the named extension-host suites; resolves with their pass/fail counts. */
-export async function runHostSuites(suites: string, env: Record<string, string> = {}): Promise<{ passed: number; failed: number; skipped: number }> {
-  requireHarness();
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-host-'));
-  const resultFile = path.join(dir, 'result.json');
-  try {
-    await runTests({
-      vscodeExecutablePath: shim,
-      extensionDevelopmentPath: root,
-      extensionTestsPath: path.join(root, 'dist/test/suite/index.js'),
-      extensionTestsEnv: { PERIMETER_EXT_SUITES: suites, PERIMETER_EXT_RESULT_FILE: resultFile, ...env },
-    });
-    return JSON.parse(readFileSync(resultFile, 'utf8'));
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+import { runHostSuites } from './harness/host';
 
 describe('extension host (code-server 4.100.3 via @vscode/test-electron runTests)', () => {
   it('passes the integration suite: Try Locally, sessions tree, persist path, output document, crash restart, stop', async () => {

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runHostSuites } from './host.test';
+import { runHostSuites } from './harness/host';
 
 const sshd = path.resolve(__dirname, 'harness/sshd.sh');
 

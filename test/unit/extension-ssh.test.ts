@@ -90,6 +90,12 @@ describe('remote scripts, run through sh', () => {
     rmSync(dist, { recursive: true, force: true });
   });
 
+  it('waits for a PID given on stdin and rejects anything but digits', () => {
+    assert.equal(runRemote(home, 'waitExit', '999999999\n').status, 0, 'a gone process');
+    assert.equal(runRemote(home, 'waitExit', '1; touch /tmp/x\n').status, 2);
+    assert.equal(runRemote(home, 'waitExit', '\n').status, 2);
+  });
+
   it('writes the worker configuration from stdin with mode 0600', () => {
     const settings: WorkerSettings = { mode: 'environment', environmentId: 'env_1', concurrency: 3, driver: 'qemu', persistDefaults: ['/workspace'], egressAllow: ['pypi.org'], logLevel: 'debug' };
     const r = runRemote(home, 'configure', JSON.stringify(remoteConfig(settings)));

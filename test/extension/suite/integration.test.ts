@@ -9,16 +9,9 @@ import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
 import type { PerimeterNode } from '../../../extension/views/trees';
+import { until } from './helpers';
 
 const EXTENSION_ID = 'perimeter.perimeter';
-
-/** Resolves once `pred` holds, re-checking on every model change (the mocha timeout bounds the wait). */
-export function until(api: PerimeterApi, pred: () => boolean): Promise<void> {
-  if (pred()) return Promise.resolve();
-  return new Promise((resolve) => {
-    const off = api.model.onDidChange(() => { if (pred()) { off(); resolve(); } });
-  });
-}
 
 function pidAlive(pid: number): boolean { try { process.kill(pid, 0); return true; } catch { return false; } }
 

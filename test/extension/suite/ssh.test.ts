@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
 import type { SshHost } from '../../../extension/companion/sshHost';
-import { until } from './integration.test';
+import { until } from './helpers';
 
 const ALIAS = 'perimeter-test-host';
 const HOST_ID = `ssh:${ALIAS}`;
