@@ -103,6 +103,7 @@ export class GuestClient implements GuestOps {
   }
 
   async exec(req: ExecRequest, onOutput?: (chunk: Buffer) => void): Promise<ExecResult> {
+    if (this.failure) throw this.failure;
     if (req.argv.length === 0) throw new GuestError('EINVAL', 'empty argv');
     const w = new BodyWriter().u32(Math.max(1, Math.floor(req.timeoutMs))).u32(req.maxOutputBytes).str(req.cwd ?? '/').u32(req.argv.length);
     for (const a of req.argv) w.str(a);

@@ -61,8 +61,13 @@ export function hostTscKhz(): number | null {
   } catch { return null; }
 }
 
+/** Bumped whenever qemuArgs changes in a way that makes older snapshots unusable (part of the template hash). */
+export const VM_RECIPE = 2;
+// Note: `pic=off` is deliberately absent: without the legacy PIC the PIT's IRQ 0 cannot be registered, the LAPIC
+// timer then fails verification, and the guest ends up with no working clock event (sleep never returns).
+
 export function qemuArgs(image: VmImage, o: VmOptions, dir: string, incoming: boolean): string[] {
-  const machine = ['microvm', image.machineOpts, 'isa-serial=off', 'pic=off', 'x-option-roms=off', 'mem-merge=off', 'dump-guest-core=off', 'memory-backend=mem0']
+  const machine = ['microvm', image.machineOpts, 'isa-serial=off', 'x-option-roms=off', 'mem-merge=off', 'dump-guest-core=off', 'memory-backend=mem0']
     .filter(Boolean).join(',');
   const mem = o.role === 'template'
     ? `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=on`

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { writeCpio, type CpioEntry } from './cpio';
 import { findTemplate, loadTemplate, templatesDir, type Template, type TemplateManifest } from './manifest';
-import { QemuVm, hostTscKhz, type VmImage } from '../qemu/vm';
+import { QemuVm, VM_RECIPE, hostTscKhz, type VmImage } from '../qemu/vm';
 import { chooseAccel, qemuVersion } from '../qemu/accel';
 import { fatal } from '../../errors';
 
@@ -311,7 +311,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts,
     };
     const [kernelHash, initrdHash] = await Promise.all([sha256File(image.kernel), sha256File(image.initrd)]);
-    const inputs = { kernelHash, initrdHash, rootfs: rootfs.key, append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts, qver };
+    const inputs = { kernelHash, initrdHash, rootfs: rootfs.key, append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts, qver, vmRecipe: VM_RECIPE };
     // The accelerator is part of the identity: a TCG snapshot is not restored under KVM.
     await makeImage(rootfs.tree, image.rootfs, p);
     const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${kernelHash}:${initrdHash}`, home: o.home });
