@@ -23,6 +23,29 @@ const log = logger('persist:memory');
 export const MEMORY_MARKER = '.anthropic-memory-store';
 const BATCH_BYTES = 16 * 1024 * 1024;
 
+/** Maps the SDK's memory-store roots (`AgentToolContext.allowedRoots` / `readOnlyRoots`, host paths) to guest mounts:
+ *  a store with a `mount_path` keeps that path in the guest; a store the SDK placed under `<workdir>/memory/<name>`
+ *  appears at `/mnt/memory/<name>`. Roots that fit neither are left out (logged). */
+export function memoryMountsFromRoots(roots: readonly string[], readOnlyRoots: readonly string[], workdir: string): MemoryMount[] {
+  const fallback = path.join(workdir, 'memory');
+  const out: MemoryMount[] = [];
+  for (const hostDir of roots) {
+    const rel = path.relative(fallback, hostDir);
+    const guestPath = !rel.startsWith('..') && !path.isAbsolute(rel) && rel !== '' && !rel.includes('/') ? `/mnt/memory/${rel}` : hostDir;
+    if (checkGuestPath(guestPath) || isWithin(guestPath, workdir)) { log.warn(`memory store root ${JSON.stringify(hostDir)} has no guest mount path; not carried into VMs`); continue; }
+    out.push({ guestPath, hostDir, readOnly: readOnlyRoots.includes(hostDir) });
+  }
+  return out;
+}
+
+/** Per-session memory mounts, filled by the worker when the SDK has downloaded a session's stores. */
+export class MemoryMountRegistry {
+  private readonly bySession = new Map<string, MemoryMount[]>();
+  set(sessionId: string, mounts: MemoryMount[]): void { this.bySession.set(sessionId, mounts); }
+  delete(sessionId: string): void { this.bySession.delete(sessionId); }
+  readonly resolve = (sessionId: string): MemoryMount[] => this.bySession.get(sessionId) ?? [];
+}
+
 interface HostFile { rel: string; abs: string; sha: string; data: Buffer; mtimeMs: number }
 
 export class MemoryMirror {

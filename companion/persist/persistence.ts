@@ -221,6 +221,8 @@ export class Persistence implements CallPersistence {
         await txn.abort();
       }
 
+      // In per-session mode the same sandbox serves the next call: its base is now what was just committed.
+      if (remembered?.sessionId === sessionId) this.bases.set(sandbox, { ...remembered, manifest: await store.current() });
       if (changed) this.opts.hub?.publish({ type: 'persist.changed', persist: await this.state(sessionId) });
       return { generation, notes };
     } catch (err) {
