@@ -1,0 +1,130 @@
+// Browser end-to-end test: the real VS Code workbench (code-server 4.100.3) in headless Debian Chromium, driven by
+// playwright-core the way a user clicks: open the Perimeter panel, run "Perimeter: Try Locally" from the command
+// palette, watch the session and its calls appear, add a persisted path through the input box, open a call's output
+// document, stop the worker. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
+// driver. Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Page } from 'playwright-core';
+import { requireHarness } from './harness/host';
+
+const root = path.resolve(__dirname, '../..');
+const results = path.join(root, 'test-results');
+
+describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', function () {
+  let server: { url: string; authority: string; stop(): Promise<void> };
+  let browser: { page: Page; close(): Promise<void> };
+  let profileRoot: string;
+  let home: string;
+  let page: Page;
+  let failures = 0;
+
+  before(async function () {
+    requireHarness();
+    const cs = await import('./harness/code-server.mjs' as string);
+    const br = await import('./harness/browser.mjs' as string);
+    home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-home-'));
+    const profile = cs.makeProfile({
+      'perimeter.home': home,
+      'perimeter.sandboxDriver': 'process',
+      'perimeter.concurrency': 2,
+      'perimeter.persist.defaults': ['/workspace/keep'],
+      'perimeter.localScenario': path.join(root, 'test/extension/fixtures/persist-scenario.json'),
+      'workbench.colorTheme': 'Default Dark Modern',
+    });
+    profileRoot = profile.root;
+    writeFileSync(path.join(profile.workspace, 'README.md'), '# e2e workspace\n');
+    server = await cs.startCodeServer(profile);
+    browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
+    page = browser.page;
+    page.setDefaultTimeout(45_000);
+    const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${root}`]];
+    await page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}&payload=${encodeURIComponent(JSON.stringify(payload))}`);
+    await page.locator('.monaco-workbench .part.activitybar').waitFor();
+  });
+
+  afterEach(async function () {
+    if (this.currentTest?.state === 'failed' && page) {
+      mkdirSync(results, { recursive: true });
+      await page.screenshot({ path: path.join(results, `e2e-fail-${++failures}.png`) }).catch(() => {});
+    }
+  });
+
+  after(async () => {
+    // Stop a worker a failed test left running, then tear everything down.
+    if (page) await palette('Perimeter: Stop Worker').catch(() => {});
+    await browser?.close();
+    await server?.stop();
+    if (profileRoot) rmSync(profileRoot, { recursive: true, force: true });
+    if (home) rmSync(home, { recursive: true, force: true });
+  });
+
+  const sidebarLabel = (text: string) => page.locator('.part.sidebar .monaco-list-row .label-name', { hasText: text });
+  const sidebarRow = (text: string) => page.locator('.part.sidebar .monaco-list-row', { hasText: text });
+
+  async function palette(title: string): Promise<void> {
+    await page.keyboard.press('F1');
+    const input = page.locator('.quick-input-widget .quick-input-box input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill('>' + title);
+    await page.locator('.quick-input-widget .quick-input-list .monaco-list-row', { hasText: title }).first().waitFor();
+    await page.keyboard.press('Enter');
+  }
+
+  it('shows the Perimeter activity bar icon and its welcome view for a fresh install', async () => {
+    await page.locator('.part.activitybar a.action-label[aria-label="Perimeter"]').click();
+    await page.locator('.part.sidebar .welcome-view-content', { hasText: 'No environment is connected' }).waitFor();
+    await page.locator('.part.sidebar .welcome-view-content a.monaco-button', { hasText: 'Try Locally' }).first().waitFor();
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
+  });
+
+  it('"Perimeter: Try Locally" from the palette starts the worker; the session appears in the Sessions view', async () => {
+    await palette('Perimeter: Try Locally');
+    await sidebarLabel('This machine').waitFor();
+    await sidebarRow('Sandbox driver').filter({ hasText: 'process' }).waitFor();
+    await sidebarLabel('sesn_local_').first().waitFor();
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: polling' }).waitFor();
+  });
+
+  it('"Perimeter: Persist Path…" adds a path in the input box; the next call\'s file shows under Persisted Files', async () => {
+    await palette('Perimeter: Persist Path');
+    const input = page.locator('.quick-input-widget .quick-input-box input');
+    await input.waitFor({ state: 'visible' });
+    await input.fill('/workspace/data');
+    await page.keyboard.press('Enter');
+    await sidebarLabel('/workspace/data').first().waitFor();
+    await sidebarLabel('read: /workspace/data/note.txt').waitFor();
+    await sidebarLabel('/workspace/data/note.txt').filter({ hasNotText: 'read:' }).first().waitFor();
+  });
+
+  it('clicking a finished call opens its input and output as a document', async () => {
+    const call = sidebarLabel('bash: for i in');
+    await call.waitFor();
+    await sidebarRow('bash: for i in').filter({ hasText: 'done' }).waitFor();
+    await call.click();
+    await page.locator('.part.editor .tab', { hasText: 'bash.log' }).waitFor();
+    await page.locator('.part.editor .view-line', { hasText: 'all-done' }).first().waitFor();
+    await page.locator('.part.editor .view-line', { hasText: '## input' }).first().waitFor();
+    const labels = await page.locator('.part.sidebar .monaco-list-row .label-name').allTextContents();
+    const calls = labels.filter((l) => /^(bash|read|write):/.test(l));
+    assert.equal(calls[0], 'bash: for i in $(seq 1 5); do echo line-$i; done; echo all-done', `newest first: ${calls.join(' | ')}`);
+    // Widen the side bar so the screenshot shows whole labels (drag the sash between side bar and editor).
+    const bar = await page.locator('.part.sidebar').boundingBox();
+    if (bar) {
+      await page.mouse.move(bar.x + bar.width + 1, bar.y + 200);
+      await page.mouse.down();
+      await page.mouse.move(bar.x + 560, bar.y + 200, { steps: 5 });
+      await page.mouse.up();
+    }
+    await page.mouse.move(900, 700);
+    await page.screenshot({ path: path.join(root, 'media/screenshot-panel.png') });
+  });
+
+  it('"Perimeter: Stop Worker" stops it and the sessions stay listed', async () => {
+    await palette('Perimeter: Stop Worker');
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
+    await sidebarLabel('sesn_local_').first().waitFor();
+  });
+});
