@@ -8,6 +8,7 @@ import { devQueueCommand } from './commands/dev-queue';
 import { demoCommand } from './commands/demo';
 import { doctorCommand } from './commands/doctor';
 import { templateCommand } from './commands/template';
+import { persistCommand } from './commands/persist';
 import { loadConfig } from './config';
 import { PerimeterError } from './errors';
 import { redact } from './log';
@@ -33,6 +34,7 @@ export const COMMANDS: Command[] = [
   demoCommand,
   doctorCommand,
   templateEntry,
+  persistCommand,
 ];
 
 function help(): string {

@@ -7,7 +7,7 @@ import { EventHub } from '../events';
 import { Journal } from '../journal/journal';
 import { selectDriver, type DriverSelection } from '../sandbox/select';
 import { Persistence } from '../persist/persistence';
-import { createEgressGateway, type EgressGateway } from '../egress/proxy';
+import { createEgressGateway, validateEgressPolicy, type EgressGateway } from '../egress/proxy';
 import { startControlServer, type ControlServer } from '../control/server';
 import { Worker } from './worker';
 import { logger } from '../log';
@@ -41,6 +41,7 @@ export interface Runtime {
 
 export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const { config } = o;
+  if (config.egress.mode === 'allow') validateEgressPolicy(config.egress);   // a bad allow-list stops start-up
   const hub = o.hub ?? new EventHub();
   const journal = Journal.open(statePaths(config.home).journal);
   const selection = await selectDriver(config, hub);
