@@ -83,7 +83,7 @@ function fromEnv(env: NodeJS.ProcessEnv): Plain {
     logLevel: env.PERIMETER_LOG_LEVEL,
     sandbox: { driver: env.PERIMETER_DRIVER, mode: env.PERIMETER_SANDBOX_MODE, poolSize: num(env.PERIMETER_POOL_SIZE), accel: env.PERIMETER_ACCEL, template: env.PERIMETER_TEMPLATE },
     persist: { defaults: list(env.PERIMETER_PERSIST) },
-    egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW) },
+    egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW), allowPrivate: list(env.PERIMETER_EGRESS_ALLOW_PRIVATE) },
   };
 }
 

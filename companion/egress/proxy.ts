@@ -31,7 +31,7 @@ import type { EgressAttachment } from '../sandbox/types';
 import type { EventHub } from '../events';
 import type { EgressDecision } from '../protocol/control';
 import { logger } from '../log';
-import { errorMessage } from '../errors';
+import { errorMessage, fatal } from '../errors';
 import { createPolicy, type EgressPolicy } from './allowlist';
 import { CidrSet, checkAddress } from './address';
 import { parseClientHello, MAX_HANDSHAKE_BYTES, type HelloParse } from './clienthello';
@@ -121,6 +121,17 @@ function connectTo(address: string, port: number, timeoutMs: number): Promise<ne
     socket.once('connect', () => { clearTimeout(timer); socket.removeAllListeners('error'); resolve(socket); });
     socket.once('error', (err) => { clearTimeout(timer); socket.destroy(); reject(err); });
   });
+}
+
+/** Checks the configured allow-list and CIDRs up front, so a bad entry stops the companion at start-up (fatal,
+ *  naming the entry) instead of failing each session's first sandbox. */
+export function validateEgressPolicy(policy: EgressGatewayOptions['policy']): void {
+  try {
+    createPolicy(policy.allow);
+    new CidrSet(policy.allowPrivate);
+  } catch (err) {
+    throw fatal('config_invalid', `invalid egress configuration: ${errorMessage(err)}`, err);
+  }
 }
 
 export function createEgressGateway(options: EgressGatewayOptions): EgressGateway {
