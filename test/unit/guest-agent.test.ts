@@ -1,0 +1,90 @@
+// The real C agent (dist/guest/perimeter-agent, built by `npm run build`) driven over a socket on the host, outside
+// any VM (PERIMETER_AGENT_FD test mode; PID != 1, so no mounts and no cgroup): protocol conformance of every op.
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, statSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { GuestClient } from '../../companion/guest/client';
+import { GuestError } from '../../companion/sandbox/types';
+
+const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
+
+describe('guest agent binary (host test mode)', function () {
+  let proc: ChildProcess;
+  let client: GuestClient;
+  let dir: string;
+
+  before(async function () {
+    if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
+    dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-agent-'));
+    const [a, b] = await new Promise<[net.Socket, net.Socket]>((resolve) => {
+      const sockPath = path.join(dir, 's');
+      const srv = net.createServer((c) => { srv.close(); resolve([c, other]); });
+      let other!: net.Socket;
+      srv.listen(sockPath, () => { other = net.connect(sockPath); });
+    });
+    proc = spawn(AGENT, [], { stdio: ['ignore', 'ignore', 'inherit', b], env: { PERIMETER_AGENT_FD: '3', PATH: '/usr/bin:/bin' } });
+    b.destroy();
+    client = new GuestClient(a);
+    assert.match(await client.waitHello(5000), /^perimeter-agent 1 /);
+  });
+  after(() => { client?.close(); proc?.kill('SIGKILL'); if (dir) rmSync(dir, { recursive: true, force: true }); });
+
+  it('answers ping', async () => { await client.ping(); });
+
+  it('writes atomically with parents and modes, reads ranges, stats with lstat', async () => {
+    const f = path.join(dir, 'w/x/y.txt');
+    await client.writeFile(f, Buffer.from('abcdef'), { mode: 0o600 });
+    assert.equal(readFileSync(f, 'utf8'), 'abcdef');
+    assert.equal(statSync(f).mode & 0o777, 0o600);
+    await client.writeFile(f, Buffer.from('XY'));
+    assert.equal(statSync(f).mode & 0o777, 0o600, 'an overwrite keeps the existing mode');
+    assert.deepEqual((await client.readFile(f, { offset: 1, length: 1 })).data.toString(), 'Y');
+    symlinkSync('/etc/passwd', path.join(dir, 'lnk'));
+    assert.equal((await client.stat(path.join(dir, 'lnk')))?.type, 'symlink');
+    await assert.rejects(client.writeFile(path.join(dir, 'w'), Buffer.from('')), (e: unknown) => e instanceof GuestError && e.code === 'EISDIR');
+    await assert.rejects(client.readFile('relative'), (e: unknown) => e instanceof GuestError && e.code === 'EINVAL');
+  });
+
+  it('walks with hashes without following symlinks, and honours skipNames and maxEntries', async () => {
+    await client.putFiles([{ path: path.join(dir, 'walk/a.txt'), data: Buffer.from('a'), mode: 0o644 }, { path: path.join(dir, 'walk/.git/HEAD'), data: Buffer.from('h'), mode: 0o644 }], []);
+    symlinkSync('/', path.join(dir, 'walk/root-link'));
+    const w = await client.walk(path.join(dir, 'walk'), { hash: true, maxEntries: 10, skipNames: ['.git'] });
+    const names = w.entries.map((e) => path.basename(e.path)).sort();
+    assert.deepEqual(names, ['a.txt', 'root-link']);
+    assert.equal(w.entries.find((e) => e.path.endsWith('a.txt'))?.sha256, createHash('sha256').update('a').digest('hex'));
+  });
+
+  it('runs commands with env, stdin and a cap that keeps head and tail', async () => {
+    const r = await client.exec({ argv: ['/bin/sh', '-c', 'echo "$X"; cat; seq 1 20000'], env: { X: 'x-value' }, stdin: Buffer.from('in\n'), cwd: dir, timeoutMs: 10_000, maxOutputBytes: 1000 });
+    const out = r.output.toString();
+    assert.equal(r.exitCode, 0);
+    assert.ok(out.startsWith('x-value\nin\n1\n2\n'));
+    assert.ok(out.endsWith('19999\n20000\n'));
+    assert.equal(r.output.length, 1000);
+    assert.equal(r.output.length + r.droppedBytes, 'x-value\nin\n'.length + Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('').length);
+  });
+
+  it('kills a command at its timeout and reports timedOut', async () => {
+    const r = await client.exec({ argv: ['/bin/sh', '-c', 'echo before; sleep 30'], timeoutMs: 300, maxOutputBytes: 1000 });
+    assert.equal(r.timedOut, true);
+    assert.equal(r.output.toString(), 'before\n');
+  });
+
+  it('rejects a second concurrent exec with EBUSY', async () => {
+    const first = client.exec({ argv: ['/bin/sh', '-c', 'sleep 0.3'], timeoutMs: 5000, maxOutputBytes: 100 });
+    await assert.rejects(client.exec({ argv: ['/bin/true'], timeoutMs: 5000, maxOutputBytes: 100 }), (e: unknown) => e instanceof GuestError && e.code === 'EBUSY');
+    assert.equal((await first).exitCode, 0);
+  });
+
+  it('getFiles refuses non-regular files and budgets bytes', async () => {
+    await assert.rejects(client.getFiles([dir], { maxTotalBytes: 100 }), GuestError);
+    const f = path.join(dir, 'w/x/y.txt');
+    const [got] = await client.getFiles([f], { maxTotalBytes: 100 });
+    assert.equal(got!.data.toString(), 'XY');
+    await assert.rejects(client.getFiles([f], { maxTotalBytes: 1 }), (e: unknown) => e instanceof GuestError && e.code === 'EFBIG');
+  });
+});
