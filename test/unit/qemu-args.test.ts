@@ -41,8 +41,8 @@ describe('orphan sweep', () => {
       // an orphan: dead owner, pidfile names a "qemu-system" whose argv mentions its dir
       const orphanDir = path.join(vms, 'vm-orphan');
       mkdirSync(orphanDir);
-      const fake = spawn('sleep', ['60', orphanDir], { argv0: 'qemu-system-x86_64' });
-      await new Promise((r) => setTimeout(r, 100));
+      const fake = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60000)', orphanDir], { argv0: 'qemu-system-x86_64' });
+      await new Promise((r) => setTimeout(r, 300));
       writeFileSync(path.join(orphanDir, 'qemu.pid'), String(fake.pid));
       writeFileSync(path.join(orphanDir, 'owner'), '999999');
       // a recycled pid: dead owner, the pidfile names an unrelated process
