@@ -1,4 +1,4 @@
-// Runs the extension-host suites (test/extension/suite/*.test.ts, bundled to dist/test/suite/index.js) in a real
+// Runs the extension-host suites (test/extension/suite/*.suite.ts, bundled to dist/test/suite/index.js) in a real
 // VS Code: @vscode/test-electron's runTests() with vscodeExecutablePath pointed at the code-server harness shim
 // (test/extension/harness/run-ext-tests.mjs), which starts code-server 4.100.3 (VS Code 1.100.3) on 127.0.0.1 and
 // opens its workbench in headless Chromium. The extension host's exit code is the result: runTests rejects on

@@ -1,5 +1,5 @@
 // The SSH remote-host flow in a real extension host: starts a throw-away sshd on 127.0.0.1 (harness/sshd.sh: fresh
-// host and client keys, pinned known_hosts), then runs the extension-host `ssh` suite (suite/ssh.test.ts) with the
+// host and client keys, pinned known_hosts), then runs the extension-host `ssh` suite (suite/ssh.suite.ts) with the
 // SSH_TEST_* variables, so the extension uses the system `ssh` against it: install the companion, start it, see its
 // sessions, cut the connection (kill the tunnel's ssh), reconnect, stop.
 import assert from 'node:assert/strict';

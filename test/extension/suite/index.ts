@@ -10,8 +10,8 @@ export async function run(): Promise<void> {
   // Test modules are bundled into this file; expose describe/it before evaluating them.
   mocha.suite.emit('pre-require', globalThis, 'perimeter-suite', mocha);
   const wanted = (process.env.PERIMETER_EXT_SUITES ?? 'integration,ssh').split(',').map((s) => s.trim());
-  if (wanted.includes('integration')) await import('./integration.test');
-  if (wanted.includes('ssh')) await import('./ssh.test');
+  if (wanted.includes('integration')) await import('./integration.suite');
+  if (wanted.includes('ssh')) await import('./ssh.suite');
   const resultFile = process.env.PERIMETER_EXT_RESULT_FILE;
   await new Promise<void>((resolve, reject) => {
     const runner = mocha.run((failures) => {
