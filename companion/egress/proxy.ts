@@ -118,7 +118,12 @@ function connectTo(address: string, port: number, timeoutMs: number): Promise<ne
   return new Promise((resolve, reject) => {
     const socket = net.connect({ host: address, port, family: net.isIP(address) });
     const timer = setTimeout(() => { socket.destroy(); reject(new Error(`connect to ${address}:${port} timed out`)); }, timeoutMs);
-    socket.once('connect', () => { clearTimeout(timer); socket.removeAllListeners('error'); resolve(socket); });
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      socket.on('error', () => { /* until splice() attaches its teardown: an early reset must not crash the process */ });
+      resolve(socket);
+    });
     socket.once('error', (err) => { clearTimeout(timer); socket.destroy(); reject(err); });
   });
 }
@@ -150,7 +155,6 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
     else log.warn(`denied ${where} (${d.reason})`);
     options.hub?.publish({ type: 'egress.decision', decision });
   };
-
 
   /** Refuses a connection: publishes the decision, tells the client in its protocol, closes. */
   const refuse = (guest: Duplex, kind: 'tls' | 'http', host: string, port: number, reason: string, address: string | null = null) => {
