@@ -140,7 +140,7 @@ export type PolicyDecision =
 
 export interface EgressPolicy {
   readonly entries: readonly AllowEntry[];
-  /** The TCP ports the guest agent must listen on (443, 80 and every explicit entry port), sorted. */
+  /** The TCP ports the guest agent must listen on (443 and 80 when an entry has no port, every explicit port), sorted. */
   readonly ports: readonly number[];
   /** May a connection to `host` (an SNI or Host value) on `port` proceed? */
   decide(host: string, port: number): PolicyDecision;
@@ -161,8 +161,8 @@ function entryAllowsPort(entry: AllowEntry, port: number): boolean {
 /** Builds the policy; throws AllowListError on the first invalid entry. */
 export function createPolicy(allow: readonly string[]): EgressPolicy {
   const entries = allow.map(parseAllowEntry);
-  const ports = new Set<number>(DEFAULT_PORTS);
-  for (const e of entries) if (e.port !== null) ports.add(e.port);
+  const ports = new Set<number>();
+  for (const e of entries) for (const port of e.port === null ? DEFAULT_PORTS : [e.port]) ports.add(port);
 
   const decide = (host: string, port: number): PolicyDecision => {
     const ip = canonicalIp(host);

@@ -38,6 +38,8 @@ describe('egress allow-list', () => {
     assert.equal(policy.decide('api.internal.test', 8443).allowed, true);
     assert.equal(policy.decide('api.internal.test', 443).allowed, false);
     assert.deepEqual(policy.ports, [80, 443, 8443]);
+    assert.deepEqual(createPolicy(['api.internal.test:8443']).ports, [8443], 'no listener for ports nothing allows');
+    assert.deepEqual(createPolicy([]).ports, []);
   });
 
   it('refuses IP literals unless an entry names that exact address', () => {
