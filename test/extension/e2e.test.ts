@@ -4,7 +4,8 @@
 // document, stop the worker. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
 // driver. Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
@@ -20,9 +21,23 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
   let home: string;
   let page: Page;
   let failures = 0;
+  // `perimeter dev-queue` stands in for Anthropic in the Connect Environment flow (the worker finds it through
+  // ANTHROPIC_BASE_URL, inherited from code-server's environment).
+  let devQueue: ChildProcess;
+  let queue: { baseUrl: string; environmentId: string; key: string; session: string };
 
   before(async function () {
     requireHarness();
+    devQueue = spawn(process.execPath, [path.join(root, 'dist/perimeter.js'), 'dev-queue', '--scenario', path.join(root, 'test/extension/fixtures/environment-scenario.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
+    queue = await new Promise((resolve, reject) => {
+      let out = '';
+      devQueue.stdout!.on('data', (b: Buffer) => {
+        out += b.toString();
+        const m = /base URL:\s+(\S+)\s+environment id:\s+(\S+)\s+environment key:\s+(\S+).*\s+sessions:\s+(\S+)/s.exec(out);
+        if (m) resolve({ baseUrl: m[1]!, environmentId: m[2]!, key: m[3]!, session: m[4]! });
+      });
+      devQueue.once('exit', (code) => reject(new Error(`dev-queue exited (${code}): ${out}`)));
+    });
     const cs = await import('./harness/code-server.mjs' as string);
     const br = await import('./harness/browser.mjs' as string);
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-home-'));
@@ -36,7 +51,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     });
     profileRoot = profile.root;
     writeFileSync(path.join(profile.workspace, 'README.md'), '# e2e workspace\n');
-    server = await cs.startCodeServer(profile);
+    server = await cs.startCodeServer(profile, { env: { ANTHROPIC_BASE_URL: queue.baseUrl } });
     browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
     page = browser.page;
     page.setDefaultTimeout(45_000);
@@ -59,6 +74,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await server?.stop();
     if (profileRoot) rmSync(profileRoot, { recursive: true, force: true });
     if (home) rmSync(home, { recursive: true, force: true });
+    devQueue?.kill('SIGTERM');
   });
 
   const sidebarLabel = (text: string) => page.locator('.part.sidebar .monaco-list-row .label-name', { hasText: text });
@@ -126,5 +142,32 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await palette('Perimeter: Stop Worker');
     await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
     await sidebarLabel('sesn_local_').first().waitFor();
+  });
+
+  it('"Connect Environment" keeps the key in secret storage; "Start Worker" serves the environment with the key on stdin only', async () => {
+    await palette('Perimeter: Connect Environment');
+    const input = page.locator('.quick-input-widget .quick-input-box input');
+    await page.locator('.quick-input-widget', { hasText: 'Connect Environment (1/2)' }).waitFor();
+    await input.fill(queue.environmentId);
+    await page.keyboard.press('Enter');
+    await page.locator('.quick-input-widget', { hasText: 'Connect Environment (2/2)' }).waitFor();
+    assert.equal(await input.getAttribute('type'), 'password', 'the key is typed into a password box');
+    await input.fill(queue.key);
+    await page.keyboard.press('Enter');
+    await page.locator('.notifications-toasts .notification-toast', { hasText: `environment ${queue.environmentId} connected` }).waitFor();
+    await palette('Perimeter: Start Worker');
+    await sidebarLabel(queue.session).first().waitFor();
+    await sidebarLabel('bash: echo hello-from-the-environment').waitFor();
+    // The worker process got the key on stdin: not in its command line, not in its environment.
+    const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
+    const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    assert.ok(cmdline.includes('--key-stdin') && cmdline.includes(queue.environmentId), cmdline.join(' '));
+    assert.ok(!cmdline.some((a) => a.includes(queue.key)), 'key not in argv');
+    assert.ok(!readFileSync(`/proc/${pid}/environ`, 'utf8').includes(queue.key), 'key not in the environment');
+    // Machine-scoped settings of a remote (server-side) window go to the server's Machine settings.
+    const settings = ['User', 'Machine'].map((d) => { try { return readFileSync(path.join(profileRoot, 'ud', d, 'settings.json'), 'utf8'); } catch { return ''; } }).join('\n');
+    assert.ok(settings.includes(queue.environmentId) && !settings.includes(queue.key), 'the ID is a setting, the key is not');
+    await palette('Perimeter: Stop Worker');
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
   });
 });
