@@ -240,6 +240,36 @@ describe('egress gateway with loopback servers', function () {
     await Promise.all([h.close(), capture.close()]);
   });
 
+  it('malformed, oversized and ambiguous hellos are refused with nothing forwarded', async () => {
+    const capture = await startCaptureFixture();
+    const h = await harness([`allowed.test:${capture.port}`]);
+    const port = await h.emulator(capture.port);
+    const rng = prng(77);
+    const hello = (extensions: Buffer[]) => toRecords(clientHelloMessage({ extensions }, rng));
+    const twoNames = ext(0, Buffer.concat([Buffer.from([0, 30]), Buffer.from([0, 0, 12]), Buffer.from('allowed.test'), Buffer.from([0, 0, 12]), Buffer.from('evil.test...')]));
+    const cases: Array<[string, Buffer[]]> = [
+      ['two server names', [hello([twoNames])]],
+      ['duplicate extension', [hello([sniExt('allowed.test'), ext(16, Buffer.from([0, 3, 2, 0x68, 0x32])), ext(16, Buffer.from([0, 3, 2, 0x68, 0x32]))])]],
+      ['NUL in SNI', [hello([sniExt(Buffer.from('allowed.test\0.evil'))])]],
+      ['20 KB hello', [toRecords(clientHelloMessage({ extensions: [sniExt('allowed.test'), ext(0x1234, rng.bytes(20000))] }, rng), 4000)]],
+      ['alert record between hello records', (() => {
+        const w = toRecords(clientHelloMessage({ extensions: [sniExt('allowed.test')] }, rng), 20);
+        return [w.subarray(0, 25), Buffer.from([0x15, 3, 3, 0, 2, 2, 40]), w.subarray(25)];
+      })()],
+      ['random bytes after a record header', [Buffer.concat([Buffer.from([0x16, 3, 1, 0, 200]), rng.bytes(200)])]],
+    ];
+    for (const [label, parts] of cases) {
+      await rawExchange(port, parts);
+      const d = h.decisions.at(-1)!;
+      assert.equal(d.allowed, false, label);
+      assert.match(d.reason, /^bad_client_hello: /, `${label}: ${d.reason}`);
+    }
+    assert.equal(h.decisions.length, cases.length);
+    assert.equal(capture.connections, 0, 'nothing reached the origin');
+    assert.deepEqual(h.resolved, []);
+    await Promise.all([h.close(), capture.close()]);
+  });
+
   it('a real client with a > 2 KB ClientHello completes a verified handshake through the gateway', async () => {
     const h = await harness([`allowed.test:${allowedTls.port}`]);
     const protocols = Array.from({ length: 120 }, (_, i) => `proto-${String(i).padStart(8, '0')}`).concat(['http/1.1']);
