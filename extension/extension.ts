@@ -10,7 +10,7 @@ import { CALL_SCHEME } from './documents/callDocument';
 import { HostRegistry } from './hosts';
 import { registerWorkerCommands } from './commands/worker';
 import { registerPersistCommands } from './commands/persist';
-import { registerToolCommands } from './commands/tools';
+import { registerToolCommands, applyDoctorContext } from './commands/tools';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
 
@@ -81,9 +81,24 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:
   // attaching is harmless, but restarting on loss would start processes.
-  if (vscode.workspace.isTrusted) void registry.attachAll();
+  if (vscode.workspace.isTrusted) {
+    void registry.attachAll();
+    void checkLocalHost(registry, log);
+  }
 
   return { model, registry, sessionsTree, workerTree, persistTree, statusBar, outputLines };
+}
+
+/** Runs `perimeter doctor --json` on this machine once, so the welcome views can explain a missing KVM or template. */
+async function checkLocalHost(registry: HostRegistry, log: (label: string, line: string) => void): Promise<void> {
+  const local = registry.get('local');
+  if (!local) return;
+  try {
+    const r = await local.host.runCli('doctor');
+    await applyDoctorContext(JSON.parse(r.stdout));
+  } catch (err) {
+    log('This machine', `doctor could not run: ${(err as Error).message}`);
+  }
 }
 
 export function deactivate(): void {
