@@ -45,6 +45,9 @@ export const ConfigSchema = z.object({
     allow: z.array(z.string()).default([]),
     /** CIDRs the allow-list may reach even though they are private (e.g. an internal API). */
     allowPrivate: z.array(z.string()).default([]),
+    /** A ClientHello with the ECH extension: `refuse` it, or `route-outer` = route by its outer SNI like any other
+     *  (Chromium always sends GREASE ECH; see companion/egress/proxy.ts). */
+    ech: z.enum(['refuse', 'route-outer']).default('refuse'),
   }).default({} as never),
   control: z.object({
     enabled: z.boolean().default(true),
@@ -83,7 +86,7 @@ function fromEnv(env: NodeJS.ProcessEnv): Plain {
     logLevel: env.PERIMETER_LOG_LEVEL,
     sandbox: { driver: env.PERIMETER_DRIVER, mode: env.PERIMETER_SANDBOX_MODE, poolSize: num(env.PERIMETER_POOL_SIZE), accel: env.PERIMETER_ACCEL, template: env.PERIMETER_TEMPLATE },
     persist: { defaults: list(env.PERIMETER_PERSIST) },
-    egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW), allowPrivate: list(env.PERIMETER_EGRESS_ALLOW_PRIVATE) },
+    egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW), allowPrivate: list(env.PERIMETER_EGRESS_ALLOW_PRIVATE), ech: env.PERIMETER_EGRESS_ECH },
   };
 }
 

@@ -21,6 +21,11 @@
 // is checked against the allow-list and port (allowlist.ts), resolved HERE (node's resolver, or an injected one) and
 // every resolved address is checked (address.ts) before connect(); the gateway connects to that address. Each
 // decision is logged and published as an `egress.decision` ControlEvent.
+// ECH: the encrypted_client_hello extension (real or GREASE, indistinguishable on the wire) is refused by default
+// (`egress.ech: 'refuse'`). With `route-outer` it is routed by the outer SNI like any hello: the host still resolves
+// and connects to that outer name only, and the guest gets no HTTPS/SVCB records (dns.ts), so a real ECH reaches
+// only servers behind an allowed name, the same residual risk as domain fronting. Chromium sends GREASE ECH on every
+// connection (even with --disable-features=EncryptedClientHello), so it needs `route-outer`.
 // Invariants: bounded reads (byte cap + deadline) before a decision; no guest byte is forwarded before an allow;
 // at most `maxConnections` live tunnels; idle connections are closed; either side closing or failing tears down both;
 // nothing here throws into the driver. No UDP is forwarded anywhere (the DNS stub answers locally), so no QUIC.
@@ -50,8 +55,8 @@ export const systemResolver: Resolver = async (host) => {
 };
 
 export interface EgressGatewayOptions {
-  /** The allow-list and the private CIDRs it may reach (the `egress` section of the configuration). */
-  policy: { allow: readonly string[]; allowPrivate: readonly string[] };
+  /** The allow-list, the private CIDRs it may reach and the ECH policy (the `egress` section of the configuration). */
+  policy: { allow: readonly string[]; allowPrivate: readonly string[]; ech?: 'refuse' | 'route-outer' };
   hub?: EventHub;
   sessionId: string | null;
   resolver?: Resolver;
@@ -248,6 +253,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
     let host: string;
     let first: Buffer;
     let guestByteLimit: number | null = null;
+    let echNote = '';
     if (sniffed.kind === 'tls') {
       const parse = sniffed.parse;
       if (parse.status !== 'ok') {
@@ -255,8 +261,9 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
         return void guest.destroy();
       }
       if (parse.hello.serverName === null) return refuse(guest, 'tls', '', port, 'no_sni');
-      if (parse.hello.ech) return refuse(guest, 'tls', parse.hello.serverName, port, 'ech_refused');
+      if (parse.hello.ech && options.policy.ech !== 'route-outer') return refuse(guest, 'tls', parse.hello.serverName, port, 'ech_refused');
       host = parse.hello.serverName;
+      echNote = parse.hello.ech ? ' (ECH offered: routed by the outer name)' : '';
       first = outcome.buffered;
     } else {
       const parse = sniffed.parse;
@@ -278,7 +285,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
       dialed.socket.destroy();
       return void guest.destroy();
     }
-    publish({ host: decision.name, port, kind, allowed: true, reason: `matched ${decision.entry.source}`, address: dialed.address });
+    publish({ host: decision.name, port, kind, allowed: true, reason: `matched ${decision.entry.source}${echNote}`, address: dialed.address });
     splice(guest, dialed.socket, first, guestByteLimit);
   };
 

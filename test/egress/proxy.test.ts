@@ -23,7 +23,7 @@ interface Harness {
   close(): Promise<void>;
 }
 
-async function harness(allow: string[], opts: { allowPrivate?: string[]; answers?: Record<string, string[]>; limits?: Parameters<typeof createEgressGateway>[0]['limits'] } = {}): Promise<Harness> {
+async function harness(allow: string[], opts: { allowPrivate?: string[]; answers?: Record<string, string[]>; ech?: 'refuse' | 'route-outer'; limits?: Parameters<typeof createEgressGateway>[0]['limits'] } = {}): Promise<Harness> {
   const hub = new EventHub();
   const decisions: EgressDecision[] = [];
   hub.subscribe((e) => { const parsed = ControlEvent.parse(e); if (parsed.type === 'egress.decision') decisions.push(parsed.decision); });
@@ -34,7 +34,7 @@ async function harness(allow: string[], opts: { allowPrivate?: string[]; answers
     if (!answer) throw new Error(`ENOTFOUND ${host}`);
     return answer;
   };
-  const gw = createEgressGateway({ policy: { allow, allowPrivate: opts.allowPrivate ?? ['127.0.0.0/8'] }, hub, sessionId: 'sess-1', resolver, limits: opts.limits });
+  const gw = createEgressGateway({ policy: { allow, allowPrivate: opts.allowPrivate ?? ['127.0.0.0/8'], ech: opts.ech }, hub, sessionId: 'sess-1', resolver, limits: opts.limits });
   const emulators: Array<{ close(): Promise<void> }> = [];
   return {
     gw, decisions, resolved,
@@ -237,7 +237,17 @@ describe('egress gateway with loopback servers', function () {
     assert.equal(h.decisions[1]!.allowed, true);
     h.gw.close();
     await exchange;
-    await Promise.all([h.close(), capture.close()]);
+    // With `ech: 'route-outer'` the same ECH hello is routed by its outer name and forwarded unchanged.
+    const h2 = await harness([`allowed.test:${capture.port}`], { ech: 'route-outer' });
+    const before = capture.received().length;
+    const exchange2 = rawExchange(await h2.emulator(capture.port), [captured]);
+    await until(() => capture.received().length >= before + captured.length);
+    assert.ok(capture.received().subarray(before).equals(captured));
+    assert.deepEqual([h2.decisions[0]!.allowed, h2.decisions[0]!.host], [true, 'allowed.test']);
+    assert.match(h2.decisions[0]!.reason, /ECH offered: routed by the outer name/);
+    h2.gw.close();
+    await exchange2;
+    await Promise.all([h.close(), h2.close(), capture.close()]);
   });
 
   it('malformed, oversized and ambiguous hellos are refused with nothing forwarded', async () => {

@@ -25,7 +25,9 @@ describe('egress configuration', () => {
 
   it('defaults to no egress at all', () => {
     const cfg = loadConfig({ home }, {});
-    assert.deepEqual(cfg.egress, { mode: 'none', allow: [], allowPrivate: [] });
+    assert.deepEqual(cfg.egress, { mode: 'none', allow: [], allowPrivate: [], ech: 'refuse' });
+    assert.equal(loadConfig({ home }, { PERIMETER_EGRESS_ECH: 'route-outer' }).egress.ech, 'route-outer');
+    assert.throws(() => loadConfig({ home }, { PERIMETER_EGRESS_ECH: 'maybe' }), /egress\.ech/);
   });
 
   it('a bad entry or CIDR fails when the gateway is built, naming it', () => {
