@@ -78,6 +78,21 @@ describe('Perimeter in the VS Code extension host', function () {
     assert.ok(rows.includes('/workspace/data') && rows.includes('/workspace/data/note.txt'), rows.join(', '));
   });
 
+  it('a running call\'s document follows its live output, then shows the full output', async () => {
+    const [session] = sessionNodes();
+    const isLive = (c: PerimeterNode) => labelOf(c).startsWith('bash: i=0; while');
+    await until(api, () => callNodes(session!).some(isLive));
+    const doc = await vscode.commands.executeCommand<vscode.TextDocument>('perimeter.openCall', callNodes(session!).find(isLive));
+    const changed = (pred: (text: string) => boolean) => new Promise<void>((resolve) => {
+      if (pred(doc.getText())) { resolve(); return; }
+      const sub = vscode.workspace.onDidChangeTextDocument((e) => { if (e.document === doc && pred(doc.getText())) { sub.dispose(); resolve(); } });
+    });
+    assert.match(doc.getText(), /follows the live output/, 'opened while the call runs');
+    await changed((t) => /tick-1/.test(t) && /follows the live output/.test(t));
+    await changed((t) => /tick-3\n/.test(t) && !/follows the live output/.test(t));
+    assert.match(doc.getText(), /state: {4}posted/);
+  });
+
   it('lists calls newest first and opens a call\'s input and output as a read-only document', async () => {
     const [session] = sessionNodes();
     await until(api, () => callNodes(session!).some((c) => labelOf(c).startsWith('bash: for i in') && api.model.findCall('local', c.toolUseId)!.finishedAt !== null));
