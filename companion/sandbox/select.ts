@@ -9,6 +9,7 @@ import { logger } from '../log';
 import type { DriverKind, DriverProbe, SandboxDriver } from './types';
 import { ProcessDriver, PROCESS_DRIVER_WARNING } from './process/driver';
 import { QemuDriver } from './qemu/driver';
+import { FirecrackerDriver } from './firecracker/driver';
 
 const log = logger('sandbox');
 
@@ -21,6 +22,7 @@ export type DriverFactory = (config: Config, hub: EventHub) => Promise<SandboxDr
  */
 const VM_DRIVERS: Array<{ kind: Exclude<DriverKind, 'process'>; create: DriverFactory }> = [
   { kind: 'qemu', create: (config) => new QemuDriver(config) },
+  { kind: 'firecracker', create: (config) => new FirecrackerDriver(config) },
 ];
 
 export interface DriverSelection {

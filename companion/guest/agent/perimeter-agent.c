@@ -4,7 +4,9 @@
  * Boot (as PID 1 from the initramfs): mount devtmpfs/proc/sysfs; mount the shared root image (agent.root=, default
  * /dev/vda) READ-ONLY as the lower layer of an overlay whose upper layer is a size-capped tmpfs (nothing per VM lives
  * on the host); switch root; mount cgroup2 and create the `call` cgroup (pids + memory limits for user commands);
- * protect itself (oom_score_adj -1000); find the virtio-serial port named agent.port= (default agent0); send HELLO.
+ * protect itself (oom_score_adj -1000); find the virtio-serial port named agent.port= (default agent0), or with
+ * agent.vsock=PORT (Firecracker) listen on that vsock port and serve each host connection in turn (Firecracker resets
+ * vsock connections at snapshot time, so the host reconnects after every restore); send HELLO.
  *
  * Wire format, both directions: [u8 type][u32 BE payload length][u32 BE request id][payload]; payloads are at most
  * MAX_PAYLOAD bytes. Larger messages travel as 'C' continuation frames (same id) followed by the final frame; the
@@ -28,6 +30,7 @@
 #include <ftw.h>
 #include <linux/random.h>
 #include <linux/sched.h>
+#include <linux/vm_sockets.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -555,6 +558,7 @@ static void handle_init(uint32_t id, rd_t *r) {
     uint32_t elen; const unsigned char *ent = r_bytes(r, &elen);
     uint32_t pids = r_u32(r); uint64_t mem = r_u64(r), disk = r_u64(r);
     if (r->bad || elen > 4096) { send_error(id, "EINVAL", "bad init request"); return; }
+    if (getpid() != 1) { send_message('r', id, NULL, 0); return; } /* host test mode: never touch the host's clock or pool */
     struct timespec ts = {(time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull)};
     if (ns) clock_settime(CLOCK_REALTIME, &ts);
     int fd = open("/dev/random", O_WRONLY | O_CLOEXEC);
@@ -742,6 +746,16 @@ static void dispatch_frame(char type, uint32_t id, const unsigned char *p, uint3
     }
 }
 
+/* Firecracker transport: a vsock listener; the channel is the current accepted connection */
+static int vsock_listen_fd = -1;
+static void vsock_accept(void) {
+    for (;;) {
+        int c = accept4(vsock_listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c >= 0) { port_fd = c; in_len = 0; return; }
+        if (errno != EINTR) sleep_ms(10);
+    }
+}
+
 /* returns 0 when the host side is disconnected (EOF) */
 static int read_port(void) {
     if (in_cap - in_len < 65536) {
@@ -891,8 +905,14 @@ int main(void) {
     char pname[64], dev[300];
     const char *test_fd = getpid() != 1 ? getenv("PERIMETER_AGENT_FD") : NULL; /* host-side protocol tests only */
     if (!cmdline_get("agent.port", pname, sizeof pname)) snprintf(pname, sizeof pname, "agent0");
+    char vport[16];
     if (test_fd) port_fd = atoi(test_fd);
-    else if (find_port(pname, dev, sizeof dev, 10000) < 0 || (port_fd = open(dev, O_RDWR | O_CLOEXEC)) < 0) {
+    else if (cmdline_get("agent.vsock", vport, sizeof vport)) {
+        struct sockaddr_vm va = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = (unsigned)atoi(vport)};
+        vsock_listen_fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (vsock_listen_fd < 0 || bind(vsock_listen_fd, (struct sockaddr *)&va, sizeof va) < 0 || listen(vsock_listen_fd, 4) < 0) for (;;) pause();
+        vsock_accept();
+    } else if (find_port(pname, dev, sizeof dev, 10000) < 0 || (port_fd = open(dev, O_RDWR | O_CLOEXEC)) < 0) {
         for (;;) pause(); /* no channel: nothing to serve; the host's boot timeout reports it */
     }
 
@@ -933,7 +953,10 @@ int main(void) {
         if (pf[i_sig].revents) { struct signalfd_siginfo si; while (read(sfd, &si, sizeof si) > 0) {} }
         reap();
         if (pf[i_port].revents & (POLLIN | POLLHUP | POLLERR)) {
-            if (!read_port()) sleep_ms(2); /* host not connected (e.g. between snapshot and restore) */
+            if (!read_port()) {
+                if (vsock_listen_fd >= 0) { close(port_fd); vsock_accept(); } /* the host reconnects after a restore */
+                else sleep_ms(2); /* virtio-serial: host not connected (e.g. between snapshot and restore) */
+            }
         }
         if (i_in >= 0 && ex.in_fd >= 0 && pf[i_in].revents) {
             ssize_t w = write(ex.in_fd, ex.stdin_data + ex.stdin_off, ex.stdin_len - ex.stdin_off);

@@ -1,4 +1,4 @@
-// Startup sweep of VMs a previous companion left behind (it was SIGKILLed, crashed, or the machine lost power).
+// Startup sweep of VMs (QEMU or Firecracker) a previous companion left behind (it was SIGKILLed, crashed, or the machine lost power).
 // Invariants: a run directory whose owner process is still alive (another live companion using the same home) is
 // left alone; a QEMU is killed only if its pidfile names a live process whose command line is a QEMU started with
 // that very run directory, so a recycled pid is never killed by mistake.
@@ -23,10 +23,12 @@ export function sweepOrphans(vmsDir: string): number {
     if (owner === process.pid) continue;
     const ownerCmd = owner ? cmdline(owner) : null;
     if (ownerCmd && /node|perimeter/.test(ownerCmd)) continue; // a live companion owns it
-    const qemu = readPid(path.join(dir, 'qemu.pid'));
-    const qemuCmd = qemu ? cmdline(qemu) : null;
-    if (qemu && qemuCmd && /qemu-system/.test(qemuCmd) && qemuCmd.includes(dir)) {
-      try { process.kill(qemu, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
+    for (const pidFile of ['qemu.pid', 'vmm.pid']) {
+      const vmm = readPid(path.join(dir, pidFile));
+      const vmmCmd = vmm ? cmdline(vmm) : null;
+      if (vmm && vmmCmd && /qemu-system|firecracker/.test(vmmCmd) && vmmCmd.includes(dir)) {
+        try { process.kill(vmm, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
+      }
     }
     rmSync(dir, { recursive: true, force: true });
   }
