@@ -1,6 +1,7 @@
-// Recreates, inside the guest, what putFiles cannot: empty directories and symlinks (whose targets are data from the
-// store and only ever exist in the guest). One fixed bash script reads NUL-separated records from stdin, so no
-// persisted name or target is ever parsed by a shell or placed on a command line.
+// Recreates, inside the guest, what putFiles cannot: empty directories, symlinks (whose targets are data from the
+// store and only ever exist in the guest), and files larger than one agent message (sent as parts, joined here).
+// Fixed bash scripts read NUL-separated records from stdin, so no persisted name or target is ever parsed by a shell
+// or placed on a command line.
 import type { GuestOps } from '../sandbox/types';
 import { logger } from '../log';
 
@@ -41,4 +42,29 @@ export async function materialise(sandbox: GuestOps, records: MaterialiseRecord[
     maxOutputBytes: 8192,
   });
   if (res.exitCode !== 0) log.warn(`copy-in: some directories or symlinks could not be recreated (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 500)}`);
+}
+
+/** Joins parts already placed in the guest into `target` (then removes them), applies mode and mtime, renames. */
+export const JOIN_SCRIPT = [
+  'P="${PERIMETER_GUEST_PREFIX:-}"',
+  'IFS= read -r -d "" t && IFS= read -r -d "" m && IFS= read -r -d "" s && IFS= read -r -d "" n || exit 2',
+  'tmp="$P$t.perimeter-join"',
+  ': > "$tmp" || exit 1',
+  'for ((i = 0; i < n; i++)); do IFS= read -r -d "" part || exit 2; cat -- "$P$part" >> "$tmp" && rm -f -- "$P$part" || exit 1; done',
+  'chmod -- "$m" "$tmp" || exit 1',
+  'touch -m -d "@$s" -- "$tmp" 2>/dev/null',
+  'mv -f -- "$tmp" "$P$t"',
+].join('\n');
+
+export async function joinParts(sandbox: GuestOps, target: string, mode: number, mtimeMs: number, parts: string[]): Promise<void> {
+  const fields = [target, mode.toString(8), (mtimeMs / 1000).toFixed(3), String(parts.length), ...parts];
+  const res = await sandbox.exec({
+    argv: ['/bin/bash', '--noprofile', '--norc', '-c', JOIN_SCRIPT],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+    cwd: '/',
+    stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
+    timeoutMs: TIMEOUT_MS,
+    maxOutputBytes: 8192,
+  });
+  if (res.exitCode !== 0) throw new Error(`could not assemble ${target} in the sandbox (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 300)}`);
 }

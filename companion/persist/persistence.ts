@@ -13,6 +13,7 @@
 //   mtime alone (touch) is not a change. Modes are normalised to 0644/0755; owners are not kept.
 // - Calls of one session are serialised around the store; concurrent calls merge by three-way diff against the
 //   generation each sandbox started from.
+import { createHash, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { GuestError, type GuestOps, type PutFile } from '../sandbox/types';
 import type { Config } from '../config';
@@ -23,19 +24,22 @@ import { logger } from '../log';
 import type { PersistState } from '../protocol/control';
 import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
 import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
-import { SessionStore, sha256 } from './store';
+import { type CommitTxn, SessionStore, sha256 } from './store';
 import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
 import { DEFAULT_SHELL, sameShell, sanitizeShell } from './shell';
 import { MemoryMirror } from './memory';
 import { type Admitted, Refusals, admitEntry } from './admit';
-import { materialise, type MaterialiseRecord } from './materialise';
+import { joinParts, materialise, type MaterialiseRecord } from './materialise';
 
 const log = logger('persist');
 
 /** Always carried, whatever the user's list says: the agent's skills and the memory-store mounts. */
 export const ALWAYS_PERSISTED = ['/workspace/skills', '/mnt/memory'] as const;
-/** Upper bounds of one getFiles/putFiles batch. */
+/** Upper bounds of one getFiles/putFiles batch (one guest-agent message holds at most 64 MiB). */
 const BATCH_BYTES = 32 * 1024 * 1024;
+/** Files above this size cross the boundary in chunks (readFile ranges out, parts joined in the guest in). */
+const LARGE_FILE = 16 * 1024 * 1024;
+const CHUNK_BYTES = 8 * 1024 * 1024;
 const BATCH_FILES = 1000;
 /** Files listed in a PersistState (events and the control API); `fileCount` says how many there are. */
 const STATE_FILES_LIMIT = 5000;
@@ -172,7 +176,7 @@ export class Persistence implements CallPersistence {
     try {
       const fetchProblems = new Refusals();
       let received = 0;
-      for (const batch of batches(toFetch)) {
+      for (const batch of batches(toFetch.filter((e) => e.size <= LARGE_FILE))) {
         const got = await this.fetchBatch(sandbox, batch, fetchProblems);
         for (const [entry, { data, hash }] of got) {
           received += data.length;
@@ -190,6 +194,19 @@ export class Persistence implements CallPersistence {
           await txn.addBlob(hash, data);
         }
         for (const entry of batch) if (!got.has(entry)) changes.delete(entry.path);
+      }
+      for (const entry of toFetch.filter((e) => e.size > LARGE_FILE)) {
+        received += entry.size;
+        if (received > maxBytes) {
+          await txn.abort();
+          return keep([`persist quota exceeded: more than ${formatBytes(maxBytes)} of changed files; nothing from this call was persisted and the previous state (generation ${current.generation}) is kept. Delete files or narrow the persisted paths.`]);
+        }
+        const hash = await this.fetchLarge(sandbox, entry, txn, fetchProblems);
+        if (hash === null) { changes.delete(entry.path); continue; }
+        if (entry.sha256 === null) {
+          const fetched: FileEntry = { type: 'file', path: entry.path, size: entry.size, mode: entry.mode, mtimeMs: entry.mtimeMs, sha256: hash };
+          if (!sameEntry(base.entries.get(entry.path), fetched)) changes.set(entry.path, fetched);
+        }
       }
       notes.push(...fetchProblems.notes('Not persisted (kept the previous version):'));
 
@@ -327,11 +344,56 @@ export class Persistence implements CallPersistence {
     return out;
   }
 
+  /** Copies one large file out in ranges, hashing on the host and streaming into staging; null when refused. */
+  private async fetchLarge(sandbox: GuestOps, entry: WalkedFile, txn: CommitTxn, problems: Refusals): Promise<string | null> {
+    const writer = await txn.openBlobWriter();
+    const digest = createHash('sha256');
+    let offset = 0;
+    try {
+      while (offset < entry.size) {
+        const want = Math.min(CHUNK_BYTES, entry.size - offset);
+        let got: { data: Buffer; size: number };
+        try { got = await sandbox.readFile(entry.path, { offset, length: want }); } catch (err) {
+          if (!(err instanceof GuestError)) throw err;
+          problems.add(entry.path, `could not be copied out (${err.code})`);
+          await writer.abort();
+          return null;
+        }
+        if (!Buffer.isBuffer(got?.data) || got.data.length === 0 || got.data.length > want || got.size !== entry.size) {
+          problems.add(entry.path, 'changed while being copied out');
+          await writer.abort();
+          return null;
+        }
+        digest.update(got.data);
+        await writer.write(got.data);
+        offset += got.data.length;
+      }
+      const hash = digest.digest('hex');
+      if (entry.sha256 !== null && hash !== entry.sha256) { problems.add(entry.path, 'changed while being copied out'); await writer.abort(); return null; }
+      await writer.finish(hash);
+      return hash;
+    } catch (err) {
+      await writer.abort().catch(() => {});
+      throw err;
+    }
+  }
+
   // ---- copy-in ---------------------------------------------------------------------------------------------------
 
   private async copyIn(store: SessionStore, sandbox: GuestOps, entries: ManifestEntry[]): Promise<void> {
     const files = entries.filter((e): e is FileEntry => e.type === 'file');
-    for (const batch of batches(files)) {
+    for (const f of files.filter((e) => e.size > LARGE_FILE)) {
+      // Larger than one agent message: placed as parts next to the target, joined in the guest.
+      const parts: string[] = [];
+      const tag = randomBytes(6).toString('hex');
+      for await (const chunk of store.readBlobChunks(f.sha256, CHUNK_BYTES)) {
+        const part = `${parentOf(f.path)}/.perimeter-part-${tag}-${parts.length}`;
+        await sandbox.putFiles([{ path: part, data: chunk, mode: 0o600 }], []);
+        parts.push(part);
+      }
+      await joinParts(sandbox, f.path, f.mode, f.mtimeMs, parts);
+    }
+    for (const batch of batches(files.filter((e) => e.size <= LARGE_FILE))) {
       const put: PutFile[] = [];
       for (const f of batch) put.push({ path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs });
       await sandbox.putFiles(put, []);

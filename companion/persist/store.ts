@@ -51,8 +51,15 @@ async function readNoFollow(file: string): Promise<Buffer> {
 }
 
 /** A commit in progress: blobs staged in a private directory, published by `finish`, discarded by `abort`. */
+export interface BlobWriter {
+  write(data: Buffer): Promise<void>;
+  finish(hash: string): Promise<void>;
+  abort(): Promise<void>;
+}
+
 export class CommitTxn {
   private readonly staged = new Map<string, string>();
+  private partials = 0;
   private done = false;
   constructor(private readonly store: SessionStore, readonly stagingDir: string) {}
 
@@ -63,6 +70,27 @@ export class CommitTxn {
     const file = path.join(this.stagingDir, hash);
     await writeExclusive(file, data);
     this.staged.set(hash, file);
+  }
+
+  /** Streams a large blob into staging; `finish(hash)` stages it under the hash the host computed while writing. */
+  async openBlobWriter(): Promise<BlobWriter> {
+    const file = path.join(this.stagingDir, `partial-${this.partials++}`);
+    const h = await fsp.open(file, CREATE_FLAGS, 0o600);
+    let closed = false;
+    const close = async () => { if (!closed) { closed = true; await h.close(); } };
+    return {
+      write: async (data) => { await h.write(data); },
+      finish: async (hash) => {
+        if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
+        await h.sync();
+        await close();
+        if (this.staged.has(hash) || await this.store.hasBlob(hash)) { await fsp.rm(file, { force: true }); return; }
+        const staged = path.join(this.stagingDir, hash);
+        await fsp.rename(file, staged);
+        this.staged.set(hash, staged);
+      },
+      abort: async () => { await close(); await fsp.rm(file, { force: true }); },
+    };
   }
 
   /** Publishes the staged blobs and `manifest` as the session's new CURRENT generation. */
@@ -122,6 +150,25 @@ export class SessionStore {
 
   async hasBlob(hash: string): Promise<boolean> {
     try { return (await fsp.lstat(this.blobPath(hash))).isFile(); } catch { return false; }
+  }
+
+  /** A blob's content in chunks of at most `chunkBytes`, verified against its name once fully read. */
+  async *readBlobChunks(hash: string, chunkBytes: number): AsyncGenerator<Buffer> {
+    if (!SHA256_HEX.test(hash)) throw fatal('persist_store_corrupt', `invalid blob hash ${hash}`);
+    const h = await fsp.open(this.blobPath(hash), C.O_RDONLY | C.O_NOFOLLOW);
+    try {
+      if (!(await h.stat()).isFile()) throw fatal('persist_store_corrupt', `blob ${hash} is not a regular file`);
+      const digest = createHash('sha256');
+      for (;;) {
+        const buf = Buffer.alloc(chunkBytes);
+        const { bytesRead } = await h.read(buf, 0, chunkBytes, null);
+        if (bytesRead === 0) break;
+        const chunk = buf.subarray(0, bytesRead);
+        digest.update(chunk);
+        yield chunk;
+      }
+      if (digest.digest('hex') !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
+    } finally { await h.close(); }
   }
 
   /** A blob's content, verified against its name (a damaged store is an error, not wrong data in a VM). */

@@ -76,6 +76,17 @@ describe('persist: tool calls with the process driver', function () {
     assert.equal(check.outcome.text.trim(), ['.', './keep', './keep/c', './keep/empty', './keep/link', './pkg', './pkg/sub', './pkg/sub/a.py', '../pkg/sub/a.py', 'a'].join('\n'));
   });
 
+  it('a file larger than one agent message (40 MB) is copied out in ranges and reassembled byte-identical', async () => {
+    const p = newPersistence(home);
+    const s = 'sesn_large';
+    const first = await runCall(sbx.driver, p, s, 'bash', { command: 'head -c 40000000 /dev/urandom > big.bin && chmod 755 big.bin && sha256sum big.bin | cut -c1-64' });
+    assert.deepEqual(first.report.notes, []);
+    const stored = (await p.state(s)).files.find((f) => f.path === '/workspace/big.bin');
+    assert.equal(stored?.sha256, first.outcome.text.trim());
+    const next = await runCall(sbx.driver, p, s, 'bash', { command: 'sha256sum big.bin | cut -c1-64; stat -c %a big.bin; ls -A | grep -c perimeter || true' });
+    assert.equal(next.outcome.text.trim(), `${first.outcome.text.trim()}\n755\n0`);
+  });
+
   it('quota: an over-quota call commits nothing, says so, and the previous generation stays', async () => {
     const p = newPersistence(home, { limits: { maxBytes: 1024 * 1024, maxFiles: 50 } });
     const s = 'sesn_quota';

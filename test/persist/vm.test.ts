@@ -62,6 +62,15 @@ describe('persist: real VMs', function () {
     assert.equal(gone.outcome.text.trim(), '0\nabsent');
   });
 
+  it('a 40 MB file crosses in ranges and parts and arrives byte-identical in the next VM', async () => {
+    const p = newPersistence(home);
+    const s = 'sesn_vm_large';
+    const first = await runCall(driver, p, s, 'bash', { command: 'head -c 40000000 /dev/urandom > big.bin && sha256sum big.bin | cut -c1-64', timeout_ms: 120_000 });
+    assert.deepEqual(first.report.notes, []);
+    const next = await runCall(driver, p, s, 'bash', { command: 'sha256sum big.bin | cut -c1-64; ls -A | grep -c perimeter || true', timeout_ms: 120_000 });
+    assert.equal(next.outcome.text.trim(), `${first.outcome.text.trim()}\n0`);
+  });
+
   it('cd and export carry over between calls in fresh VMs', async () => {
     const p = newPersistence(home);
     const s = 'sesn_vm_shell';
