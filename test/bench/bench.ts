@@ -1,0 +1,216 @@
+// `npm run bench [-- --json] [--only a,b] [--vms N] [--n N]`: measures the sandbox on this machine. Each section
+// returns a flat record of numbers/strings; `--json` prints one merged object (stdout) and nothing else there.
+// Extending: append a Section to SECTIONS (name, what it measures, run(ctx)); sections run in order, share the
+// context, and a failing section records `<name>Error` instead of aborting the run.
+// Method: medians over N runs, sequential (no parallel noise) unless the section measures concurrency; times are
+// wall clock from the host's side (performance.now) and include every host step a real call takes.
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { loadConfig, type Config } from '../../companion/config';
+import { EventHub } from '../../companion/events';
+import { Journal } from '../../companion/journal/journal';
+import { CallRunner } from '../../companion/tools/call-runner';
+import { ProcessDriver } from '../../companion/sandbox/process/driver';
+import { QemuDriver, type QemuSandbox } from '../../companion/sandbox/qemu/driver';
+import { QemuVm } from '../../companion/sandbox/qemu/vm';
+import { findTemplate, type Template } from '../../companion/sandbox/template/manifest';
+import type { SandboxDriver } from '../../companion/sandbox/types';
+import { setLogLevel } from '../../companion/log';
+
+export type Metrics = Record<string, number | string | boolean>;
+export interface BenchContext {
+  config: Config;
+  template: Template | null;
+  n: number;
+  vms: number;
+  tmp: string;
+  log(line: string): void;
+}
+export interface Section { name: string; about: string; needsVm: boolean; run(ctx: BenchContext): Promise<Metrics> }
+
+const now = () => performance.now();
+export function p50(values: number[]): number {
+  const s = [...values].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return Math.round((s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2) * 10) / 10;
+}
+const round1 = (x: number) => Math.round(x * 10) / 10;
+
+function memAvailableMiB(): number {
+  const m = readFileSync('/proc/meminfo', 'utf8').match(/^MemAvailable:\s+(\d+) kB/m);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+/** `echo hi` through the worker's tool path (CallRunner → driver.acquire → bash tool → destroy), per-call mode. */
+async function toolCallTimes(ctx: BenchContext, driver: SandboxDriver, n: number, beforeEach: () => Promise<void>): Promise<number[]> {
+  const journalDir = mkdtempSync(path.join(ctx.tmp, 'journal-'));
+  const runner = new CallRunner({ driver, journal: Journal.open(journalDir), hub: new EventHub(), mode: 'per-call', callTimeoutMs: 60_000 });
+  const session = runner.openSession(`bench-${driver.kind}`, 'work-bench');
+  const times: number[] = [];
+  for (let i = 0; i < n + 1; i++) {
+    await beforeEach();
+    const t0 = now();
+    const r = await session.run({ id: `toolu_bench_${driver.kind}_${i}`, name: 'bash', input: { command: 'echo hi' } });
+    const dt = now() - t0;
+    if (r.isError || r.text.trim() !== 'hi') throw new Error(`echo hi via ${driver.kind} returned ${JSON.stringify(r)}`);
+    if (i > 0) times.push(dt); // the first call warms caches on the host side
+  }
+  return times;
+}
+
+export const SECTIONS: Section[] = [
+  {
+    name: 'machine', about: 'host, QEMU and template facts', needsVm: false,
+    async run(ctx) {
+      const cpu = readFileSync('/proc/cpuinfo', 'utf8').match(/^model name\s*:\s*(.*)$/m)?.[1] ?? 'unknown';
+      let qemu = 'absent';
+      try { qemu = execFileSync(ctx.config.sandbox.qemuBinary, ['--version'], { encoding: 'utf8' }).split('\n')[0]!; } catch { /* absent */ }
+      return {
+        machine: `${cpu}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}`,
+        qemu,
+        accel: ctx.template?.manifest.accel ?? 'none',
+        template: ctx.template ? `${ctx.template.manifest.hash} (${ctx.template.manifest.kernel} kernel, ${ctx.template.manifest.memoryMiB} MiB)` : 'none',
+        loadAvg1: round1(os.loadavg()[0]!),
+      };
+    },
+  },
+  {
+    name: 'restore', about: 'snapshot restore → ready (ping + init) and → first `echo hi` answered, no pool', needsVm: true,
+    async run(ctx) {
+      const driver = new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 0 } }));
+      await driver.start();
+      const ready: number[] = [];
+      const first: number[] = [];
+      const next: number[] = [];
+      try {
+        for (let i = 0; i < ctx.n; i++) {
+          const t0 = now();
+          const s = await driver.restore();
+          ready.push(now() - t0);
+          const r = await s.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 30_000, maxOutputBytes: 1024 });
+          first.push(now() - t0);
+          const t1 = now();
+          await s.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 30_000, maxOutputBytes: 1024 });
+          next.push(now() - t1);
+          if (r.output.toString() !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(r.output.toString())}`);
+          await s.destroy();
+        }
+      } finally { await driver.close(); }
+      return { restoreReadyMsP50: p50(ready), restoreToReadyMsP50: p50(first), warmExecMsP50: p50(next), restoreRuns: ctx.n };
+    },
+  },
+  {
+    name: 'warmCall', about: 'warm-pool `echo hi` bash tool call end to end through the CallRunner (pool refilled between calls)', needsVm: true,
+    async run(ctx) {
+      const driver = new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 2 } }));
+      try {
+        const times = await toolCallTimes(ctx, driver, ctx.n, () => driver.warm(120_000));
+        return { warmCallMsP50: p50(times), warmCallRuns: times.length };
+      } finally { await driver.close(); }
+    },
+  },
+  {
+    name: 'processCall', about: 'the same `echo hi` tool call through the process driver (no isolation)', needsVm: false,
+    async run(ctx) {
+      const driver = new ProcessDriver({ baseDir: ctx.tmp });
+      try {
+        const times = await toolCallTimes(ctx, driver, ctx.n, async () => {});
+        return { processCallMsP50: p50(times) };
+      } finally { await driver.close(); }
+    },
+  },
+  {
+    name: 'coldBoot', about: 'cold boot of the template kernel + initramfs (no snapshot) → first `echo hi` answered', needsVm: true,
+    async run(ctx) {
+      const t = ctx.template!;
+      const times: number[] = [];
+      for (let i = 0; i < Math.min(3, ctx.n); i++) {
+        const memDir = mkdtempSync(path.join(ctx.tmp, 'cold-'));
+        const t0 = now();
+        const vm = await QemuVm.spawn(t.image, { binary: ctx.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: path.join(ctx.config.home, 'vms'), memFile: path.join(memDir, 'mem.bin'), role: 'template' }, () => {});
+        try {
+          await vm.agent.waitHello(60_000);
+          await vm.agent.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 30_000, maxOutputBytes: 1024 });
+          times.push(now() - t0);
+        } finally { await vm.kill(); rmSync(memDir, { recursive: true, force: true }); }
+      }
+      return { coldBootMs: p50(times) };
+    },
+  },
+  {
+    name: 'concurrency', about: 'K idle restored VMs at once: PSS per VM, host MemAvailable drop, `echo` in all of them in parallel', needsVm: true,
+    async run(ctx) {
+      const driver = new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 0 } }));
+      await driver.start();
+      const vms: QemuSandbox[] = [];
+      const before = memAvailableMiB();
+      try {
+        for (let i = 0; i < ctx.vms; i++) {
+          const s = await driver.restore();
+          await s.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 60_000, maxOutputBytes: 1024 });
+          vms.push(s);
+        }
+        await new Promise((r) => setTimeout(r, 2000)); // let them settle idle
+        const pss = vms.map((s) => s.vm.pssMiB() ?? NaN);
+        const t0 = now();
+        const outs = await Promise.all(vms.map((s) => s.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 120_000, maxOutputBytes: 1024 })));
+        const parallelMs = now() - t0;
+        if (outs.some((o) => o.output.toString() !== 'hi\n')) throw new Error('a VM answered wrongly');
+        return {
+          concurrentVms: vms.length,
+          idleVmPssMb: round1(p50(pss)),
+          totalPssMb: Math.round(pss.reduce((a, b) => a + b, 0)),
+          memAvailableDropMbPerVm: round1((before - memAvailableMiB()) / vms.length),
+          parallelEchoAllMs: Math.round(parallelMs),
+        };
+      } finally {
+        await Promise.all(vms.map((s) => s.destroy()));
+        await driver.close();
+      }
+    },
+  },
+];
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+async function main(): Promise<void> {
+  const json = process.argv.includes('--json');
+  setLogLevel('error');
+  const config = loadConfig({});
+  const tmp = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bench-'));
+  let template: Template | null = null;
+  try { template = findTemplate(config.home, config.sandbox.template); } catch { /* reported below */ }
+  const ctx: BenchContext = {
+    config, template, tmp,
+    n: Number(arg('--n') ?? 11),
+    vms: Number(arg('--vms') ?? 40),
+    log: (l) => { if (!json) process.stdout.write(`${l}\n`); else process.stderr.write(`${l}\n`); },
+  };
+  const only = arg('--only')?.split(',');
+  const result: Metrics = {};
+  try {
+    for (const s of SECTIONS) {
+      if (only && !only.includes(s.name)) continue;
+      if (s.needsVm && !template) { result[`${s.name}Skipped`] = 'no template (perimeter template build)'; continue; }
+      ctx.log(`bench: ${s.name}: ${s.about}`);
+      const t0 = now();
+      try {
+        const m = await s.run(ctx);
+        Object.assign(result, m);
+        ctx.log(`  ${Object.entries(m).map(([k, v]) => `${k}=${v}`).join(' ')}  (${Math.round((now() - t0) / 1000)} s)`);
+      } catch (err) {
+        result[`${s.name}Error`] = (err as Error).message;
+        ctx.log(`  FAILED: ${(err as Error).message}`);
+      }
+    }
+  } finally { rmSync(tmp, { recursive: true, force: true }); }
+  if (json) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  process.exit(Object.keys(result).some((k) => k.endsWith('Error')) ? 1 : 0);
+}
+
+if (require.main === module) void main();
