@@ -61,6 +61,8 @@ export function hostTscKhz(): number | null {
   } catch { return null; }
 }
 
+/** TCG translation-block cache per VM in MiB (QEMU's default is far larger and dominates an idle VM's memory). */
+export const TCG_TB_MIB = Number(process.env.PERIMETER_TCG_TB_MIB ?? 32);
 /** Bumped whenever qemuArgs changes in a way that makes older snapshots unusable (part of the template hash). */
 export const VM_RECIPE = 2;
 // Note: `pic=off` is deliberately absent: without the legacy PIC the PIT's IRQ 0 cannot be registered, the LAPIC
@@ -73,7 +75,7 @@ export function qemuArgs(image: VmImage, o: VmOptions, dir: string, incoming: bo
     ? `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=on`
     : `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=off`;
   const args = [
-    '-M', machine, '-accel', o.accel, '-cpu', o.accel === 'kvm' ? 'host' : 'max',
+    '-M', machine, '-accel', o.accel === 'tcg' ? `tcg,tb-size=${TCG_TB_MIB}` : o.accel, '-cpu', o.accel === 'kvm' ? 'host' : 'max',
     '-m', String(image.memoryMiB), '-smp', String(image.vcpus),
     '-object', mem,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot', '-display', 'none',
