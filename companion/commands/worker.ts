@@ -15,7 +15,7 @@ const log = logger('cli');
 
 const USAGE = `usage: perimeter worker [--environment-id ID] [--key-file FILE | --key-stdin] [--base-url URL]
                         [--home DIR] [--concurrency N] [--driver auto|qemu|firecracker|process]
-                        [--mode per-call|per-session] [--max-idle-ms MS] [--no-control]
+                        [--mode per-call|per-session] [--max-idle-ms MS] [--drain-timeout-ms MS] [--no-control]
        perimeter worker --local [--scenario FILE] [...]
 The environment key comes from --key-file (mode 0600), --key-stdin or ANTHROPIC_ENVIRONMENT_KEY.
 ANTHROPIC_API_KEY must not be set.`;
@@ -31,6 +31,7 @@ export const workerCommand: Command = {
       'key-stdin': { type: 'boolean' },
       'base-url': { type: 'string' },
       'max-idle-ms': { type: 'string' },
+      'drain-timeout-ms': { type: 'string' },
       'worker-id': { type: 'string' },
       'no-control': { type: 'boolean' },
       local: { type: 'boolean' },
@@ -64,7 +65,8 @@ export const workerCommand: Command = {
       environmentKey = await loadEnvironmentKey({ keyFile: values['key-file'], keyStdin: values['key-stdin'] });
     }
     const maxIdleMs = intFlag('max-idle-ms', values['max-idle-ms']);
-    const runtime = await assembleRuntime({ config, environmentId, environmentKey, baseUrl, maxIdleMs });
+    const drainTimeoutMs = intFlag('drain-timeout-ms', values['drain-timeout-ms']);
+    const runtime = await assembleRuntime({ config, environmentId, environmentKey, baseUrl, maxIdleMs, drainTimeoutMs });
     let signals = 0;
     const onSignal = (sig: NodeJS.Signals) => {
       signals++;

@@ -28,11 +28,13 @@ export interface DevQueueFaults {
   status429Every?: number;
   /** Every Nth API request gets a 5xx (cycling 500, 502, 503, 529). */
   status5xxEvery?: number;
-  /** Every Nth GET gets a 200 with a truncated JSON body. */
+  /** Every Nth GET of `malformedRoutes` gets a 200 with a truncated JSON body. */
   malformedEvery?: number;
+  /** Routes whose GETs may be malformed (default: work.poll and events.list, whose failures the SDK retries). */
+  malformedRoutes?: string[];
   /** retry-after-ms sent with 429s (default 200; `retry-after` in whole seconds is sent too). */
   retryAfterMs?: number;
-  /** Close each SSE stream after it delivered this many events. */
+  /** Close each SSE stream (server side, after flushing) once it delivered this many events. */
   dropStreamAfterEvents?: number;
   /** Routes faults apply to (default: all). */
   routes?: string[];
@@ -257,7 +259,7 @@ export class DevQueue {
       res.write(frame);
       const sent = ((res as unknown as { sentEvents?: number }).sentEvents ?? 0) + 1;
       (res as unknown as { sentEvents?: number }).sentEvents = sent;
-      if (this.faults.dropStreamAfterEvents && sent >= this.faults.dropStreamAfterEvents) { s.subscribers.delete(res); res.destroy(); }
+      if (this.faults.dropStreamAfterEvents && sent >= this.faults.dropStreamAfterEvents) { s.subscribers.delete(res); res.end(); }
     }
     this.changed.emit('change');
     return ev;
@@ -393,7 +395,7 @@ export class DevQueue {
       const status = [500, 502, 503, 529][Math.floor(n / f.status5xxEvery) % 4]!;
       return { status, send: (res) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify({ type: 'error', error: { type: status === 529 ? 'overloaded_error' : 'api_error', message: 'injected server error' } })); } };
     }
-    if (f.malformedEvery && method === 'GET' && route !== 'events.stream' && this.getCount % f.malformedEvery === 0) {
+    if (f.malformedEvery && method === 'GET' && (f.malformedRoutes ?? ['work.poll', 'events.list']).includes(route) && this.getCount % f.malformedEvery === 0) {
       return { status: 200, send: (res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"type": "work", "id": '); } };
     }
     return null;

@@ -24,6 +24,7 @@ export interface RuntimeOptions {
   control?: boolean;
   maxIdleMs?: number;
   drainTimeoutMs?: number;
+  stallCheckMs?: number;
   /** Run without persisted files (shell state still carries over within the process). */
   persistence?: boolean;
 }
@@ -57,7 +58,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const worker = new Worker({
     config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub,
     driver: selection.driver, driverProbe: selection.probe, journal, persistence, egressFor,
-    maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs,
+    maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
   });
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {

@@ -27,6 +27,7 @@ import type { CallPersistence } from '../persist/types';
 import type { DriverProbe, EgressAttachment, SandboxDriver } from '../sandbox/types';
 import { CallRunner, type SessionCalls } from '../tools/call-runner';
 import { sessionTools } from '../tools/runnable';
+import { TOOL_NAMES } from '../tools/schemas';
 import { logger, registerSecret } from '../log';
 import { errorMessage } from '../errors';
 import { VERSION } from '../version';
@@ -36,6 +37,7 @@ const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 const POST_GRACE_MS = 5_000;
 const SUPERSEDE_WAIT_MS = 35_000;
 const FACTS_INTERVAL_MS = 10_000;
+const DEFAULT_STALL_CHECK_MS = 15_000;
 
 export interface WorkerOptions {
   config: Config;
@@ -53,6 +55,11 @@ export interface WorkerOptions {
   drainTimeoutMs?: number;
   /** SDK client retries per request (429/5xx/connection errors, honouring retry-after). */
   maxRetries?: number;
+  /**
+   * How often to check each session for calls of ours that the SDK has not dispatched (e.g. its history reconcile
+   * failed and the stream stayed quiet); such a session's event stream is cut so the SDK reconnects and reconciles.
+   */
+  stallCheckMs?: number;
   /** Called by shutdown() after draining. */
   onExit?: (code: number) => void;
 }
@@ -74,6 +81,8 @@ export class Worker implements WorkerControl {
   private readonly sessions = new Map<string, SessionHandle>();
   private readonly handles = new Set<SessionHandle>();
   private readonly workToSession = new Map<string, string>();
+  /** Live event-stream requests per session, so the stall watchdog can cut them. */
+  private readonly streams = new Map<string, Map<AbortController, number>>();
   private slotWaiters: Array<() => void> = [];
   private readonly client: Anthropic;
   private readonly calls: CallRunner;
@@ -226,6 +235,7 @@ export class Worker implements WorkerControl {
     hub.publish({ type: 'session.claimed', session: journal.sessionSummary(s) });
     const workdir = path.join(config.home, 'work', `${h.sessionId}-${randomUUID().slice(0, 8)}`);
     let lastError: string | null = null;
+    let watchdog: NodeJS.Timeout | null = null;
     try {
       await fs.mkdir(workdir, { recursive: true, mode: 0o700 });
       h.calls = this.calls.openSession(h.sessionId, h.workId, { skillsDir: path.join(workdir, 'skills') });
@@ -237,11 +247,13 @@ export class Worker implements WorkerControl {
         ...(this.opts.maxIdleMs !== undefined ? { maxIdleMs: this.opts.maxIdleMs } : {}),
       });
       journal.updateSession(h.sessionId, { state: 'running' });
+      watchdog = this.startStallWatchdog(h);
       await ew.handleItem({ workId: h.workId, environmentId: work.environment_id, sessionId: h.sessionId, workSecret: work.secret ?? '', signal: h.ctrl.signal });
     } catch (err) {
       lastError = errorMessage(err);
       log.error(`session ${h.sessionId} (work ${h.workId}) failed: ${lastError}`);
     } finally {
+      if (watchdog) clearInterval(watchdog);
       await h.calls?.close();
       await fs.rm(workdir, { recursive: true, force: true }).catch(() => {});
       try {
@@ -249,6 +261,47 @@ export class Worker implements WorkerControl {
         hub.publish({ type: 'session.ended', session: journal.sessionSummary(ended) });
       } catch (err) { log.error(`cannot journal the end of session ${h.sessionId}: ${errorMessage(err)}`); }
     }
+  }
+
+  // ---- stall watchdog ------------------------------------------------------------------------------------------------
+
+  private startStallWatchdog(h: SessionHandle): NodeJS.Timeout {
+    const every = this.opts.stallCheckMs ?? DEFAULT_STALL_CHECK_MS;
+    let checking = false;
+    const t = setInterval(() => {
+      if (checking || h.ctrl.signal.aborted) return;
+      checking = true;
+      void this.stalledCalls(h.sessionId, every).then((ids) => {
+        if (ids.length === 0 || h.ctrl.signal.aborted) return;
+        log.warn(`session ${h.sessionId}: ${ids.length} call(s) of ours not dispatched yet (${ids.join(', ')}); making the SDK reconnect and reconcile`);
+        // Cut only streams that had a full period to reconcile; a fresh one is still reconciling (or backing off).
+        for (const [c, openedAt] of this.streams.get(h.sessionId) ?? []) if (Date.now() - openedAt >= every) c.abort(new Error('stall watchdog'));
+      }).catch((err) => log.debug(`stall check for ${h.sessionId} failed: ${errorMessage(err)}`)).finally(() => { checking = false; });
+    }, every);
+    t.unref();
+    return t;
+  }
+
+  /** Our tool calls that the server still waits for, that we have neither run nor are running, older than `minAgeMs`. */
+  private async stalledCalls(sessionId: string, minAgeMs: number): Promise<string[]> {
+    const uses = new Map<string, { at: number; permission?: string }>();
+    const answered = new Set<string>();
+    const verdicts = new Map<string, string>();
+    for await (const ev of this.client.beta.sessions.events.list(sessionId, { limit: 1000 })) {
+      if (ev.type === 'agent.tool_use' && OWN_TOOLS.has(ev.name)) uses.set(ev.id, { at: Date.parse(ev.processed_at ?? '') || Date.now(), permission: ev.evaluated_permission ?? undefined });
+      else if (ev.type === 'user.tool_result') answered.add(ev.tool_use_id);
+      else if (ev.type === 'user.tool_confirmation') verdicts.set(ev.tool_use_id, ev.result);
+    }
+    const now = Date.now();
+    const out: string[] = [];
+    for (const [id, u] of uses) {
+      if (answered.has(id) || now - u.at < minAgeMs) continue;
+      if (u.permission === 'deny' || (u.permission && u.permission !== 'allow' && verdicts.get(id) !== 'allow')) continue;
+      const c = this.opts.journal.getCall(id);
+      if (c && (c.state === 'running' || c.state === 'waiting_confirmation' || (c.finishedAt !== null && now - c.finishedAt < minAgeMs))) continue;
+      out.push(id);
+    }
+    return out;
   }
 
   // ---- drain -----------------------------------------------------------------------------------------------------
@@ -293,6 +346,20 @@ export class Worker implements WorkerControl {
 
   /** Wraps fetch to learn what the SDK did: results posted (-> journal `posted`) and leases lost (412). */
   private readonly observedFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
+    if (stream && (init?.method ?? 'GET') === 'GET') {
+      // Keep a handle on the SSE request so the stall watchdog can cut it (the SDK then reconnects and reconciles).
+      const sessionId = decodeURIComponent(stream[1]!);
+      const cut = new AbortController();
+      const outer = init?.signal;
+      if (outer) { if (outer.aborted) cut.abort(outer.reason); else outer.addEventListener('abort', () => cut.abort(outer.reason), { once: true }); }
+      const set = this.streams.get(sessionId) ?? new Map<AbortController, number>();
+      set.set(cut, Date.now());
+      this.streams.set(sessionId, set);
+      cut.signal.addEventListener('abort', () => set.delete(cut), { once: true });
+      return fetch(input, { ...init, signal: cut.signal });
+    }
     const res = await fetch(input, init);
     try { this.observe(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, init?.method ?? 'GET', init?.body, res.status); } catch (err) {
       log.debug(`wire observer: ${errorMessage(err)}`);
@@ -326,5 +393,7 @@ export class Worker implements WorkerControl {
     }
   }
 }
+
+const OWN_TOOLS: ReadonlySet<string> = new Set(TOOL_NAMES);
 
 function sleep(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }

@@ -130,6 +130,8 @@ export class SessionCalls {
       log.error(`could not journal the result of ${toolUse.id}: ${errorMessage(err)}`);
     }
     this.publishCall('call.finished', entry);
+    // Fault injection for the crash-recovery tests: die right after the result became durable, before it is posted.
+    if (process.env.PERIMETER_FAULT_KILL_AFTER_RESULT && process.env.PERIMETER_FAULT_KILL_AFTER_RESULT === toolUse.name) process.kill(process.pid, 'SIGKILL');
     const s = journal.getSession(this.sessionId);
     if (s) hub.publish({ type: 'session.updated', session: journal.sessionSummary(s) });
     return { text, isError: outcome.isError };

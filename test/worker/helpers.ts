@@ -1,0 +1,69 @@
+// Shared fixtures for the worker suite: a dev queue on loopback, scenarios, an in-process runtime on the process
+// driver, and the built CLI (dist/perimeter.js) as a child process for crash/signal tests.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DevQueue, type DevQueueOptions } from '../../companion/devqueue/server';
+import { parseScenario, type Scenario } from '../../companion/devqueue/scenario';
+import { loadConfig } from '../../companion/config';
+import { assembleRuntime, type Runtime } from '../../companion/queue/assemble';
+import { setStderrLogging } from '../../companion/log';
+
+export const ROOT = path.resolve(__dirname, '..', '..');
+export const CLI = path.join(ROOT, 'dist', 'perimeter.js');
+
+export function tmpDir(prefix = 'perimeter-test-'): string { return mkdtempSync(path.join(os.tmpdir(), prefix)); }
+export function rmDir(dir: string): void { rmSync(dir, { recursive: true, force: true }); }
+
+export function scenario(steps: unknown[], extra: Record<string, unknown> = {}): Scenario {
+  return parseScenario({ name: 'test', steps, ...extra });
+}
+
+export async function startDevQueue(opts: DevQueueOptions = {}): Promise<DevQueue> {
+  const dq = new DevQueue({ unansweredWaitMs: 800, ...opts });
+  await dq.start();
+  return dq;
+}
+
+export interface RuntimeFixture { runtime: Runtime; running: Promise<number>; home: string; stop(): Promise<number> }
+
+/** A worker runtime in this process, on the process driver, pointed at `dq`. */
+export async function startRuntime(dq: DevQueue, o: { home?: string; concurrency?: number; mode?: 'per-call' | 'per-session'; maxIdleMs?: number; drainTimeoutMs?: number } = {}): Promise<RuntimeFixture> {
+  setStderrLogging(process.env.PERIMETER_TEST_LOGS === '1');
+  const home = o.home ?? tmpDir('perimeter-home-');
+  const config = loadConfig({ home, concurrency: o.concurrency ?? 4, sandbox: { driver: 'process', mode: o.mode ?? 'per-call' }, control: { enabled: false } }, {});
+  const runtime = await assembleRuntime({ config, environmentId: dq.environmentId, environmentKey: dq.environmentKey, baseUrl: dq.baseUrl, control: false, maxIdleMs: o.maxIdleMs ?? 800, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: 2000 });
+  const running = runtime.run();
+  return { runtime, running, home, stop: async () => { await runtime.worker.drain(); return running; } };
+}
+
+export interface Child { proc: ChildProcess; stderr: () => string; stdout: () => string; exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> }
+
+/** Runs the built CLI. `env` replaces the environment (plus PATH and HOME), so nothing leaks in by accident. */
+export function runCli(args: string[], env: Record<string, string> = {}, stdin?: string): Child {
+  if (!existsSync(CLI)) throw new Error(`${CLI} is missing: build first (node scripts/build.mjs)`);
+  const proc = spawn(process.execPath, [CLI, ...args], {
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/root', ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  proc.stdout!.on('data', (d) => { out += d; });
+  proc.stderr!.on('data', (d) => { err += d; if (process.env.PERIMETER_TEST_LOGS === '1') process.stderr.write(d); });
+  if (stdin !== undefined) proc.stdin!.end(stdin); else proc.stdin!.end();
+  const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  return { proc, stderr: () => err, stdout: () => out, exit };
+}
+
+export function workerArgs(dq: DevQueue, home: string, extra: string[] = []): string[] {
+  return ['worker', '--home', home, '--base-url', dq.baseUrl, '--environment-id', dq.environmentId, '--driver', 'process', '--no-control', '--max-idle-ms', '800', ...extra];
+}
+
+/** Every tool_use_id answered exactly once (the oracle for "no result lost, none duplicated"). */
+export function answeredOnce(dq: DevQueue, toolUseIds: string[]): { missing: string[]; duplicated: string[] } {
+  return {
+    missing: toolUseIds.filter((id) => !dq.results.has(id)),
+    duplicated: toolUseIds.filter((id) => (dq.results.get(id)?.length ?? 0) > 1),
+  };
+}

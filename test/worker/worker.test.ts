@@ -1,0 +1,109 @@
+// The worker end to end, in this process, on the process driver, against the dev queue: the bundled scenario,
+// concurrency, lease loss (412), an item already stopped (409), a fault storm and SSE drops.
+import assert from 'node:assert/strict';
+import { readFileSync, existsSync } from 'node:fs';
+import Anthropic from '@anthropic-ai/sdk';
+import type { DevQueue } from '../../companion/devqueue/server';
+import { parseScenario } from '../../companion/devqueue/scenario';
+import demo from '../../companion/devqueue/scenarios/demo.json';
+import { answeredOnce, rmDir, scenario, startDevQueue, startRuntime, tmpDir } from './helpers';
+
+function lines(file: string): string[] { return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean) : []; }
+
+describe('worker end to end (process driver)', () => {
+  let dq: DevQueue;
+  const dirs: string[] = [];
+  const tmp = () => { const d = tmpDir(); dirs.push(d); return d; };
+  afterEach(async () => { await dq?.close(); for (const d of dirs.splice(0)) rmDir(d); });
+
+  it('plays the bundled demo scenario: every call answered once and as expected, item released', async () => {
+    dq = await startDevQueue();
+    const rt = await startRuntime(dq, { home: tmp() });
+    const sid = dq.createSession(parseScenario(demo));
+    await dq.waitFor(() => dq.report(sid).finished, 90_000, 'scenario');
+    await dq.waitFor(() => dq.workItems().every((w) => w.state === 'stopped'), 20_000, 'release');
+    assert.equal(await rt.stop(), 0);
+    const rep = dq.report(sid);
+    const failed = rep.steps.filter((s) => s.status !== 'passed');
+    assert.deepEqual(failed.map((s) => `${s.label}: ${s.reason}`), []);
+    const answered = rep.steps.filter((s) => s.reason === null).map((s) => s.toolUseId!);
+    assert.deepEqual(answeredOnce(dq, answered), { missing: [], duplicated: [] });
+    // The journal knows every executed call as posted.
+    const calls = rt.runtime.journal.listCalls(sid, { limit: 100 }).items;
+    assert.equal(calls.length, answered.length);
+    assert.ok(calls.every((c) => c.state === 'posted'), calls.map((c) => `${c.name}:${c.state}`).join(' '));
+    assert.ok(dq.stops.some((s) => s.force && s.status === 204), 'the item was force-stopped');
+  });
+
+  it('serves at most --concurrency sessions at once and all of them complete', async () => {
+    dq = await startDevQueue();
+    const marks = tmp();
+    const rt = await startRuntime(dq, { home: tmp(), concurrency: 2 });
+    const sids = [0, 1, 2, 3].map((i) => dq.createSession(scenario([
+      { tool: 'bash', input: { command: `echo start-${i} >> ${marks}/log; sleep 1; echo end-${i} >> ${marks}/log; echo done-${i}` }, expectIncludes: [`done-${i}`] },
+    ])));
+    await dq.waitFor(() => sids.every((s) => dq.report(s).finished), 90_000, 'all sessions');
+    assert.equal(await rt.stop(), 0);
+    let running = 0;
+    let peak = 0;
+    for (const l of lines(`${marks}/log`)) { running += l.startsWith('start') ? 1 : -1; peak = Math.max(peak, running); }
+    assert.ok(peak <= 2, `at most 2 sessions ran calls at once (saw ${peak})`);
+    for (const s of sids) assert.equal(dq.report(s).steps[0]!.status, 'passed');
+  });
+
+  it('lease lost (412): the call is stopped, no result is posted, the item is not stopped by this worker', async () => {
+    dq = await startDevQueue({ leaseTtlSeconds: 2 });
+    const marks = tmp();
+    const rt = await startRuntime(dq, { home: tmp() });
+    const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: `echo started > ${marks}/s; sleep 20; echo too-late` } }]));
+    await dq.waitFor(() => existsSync(`${marks}/s`), 30_000, 'the call to start');
+    const workId = dq.workItems().find((w) => w.dataId === sid)!.id;
+    dq.stealLease(workId);
+    await dq.waitFor(() => rt.runtime.worker.activeSessions().length === 0, 30_000, 'the worker to let go of the session');
+    const toolUseId = dq.report(sid).steps[0]!.toolUseId!;
+    assert.equal(dq.results.has(toolUseId), false, 'no result posted after the lease was lost');
+    assert.equal(dq.stops.filter((s) => s.workId === workId).length, 0, 'the item was not stopped by the worker');
+    const session = rt.runtime.journal.listSessions({ limit: 10 }).items.find((s) => s.sessionId === sid)!;
+    assert.equal(session.state, 'lost');
+    assert.equal(await rt.stop(), 0);
+  });
+
+  it('an item stopped elsewhere: stop answers 409, which counts as success', async () => {
+    dq = await startDevQueue({ leaseTtlSeconds: 2 });
+    const rt = await startRuntime(dq, { home: tmp(), maxIdleMs: 60_000 });
+    const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: 'echo hi' }, expectIncludes: ['hi'] }]));
+    await dq.waitFor(() => dq.report(sid).finished, 30_000, 'scenario');
+    const workId = dq.workItems().find((w) => w.dataId === sid)!.id;
+    const ops = new Anthropic({ apiKey: null, authToken: dq.environmentKey, baseURL: dq.baseUrl });
+    await ops.beta.environments.work.stop(workId, { environment_id: dq.environmentId, force: true });
+    await dq.waitFor(() => rt.runtime.worker.activeSessions().length === 0, 30_000, 'the worker to release the session');
+    assert.ok(dq.stops.some((s) => s.workId === workId && s.status === 409), 'the worker\'s own stop got a 409');
+    const session = rt.runtime.journal.listSessions({ limit: 10 }).items.find((s) => s.sessionId === sid)!;
+    assert.equal(session.state, 'ended');
+    assert.equal(session.lastError, null);
+    assert.equal(await rt.stop(), 0);
+  });
+
+  it('a fault storm (429s, 5xx, malformed JSON, SSE drops): no result lost, none duplicated, no call run twice', async function () {
+    this.timeout(240_000);
+    dq = await startDevQueue({ faults: { status429Every: 7, status5xxEvery: 5, malformedEvery: 5, retryAfterMs: 20, dropStreamAfterEvents: 3 } });
+    const marks = tmp();
+    const rt = await startRuntime(dq, { home: tmp() });
+    const steps = Array.from({ length: 18 }, (_, i) => (i % 3 === 0
+      ? { tool: 'bash', input: { command: `echo ${i} >> ${marks}/exec; echo out-${i}` }, expectIncludes: [`out-${i}`] }
+      : i % 3 === 1 ? { tool: 'write', input: { file_path: `f${i}.txt`, content: `c${i}` }, expectIncludes: ['wrote'] }
+        : { tool: 'glob', input: { pattern: '*.txt' }, expectIncludes: [`f${i - 1}.txt`] }));
+    const sid = dq.createSession(scenario(steps));
+    await dq.waitFor(() => dq.report(sid).finished, 200_000, 'scenario under faults');
+    assert.equal(await rt.stop(), 0);
+    const rep = dq.report(sid);
+    assert.deepEqual(rep.steps.filter((s) => s.status !== 'passed').map((s) => `${s.label}: ${s.reason}`), []);
+    assert.deepEqual(answeredOnce(dq, rep.steps.map((s) => s.toolUseId!)), { missing: [], duplicated: [] });
+    const execs = lines(`${marks}/exec`);
+    assert.deepEqual(execs, [...new Set(execs)], 'no bash call executed twice');
+    assert.equal(execs.length, 6);
+    const faults = dq.requests.filter((r) => r.status === 429 || r.status >= 500).length;
+    assert.ok(faults >= 15, `the storm injected faults (${faults})`);
+    assert.ok(dq.requests.some((r) => r.route === 'events.stream' && r.status === 200) , 'streams were opened');
+  });
+});
