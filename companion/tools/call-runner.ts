@@ -69,10 +69,12 @@ export class SessionCalls {
   private sessionSandboxPrepared = false;
   private readonly running = new Map<string, { sandbox: Sandbox | null; abort: (reason: string) => void }>();
   private refuseReason: string | null = null;
+  /** Calls between dispatch and a durable result (running or being journaled). */
+  private active = 0;
 
   constructor(private readonly runner: CallRunner, readonly sessionId: string, readonly workId: string, private readonly opts: SessionCallOptions) {}
 
-  get inFlightCount(): number { return this.running.size; }
+  get inFlightCount(): number { return this.active; }
 
   /** From now on, new calls are answered with an error instead of running (drain). */
   refuseNew(reason: string): void { this.refuseReason = reason; }
@@ -96,7 +98,8 @@ export class SessionCalls {
         return { text: existing.result || NO_OUTPUT, isError: existing.isError ?? false };
       }
     }
-    const p = this.execute(toolUse, signal ?? undefined);
+    this.active++;
+    const p = this.execute(toolUse, signal ?? undefined).finally(() => { this.active--; });
     this.runner.trackInFlight(toolUse.id, p);
     return p;
   }
