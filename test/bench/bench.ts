@@ -112,6 +112,25 @@ export const SECTIONS: Section[] = [
     },
   },
   {
+    name: 'warmSandbox', about: 'the sandbox layer alone: take a pooled VM, `bash -c "echo hi"`, destroy (no tool script)', needsVm: true,
+    async run(ctx) {
+      const driver = new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 2 } }));
+      const times: number[] = [];
+      try {
+        for (let i = 0; i < ctx.n; i++) {
+          await driver.warm(120_000);
+          const t0 = now();
+          const s = await driver.acquire({ sessionId: 'bench' });
+          const r = await s.exec({ argv: ['/bin/bash', '--noprofile', '--norc', '-c', 'echo hi'], timeoutMs: 30_000, maxOutputBytes: 1024 });
+          await s.destroy();
+          times.push(now() - t0);
+          if (r.output.toString() !== 'hi\n') throw new Error('unexpected output');
+        }
+      } finally { await driver.close(); }
+      return { warmSandboxEchoMsP50: p50(times) };
+    },
+  },
+  {
     name: 'processCall', about: 'the same `echo hi` tool call through the process driver (no isolation)', needsVm: false,
     async run(ctx) {
       const driver = new ProcessDriver({ baseDir: ctx.tmp });
