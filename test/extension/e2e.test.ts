@@ -2,9 +2,10 @@
 // playwright-core the way a user clicks: open the Perimeter panel, run "Perimeter: Try Locally" from the command
 // palette, watch the session and its calls appear, add a persisted path through the input box, open a call's output
 // document, stop the worker. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
-// driver. Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
+// driver; the extension is installed from the packaged .vsix (PERIMETER_E2E_MODE=dev loads the source folder).
+// Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,12 +52,20 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     });
     profileRoot = profile.root;
     writeFileSync(path.join(profile.workspace, 'README.md'), '# e2e workspace\n');
+    // Default: install the packaged .vsix into a fresh extensions directory, as a user would (PERIMETER_E2E_MODE=dev
+    // loads the source folder through the workbench URL payload instead).
+    const fromVsix = process.env.PERIMETER_E2E_MODE !== 'dev';
+    if (fromVsix) {
+      const vsix = path.join(profile.root, 'perimeter.vsix');
+      execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '-o', vsix], { cwd: root, stdio: 'pipe' });
+      cs.installVsix(profile, vsix);
+    }
     server = await cs.startCodeServer(profile, { env: { ANTHROPIC_BASE_URL: queue.baseUrl } });
     browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
     page = browser.page;
     page.setDefaultTimeout(45_000);
     const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${root}`]];
-    await page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}&payload=${encodeURIComponent(JSON.stringify(payload))}`);
+    await page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}${fromVsix ? '' : `&payload=${encodeURIComponent(JSON.stringify(payload))}`}`);
     await page.locator('.monaco-workbench .part.activitybar').waitFor();
   });
 
@@ -81,9 +90,13 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
   const sidebarRow = (text: string) => page.locator('.part.sidebar .monaco-list-row', { hasText: text });
 
   async function palette(title: string): Promise<void> {
-    await page.keyboard.press('F1');
     const input = page.locator('.quick-input-widget .quick-input-box input');
-    await input.waitFor({ state: 'visible' });
+    // F1 opens the palette wherever focus is; if a view swallowed it, the standard chord does.
+    await page.keyboard.press('F1');
+    try { await input.waitFor({ state: 'visible', timeout: 5000 }); } catch {
+      await page.keyboard.press('Control+Shift+P');
+      await input.waitFor({ state: 'visible' });
+    }
     await input.fill('>' + title);
     await page.locator('.quick-input-widget .quick-input-list .monaco-list-row', { hasText: title }).first().waitFor();
     await page.keyboard.press('Enter');
@@ -169,5 +182,13 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     assert.ok(settings.includes(queue.environmentId) && !settings.includes(queue.key), 'the ID is a setting, the key is not');
     await palette('Perimeter: Stop Worker');
     await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
+  });
+
+  it('the status bar item brings the Perimeter panel back', async () => {
+    await page.locator('.part.activitybar a.action-label[aria-label^="Explorer"]').click();
+    await page.locator('.part.sidebar .composite.title', { hasText: 'Explorer' }).waitFor();
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).click();
+    await page.locator('.part.sidebar .composite.title', { hasText: 'Perimeter' }).waitFor();
+    await sidebarLabel('sesn_local_').first().waitFor();
   });
 });
