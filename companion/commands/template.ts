@@ -38,7 +38,7 @@ export async function templateCommand(argv: string[], config: Config, print: (li
       if (t.manifest.accel === 'tcg') print('note: this template runs under TCG (software CPU): fine for testing, slow for real work');
     }
     if (args.check) {
-      const problems = await checkTemplate(config.home, config.sandbox.template, print);
+      const problems = await checkTemplate(config.home, config.sandbox.template, print, config.sandbox.qemuBinary);
       if (problems.length) { for (const p of problems) process.stderr.write(`template check: ${p}\n`); return 1; }
       print('template check: ok');
     }

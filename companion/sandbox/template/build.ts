@@ -371,8 +371,8 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
   }
 }
 
-/** `--check`: the files match the manifest's hashes. Returns the problems found (empty = good). */
-export async function checkTemplate(home: string, configured: string | undefined, progress: (l: string) => void): Promise<string[]> {
+/** `--check`: the files match the manifest's hashes, and a clone restores and answers. Returns the problems found. */
+export async function checkTemplate(home: string, configured: string | undefined, progress: (l: string) => void, qemuBinary = 'qemu-system-x86_64'): Promise<string[]> {
   const t = findTemplate(home, configured);
   if (!t) return [`no template under ${templatesDir(home)} (run \`perimeter template build\`)`];
   const problems: string[] = [];
@@ -382,6 +382,20 @@ export async function checkTemplate(home: string, configured: string | undefined
     const got = await sha256File(file);
     progress(`check: ${name} ${got === want.sha256 ? 'ok' : 'MODIFIED'}`);
     if (got !== want.sha256) problems.push(`${name} does not match its recorded sha256`);
+  }
+  if (problems.length) return problems;
+  const started = Date.now();
+  const vm = await QemuVm.spawn(t.image, { binary: qemuBinary, accel: t.manifest.accel, vmsDir: path.join(home, 'vms'), memFile: t.memFile, role: 'clone' }, () => {});
+  try {
+    await vm.restore(t.stateFile);
+    await vm.agent.ping(10_000);
+    const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', 'echo restored'], timeoutMs: 30_000, maxOutputBytes: 1024 });
+    if (r.output.toString() !== 'restored\n') problems.push(`a restored clone answered ${JSON.stringify(r.output.toString())}`);
+    else progress(`check: a clone restored and answered in ${Date.now() - started} ms`);
+  } catch (err) {
+    problems.push(`restoring a clone failed: ${(err as Error).message} ${vm.diagnostics}`.trim());
+  } finally {
+    await vm.kill();
   }
   return problems;
 }
