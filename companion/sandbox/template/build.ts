@@ -23,6 +23,8 @@ export const ROOTFS_PACKAGES = ['bash', 'coreutils', 'ripgrep', 'git', 'python3'
 const SUITE = 'bookworm';
 const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
 const HELLO_TIMEOUT_MS = 120_000;
+/** Compiler invocations of the tiny kernel build (for progress only). */
+const KERNEL_OBJECTS = 985;
 
 export interface BuildOptions {
   home: string;
@@ -143,7 +145,7 @@ async function tinyKernel(cache: string, progress: (l: string) => void): Promise
   let objects = 0;
   await run('make', [`-j${jobs}`, 'vmlinux'], {
     cwd: src, nice: true,
-    onLine: (l) => { if (/^\s+CC\s/.test(l) && ++objects % 100 === 0) progress(`kernel: ${objects} files compiled (${Math.round((Date.now() - started) / 1000)} s)`); },
+    onLine: (l) => { if (/^\s+CC\s/.test(l) && ++objects % 100 === 0) progress(`kernel: ${objects} of ~${KERNEL_OBJECTS} files compiled (${Math.round((Date.now() - started) / 1000)} s)`); },
   });
   mkdirSync(`${out}.tmp`, { recursive: true });
   copyFileSync(path.join(src, 'vmlinux'), path.join(`${out}.tmp`, 'vmlinux'));
