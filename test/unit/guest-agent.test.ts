@@ -74,6 +74,15 @@ describe('guest agent binary (host test mode)', function () {
     assert.equal(r.output.toString(), 'before\n');
   });
 
+  it('kills the running command on request (K frame)', async () => {
+    const running = client.exec({ argv: ['/bin/sh', '-c', 'echo started; sleep 30'], timeoutMs: 20_000, maxOutputBytes: 1000 });
+    await new Promise((r) => setTimeout(r, 200));
+    await client.killExec();
+    const r = await running;
+    assert.equal(r.timedOut, true);
+    assert.equal(r.output.toString(), 'started\n');
+  });
+
   it('rejects a second concurrent exec with EBUSY', async () => {
     const first = client.exec({ argv: ['/bin/sh', '-c', 'sleep 0.3'], timeoutMs: 5000, maxOutputBytes: 100 });
     await assert.rejects(client.exec({ argv: ['/bin/true'], timeoutMs: 5000, maxOutputBytes: 100 }), (e: unknown) => e instanceof GuestError && e.code === 'EBUSY');
