@@ -75,8 +75,10 @@ describe('guest agent binary (host test mode)', function () {
   });
 
   it('kills the running command on request (K frame)', async () => {
-    const running = client.exec({ argv: ['/bin/sh', '-c', 'echo started; sleep 30'], timeoutMs: 20_000, maxOutputBytes: 1000 });
-    await new Promise((r) => setTimeout(r, 200));
+    let sawOutput!: () => void;
+    const started = new Promise<void>((r) => { sawOutput = r; });
+    const running = client.exec({ argv: ['/bin/sh', '-c', 'echo started; sleep 30'], timeoutMs: 20_000, maxOutputBytes: 1000 }, () => sawOutput());
+    await started;
     await client.killExec();
     const r = await running;
     assert.equal(r.timedOut, true);
