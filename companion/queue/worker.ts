@@ -222,6 +222,7 @@ export class Worker implements WorkerControl {
     const { journal, hub, config } = this.opts;
     if (previous) {
       log.info(`session ${h.sessionId}: newer work item ${h.workId} supersedes ${previous.workId}; releasing the older one`);
+      previous.calls?.detachFromRunnerAbort();
       previous.ctrl.abort(new Error(`superseded by work item ${h.workId}`));
       await Promise.race([previous.done, new Promise((r) => setTimeout(r, SUPERSEDE_WAIT_MS).unref())]);
     }

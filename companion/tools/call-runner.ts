@@ -69,6 +69,7 @@ export class SessionCalls {
   private sessionSandboxPrepared = false;
   private readonly running = new Map<string, { sandbox: Sandbox | null; abort: (reason: string) => void }>();
   private refuseReason: string | null = null;
+  private ignoreRunnerAbort = false;
   /** Calls between dispatch and a durable result (running or being journaled). */
   private active = 0;
 
@@ -78,6 +79,13 @@ export class SessionCalls {
 
   /** From now on, new calls are answered with an error instead of running (drain). */
   refuseNew(reason: string): void { this.refuseReason = reason; }
+
+  /**
+   * From now on, an abort of the SDK's per-call signal no longer kills running calls: used when a newer work item
+   * supersedes this session's item, so a running call finishes and its journaled result is answered by the newer
+   * item's runner instead of being lost.
+   */
+  detachFromRunnerAbort(): void { this.ignoreRunnerAbort = true; }
 
   /** Kills every running call's sandbox; those calls return `interrupted` error results. */
   abortInFlight(reason: string): void { for (const r of this.running.values()) r.abort(reason); }
@@ -154,7 +162,7 @@ export class SessionCalls {
         if (slot.sandbox) { if (slot.sandbox === this.sessionSandbox) this.dropSessionSandbox(); else void slot.sandbox.destroy(); }
       },
     };
-    const onAbort = () => slot.abort(signal?.reason instanceof Error ? signal.reason.message : 'the call was cancelled');
+    const onAbort = () => { if (!this.ignoreRunnerAbort) slot.abort(signal?.reason instanceof Error ? signal.reason.message : 'the call was cancelled'); };
     if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
     this.running.set(toolUse.id, slot);
     let pending = '';

@@ -117,4 +117,34 @@ describe('worker process: crashes, signals, secrets', () => {
     assert.match(b.stderr(), /readable by group or others.*chmod 600/);
     assert.equal(dq.requests.length, 0, 'no request was made');
   });
+
+  it('perimeter demo --json completes the bundled scenario (process driver) with every call ok', async function () {
+    this.timeout(180_000);
+    const d = runCli(['demo', '--json', '--driver', 'process', '--home', tmp()]);
+    const { code } = await d.exit;
+    const out = JSON.parse(d.stdout()) as { ok: boolean; driver: string; calls: Array<{ tool: string; ok: boolean; ms: number | null; reason: string | null }> };
+    assert.equal(out.driver, 'process');
+    assert.deepEqual(out.calls.filter((c) => !c.ok).map((c) => `${c.tool}: ${c.reason}`), []);
+    assert.equal(out.ok, true);
+    assert.equal(code, 0);
+    assert.ok(out.calls.length >= 18 && out.calls.every((c) => typeof c.ms === 'number'));
+  });
+
+  it('perimeter doctor --json reports each check with a fix; --help lists the commands; bad flags are usage errors', async () => {
+    const home = tmp();
+    const d = runCli(['doctor', '--json', '--home', home]);
+    await d.exit;
+    const r = JSON.parse(d.stdout()) as { ok: boolean; checks: Array<{ name: string; ok: boolean; fix: string | null }> };
+    for (const name of ['node', 'kvm', 'qemu', 'template', 'state-dir', 'disk']) assert.ok(r.checks.some((c) => c.name === name), name);
+    assert.ok(r.checks.filter((c) => !c.ok).every((c) => c.fix === null || c.fix.length > 0));
+    assert.equal(r.checks.find((c) => c.name === 'state-dir')!.ok, true);
+    const h = runCli(['--help']);
+    assert.equal((await h.exit).code, 0);
+    for (const c of ['worker', 'dev-queue', 'demo', 'doctor']) assert.match(h.stdout(), new RegExp(`\\n  ${c} `));
+    const bad = runCli(['worker', '--concurrency', 'many']);
+    assert.equal((await bad.exit).code, 2);
+    assert.match(bad.stderr(), /--concurrency must be an integer/);
+    const bad2 = runCli(['demo', '--nope']);
+    assert.equal((await bad2.exit).code, 2);
+  });
 });

@@ -107,3 +107,28 @@ describe('worker end to end (process driver)', () => {
     assert.ok(dq.requests.some((r) => r.route === 'events.stream' && r.status === 200) , 'streams were opened');
   });
 });
+
+describe('worker: newest work item per session wins', () => {
+  it('a newer item for the same session supersedes the older one; the running call finishes and is answered once', async () => {
+    const dq = await startDevQueue();
+    const m = tmpDir();
+    const rt = await startRuntime(dq, { home: tmpDir() });
+    try {
+      const sid = dq.createSession(scenario([
+        { tool: 'bash', input: { command: `echo x >> ${m}/exec; sleep 2; echo slow-done` }, expectIncludes: ['slow-done'] },
+        { tool: 'bash', input: { command: 'echo second' }, expectIncludes: ['second'] },
+      ]));
+      await dq.waitFor(() => existsSync(`${m}/exec`), 30_000, 'the first call to start');
+      const older = dq.workItems().find((w) => w.dataId === sid)!.id;
+      const newer = dq.enqueueWork(sid);
+      await dq.waitFor(() => dq.report(sid).finished, 60_000, 'scenario');
+      const rep = dq.report(sid);
+      assert.deepEqual(rep.steps.map((s) => s.status), ['passed', 'passed'], rep.steps.map((s) => s.reason).join(' | '));
+      assert.deepEqual(answeredOnce(dq, rep.steps.map((s) => s.toolUseId!)), { missing: [], duplicated: [] });
+      assert.equal(lines(`${m}/exec`).length, 1, 'the call ran once');
+      assert.ok(dq.stops.some((s) => s.workId === older && s.force), 'the older item was force-stopped');
+      await dq.waitFor(() => dq.workItems().find((w) => w.id === newer)!.state !== 'queued', 30_000, 'the newer item to be claimed');
+      assert.equal(await rt.stop(), 0);
+    } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
+  });
+});
