@@ -10,11 +10,13 @@
 //   needs one spawned socat per connection (`-sandbox spawn=allow`), and a NIC gives guest code a routing table to
 //   probe; over TAP because that needs root and a netns per VM. With the tunnel, "no route" is literally true:
 //   the guest has only `lo`, and the only way out is a stream the agent opened on our behalf.
-// - Firecracker: the same tunnel, carried by guest-initiated vsock connections to CID 2 (Firecracker hands each to a
-//   host Unix socket `<uds_path>_<port>`); the driver wraps each as a Duplex and calls the same `onConnection`, so the
-//   same gateway code and policy apply. Where a real NIC is required, the alternative is a TAP in a per-VM network
-//   namespace whose only route and DNS server is this gateway bound inside that namespace (nftables dropping all
-//   else, including UDP); it would still feed accepted sockets to `onConnection`. Either way one policy function.
+// - Firecracker: the same tunnel frames, multiplexed on the agent's vsock connection (the host connects through
+//   Firecracker's Unix socket with the CONNECT handshake; companion/sandbox/firecracker/driver.ts calls the same
+//   `attachEgress`), so the gateway receives identical Duplex streams and applies the same policy. (Guest-initiated
+//   vsock connections to CID 2, which Firecracker hands to `<uds_path>_<port>` one host socket per connection, would
+//   also work and could feed `onConnection` directly.) Where a real NIC is required, the alternative is a TAP in a
+//   per-VM network namespace whose only route and DNS server is this gateway bound inside that namespace (nftables
+//   dropping all else, including UDP); it too would feed accepted sockets to `onConnection`. One policy function.
 //
 // Decisions (one per connection or DNS query): the target name comes only from the TLS SNI (clienthello.ts) or the
 // HTTP Host header (http.ts) — never from the address the guest dialed, which is always its own 127.0.0.1. The name
