@@ -4,7 +4,7 @@
 // call uses, open a call's output document, survive a worker crash, Stop Worker.
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
@@ -12,6 +12,8 @@ import type { PerimeterNode } from '../../../extension/views/trees';
 import { until } from './helpers';
 
 const EXTENSION_ID = 'perimeter.perimeter';
+/** The fixture scenario's live-output call prints until this host file exists (see persist-scenario.json). */
+const LIVE_RELEASE = '/tmp/perimeter-ext-live-release';
 
 function pidAlive(pid: number): boolean { try { process.kill(pid, 0); return true; } catch { return false; } }
 
@@ -21,6 +23,7 @@ describe('Perimeter in the VS Code extension host', function () {
   const cfg = () => vscode.workspace.getConfiguration('perimeter');
 
   before(async () => {
+    rmSync(LIVE_RELEASE, { force: true });
     const ext = vscode.extensions.getExtension<PerimeterApi>(EXTENSION_ID);
     assert.ok(ext, `${EXTENSION_ID} is installed`);
     api = await ext.activate();
@@ -34,6 +37,7 @@ describe('Perimeter in the VS Code extension host', function () {
   });
 
   after(async () => {
+    rmSync(LIVE_RELEASE, { force: true });
     if (api?.registry.get('local')?.isRunning) await vscode.commands.executeCommand('perimeter.stopWorker', 'local');
   });
 
@@ -78,6 +82,15 @@ describe('Perimeter in the VS Code extension host', function () {
     assert.ok(rows.includes('/workspace/data') && rows.includes('/workspace/data/note.txt'), rows.join(', '));
   });
 
+  it('Stop Persisting Path removes a path from the session (context menu on the path)', async () => {
+    const [session] = sessionNodes();
+    const persistSession = api.persistTree.getChildren().find((n) => n.kind === 'persistSession' && n.sessionId === session!.sessionId)!;
+    const pattern = api.persistTree.getChildren(persistSession).find((n) => n.kind === 'pattern' && n.pattern === '/workspace/keep')!;
+    assert.equal(api.persistTree.getTreeItem(pattern).contextValue, 'persistPattern');
+    assert.equal(await vscode.commands.executeCommand('perimeter.stopPersistingPath', pattern), true);
+    assert.deepEqual(api.model.persistOf('local', session!.sessionId)!.patterns, ['/workspace/data']);
+  });
+
   it('a running call\'s document follows its live output, then shows the full output', async () => {
     const [session] = sessionNodes();
     const isLive = (c: PerimeterNode) => labelOf(c).startsWith('bash: i=0; while');
@@ -87,9 +100,11 @@ describe('Perimeter in the VS Code extension host', function () {
       if (pred(doc.getText())) { resolve(); return; }
       const sub = vscode.workspace.onDidChangeTextDocument((e) => { if (e.document === doc && pred(doc.getText())) { sub.dispose(); resolve(); } });
     });
+    // The call keeps printing until the release file exists: the document must grow while the call still runs.
     assert.match(doc.getText(), /follows the live output/, 'opened while the call runs');
-    await changed((t) => /tick-1/.test(t) && /follows the live output/.test(t));
-    await changed((t) => /tick-3\n/.test(t) && !/follows the live output/.test(t));
+    await changed((t) => /tick-\d+/.test(t) && /follows the live output/.test(t));
+    writeFileSync(LIVE_RELEASE, '');
+    await changed((t) => /^released$/m.test(t) && !/follows the live output/.test(t));
     assert.match(doc.getText(), /state: {4}posted/);
   });
 

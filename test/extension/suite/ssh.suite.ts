@@ -6,7 +6,7 @@
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
@@ -58,7 +58,12 @@ describe('Perimeter on an SSH host', function () {
     assert.ok(!cfg().get<string[]>('hosts')!.some((h) => h.startsWith('-')));
   });
 
-  it('installs the companion over SSH and starts it remotely; its sessions appear', async () => {
+  it('upgrades an older companion over SSH and starts it remotely; its sessions appear', async () => {
+    // An older install on the "remote" host: it must be replaced, not used.
+    const bin = path.join(os.homedir(), remoteDir, 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'VERSION'), '0.0.1 0000000000000000\n');
+    writeFileSync(path.join(bin, 'perimeter.js'), 'process.exit(9)\n');
     assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally', HOST_ID), true);
     const ext = vscode.extensions.getExtension('perimeter.perimeter')!;
     const installed = readFileSync(path.join(os.homedir(), remoteDir, 'bin', 'perimeter.js'));
@@ -66,7 +71,7 @@ describe('Perimeter on an SSH host', function () {
     assert.match(readFileSync(path.join(os.homedir(), remoteDir, 'bin', 'VERSION'), 'utf8'), /^\d+\.\d+\.\d+ [0-9a-f]{16}\n$/);
     assert.equal(api.model.host(HOST_ID)!.connection, 'connected');
     await until(api, () => api.model.sessionList(HOST_ID).length > 0 && api.model.sessionList(HOST_ID)[0]!.calls.size >= 3);
-    assert.ok(api.outputLines.some((l) => l.includes(`[${ALIAS}] installing the companion`)));
+    assert.ok(api.outputLines.some((l) => l.includes(`[${ALIAS}] installing the companion`) && l.includes('remote had: 0.0.1')));
   });
 
   it('survives the SSH connection being cut: it reconnects to the same remote worker', async () => {
