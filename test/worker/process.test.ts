@@ -87,11 +87,13 @@ describe('worker process: crashes, signals, secrets', () => {
     assert.equal(dq.report(sid2).steps[0]!.status, 'passed', dq.report(sid2).steps[0]!.reason ?? '');
   });
 
-  it('never writes the environment key or a sessions token to its logs, even at debug level', async () => {
+  it('takes the key on stdin and never writes it or a sessions token to its logs, even at debug level', async () => {
     dq = await startDevQueue();
-    const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: 'echo hello' }, expectIncludes: ['hello'] }]));
-    const w = start(tmp(), ['--log-level', 'debug']);
+    const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: 'echo "key=[$ANTHROPIC_ENVIRONMENT_KEY]"' }, expectIncludes: ['key=[]'] }]));
+    const w = runCli(workerArgs(dq, tmp(), ['--log-level', 'debug', '--key-stdin']), {}, `${dq.environmentKey}\n`);
+    children.push(w);
     await dq.waitFor(() => dq.report(sid).finished, 60_000, 'scenario');
+    assert.equal(dq.report(sid).steps[0]!.status, 'passed', 'the sandbox does not see the key');
     w.proc.kill('SIGTERM');
     await w.exit;
     const log = w.stderr() + w.stdout();

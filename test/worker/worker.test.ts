@@ -132,3 +132,21 @@ describe('worker: newest work item per session wins', () => {
     } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
   });
 });
+
+describe('worker: items it must not serve', () => {
+  it('skips healthcheck items and terminated sessions: stopped, no tool runs', async () => {
+    const dq = await startDevQueue();
+    const m = tmpDir();
+    const rt = await startRuntime(dq, { home: tmpDir() });
+    try {
+      const hc = dq.enqueueWork('hc_local_1', 'healthcheck');
+      const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: `touch ${m}/ran` } }]));
+      dq.terminateSession(sid);
+      const item = dq.workItems().find((w) => w.dataId === sid)!.id;
+      await dq.waitFor(() => dq.workItems().filter((w) => w.id === hc || w.id === item).every((w) => w.state === 'stopped'), 30_000, 'both items stopped');
+      assert.equal(existsSync(`${m}/ran`), false, 'no tool ran for a terminated session');
+      assert.equal(dq.results.size, 0);
+      assert.equal(await rt.stop(), 0);
+    } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
+  });
+});
