@@ -48,8 +48,14 @@ export const doctorCommand: Command = {
 
     const hub = new EventHub();
     for (const p of await probeDrivers(config, hub)) {
-      add({ name: `driver:${p.kind}`, ok: p.probe.ok, severity: p.kind === 'process' ? 'warning' : 'error', detail: `${p.probe.detail}${p.probe.ok ? ` (accel ${p.probe.accel})` : ''}`, fix: p.probe.fixes.length ? p.probe.fixes.join('; ') : null });
+      add({ name: `driver:${p.kind}`, ok: p.probe.ok, severity: 'warning', detail: `${p.probe.detail}${p.probe.ok ? ` (accel ${p.probe.accel})` : ''}`, fix: p.probe.fixes.length ? p.probe.fixes.join('; ') : null });
     }
+
+    const vm = checks.filter((c) => c.name.startsWith('driver:') && c.name !== 'driver:process');
+    const usable = vm.filter((c) => c.ok).map((c) => c.name.slice(7));
+    add({ name: 'vm-sandbox', ok: usable.length > 0, severity: 'error',
+      detail: usable.length ? `tool calls run in microVMs (${usable.join(', ')})` : 'no microVM driver can run here: `perimeter worker` would fall back to the process driver (no isolation)',
+      fix: usable.length ? null : 'fix one of the driver checks above (usually: install QEMU and run `perimeter template build`)' });
 
     const tdir = config.sandbox.template ?? statePaths(config.home).templates;
     let templates: string[] = [];
