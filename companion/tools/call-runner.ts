@@ -15,14 +15,16 @@ import type { EventHub } from '../events';
 import type { Journal, CallEntry } from '../journal/journal';
 import { hasResult, inputDigest } from '../journal/journal';
 import type { CallPersistence, ShellState } from '../persist/types';
-import type { EgressAttachment, Sandbox, SandboxDriver, PutFile } from '../sandbox/types';
+import type { EgressAttachment, GuestOps, Sandbox, SandboxDriver, PutFile } from '../sandbox/types';
 import { logger } from '../log';
 import { errorMessage } from '../errors';
-import { isToolName } from './schemas';
+import { isToolName, parseToolInput } from './schemas';
 import { runTool, INITIAL_SHELL, WORKDIR } from './tools';
 import { NO_OUTPUT } from './text';
 
 const log = logger('calls');
+/** Stands in for a sandbox where none may be used (input validation fails before any guest operation). */
+const NO_SANDBOX: GuestOps = new Proxy({} as GuestOps, { get: () => () => Promise.reject(new Error('no sandbox for an invalid call')) });
 /** Guest directory the session's skills are copied to (persistence should not treat it as user data). */
 export const SKILLS_GUEST_DIR = `${WORKDIR}/skills`;
 const MAX_SKILL_BYTES = 64 * 1024 * 1024;
@@ -131,6 +133,9 @@ export class SessionCalls {
       outcome = { text: `not run: ${this.refuseReason}`, isError: true, exitCode: null };
     } else if (!isToolName(toolUse.name)) {
       outcome = { text: `unknown tool ${JSON.stringify(toolUse.name)}`, isError: true, exitCode: null };
+    } else if (!parseToolInput(toolUse.name, toolUse.input).ok) {
+      // A malformed input never needs a sandbox: answer it without starting one.
+      outcome = await runTool(toolUse.name, toolUse.input, { sandbox: NO_SANDBOX, shell: this.runner.shellFor(this.sessionId), callTimeoutMs: 1 });
     } else {
       outcome = await this.runInSandbox(toolUse, toolUse.name, signal);
     }

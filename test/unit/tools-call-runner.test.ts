@@ -1,0 +1,107 @@
+// The call orchestrator: a tool_use_id runs at most once (re-dispatch answers from the journal, concurrent
+// duplicates share one execution, the same id with another input is refused), sandboxes are destroyed after each
+// call in per-call mode, invalid input never starts a sandbox, skills are copied in, abort kills the call.
+import assert from 'node:assert/strict';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { ProcessDriver } from '../../companion/sandbox/process/driver';
+import type { AcquireOptions, Sandbox } from '../../companion/sandbox/types';
+import { Journal } from '../../companion/journal/journal';
+import { EventHub } from '../../companion/events';
+import { CallRunner } from '../../companion/tools/call-runner';
+import { setStderrLogging } from '../../companion/log';
+
+class CountingDriver extends ProcessDriver {
+  acquired = 0;
+  alive = 0;
+  override async acquire(opts: AcquireOptions): Promise<Sandbox> {
+    const sb = await super.acquire(opts);
+    this.acquired++; this.alive++;
+    const destroy = sb.destroy.bind(sb);
+    let done = false;
+    sb.destroy = async () => { if (!done) { done = true; this.alive--; } await destroy(); };
+    return sb;
+  }
+}
+
+describe('call orchestrator', () => {
+  let dir: string;
+  let journal: Journal;
+  let driver: CountingDriver;
+  const hub = new EventHub();
+  before(() => setStderrLogging(false));
+  after(() => setStderrLogging(true));
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-calls-'));
+    journal = Journal.open(path.join(dir, 'journal'));
+    driver = new CountingDriver({ baseDir: dir });
+  });
+  afterEach(async () => { journal.close(); await driver.close(); rmSync(dir, { recursive: true, force: true }); });
+
+  const runner = (mode: 'per-call' | 'per-session' = 'per-call') => new CallRunner({ driver, journal, hub, mode, callTimeoutMs: 20_000 });
+
+  it('runs a tool_use_id once: a re-dispatch gets the stored result, a different input is refused', async () => {
+    const calls = runner().openSession('s1', 'w1');
+    const mark = path.join(dir, 'count');
+    const input = { command: `echo x >> ${mark}; echo ran` };
+    assert.deepEqual(await calls.run({ id: 't1', name: 'bash', input }), { text: 'ran', isError: false });
+    assert.deepEqual(await calls.run({ id: 't1', name: 'bash', input }), { text: 'ran', isError: false });
+    const other = await calls.run({ id: 't1', name: 'bash', input: { command: 'echo other' } });
+    assert.equal(other.isError, true);
+    assert.match(other.text, /already executed with a different input/);
+    assert.equal((await import('node:fs')).readFileSync(mark, 'utf8'), 'x\n');
+    assert.equal(journal.getCall('t1')!.replays, 1);
+    assert.equal(driver.acquired, 1);
+    assert.equal(driver.alive, 0, 'per-call sandboxes are destroyed');
+  });
+
+  it('concurrent duplicate dispatches share one execution', async () => {
+    const calls = runner().openSession('s1', 'w1');
+    const mark = path.join(dir, 'count');
+    const input = { command: `echo x >> ${mark}; sleep 0.3; echo ran` };
+    const [a, b] = await Promise.all([calls.run({ id: 't2', name: 'bash', input }), calls.run({ id: 't2', name: 'bash', input })]);
+    assert.deepEqual(a, b);
+    assert.equal((await import('node:fs')).readFileSync(mark, 'utf8'), 'x\n');
+  });
+
+  it('invalid input is answered without a sandbox; unknown tools are an error result', async () => {
+    const calls = runner().openSession('s1', 'w1');
+    const r = await calls.run({ id: 't3', name: 'read', input: { file_path: 12 } });
+    assert.equal(r.isError, true);
+    assert.match(r.text, /read: invalid input/);
+    assert.equal(driver.acquired, 0);
+    assert.match((await calls.run({ id: 't4', name: 'launch', input: {} })).text, /unknown tool/);
+  });
+
+  it('per-session mode keeps one sandbox; files and shell state carry over; close destroys it', async () => {
+    const calls = runner('per-session').openSession('s1', 'w1');
+    await calls.run({ id: 'a', name: 'write', input: { file_path: 'k.txt', content: 'kept' } });
+    await calls.run({ id: 'b', name: 'bash', input: { command: 'mkdir -p d && cd d && export V=1' } });
+    assert.deepEqual(await calls.run({ id: 'c', name: 'bash', input: { command: 'cat ../k.txt; echo " $V"; basename $PWD' } }), { text: 'kept 1\nd', isError: false });
+    assert.equal(driver.acquired, 1);
+    await calls.close();
+    assert.equal(driver.alive, 0);
+  });
+
+  it('copies the session\'s skills into /workspace/skills on every fresh sandbox', async () => {
+    const skills = path.join(dir, 'skills');
+    mkdirSync(path.join(skills, 'greeter'), { recursive: true });
+    writeFileSync(path.join(skills, 'greeter', 'SKILL.md'), '# Greeter');
+    const calls = runner().openSession('s1', 'w1', { skillsDir: skills });
+    assert.deepEqual(await calls.run({ id: 'a', name: 'read', input: { file_path: '/workspace/skills/greeter/SKILL.md' } }), { text: '# Greeter', isError: false });
+  });
+
+  it('an aborted call is killed and answered with an explicit interrupted error', async () => {
+    const calls = runner().openSession('s1', 'w1');
+    const ctrl = new AbortController();
+    const p = calls.run({ id: 'z', name: 'bash', input: { command: 'echo partial; sleep 30' } }, ctrl.signal);
+    await new Promise((r) => setTimeout(r, 500));
+    ctrl.abort(new Error('the runner stopped'));
+    const r = await p;
+    assert.equal(r.isError, true);
+    assert.match(r.text, /interrupted: the runner stopped/);
+    assert.equal(journal.getCall('z')!.state, 'interrupted');
+    assert.equal(driver.alive, 0);
+  });
+});
