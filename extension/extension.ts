@@ -61,7 +61,10 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
 
   // Durations, uptime and the "stuck" flag depend on the clock: repaint them now and then (this reads only local
   // state; the companion is never polled).
-  const ticker = setInterval(() => { workerTree.refresh(); sessionsTree.refresh(); updateStatus(); }, TICK_MS);
+  const ticker = setInterval(() => {
+    if (!model.hostList().some((h) => h.connection === 'connected')) return;
+    workerTree.refresh(); sessionsTree.refresh(); updateStatus();
+  }, TICK_MS);
 
   context.subscriptions.push(
     output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,

@@ -87,17 +87,22 @@ export function registerWorkerCommands(deps: WorkerCommandDeps): vscode.Disposab
     cmd('perimeter.stopWorker', async (node?: PerimeterNode | string) => {
       const sup = registry.get(hostIdOf(registry, node));
       if (!sup) return false;
-      await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Perimeter: stopping the worker on ${sup.host.label} (in-flight calls finish first)…` },
-        () => sup.stop());
-      return true;
+      try {
+        await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Perimeter: stopping the worker on ${sup.host.label} (in-flight calls finish first)…` },
+          () => sup.stop());
+        return true;
+      } catch (err) {
+        void vscode.window.showErrorMessage(`Perimeter: ${(err as Error).message}`);
+        return false;
+      }
     }),
     cmd('perimeter.restartWorker', async (node?: PerimeterNode | string) => {
       if (!requireTrust('start a worker')) return false;
       const hostId = hostIdOf(registry, node);
       const sup = registry.get(hostId);
       if (!sup) return false;
-      const mode: WorkerSettings['mode'] = settings.environmentId() && (await getEnvironmentKey(context)) ? 'environment' : 'localQueue';
-      await sup.stop();
+      const mode: WorkerSettings['mode'] = sup.lastMode ?? (settings.environmentId() && (await getEnvironmentKey(context)) ? 'environment' : 'localQueue');
+      try { await sup.stop(); } catch (err) { void vscode.window.showErrorMessage(`Perimeter: ${(err as Error).message}`); return false; }
       return startOn(deps, hostId, mode);
     }),
     cmd('perimeter.showWorkerLog', async (node?: PerimeterNode | string) => {

@@ -81,17 +81,25 @@ export class HostSupervisor {
       const target = await this.host.findWorker().catch(() => null);
       if (target) { await this.connect(target).catch(() => undefined); client = this.client?.connected ? this.client : null; }
     }
+    let problem: string | null = null;
     if (client) {
       this.logs.fire(`asking the worker on ${this.host.label} to shut down`);
       await client.request('shutdown').catch((err: Error) => this.logs.fire(`shutdown request: ${err.message}`));
-      try { await this.host.waitStopped(45_000); } catch { await this.host.forceStop(); }
+      try { await this.host.waitStopped(45_000); } catch {
+        this.logs.fire(`the worker on ${this.host.label} did not stop in time; stopping it by force`);
+        await this.host.forceStop().catch((err: Error) => { problem = err.message; });
+      }
     } else {
       await this.host.forceStop().catch(() => undefined);
     }
     this.client?.close();
     this.client = null;
-    this.model.setConnection(this.hostId, 'stopped', null);
+    this.model.setConnection(this.hostId, 'stopped', problem);
+    if (problem) throw new Error(problem);
   }
+
+  /** How the worker was last started from here (Restart Worker keeps it); null for an attached worker. */
+  get lastMode(): WorkerSettings['mode'] | null { return this.settings?.mode ?? null; }
 
   async restart(settings: WorkerSettings): Promise<void> {
     await this.stop();
@@ -184,6 +192,13 @@ export class HostSupervisor {
     this.recovering = true;
     try {
       const existing = await this.host.findWorker();
+      if (!existing && !this.settings) {
+        // A worker started elsewhere (another window, a terminal) is gone: we do not know how to start it again.
+        this.recovering = false;
+        this.desired = 'stopped';
+        this.model.setConnection(this.hostId, 'stopped', 'the worker exited (it was not started from this window)');
+        return;
+      }
       if (!existing) { this.model.noteRestart(this.hostId); this.logs.fire(`restarting the worker on ${this.host.label} (attempt ${this.attempts})`); }
       await (existing ? this.connect(existing) : this.bringUp());
     } catch (err) {

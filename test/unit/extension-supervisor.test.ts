@@ -115,10 +115,14 @@ describe('host supervisor', () => {
     assert.equal(host.starts, 1);
   });
 
-  it('attaches to a worker that already runs', async () => {
+  it('attaches to a worker that already runs, and does not restart it when it exits (it does not know how)', async () => {
     await host.startWorker();
     assert.equal(await sup.attach(), true);
     assert.equal(status(model), 'connected');
+    await host.crash();
+    await until(model, () => status(model) === 'stopped');
+    assert.match(model.host('local')!.problem!, /not started from this window/);
+    assert.equal(host.starts, 1);
   });
 });
 
