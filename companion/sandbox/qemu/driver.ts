@@ -133,8 +133,7 @@ export class QemuDriver implements SandboxDriver {
     sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s));
     try {
       await vm.restore(t.stateFile);
-      await vm.agent.ping(10_000);
-      await vm.agent.init(randomBytes(64), this.limits(t));
+      await vm.agent.init(randomBytes(64), this.limits(t)); // its answer also proves the agent is alive
     } catch (err) {
       await sandbox.destroy();
       throw transient('restore_failed', `restoring a sandbox failed: ${(err as Error).message}${vm.diagnostics ? `: ${vm.diagnostics}` : ''}`);

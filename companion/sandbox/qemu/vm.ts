@@ -127,24 +127,28 @@ export class QemuVm {
     });
     let stderr = '';
     proc.stderr?.on('data', (d: Buffer) => { if (stderr.length < 4096) stderr += d.toString(); });
+    // A clone is driven over QMP right away: connect to it while QEMU is still starting.
+    const qmp = o.role === 'clone' ? Qmp.connect(path.join(dir, 'qmp.sock')) : null;
+    qmp?.catch(() => {});
     let sock: net.Socket;
     try {
       sock = await Promise.race([connected, early]);
     } catch (err) {
-      server.close();
+      void qmp?.then((q) => q.close(), () => {});
       rmSync(dir, { recursive: true, force: true });
       throw transient('qemu_start', `${(err as Error).message}: ${stderr.trim().slice(0, 2000)}`);
     } finally {
       server.close();
     }
-    let vm!: QemuVm;
-    const agent = new GuestClient(sock, (err) => onAgentFatal(err));
-    vm = new QemuVm(id, dir, proc, agent, t0);
+    const vm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => onAgentFatal(err)), t0);
+    if (qmp) vm.qmpConnecting = qmp;
     return vm;
   }
 
+  private qmpConnecting: Promise<Qmp> | null = null;
+
   async qmp(): Promise<Qmp> {
-    this.qmpClient ??= await Qmp.connect(path.join(this.dir, 'qmp.sock'));
+    this.qmpClient ??= await (this.qmpConnecting ?? Qmp.connect(path.join(this.dir, 'qmp.sock')));
     return this.qmpClient;
   }
 
