@@ -79,6 +79,9 @@ export class QemuDriver implements SandboxDriver {
     }
     if (!t) return { ok: false, accel: 'none', detail: `${version}; no template built yet`, fixes: ['perimeter template build'] };
     if (t.manifest.qemuVersion !== version) fixes.push('QEMU was upgraded since the template was built: perimeter template build');
+    if (t.manifest.memoryMiB !== this.config.sandbox.memoryMiB || t.manifest.vcpus !== this.config.sandbox.vcpus) {
+      fixes.push(`the template has ${t.manifest.memoryMiB} MiB / ${t.manifest.vcpus} vCPU but the configuration asks for ${this.config.sandbox.memoryMiB} MiB / ${this.config.sandbox.vcpus} vCPU: perimeter template build`);
+    }
     const asRoot = process.getuid?.() === 0;
     const detail = [
       `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
