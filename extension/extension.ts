@@ -59,18 +59,41 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   updateStatus();
   statusBar.show();
 
+  // Crashes and give-ups are shown where the user looks, once each: a notification besides the tree and status bar.
+  const announced = new Map<string, string>();
+  const announceTrouble = () => {
+    for (const h of model.hostList()) {
+      const key = h.connection === 'failed' || h.connection === 'reconnecting' ? `${h.connection}` : '';
+      if (announced.get(h.hostId) === key) continue;
+      announced.set(h.hostId, key);
+      if (h.connection === 'reconnecting') {
+        void vscode.window.showWarningMessage(`Perimeter: lost the worker on ${h.label} (${h.problem ?? 'connection closed'}); reconnecting.`, 'Show Worker Log')
+          .then((c) => { if (c) output.show(true); });
+      } else if (h.connection === 'failed') {
+        void vscode.window.showErrorMessage(`Perimeter: the worker on ${h.label} is down: ${h.problem ?? 'unknown error'}`, 'Restart Worker', 'Show Worker Log')
+          .then((c) => { if (c === 'Restart Worker') void vscode.commands.executeCommand('perimeter.restartWorker', h.hostId); else if (c) output.show(true); });
+      }
+    }
+    for (const s of model.stuckSessions(settings.stuckAfterMs())) {
+      const key = `stuck:${s.hostId}:${s.summary.sessionId}`;
+      if (announced.has(key)) continue;
+      announced.set(key, 'stuck');
+      void vscode.window.showWarningMessage(`Perimeter: session ${s.summary.sessionId} on ${s.hostId} has shown no progress for a while (its worker still answers heartbeats).`);
+    }
+  };
+
   // Durations, uptime and the "stuck" flag depend on the clock: repaint them now and then (this reads only local
   // state; the companion is never polled).
   const ticker = setInterval(() => {
     if (!model.hostList().some((h) => h.connection === 'connected')) return;
-    workerTree.refresh(); sessionsTree.refresh(); updateStatus();
+    workerTree.refresh(); sessionsTree.refresh(); updateStatus(); announceTrouble();
   }, TICK_MS);
 
   context.subscriptions.push(
     output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,
     { dispose: () => clearInterval(ticker) },
     { dispose: () => model.dispose() },
-    { dispose: model.onDidChange(() => updateStatus()) },
+    { dispose: model.onDidChange(() => { updateStatus(); announceTrouble(); }) },
     vscode.window.createTreeView('perimeter.worker', { treeDataProvider: workerTree, showCollapseAll: false }),
     vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true }),
     vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
