@@ -29,8 +29,6 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
 
   before(async function () {
     requireHarness();
-    // The scenario's live-output call runs until this file exists; the browser test does not watch it, so release it now.
-    writeFileSync('/tmp/perimeter-ext-live-release', '');
     devQueue = spawn(process.execPath, [path.join(root, 'dist/perimeter.js'), 'dev-queue', '--scenario', path.join(root, 'test/extension/fixtures/environment-scenario.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
     queue = await new Promise((resolve, reject) => {
       let out = '';
@@ -49,7 +47,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
       'perimeter.sandboxDriver': 'process',
       'perimeter.concurrency': 2,
       'perimeter.persist.defaults': ['/workspace/keep'],
-      'perimeter.localScenario': path.join(root, 'test/extension/fixtures/persist-scenario.json'),
+      'perimeter.localScenario': path.join(root, 'test/extension/fixtures/e2e-scenario.json'),
       'workbench.colorTheme': 'Default Dark Modern',
     });
     profileRoot = profile.root;
@@ -86,7 +84,6 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     if (profileRoot) rmSync(profileRoot, { recursive: true, force: true });
     if (home) rmSync(home, { recursive: true, force: true });
     devQueue?.kill('SIGTERM');
-    rmSync('/tmp/perimeter-ext-live-release', { force: true });
   });
 
   const sidebarLabel = (text: string) => page.locator('.part.sidebar .monaco-list-row .label-name', { hasText: text });
