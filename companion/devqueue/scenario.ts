@@ -37,6 +37,12 @@ export const Scenario = z.object({
   prompt: z.string().default('Run the scripted scenario.'),
   /** Skills the session's agent carries; each becomes a generated .tar.gz served by the skills endpoints. */
   skills: z.array(z.object({ name: z.string().regex(/^[A-Za-z0-9._-]+$/), files: z.record(z.string(), z.string()) })).default([]),
+  /** Memory stores attached to the session (mounted at /mnt/memory/<name>), with their initial memories (path -> content). */
+  memoryStores: z.array(z.object({
+    name: z.string().regex(/^[A-Za-z0-9._-]+$/),
+    access: z.enum(['read_write', 'read_only']).default('read_write'),
+    memories: z.record(z.string().regex(/^\/[^\0]+$/, 'memory paths start with /'), z.string()).default({}),
+  })).default([]),
   steps: z.array(ScenarioStep).min(1),
 });
 export type Scenario = z.infer<typeof Scenario>;

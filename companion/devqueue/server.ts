@@ -81,6 +81,7 @@ interface DevSession {
   stepStartedAt: number;
   finished: boolean;
   skillIds: Array<{ skill_id: string; name: string }>;
+  memoryStores: Array<{ memory_store_id: string; name: string; access: 'read_write' | 'read_only' }>;
   subscribers: Set<http.ServerResponse>;
   timers: Set<NodeJS.Timeout>;
   createdAt: string;
@@ -176,8 +177,14 @@ export class DevQueue {
       this.skills.set(skill_id, { name: sk.name, versionId, archive: tarGz(Object.fromEntries(Object.entries(sk.files).map(([p, c]) => [`${sk.name}/${p}`, c]))) });
       return { skill_id, name: sk.name };
     });
+    const memoryStores = scenario.memoryStores.map((ms) => {
+      const memory_store_id = rid('memstore_local');
+      const store = this.store(memory_store_id);
+      for (const [p, content] of Object.entries(ms.memories)) { const m = { id: rid('mem_local'), path: p, content }; store.set(m.id, m); }
+      return { memory_store_id, name: ms.name, access: ms.access };
+    });
     const s: DevSession = {
-      id, status: 'running', scenario, events: [], stepIndex: 0, stepStartedAt: Date.now(), finished: false, skillIds,
+      id, status: 'running', scenario, events: [], stepIndex: 0, stepStartedAt: Date.now(), finished: false, skillIds, memoryStores,
       subscribers: new Set(), timers: new Set(), createdAt: iso(),
       steps: scenario.steps.map((st, index) => ({ index, label: st.label ?? `${st.tool} #${index + 1}`, tool: st.tool, toolUseId: null, status: 'pending', isError: null, text: null, ms: null, reason: null, needsPersistence: st.needsPersistence })),
     };
@@ -233,6 +240,13 @@ export class DevQueue {
   }
 
   sessionEvents(sessionId: string): SessionEvent[] { return [...this.mustSession(sessionId).events]; }
+
+  /** The memories of a session's store, by name (path -> content). */
+  memoryContents(sessionId: string, storeName: string): Record<string, string> {
+    const ms = this.mustSession(sessionId).memoryStores.find((m) => m.name === storeName);
+    if (!ms) throw new Error(`no memory store ${storeName} in ${sessionId}`);
+    return Object.fromEntries([...this.store(ms.memory_store_id).values()].map((m) => [m.path, m.content]));
+  }
 
   /** Resolves when `predicate` holds (checked after every state change), or rejects after `timeoutMs`. */
   waitFor(predicate: () => boolean, timeoutMs = 60_000, what = 'condition'): Promise<void> {
@@ -579,7 +593,8 @@ export class DevQueue {
       body: {
         id: s.id, type: 'session', status: s.status, title: s.scenario.name, environment_id: this.environmentId, created_at: s.createdAt, updated_at: iso(),
         agent: { id: 'agent_local', type: 'agent', name: 'scripted agent', version: 1, skills: s.skillIds.map((k) => ({ skill_id: k.skill_id, type: 'custom', version: 'latest' })), tools: [] },
-        resources: [], metadata: { scenario: s.scenario.name },
+        resources: s.memoryStores.map((m) => ({ type: 'memory_store', memory_store_id: m.memory_store_id, name: m.name, access: m.access, description: '', instructions: null, mount_path: `/mnt/memory/${m.name}` })),
+        metadata: { scenario: s.scenario.name },
       },
     };
   }

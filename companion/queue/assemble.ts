@@ -7,6 +7,7 @@ import { EventHub } from '../events';
 import { Journal } from '../journal/journal';
 import { selectDriver, type DriverSelection } from '../sandbox/select';
 import { Persistence } from '../persist/persistence';
+import { MemoryMountRegistry } from '../persist/memory';
 import { createEgressGateway, validateEgressPolicy, type EgressGateway } from '../egress/proxy';
 import { startControlServer, type ControlServer } from '../control/server';
 import { Worker } from './worker';
@@ -46,7 +47,8 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const hub = o.hub ?? new EventHub();
   const journal = Journal.open(statePaths(config.home).journal);
   const selection = await selectDriver(config, hub);
-  const persistence = o.persistence === false ? undefined : new Persistence({ home: config.home, persist: config.persist, hub });
+  const memoryMounts = new MemoryMountRegistry();
+  const persistence = o.persistence === false ? undefined : new Persistence({ home: config.home, persist: config.persist, hub, memoryMounts: memoryMounts.resolve });
   const gateways = new Map<string, EgressGateway>();
   const egressFor = config.egress.mode === 'allow'
     ? (sessionId: string) => {
@@ -58,7 +60,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const worker = new Worker({
     config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub,
     driver: selection.driver, driverProbe: selection.probe, journal, persistence, egressFor,
-    maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
+    memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
   });
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {

@@ -28,6 +28,7 @@ import type { DriverProbe, EgressAttachment, SandboxDriver } from '../sandbox/ty
 import { CallRunner, type SessionCalls } from '../tools/call-runner';
 import { sessionTools } from '../tools/runnable';
 import { TOOL_NAMES } from '../tools/schemas';
+import { memoryMountsFromRoots, type MemoryMountRegistry } from '../persist/memory';
 import { logger, registerSecret } from '../log';
 import { errorMessage } from '../errors';
 import { VERSION } from '../version';
@@ -60,6 +61,8 @@ export interface WorkerOptions {
    * failed and the stream stayed quiet); such a session's event stream is cut so the SDK reconnects and reconciles.
    */
   stallCheckMs?: number;
+  /** Receives each session's memory-store mounts (host dir the SDK syncs -> guest path) for persistence. */
+  memoryMounts?: MemoryMountRegistry;
   /** Called by shutdown() after draining. */
   onExit?: (code: number) => void;
 }
@@ -242,9 +245,15 @@ export class Worker implements WorkerControl {
       h.calls = this.calls.openSession(h.sessionId, h.workId, { skillsDir: path.join(workdir, 'skills') });
       if (this.drainPromise) h.calls.refuseNew('the companion is shutting down');
       const calls = h.calls;
+      const mounts = this.opts.memoryMounts;
       const ew = new EnvironmentWorker({
-        client: this.client, environmentKey: this.opts.environmentKey, workdir, tools: () => sessionTools(calls),
-        memorySyncIntervalMs: null, workerId: this.workerId,
+        client: this.client, environmentKey: this.opts.environmentKey, workdir, workerId: this.workerId,
+        // Called after the SDK downloaded the session's skills and memory stores: the stores' host folders (allowedRoots)
+        // become guest mounts that persistence copies into every sandbox and back out after each call.
+        tools: (ctx) => {
+          mounts?.set(h.sessionId, memoryMountsFromRoots(ctx.allowedRoots ?? [], ctx.readOnlyRoots ?? [], workdir));
+          return sessionTools(calls);
+        },
         ...(this.opts.maxIdleMs !== undefined ? { maxIdleMs: this.opts.maxIdleMs } : {}),
       });
       journal.updateSession(h.sessionId, { state: 'running' });
@@ -256,6 +265,7 @@ export class Worker implements WorkerControl {
     } finally {
       if (watchdog) clearInterval(watchdog);
       await h.calls?.close();
+      if (this.sessions.get(h.sessionId) === h || !this.sessions.has(h.sessionId)) this.opts.memoryMounts?.delete(h.sessionId);
       await fs.rm(workdir, { recursive: true, force: true }).catch(() => {});
       try {
         const ended = journal.updateSession(h.sessionId, { state: h.leaseLost ? 'lost' : 'ended', endedAt: Date.now(), lastError: h.leaseLost ? 'lease lost (another worker holds the item)' : lastError });
@@ -362,6 +372,9 @@ export class Worker implements WorkerControl {
       return fetch(input, { ...init, signal: cut.signal });
     }
     const res = await fetch(input, init);
+    if ((init?.method ?? 'GET') === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(new URL(url).pathname)) {
+      return relocateMemoryStores(res);
+    }
     try { this.observe(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, init?.method ?? 'GET', init?.body, res.status); } catch (err) {
       log.debug(`wire observer: ${errorMessage(err)}`);
     }
@@ -396,5 +409,27 @@ export class Worker implements WorkerControl {
 }
 
 const OWN_TOOLS: ReadonlySet<string> = new Set(TOOL_NAMES);
+
+/**
+ * The SDK downloads a memory store into its `mount_path` (e.g. /mnt/memory/notes) ON THIS HOST, which several
+ * concurrent sessions would share and which needs root. Tools run in sandboxes, not here, so the worker moves each
+ * store into the session's own host workdir instead: `mount_path` /mnt/memory/<name> is dropped and `name` set to
+ * <name>, so the SDK uses <workdir>/memory/<name>; persistence mounts that at /mnt/memory/<name> in the guest,
+ * which is exactly the path the agent's system prompt names. Other mount paths are left untouched.
+ */
+async function relocateMemoryStores(res: Response): Promise<Response> {
+  const text = await res.text();
+  let body: { resources?: Array<Record<string, unknown>> };
+  try { body = JSON.parse(text) as typeof body; } catch { return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers }); }
+  let changed = false;
+  for (const r of body.resources ?? []) {
+    const m = r.type === 'memory_store' && typeof r.mount_path === 'string' ? /^\/mnt\/memory\/([A-Za-z0-9._-]+)\/?$/.exec(r.mount_path) : null;
+    if (m && m[1] !== '.' && m[1] !== '..') { r.name = m[1]; delete r.mount_path; changed = true; }
+  }
+  const headers = new Headers(res.headers);
+  headers.delete('content-length');
+  headers.delete('content-encoding');
+  return new Response(changed ? JSON.stringify(body) : text, { status: res.status, statusText: res.statusText, headers });
+}
 
 function sleep(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }

@@ -3,7 +3,7 @@
 // tools/agent-toolset/node.ts) in field names, caps, messages and error rules. Invariants:
 // - Every outcome is a result, never a throw: bad input, guest errors and timeouts become `isError: true` text.
 // - Result text is never empty ("(no output)") and never larger than the caps below.
-// - File tools are confined (lexically) to WORKDIR; the sandbox, not this check, is the security boundary.
+// - File tools are confined (lexically) to WORKDIR and MEMORY_ROOT; the sandbox, not this check, is the security boundary.
 // - bash runs in a fresh shell per call; cwd and exported variables carry over through `ShellState`, captured by an
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
 import path from 'node:path';
@@ -14,6 +14,8 @@ import { cleanOutput, nonEmpty, trimTrailingNewlines, truncateUtf8 } from './tex
 import { globToRegExp } from './glob';
 
 export const WORKDIR = '/workspace';
+/** Where the session's memory stores are mounted; the file tools may reach them too (as the reference's allowedRoots). */
+export const MEMORY_ROOT = '/mnt/memory';
 export const BASH_OUTPUT_LIMIT = 100 * 1024;
 export const BASH_DEFAULT_TIMEOUT_MS = 120_000;
 export const MAX_FILE_BYTES = 256 * 1024;
@@ -82,7 +84,8 @@ export function resolveToolPath(tool: string, p: string): string {
   if (p.includes('\0')) throw new ToolError(`${tool}: path ${JSON.stringify(p)} contains a NUL byte`);
   const abs = path.posix.normalize(p.startsWith('/') ? p : path.posix.join(WORKDIR, p));
   const clean = abs.length > 1 && abs.endsWith('/') ? abs.slice(0, -1) : abs;
-  if (clean !== WORKDIR && !clean.startsWith(`${WORKDIR}/`)) throw new ToolError(`${tool}: path ${JSON.stringify(p)} is outside ${WORKDIR}`);
+  const inside = (root: string) => clean === root || clean.startsWith(`${root}/`);
+  if (!inside(WORKDIR) && !inside(MEMORY_ROOT)) throw new ToolError(`${tool}: path ${JSON.stringify(p)} is outside ${WORKDIR} (and the memory stores under ${MEMORY_ROOT})`);
   return clean;
 }
 

@@ -150,3 +150,24 @@ describe('worker: items it must not serve', () => {
     } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
   });
 });
+
+describe('worker: memory stores', () => {
+  it('mounts a session\'s memory store at /mnt/memory/<name> in every sandbox and syncs changes back to the store', async () => {
+    const dq = await startDevQueue();
+    const rt = await startRuntime(dq, { home: tmpDir() });
+    try {
+      const sid = dq.createSession(scenario([
+        { tool: 'read', input: { file_path: '/mnt/memory/prefs/notes.md' }, expectIncludes: ['likes tea'] },
+        { tool: 'write', input: { file_path: '/mnt/memory/prefs/learned.md', content: 'prefers short answers\n' }, expectIncludes: ['wrote'] },
+        { tool: 'read', input: { file_path: '/mnt/memory/prefs/learned.md' }, expectIncludes: ['prefers short answers'] },
+        { tool: 'glob', input: { pattern: '*', path: '/workspace' }, expectExcludes: ['memory'] },
+      ], { memoryStores: [{ name: 'prefs', memories: { '/notes.md': 'likes tea\n' } }] }));
+      await dq.waitFor(() => dq.report(sid).finished, 60_000, 'scenario');
+      const rep = dq.report(sid);
+      assert.deepEqual(rep.steps.map((s) => s.status), ['passed', 'passed', 'passed', 'passed'], rep.steps.map((s) => s.reason).join(' | '));
+      await dq.waitFor(() => dq.memoryContents(sid, 'prefs')['/learned.md'] !== undefined, 30_000, 'the memory to sync back');
+      assert.deepEqual(dq.memoryContents(sid, 'prefs'), { '/notes.md': 'likes tea\n', '/learned.md': 'prefers short answers\n' });
+      assert.equal(await rt.stop(), 0);
+    } finally { await dq.close(); rmDir(rt.home); }
+  });
+});
