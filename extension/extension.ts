@@ -107,10 +107,9 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:
   // attaching is harmless, but restarting on loss would start processes.
-  if (vscode.workspace.isTrusted) {
-    void registry.attachAll();
-    void checkLocalHost(registry, log);
-  }
+  const whenTrusted = () => { void registry.attachAll(); void checkLocalHost(registry, log); };
+  if (vscode.workspace.isTrusted) whenTrusted();
+  else context.subscriptions.push(vscode.workspace.onDidGrantWorkspaceTrust(whenTrusted));
 
   return { model, registry, sessionsTree, workerTree, persistTree, statusBar, outputLines };
 }

@@ -10,6 +10,11 @@ describe('extension host (code-server 4.100.3 via @vscode/test-electron runTests
   it('passes the integration suite: Try Locally, sessions tree, persist path, output document, crash restart, stop', async () => {
     const r = await runHostSuites('integration');
     assert.equal(r.failed, 0);
-    assert.ok(r.passed >= 6, `expected the whole suite to run, got ${JSON.stringify(r)}`);
+    assert.ok(r.passed >= 8, `expected the whole suite to run, got ${JSON.stringify(r)}`);
+  });
+
+  it('refuses to start a worker in Restricted Mode (untrusted workspace)', async () => {
+    const r = await runHostSuites('restricted', { EXT_TEST_WORKSPACE_TRUST: '1' });
+    assert.deepEqual(r, { passed: 1, failed: 0, skipped: 0 });
   });
 });

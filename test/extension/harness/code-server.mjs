@@ -42,15 +42,16 @@ export function installVsix(profile, vsix) {
 export const VSCODE_SERVER_MAIN = process.env.VSCODE_SERVER_MAIN;
 
 /** Starts the server on an OS-chosen port; resolves once it answers. */
-export async function startCodeServer(profile, { env = {}, log = process.env.CS_LOG ? console.error : () => {} } = {}) {
+/** `workspaceTrust: true` keeps VS Code's Workspace Trust on (folders open in Restricted Mode until trusted). */
+export async function startCodeServer(profile, { env = {}, workspaceTrust = false, log = process.env.CS_LOG ? console.error : () => {} } = {}) {
   const [cmd, args, listenRe] = VSCODE_SERVER_MAIN
     ? [process.execPath, [VSCODE_SERVER_MAIN, '--host', '127.0.0.1', '--port', '0', '--without-connection-token',
-        '--enable-smoke-test-driver', '--accept-server-license-terms', '--disable-telemetry', '--disable-workspace-trust',
+        '--enable-smoke-test-driver', '--accept-server-license-terms', '--disable-telemetry', ...(workspaceTrust ? [] : ['--disable-workspace-trust']),
         '--user-data-dir', profile.userData, '--server-data-dir', profile.userData, '--extensions-dir', profile.extensions],
        /Extension host agent listening on (\d+)/]
     : [CODE_SERVER, ['--config', profile.config, '--auth', 'none', '--bind-addr', '127.0.0.1:0',
         '--user-data-dir', profile.userData, '--extensions-dir', profile.extensions,
-        '--disable-telemetry', '--disable-update-check', '--disable-workspace-trust',
+        '--disable-telemetry', '--disable-update-check', ...(workspaceTrust ? [] : ['--disable-workspace-trust']),
         '--disable-getting-started-override', '--ignore-last-opened'],
        /HTTP server listening on http:\/\/127\.0\.0\.1:(\d+)/];
   const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });

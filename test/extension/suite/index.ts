@@ -1,7 +1,8 @@
 // Mocha runner loaded by the VS Code extension host (extensionTestsPath = dist/test/suite/index.js, bundled by
 // scripts/build.mjs with `mocha` and `vscode` external). Exports run(): it resolves when every test passed and rejects
-// otherwise, which the host turns into its exit code. PERIMETER_EXT_SUITES (comma-separated: integration, ssh)
-// selects the suites; all by default. PERIMETER_EXT_RESULT_FILE, when set, receives a JSON summary.
+// otherwise, which the host turns into its exit code. PERIMETER_EXT_SUITES (comma-separated: integration, ssh,
+// restricted) selects the suites (default: integration,ssh; restricted needs Workspace Trust on).
+// PERIMETER_EXT_RESULT_FILE, when set, receives a JSON summary.
 import * as fs from 'fs';
 import Mocha from 'mocha';
 
@@ -12,6 +13,7 @@ export async function run(): Promise<void> {
   const wanted = (process.env.PERIMETER_EXT_SUITES ?? 'integration,ssh').split(',').map((s) => s.trim());
   if (wanted.includes('integration')) await import('./integration.suite');
   if (wanted.includes('ssh')) await import('./ssh.suite');
+  if (wanted.includes('restricted')) await import('./restricted.suite');
   const resultFile = process.env.PERIMETER_EXT_RESULT_FILE;
   await new Promise<void>((resolve, reject) => {
     const runner = mocha.run((failures) => {
