@@ -21,6 +21,7 @@ import { findTemplate, type Template } from '../template/manifest';
 import { QemuVm } from './vm';
 import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
+import { chooseQemuUser, type QemuUser } from './user';
 import type { GuestLimits } from '../../guest/client';
 
 const log = logger('sandbox:qemu');
@@ -62,6 +63,7 @@ export class QemuDriver implements SandboxDriver {
   private readonly active = new Set<QemuSandbox>();
   private readonly vmsDir: string;
   private closed = false;
+  private qemuUser: QemuUser | null = null;
 
   constructor(private readonly config: Config) {
     this.vmsDir = statePaths(config.home).vms;
@@ -82,11 +84,11 @@ export class QemuDriver implements SandboxDriver {
     if (t.manifest.memoryMiB !== this.config.sandbox.memoryMiB || t.manifest.vcpus !== this.config.sandbox.vcpus) {
       fixes.push(`the template has ${t.manifest.memoryMiB} MiB / ${t.manifest.vcpus} vCPU but the configuration asks for ${this.config.sandbox.memoryMiB} MiB / ${this.config.sandbox.vcpus} vCPU: perimeter template build`);
     }
-    const asRoot = process.getuid?.() === 0;
+    const user = chooseQemuUser({ readOnlyFiles: [t.image.kernel, t.image.initrd, t.image.rootfs, t.stateFile], memFile: t.memFile, vmsDir: this.vmsDir });
     const detail = [
       `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
       t.manifest.accel === 'tcg' ? TCG_WARNING : '',
-      asRoot ? 'the companion runs as root, so QEMU does too (confined by -sandbox seccomp); run the companion as an unprivileged user in the kvm group' : '',
+      user.reason,
     ].filter(Boolean).join('; ');
     return { ok: t.manifest.qemuVersion === version, accel: t.manifest.accel, detail, fixes };
   }
@@ -96,10 +98,13 @@ export class QemuDriver implements SandboxDriver {
     if (this.template) return;
     const t = findTemplate(this.config.home, this.config.sandbox.template);
     if (!t) throw fatal('template_missing', 'no sandbox template: run `perimeter template build`');
-    mkdirSync(this.vmsDir, { recursive: true, mode: 0o700 });
+    mkdirSync(this.vmsDir, { recursive: true, mode: 0o711 });
     const killed = sweepOrphans(this.vmsDir);
     if (killed) log.warn(`killed ${killed} orphaned QEMU process(es) left by an earlier companion`);
     if (t.manifest.accel === 'tcg') log.warn(TCG_WARNING);
+    const choice = chooseQemuUser({ readOnlyFiles: [t.image.kernel, t.image.initrd, t.image.rootfs, t.stateFile], memFile: t.memFile, vmsDir: this.vmsDir });
+    this.qemuUser = choice.user;
+    (choice.user || process.getuid?.() !== 0 ? log.info : log.warn)(choice.reason);
     this.template = t;
     this.pool = new WarmPool<QemuSandbox>(this.config.sandbox.poolSize, {
       create: () => this.restoreWarm(),
@@ -129,7 +134,7 @@ export class QemuDriver implements SandboxDriver {
     if (!t) throw fatal('template_missing', 'driver not started');
     if (!existsSync(t.memFile)) throw fatal('template_invalid', `template ${t.dir} lost its memory file`);
     let sandbox: QemuSandbox | null = null;
-    const vm = await QemuVm.spawn(t.image, { binary: this.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: this.vmsDir, memFile: t.memFile, role: 'clone' }, (err) => {
+    const vm = await QemuVm.spawn(t.image, { binary: this.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: this.vmsDir, memFile: t.memFile, role: 'clone', user: this.qemuUser ?? undefined }, (err) => {
       log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`);
       void (sandbox ? sandbox.destroy() : vm.kill());
     });

@@ -8,7 +8,7 @@
 // - Every spawned QEMU is registered and SIGKILLed when this process exits; `sweepOrphans` removes what a killed
 //   companion left behind (see sweep.ts).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -110,11 +110,13 @@ export class QemuVm {
     hookExit();
     const id = `${o.role === 'template' ? 't' : 'vm'}-${process.pid}-${randomBytes(4).toString('hex')}`;
     const dir = path.join(o.vmsDir, id);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    mkdirSync(o.vmsDir, { recursive: true, mode: 0o711 }); // others may reach their own VM directory, not list them
+    mkdirSync(dir, { mode: 0o700 });
     writeFileSync(path.join(dir, 'owner'), String(process.pid));
     const server = net.createServer();
     const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path.join(dir, 'agent.sock'), resolve); });
+    if (o.user) { chownSync(dir, o.user.uid, o.user.gid); chownSync(path.join(dir, 'agent.sock'), o.user.uid, o.user.gid); }
     const t0 = performance.now();
     const proc = spawn(o.binary, qemuArgs(image, o, dir, o.role === 'clone'), {
       env: {}, stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...(o.user ? { uid: o.user.uid, gid: o.user.gid } : {}),

@@ -9,7 +9,7 @@
 // - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, copyFileSync, linkSync, chmodSync } from 'node:fs';
+import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, copyFileSync, linkSync, chmodSync, chownSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -17,6 +17,7 @@ import { writeCpio, type CpioEntry } from './cpio';
 import { findTemplate, loadTemplate, templatesDir, type Template, type TemplateManifest } from './manifest';
 import { QemuVm, VM_RECIPE, hostTscKhz, type VmImage } from '../qemu/vm';
 import { chooseAccel, qemuVersion } from '../qemu/accel';
+import { lookupUser } from '../qemu/user';
 import { fatal } from '../../errors';
 
 export const ROOTFS_PACKAGES = ['bash', 'coreutils', 'ripgrep', 'git', 'python3', 'curl', 'ca-certificates', 'tar'];
@@ -356,6 +357,10 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       files[f] = { bytes: statSync(full).size, sha256: await sha256File(full) };
       chmodSync(full, 0o444);
     }
+    // Root companions run clones as `nobody` when the files are reachable (qemu/user.ts); QEMU 7.2 opens the RAM
+    // file read-write even for a private mapping, so that uid must own it. Nothing else of the template is writable.
+    const nobody = process.getuid?.() === 0 ? lookupUser('nobody') : null;
+    if (nobody) { chownSync(path.join(work, 'mem.bin'), nobody.uid, nobody.gid); chmodSync(path.join(work, 'mem.bin'), 0o644); }
     const manifest: TemplateManifest = {
       version: 1, hash, createdAt: new Date().toISOString(), kernel: o.kernel, accel: accel.accel, qemuVersion: qver,
       memoryMiB: o.memoryMiB, vcpus: o.vcpus, writableMiB, append, machineOpts: kernel.machineOpts, rootfsSource: rootfs.source,
