@@ -3,8 +3,9 @@
 // unit tests drive it with a fake event stream. Invariants:
 // - State is keyed by host, so several companions (local and SSH hosts) coexist; a host's history stays visible while
 //   its connection is down and is merged, not replaced, when the journal is re-read after a reconnect.
-// - Live output of a running call is accumulated from `call.output` chunks (capped at MAX_LIVE_OUTPUT characters);
-//   the full output of a finished call comes from `getCallOutput`.
+// - Live output of a running call is accumulated from `call.output` chunks (capped at MAX_LIVE_OUTPUT characters and
+//   kept for the last KEEP_FINISHED_OUTPUTS finished calls); the full output of a finished call comes from
+//   `getCallOutput`.
 // - Changes are announced with targeted events (which host / session / call changed), never by polling.
 import type {
   ControlEvent, HelloMessage, HostFacts, PersistState, SessionSummary, ToolCallSummary, WorkerState,
@@ -12,6 +13,7 @@ import type {
 import { Emitter } from '../companion/emitter';
 
 export const MAX_LIVE_OUTPUT = 1_000_000;
+const KEEP_FINISHED_OUTPUTS = 20;
 
 /** How the extension is connected to a host's companion (orthogonal to the worker's own state). */
 export type ConnectionStatus = 'stopped' | 'starting' | 'connected' | 'reconnecting' | 'failed';
@@ -172,7 +174,10 @@ export class PerimeterModel {
         s.lastActivityAt = this.now();
         if (!known && s.summary.callCount < s.calls.size) s.summary = { ...s.summary, callCount: s.calls.size };
         this.changes.fire({ kind: 'session', hostId, sessionId: event.call.sessionId });
-        if (event.type === 'call.finished') this.outputs.fire({ hostId, toolUseId: event.call.toolUseId });
+        if (event.type === 'call.finished') {
+          this.retireLiveOutput(sessionKey(hostId, event.call.toolUseId));
+          this.outputs.fire({ hostId, toolUseId: event.call.toolUseId });
+        }
         return;
       }
       case 'call.output': {
@@ -221,6 +226,14 @@ export class PerimeterModel {
   }
 
   dispose(): void { this.changes.dispose(); this.outputs.dispose(); }
+
+  /** Finished calls keep their live output only for the last KEEP_FINISHED_OUTPUTS (their full output is in the journal). */
+  private readonly finishedOutputs: string[] = [];
+  private retireLiveOutput(key: string): void {
+    if (!this.liveOutput.has(key)) return;
+    this.finishedOutputs.push(key);
+    while (this.finishedOutputs.length > KEEP_FINISHED_OUTPUTS) this.liveOutput.delete(this.finishedOutputs.shift()!);
+  }
 
   private placeholderSession(hostId: string, sessionId: string): SessionSummary {
     const existing = this.sessions.get(sessionKey(hostId, sessionId));

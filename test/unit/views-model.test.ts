@@ -42,6 +42,16 @@ describe('view model', () => {
     assert.deepEqual(grown, ['c1', 'c1']);
   });
 
+  it('forgets live output of older finished calls (their full output is in the journal)', () => {
+    for (let i = 0; i < 25; i++) {
+      model.applyEvent('local', { type: 'call.output', sessionId: 's1', toolUseId: `c${i}`, chunk: `out${i}` });
+      model.applyEvent('local', { type: 'call.finished', call: call(`c${i}`, 's1') });
+    }
+    assert.equal(model.liveOutputOf('local', 'c0'), '');
+    assert.equal(model.liveOutputOf('local', 'c24'), 'out24');
+    assert.equal(model.liveOutputOf('local', 'c5'), 'out5');
+  });
+
   it('keeps history across a lost connection and merges the journal on reconnect', () => {
     model.setConnection('local', 'connected');
     model.applyHello('local', hello());
