@@ -1,6 +1,6 @@
 // Warm pool: keeps `size` ready items (restored VMs) ahead of need. `take()` hands out a ready item when one is
 // there (checked with `healthy` first) and otherwise creates one on the spot; every take triggers a refill behind
-// it. Invariants: at most `size` items are being created or waiting at any time; a failed creation is logged and
+// it (optionally a little later while other items are still ready). Invariants: at most `size` items are being created or waiting at any time; a failed creation is logged and
 // retried on the next take (with a short backoff), never thrown at an idle pool; after close() nothing is created and
 // every pooled item is destroyed.
 import { logger } from '../log';
@@ -21,7 +21,9 @@ export class WarmPool<T> {
   private failures = 0;
   private retryTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly size: number, private readonly hooks: PoolHooks<T>) {}
+  private delayTimer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly size: number, private readonly hooks: PoolHooks<T>, private readonly refillDelayMs = 0) {}
 
   get readyCount(): number { return this.ready.length; }
   get fillingCount(): number { return this.filling; }
@@ -33,7 +35,7 @@ export class WarmPool<T> {
     if (this.closed) throw new Error('pool closed');
     while (this.ready.length) {
       const item = this.ready.shift()!;
-      this.refill();
+      this.refillSoon();
       if (await this.hooks.healthy(item).catch(() => false)) return item;
       await this.hooks.destroy(item).catch(() => {});
     }
@@ -54,8 +56,20 @@ export class WarmPool<T> {
   async close(): Promise<void> {
     this.closed = true;
     if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.delayTimer) clearTimeout(this.delayTimer);
     const items = this.ready.splice(0);
     await Promise.all(items.map((i) => this.hooks.destroy(i).catch(() => {})));
+  }
+
+  /**
+   * Refill after `refillDelayMs` while other items are still ready: creating an item (a VM restore) competes for
+   * the CPU with the call that just took one, so it waits until that call has had its head start.
+   */
+  private refillSoon(): void {
+    if (this.refillDelayMs <= 0 || this.ready.length === 0) return this.refill();
+    if (this.delayTimer) return;
+    this.delayTimer = setTimeout(() => { this.delayTimer = null; this.refill(); }, this.refillDelayMs);
+    this.delayTimer.unref();
   }
 
   private refill(): void {

@@ -27,6 +27,9 @@ import type { GuestLimits } from '../../guest/client';
 const log = logger('sandbox:qemu');
 /** Guest memory kept back from user commands for the kernel and the agent. */
 const GUEST_RESERVED_MIB = 48;
+/** A pooled VM is replaced this long after one was taken (if another is still ready), so the restore does not
+ *  compete with the call for the CPU. */
+const POOL_REFILL_DELAY_MS = Number(process.env.PERIMETER_POOL_REFILL_DELAY_MS ?? 400);
 
 export const TCG_WARNING = 'QEMU is running guests under TCG (software CPU emulation): this is for testing; use a host where KVM works for real workloads';
 
@@ -110,7 +113,7 @@ export class QemuDriver implements SandboxDriver {
       create: () => this.restoreWarm(),
       destroy: (s) => s.destroy(),
       healthy: async (s) => { if (s.vm.agent.broken) return false; await s.vm.agent.ping(2_000); return true; },
-    });
+    }, POOL_REFILL_DELAY_MS);
     this.pool.start();
   }
 
