@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { WarmPool } from '../../companion/sandbox/pool';
 
-function harness(o: { failFirst?: number } = {}) {
+function harness(o: { failFirst?: number; refillDelayMs?: number } = {}) {
   let n = 0;
   let failures = o.failFirst ?? 0;
   const destroyed: number[] = [];
@@ -12,7 +12,7 @@ function harness(o: { failFirst?: number } = {}) {
     create: async () => { if (failures > 0) { failures--; throw new Error('boom'); } return ++n; },
     destroy: async (i) => { destroyed.push(i); },
     healthy: async (i) => !unhealthy.has(i),
-  });
+  }, o.refillDelayMs ?? 0);
   return { pool, destroyed, unhealthy, created: () => n };
 }
 
@@ -46,5 +46,19 @@ describe('warm pool', () => {
     assert.equal(h.pool.readyCount, 2);
     await h.pool.close();
     await assert.rejects(h.pool.take(), /closed/);
+  });
+
+  it('delays the refill after a take while another item is ready, but not when the pool ran dry', async () => {
+    const h = harness({ refillDelayMs: 100 });
+    h.pool.start();
+    await h.pool.waitFull(1000);
+    await h.pool.take();
+    assert.equal(h.pool.fillingCount, 0, 'no restore competes with the call that just took an item');
+    await h.pool.waitFull(1000);
+    assert.equal(h.created(), 3, 'refilled after the delay');
+    await h.pool.take();
+    await h.pool.take();
+    assert.equal(h.created(), 5, 'the last ready item was taken: both replacements started at once');
+    await h.pool.close();
   });
 });
