@@ -149,4 +149,31 @@ describe('worker process: crashes, signals, secrets', () => {
     const bad2 = runCli(['demo', '--nope']);
     assert.equal((await bad2.exit).code, 2);
   });
+
+  it('a key the service rejects (401) stops polling with exit code 1 and says why', async () => {
+    dq = await startDevQueue();
+    const w = runCli(workerArgs(dq, tmp()), { ANTHROPIC_ENVIRONMENT_KEY: 'sk-ant-env01-not-the-right-key-000000' });
+    children.push(w);
+    assert.equal((await w.exit).code, 1);
+    assert.match(w.stderr(), /polling stopped: .*401/);
+    assert.ok(!w.stderr().includes('not-the-right-key'));
+  });
+
+  it('perimeter dev-queue prints its endpoint and serves the unmodified SDK', async () => {
+    const d = runCli(['dev-queue', '--lease-ttl', '30']);
+    children.push(d);
+    const deadline = Date.now() + 30_000;
+    while (!/environment key: (\S+)/.test(d.stdout()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+    const base = /base URL: +(\S+)/.exec(d.stdout())![1]!;
+    const env = /environment id: +(\S+)/.exec(d.stdout())![1]!;
+    const key = /environment key: (\S+)/.exec(d.stdout())![1]!;
+    const { default: Anthropic } = await import('@anthropic-ai/sdk');
+    const c = new Anthropic({ apiKey: null, authToken: key, baseURL: base, maxRetries: 0 });
+    const work = await c.beta.environments.work.poll(env, { block_ms: 500 });
+    assert.equal(work?.data.type, 'session');
+    const session = await c.beta.sessions.retrieve(work!.data.id);
+    assert.equal(session.status, 'running');
+    d.proc.kill('SIGINT');
+    assert.equal((await d.exit).code, 0);
+  });
 });
