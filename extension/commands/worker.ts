@@ -108,8 +108,8 @@ export function registerWorkerCommands(deps: WorkerCommandDeps): vscode.Disposab
     cmd('perimeter.showWorkerLog', async (node?: PerimeterNode | string) => {
       const sup = registry.get(hostIdOf(registry, node));
       output.show(true);
-      if (sup && 'remoteLog' in sup.host) {
-        const text = await (sup.host as { remoteLog(): Promise<string> }).remoteLog().catch((e: Error) => `(could not read the remote log: ${e.message})`);
+      if (sup?.host.remoteLog) {
+        const text = await sup.host.remoteLog().catch((e: Error) => `(could not read the remote log: ${e.message})`);
         output.appendLine(`---- ${sup.host.label}: worker.log (last 200 lines) ----`);
         output.appendLine(text.trimEnd());
       }

@@ -46,8 +46,9 @@ export class ControlClient {
   private readonly closes = new Emitter<{ reason: CloseReason; detail: string }>();
   private readonly protocolErrors = new Emitter<string>();
   private closedReported = false;
-  hello: HelloMessage | null = null;
-  lastPongAt = 0;
+  private heartbeatLost = false;
+  private hello: HelloMessage | null = null;
+  private lastPongAt = 0;
 
   readonly onEvent = this.events.event;
   readonly onClose = this.closes.event;
@@ -157,8 +158,6 @@ export class ControlClient {
     }, every);
     this.heartbeat.unref?.();
   }
-
-  private heartbeatLost = false;
 
   private stopHeartbeat(): void {
     if (this.heartbeat) clearInterval(this.heartbeat);

@@ -45,15 +45,10 @@ export class LocalHost implements WorkerHost {
   /** The worker process last seen through control.json (waitStopped waits for it to exit, not just the file). */
   private lastPid: number | null = null;
 
-  /** argv for the worker; exported through `workerArgs` for tests. */
-  workerArgs(settings: WorkerSettings, withKey: boolean): string[] {
-    return workerArgs(this.opts.bundle, this.opts.home, settings, withKey);
-  }
-
   async startWorker(settings: WorkerSettings, key: string | undefined): Promise<void> {
     if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
     mkdirSync(this.opts.home, { recursive: true, mode: 0o700 });
-    const args = this.workerArgs(settings, settings.mode === 'environment');
+    const args = workerArgs(this.opts.bundle, this.opts.home, settings, settings.mode === 'environment');
     const env: NodeJS.ProcessEnv = { ...process.env, ...workerEnv(settings), ELECTRON_RUN_AS_NODE: '1' };
     delete env.ANTHROPIC_API_KEY;            // the worker refuses to start with an API key in its environment
     delete env.ANTHROPIC_ENVIRONMENT_KEY;    // the key travels on stdin only
