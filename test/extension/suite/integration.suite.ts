@@ -39,6 +39,7 @@ describe('Perimeter in the VS Code extension host', function () {
   after(async () => {
     rmSync(LIVE_RELEASE, { force: true });
     if (api?.registry.get('local')?.isRunning) await vscode.commands.executeCommand('perimeter.stopWorker', 'local');
+    if (home) rmSync(home, { recursive: true, force: true });
   });
 
   const sessionNodes = () => api.sessionsTree.getChildren() as Array<Extract<PerimeterNode, { kind: 'session' }>>;

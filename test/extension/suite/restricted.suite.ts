@@ -2,7 +2,7 @@
 // worker and says why. Run by test/extension/host.test.ts with Workspace Trust left on (EXT_TEST_WORKSPACE_TRUST=1).
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
@@ -18,5 +18,6 @@ describe('Perimeter in Restricted Mode', () => {
     assert.equal(await vscode.commands.executeCommand('perimeter.buildTemplate'), false);
     assert.equal(api.model.host('local')!.connection, 'stopped');
     assert.equal(existsSync(path.join(home, 'control.json')), false, 'no worker was started');
+    rmSync(home, { recursive: true, force: true });
   });
 });

@@ -49,6 +49,7 @@ describe('Perimeter on an SSH host', function () {
     await cfg().update('hosts', undefined, vscode.ConfigurationTarget.Global);
     await api.registry.select('local');
     rmSync(path.join(os.homedir(), remoteDir), { recursive: true, force: true });
+    rmSync(path.dirname(sshConfig), { recursive: true, force: true });
   });
 
   const remoteHome = () => path.join(os.homedir(), remoteDir, 'home');
