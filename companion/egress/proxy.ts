@@ -197,9 +197,14 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
   };
 
   /** Joins the guest stream and the upstream socket; `first` is what the guest already sent (forwarded verbatim). */
-  const splice = (guest: Duplex, upstream: net.Socket, first: Buffer, guestByteLimit: number | null) => {
+  const splice = (guest: Duplex, upstream: net.Socket, first: Buffer, guestByteLimit: number | null, label: string) => {
     upstreams.add(upstream);
-    upstream.once('close', () => upstreams.delete(upstream));
+    const opened = Date.now();
+    upstream.once('close', () => {
+      upstreams.delete(upstream);
+      // The audit trail of what left the sandbox: bytes each way per allowed connection.
+      log.info(`closed ${label} after ${Date.now() - opened} ms: ${upstream.bytesWritten} bytes sent, ${upstream.bytesRead} received`);
+    });
     let torn = false;
     const teardown = () => {
       if (torn) return;
@@ -288,7 +293,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
       return void guest.destroy();
     }
     publish({ host: decision.name, port, kind, allowed: true, reason: `matched ${decision.entry.source}${echNote}`, address: dialed.address });
-    splice(guest, dialed.socket, first, guestByteLimit);
+    splice(guest, dialed.socket, first, guestByteLimit, `${kind} ${decision.name}:${port} -> ${dialed.address}`);
   };
 
   const onConnection = (guest: Duplex, port: number) => {

@@ -109,6 +109,7 @@ describe('egress gateway with loopback servers', function () {
     assert.deepEqual([d.allowed, d.kind, d.host, d.port, d.address, d.sessionId], [true, 'tls', 'allowed.test', allowedTls.port, '127.0.0.1', 'sess-1']);
     assert.ok(logs.some((l) => l.message.includes('allowed tls allowed.test') && l.message.includes('127.0.0.1')));
     await until(() => h.gw.activeConnections === 0);
+    await until(() => logs.some((l) => /^closed tls allowed\.test:\d+ -> 127\.0\.0\.1 after \d+ ms: \d+ bytes sent, \d+ received$/.test(l.message)));
     await h.close();
   });
 
