@@ -24,7 +24,7 @@ import { logger } from '../log';
 import type { PersistState } from '../protocol/control';
 import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
 import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
-import { type CommitTxn, SessionStore, sha256 } from './store';
+import { type CommitTxn, SessionStore, forEachLimit, sha256 } from './store';
 import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
 import { DEFAULT_SHELL, sameShell, sanitizeShell } from './shell';
 import { MemoryMirror } from './memory';
@@ -40,6 +40,8 @@ const BATCH_BYTES = 32 * 1024 * 1024;
 /** Files above this size cross the boundary in chunks (readFile ranges out, parts joined in the guest in). */
 const LARGE_FILE = 16 * 1024 * 1024;
 const CHUNK_BYTES = 8 * 1024 * 1024;
+/** Host file operations kept in flight at once (blob reads and writes). */
+const IO_PARALLEL = 32;
 const BATCH_FILES = 1000;
 /** Files listed in a PersistState (events and the control API); `fileCount` says how many there are. */
 const STATE_FILES_LIMIT = 5000;
@@ -178,6 +180,7 @@ export class Persistence implements CallPersistence {
       let received = 0;
       for (const batch of batches(toFetch.filter((e) => e.size <= LARGE_FILE))) {
         const got = await this.fetchBatch(sandbox, batch, fetchProblems);
+        const blobs: Array<[string, Buffer]> = [];
         for (const [entry, { data, hash }] of got) {
           received += data.length;
           if (received > maxBytes) {
@@ -191,8 +194,9 @@ export class Persistence implements CallPersistence {
             if (!sameEntry(before, fetched)) changes.set(entry.path, fetched);
             if (before?.type === 'file' && before.sha256 === hash) continue;
           }
-          await txn.addBlob(hash, data);
+          blobs.push([hash, data]);
         }
+        await forEachLimit(blobs, IO_PARALLEL, ([hash, data]) => txn.addBlob(hash, data));
         for (const entry of batch) if (!got.has(entry)) changes.delete(entry.path);
       }
       for (const entry of toFetch.filter((e) => e.size > LARGE_FILE)) {
@@ -394,8 +398,10 @@ export class Persistence implements CallPersistence {
       await joinParts(sandbox, f.path, f.mode, f.mtimeMs, parts);
     }
     for (const batch of batches(files.filter((e) => e.size <= LARGE_FILE))) {
-      const put: PutFile[] = [];
-      for (const f of batch) put.push({ path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs });
+      const put: PutFile[] = new Array(batch.length);
+      await forEachLimit(batch.map((f, i) => [f, i] as const), IO_PARALLEL, async ([f, i]) => {
+        put[i] = { path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs };
+      });
       await sandbox.putFiles(put, []);
     }
     // Directories that contain nothing persisted would not exist otherwise; symlinks are recreated as data.

@@ -35,10 +35,28 @@ async function ensureRealDir(dir: string): Promise<void> {
   if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw fatal('persist_store_tampered', `persist store: ${dir} is owned by another user (refusing to use it)`);
 }
 
-/** Writes a new file exclusively (never through a symlink, never over an existing file) and fsyncs it. */
-async function writeExclusive(file: string, data: Buffer | string): Promise<void> {
+/** Writes a new file exclusively (never through a symlink, never over an existing file); fsyncs it unless the
+ *  caller syncs a whole batch later (`syncFiles`). */
+async function writeExclusive(file: string, data: Buffer | string, sync = true): Promise<void> {
   const h = await fsp.open(file, CREATE_FLAGS, 0o600);
-  try { await h.writeFile(data); await h.sync(); } finally { await h.close(); }
+  try { await h.writeFile(data); if (sync) await h.sync(); } finally { await h.close(); }
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight (fsync and small-file I/O gain a lot from overlap). */
+export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => { while (next < items.length) { const i = next++; await fn(items[i]!); } };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+const IO_PARALLEL = 32;
+
+/** fsyncs many files at once: the journal commits overlapping fsyncs together. */
+async function syncFiles(files: readonly string[]): Promise<void> {
+  await forEachLimit(files, IO_PARALLEL, async (f) => {
+    const h = await fsp.open(f, C.O_RDONLY | C.O_NOFOLLOW);
+    try { await h.sync(); } finally { await h.close(); }
+  });
 }
 
 async function readNoFollow(file: string): Promise<Buffer> {
@@ -68,8 +86,8 @@ export class CommitTxn {
     if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
     if (this.staged.has(hash) || await this.store.hasBlob(hash)) return;
     const file = path.join(this.stagingDir, hash);
-    await writeExclusive(file, data);
     this.staged.set(hash, file);
+    try { await writeExclusive(file, data, false); } catch (err) { this.staged.delete(hash); throw err; }
   }
 
   /** Streams a large blob into staging; `finish(hash)` stages it under the hash the host computed while writing. */
@@ -82,7 +100,6 @@ export class CommitTxn {
       write: async (data) => { await h.write(data); },
       finish: async (hash) => {
         if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
-        await h.sync();
         await close();
         if (this.staged.has(hash) || await this.store.hasBlob(hash)) { await fsp.rm(file, { force: true }); return; }
         const staged = path.join(this.stagingDir, hash);
@@ -222,15 +239,13 @@ export class SessionStore {
   // ---- internals used by CommitTxn -------------------------------------------------------------------------------
 
   async publish(txn: CommitTxn, staged: Map<string, string>, manifest: Manifest): Promise<void> {
-    const dirsToSync = new Set<string>();
-    for (const [hash, file] of staged) {
-      const shard = path.join(this.blobsDir, hash.slice(0, 2));
-      await ensureRealDir(shard);
-      await fsp.rename(file, path.join(shard, hash));
-      dirsToSync.add(shard);
-    }
-    for (const d of dirsToSync) await fsyncDir(d);
-    if (dirsToSync.size > 0) await fsyncDir(this.blobsDir);
+    // Blob data is durable before any name points at it; then the renames, then the directories.
+    await syncFiles([...staged.values()]);
+    const shards = [...new Set([...staged.keys()].map((h) => h.slice(0, 2)))].map((x) => path.join(this.blobsDir, x));
+    await forEachLimit(shards, IO_PARALLEL, (d) => ensureRealDir(d));
+    await forEachLimit([...staged], IO_PARALLEL, ([hash, file]) => fsp.rename(file, path.join(this.blobsDir, hash.slice(0, 2), hash)));
+    await forEachLimit(shards, IO_PARALLEL, (d) => fsyncDir(d));
+    if (shards.length > 0) await fsyncDir(this.blobsDir);
 
     const tmpManifest = path.join(txn.stagingDir, 'manifest.json');
     await writeExclusive(tmpManifest, JSON.stringify(toFile(this.sessionId, manifest, Date.now())));

@@ -1,0 +1,131 @@
+// Persisted-file benchmark (the persistence section of `npm run bench`): copy-in (prepare) and copy-out (commit)
+// times for a 10 000-file workspace with one changed file and with 100 MB changed, per sandbox driver (the process
+// driver always; QEMU when a template is built). Called by test/bench/bench.ts; runnable alone with
+// `npx tsx test/bench/persist-bench.ts [--json]`. Each measurement is the median of a few runs.
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { loadConfig } from '../../companion/config';
+import { setStderrLogging } from '../../companion/log';
+import { Persistence } from '../../companion/persist/persistence';
+import { ProcessDriver } from '../../companion/sandbox/process/driver';
+import { QemuDriver } from '../../companion/sandbox/qemu/driver';
+import { findTemplate } from '../../companion/sandbox/template/manifest';
+import type { PutFile, SandboxDriver } from '../../companion/sandbox/types';
+
+export interface PersistBenchRow {
+  driver: string;
+  scenario: string;
+  copyInMs: number;
+  copyOutMs: number;
+  files: number;
+  changedBytes: number;
+}
+
+const WORKSPACE_FILES = 10_000;
+const FILE_BYTES = 1024;
+const BIG_CHANGE_FILE_BYTES = 1024 * 1024;
+const RUNS = 3;
+
+function median(xs: number[]): number { const s = [...xs].sort((a, b) => a - b); return s[Math.floor(s.length / 2)]!; }
+
+async function time<T>(fn: () => Promise<T>): Promise<[number, T]> { const t = performance.now(); const r = await fn(); return [performance.now() - t, r]; }
+
+function workspaceFiles(): PutFile[] {
+  const out: PutFile[] = [];
+  for (let i = 0; i < WORKSPACE_FILES; i++) out.push({ path: `/workspace/src/d${Math.floor(i / 100)}/f${i}.txt`, data: randomBytes(FILE_BYTES), mode: 0o644 });
+  return out;
+}
+
+/** `bigChangeFiles` × 1 MiB is the large change; a 256 MiB template VM has a 128 MiB writable layer, which 10 000
+ *  small files (one page each) plus 100 MiB do not fit in, so VMs measure the largest change that fits. */
+async function benchDriver(name: string, driver: SandboxDriver, bigChangeFiles: number): Promise<PersistBenchRow[]> {
+  const home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bench-persist-'));
+  const persistence = new Persistence({ home, persist: { defaults: ['/workspace'], maxBytes: 1024 * 1024 * 1024, maxFiles: 200_000, keepGenerations: 3 } });
+  const session = 'sesn_bench';
+  const rows: PersistBenchRow[] = [];
+  try {
+    // Generation 1: the 10 000-file workspace (copied out once, in full).
+    const seed = await driver.acquire({ sessionId: session });
+    await persistence.prepare(session, seed);
+    const files = workspaceFiles();
+    for (let i = 0; i < files.length; i += 1000) await seed.putFiles(files.slice(i, i + 1000), []);
+    const [initialOut, report] = await time(() => persistence.commit(session, seed, null));
+    if (report.notes.length) throw new Error(`seed commit: ${report.notes.join('; ')}`);
+    await seed.destroy();
+    rows.push({ driver: name, scenario: '10 000 files, all new (first commit)', copyInMs: 0, copyOutMs: initialOut, files: WORKSPACE_FILES, changedBytes: WORKSPACE_FILES * FILE_BYTES });
+
+    const one = { ins: [] as number[], outs: [] as number[] };
+    for (let r = 0; r < RUNS; r++) {
+      const sb = await driver.acquire({ sessionId: session });
+      const [inMs] = await time(() => persistence.prepare(session, sb));
+      await sb.writeFile(`/workspace/src/d0/f${r}.txt`, randomBytes(FILE_BYTES));
+      const [outMs] = await time(() => persistence.commit(session, sb, null));
+      await sb.destroy();
+      one.ins.push(inMs); one.outs.push(outMs);
+    }
+    rows.push({ driver: name, scenario: '10 000 files, 1 changed', copyInMs: median(one.ins), copyOutMs: median(one.outs), files: WORKSPACE_FILES, changedBytes: FILE_BYTES });
+
+    const big = { ins: [] as number[], outs: [] as number[] };
+    for (let r = 0; r < RUNS; r++) {
+      const sb = await driver.acquire({ sessionId: session });
+      await persistence.prepare(session, sb);
+      const changed: PutFile[] = [];
+      for (let i = 0; i < bigChangeFiles; i++) changed.push({ path: `/workspace/data/b${i}.bin`, data: randomBytes(BIG_CHANGE_FILE_BYTES), mode: 0o644 });
+      for (let i = 0; i < changed.length; i += 20) await sb.putFiles(changed.slice(i, i + 20), []);
+      const [outMs, rep] = await time(() => persistence.commit(session, sb, null));
+      if (rep.notes.length) throw new Error(`100 MB commit: ${rep.notes.join('; ')}`);
+      await sb.destroy();
+      const next = await driver.acquire({ sessionId: session });
+      const [inMs] = await time(() => persistence.prepare(session, next));
+      await next.destroy();
+      big.ins.push(inMs); big.outs.push(outMs);
+    }
+    rows.push({ driver: name, scenario: `10 000 files + ${bigChangeFiles} MiB changed (copy-in: the next call gets all ${bigChangeFiles + 10} MiB)`, copyInMs: median(big.ins), copyOutMs: median(big.outs), files: WORKSPACE_FILES + bigChangeFiles, changedBytes: bigChangeFiles * BIG_CHANGE_FILE_BYTES });
+  } finally {
+    rmSync(home, { recursive: true, force: true });
+  }
+  return rows;
+}
+
+/** Runs the persistence benchmark on every driver that can run here. */
+export async function runPersistBench(log: (line: string) => void = () => {}): Promise<PersistBenchRow[]> {
+  const rows: PersistBenchRow[] = [];
+  const base = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bench-sbx-'));
+  const proc = new ProcessDriver({ baseDir: base });
+  try {
+    log('persist: process driver…');
+    rows.push(...await benchDriver('process', proc, 100));
+  } finally { await proc.close(); rmSync(base, { recursive: true, force: true }); }
+  const config = loadConfig({ sandbox: { poolSize: 0 } });
+  let template = null;
+  try { template = findTemplate(config.home, config.sandbox.template); } catch { template = null; }
+  if (template) {
+    const qemu = new QemuDriver(config);
+    try {
+      log('persist: qemu driver…');
+      const writableMiB = Math.min(config.sandbox.diskMiB, Math.floor(template.manifest.memoryMiB / 2));
+      rows.push(...await benchDriver(`qemu (${(await qemu.probe()).accel})`, qemu, Math.min(100, Math.max(8, writableMiB - 64))));
+    } finally { await qemu.close(); }
+  } else {
+    log(`persist: qemu skipped (no template under ${config.home}; run perimeter template build)`);
+  }
+  return rows;
+}
+
+export function persistBenchTable(rows: PersistBenchRow[]): string {
+  return [
+    '| driver | scenario | copy-in (prepare) | copy-out (commit) |',
+    '|---|---|---:|---:|',
+    ...rows.map((r) => `| ${r.driver} | ${r.scenario} | ${r.copyInMs ? `${r.copyInMs.toFixed(0)} ms` : '–'} | ${r.copyOutMs.toFixed(0)} ms |`),
+  ].join('\n');
+}
+
+if (require.main === module) {
+  setStderrLogging(false);
+  void runPersistBench((l) => process.stderr.write(`${l}\n`)).then((rows) => {
+    process.stdout.write(`${process.argv.includes('--json') ? JSON.stringify(rows, null, 1) : persistBenchTable(rows)}\n`);
+  }, (err) => { process.stderr.write(`${(err as Error).stack}\n`); process.exit(1); });
+}
