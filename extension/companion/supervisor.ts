@@ -57,11 +57,17 @@ export class HostSupervisor {
   }
 
   async start(settings: WorkerSettings): Promise<void> {
+    if (this.client?.connected) {
+      const running = this.settings?.mode;
+      if (running && running !== settings.mode) {
+        throw new Error(`the worker on ${this.host.label} already runs ${running === 'localQueue' ? 'the local dev queue (Try Locally)' : 'for the environment'}; stop it first`);
+      }
+      return;
+    }
     this.settings = settings;
     this.desired = 'running';
     this.attempts = 0;
     this.clearRetry();
-    if (this.client?.connected) return;
     this.model.setConnection(this.hostId, 'starting', null);
     try {
       await this.bringUp();

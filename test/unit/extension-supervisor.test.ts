@@ -105,6 +105,14 @@ describe('host supervisor', () => {
     assert.equal(host.starts, 1, 'no restart');
   });
 
+  it('does not silently switch a running worker to another mode', async () => {
+    await sup.start(SETTINGS);
+    await sup.start(SETTINGS);            // the same mode again: nothing to do
+    await assert.rejects(sup.start({ ...SETTINGS, mode: 'environment' }), /already runs the local dev queue/);
+    assert.equal(host.starts, 1);
+    assert.equal(status(model), 'connected');
+  });
+
   it('stops the worker through the control API and does not restart it', async () => {
     await sup.start(SETTINGS);
     await sup.stop();
