@@ -16,6 +16,9 @@ const FILE_OP_DEADLINE_MS = 60_000;
 /** Extra time the host grants past an exec's own timeout before it declares the guest dead. */
 const EXEC_GRACE_MS = 5_000;
 const MAX_TUNNELS = 64;
+/** Guest→host bytes a tunnel may buffer while its consumer does not read; beyond it the tunnel is closed. */
+const TUNNEL_BUFFER_MAX = 8 << 20;
+const MAX_DNS_IN_FLIGHT = 64;
 
 const ENTRY_TYPES = ['file', 'dir', 'symlink', 'other'] as const;
 const GuestEntrySchema = z.object({
@@ -56,6 +59,7 @@ export class GuestClient implements GuestOps {
   private helloWaiter: { resolve(text: string): void; reject(err: Error): void } | null = null;
   private hello: string | null = null;
   private egress: EgressAttachment | null = null;
+  private dnsInFlight = 0;
 
   constructor(private readonly channel: Duplex, private readonly onFatal: (err: Error) => void = () => {}) {
     channel.on('data', (data: Buffer) => {
@@ -233,9 +237,10 @@ export class GuestClient implements GuestOps {
     });
   }
 
-  private write(frames: Buffer[]): void {
-    if (this.failure) return;
-    this.channel.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
+  /** Writes frames; false when the channel's buffer is full (wait for 'drain'). */
+  private write(frames: Buffer[]): boolean {
+    if (this.failure) return true;
+    return this.channel.write(frames.length === 1 ? frames[0]! : Buffer.concat(frames));
   }
 
   private settle(id: number): Pending {
@@ -279,7 +284,13 @@ export class GuestClient implements GuestOps {
         return;
       }
       case T.tunnelOpen: return this.onTunnelOpen(f);
-      case T.tunnelData: { this.tunnels.get(f.id)?.push(Buffer.from(f.payload)); return; }
+      case T.tunnelData: {
+        const t = this.tunnels.get(f.id);
+        if (!t) return;
+        if (t.readableLength + f.payload.length > TUNNEL_BUFFER_MAX) { t.destroy(); return; } // consumer stalled: close it
+        t.push(Buffer.from(f.payload));
+        return;
+      }
       case T.tunnelClose: { const s = this.tunnels.get(f.id); this.tunnels.delete(f.id); s?.push(null); return; }
       case T.dnsQuery: return this.onDnsQuery(f);
       default: throw new ProtocolError(`unexpected frame type 0x${f.type.charCodeAt(0).toString(16)} from the guest`);
@@ -298,8 +309,10 @@ export class GuestClient implements GuestOps {
     const stream = new Duplex({
       read() {},
       write: (chunk: Buffer, _enc, cb) => {
-        for (let off = 0; off < chunk.length; off += MAX_PAYLOAD) this.write([encodeFrame(T.tunnelData, id, chunk.subarray(off, off + MAX_PAYLOAD))]);
-        cb();
+        let flowing = true;
+        for (let off = 0; off < chunk.length; off += MAX_PAYLOAD) flowing = this.write([encodeFrame(T.tunnelData, id, chunk.subarray(off, off + MAX_PAYLOAD))]);
+        // backpressure: a guest that stops reading its channel must not make the host buffer without bound
+        if (flowing || this.failure) cb(); else this.channel.once('drain', () => cb());
       },
       final: (cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(); },
       destroy: (err, cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(err); },
@@ -310,9 +323,10 @@ export class GuestClient implements GuestOps {
 
   private onDnsQuery(f: Frame): void {
     const egress = this.egress;
-    const answer = (buf: Buffer | null) => this.write([encodeFrame(T.dnsAnswer, f.id, buf && buf.length <= 65535 ? buf : Buffer.alloc(0))]);
-    if (!egress || f.payload.length > 4096) return answer(null);
-    egress.onDnsQuery(Buffer.from(f.payload)).then(answer, () => answer(null));
+    const answer = (buf: Buffer | null): void => { this.write([encodeFrame(T.dnsAnswer, f.id, buf && buf.length <= 65535 ? buf : Buffer.alloc(0))]); };
+    if (!egress || f.payload.length > 4096 || this.dnsInFlight >= MAX_DNS_IN_FLIGHT) return answer(null);
+    this.dnsInFlight++;
+    egress.onDnsQuery(Buffer.from(f.payload)).then(answer, () => answer(null)).finally(() => { this.dnsInFlight--; });
   }
 
   private fail(err: Error, notify = true): void {

@@ -117,3 +117,37 @@ describe('guest client against a hostile guest', () => {
     assert.deepEqual(sent.map((f) => [f.type, f.id]), [[T.tunnelClose, 5]]);
   });
 });
+
+describe('guest client tunnel limits', () => {
+  it('closes a tunnel whose consumer stops reading instead of buffering without bound', async () => {
+    const { channel, send, sent } = fakeChannel();
+    const c = new GuestClient(channel);
+    let stream: import('node:stream').Duplex | null = null;
+    const attached = c.attachEgress({ ports: [3128], onConnection: (s) => { stream = s; }, onDnsQuery: async () => null });
+    await new Promise((r) => setImmediate(r));
+    send(encodeFrame(T.ok, sent[0]!.id));
+    await attached;
+    send(encodeFrame(T.tunnelOpen, 77, new BodyWriter().u16(3128).finish()));
+    await new Promise((r) => setImmediate(r));
+    assert.ok(stream);
+    const closed = new Promise((r) => stream!.once('close', r));
+    for (let i = 0; i < 10; i++) send(encodeFrame(T.tunnelData, 77, Buffer.alloc(MAX_PAYLOAD)));
+    await closed;
+    await new Promise((r) => setImmediate(r));
+    assert.ok(sent.some((f) => f.type === T.tunnelClose && f.id === 77), 'the guest is told the tunnel is closed');
+  });
+
+  it('answers at most 64 DNS queries at once (more are dropped)', async () => {
+    const { channel, send, sent } = fakeChannel();
+    const c = new GuestClient(channel);
+    const waiting: (() => void)[] = [];
+    const attached = c.attachEgress({ ports: [], onConnection: () => {}, onDnsQuery: () => new Promise((r) => waiting.push(() => r(Buffer.from('a')))) });
+    await new Promise((r) => setImmediate(r));
+    send(encodeFrame(T.ok, sent[0]!.id));
+    await attached;
+    for (let i = 0; i < 70; i++) send(encodeFrame(T.dnsQuery, 1000 + i, Buffer.from('q')));
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(waiting.length, 64);
+    assert.equal(sent.filter((f) => f.type === T.dnsAnswer && f.payload.length === 0).length, 6, 'the excess got empty (drop) answers');
+  });
+});
