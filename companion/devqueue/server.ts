@@ -36,6 +36,8 @@ export interface DevQueueFaults {
   retryAfterMs?: number;
   /** Close each SSE stream (server side, after flushing) once it delivered this many events. */
   dropStreamAfterEvents?: number;
+  /** Heartbeat requests are never answered (a hung control plane); the holder must give up after the lease TTL. */
+  hangHeartbeats?: boolean;
   /** Routes faults apply to (default: all). */
   routes?: string[];
 }
@@ -48,6 +50,8 @@ export interface DevQueueOptions {
   leaseTtlSeconds?: number;
   /** How long an `expectUnanswered` step waits before it passes and the scripted owner answers it. */
   unansweredWaitMs?: number;
+  /** Re-offer an item whose lease lapsed (default true); false models the lapsed item going to another worker. */
+  requeueLapsedLeases?: boolean;
   /** Put a sessions token into each work item's secret (as the real service does). */
   issueSessionsToken?: boolean;
   faults?: DevQueueFaults;
@@ -369,6 +373,11 @@ export class DevQueue {
       record.sessionId = route.params.session;
       this.requestCount++;
       if (req.method === 'GET') this.getCount++;
+      if (route.name === 'work.heartbeat' && this.faults.hangHeartbeats) {
+        record.status = -1;
+        await new Promise<void>((resolve) => { req.once('close', resolve); res.once('close', resolve); });
+        return;
+      }
       const fault = this.fault(route.name, req.method ?? 'GET');
       if (fault) { record.status = fault.status; fault.send(res); return; }
       record.auth = this.authenticate(req, route.name, route.params);
@@ -498,7 +507,7 @@ export class DevQueue {
   private claimable(reclaimMs: number): WorkItem | null {
     const now = Date.now();
     for (const w of this.work.values()) {
-      if ((w.state === 'starting' || w.state === 'active') && w.leaseExpiresAt !== null && w.leaseExpiresAt < now) {
+      if (this.opts.requeueLapsedLeases !== false && (w.state === 'starting' || w.state === 'active') && w.leaseExpiresAt !== null && w.leaseExpiresAt < now) {
         log.info(`lease of ${w.id} lapsed; re-queueing it`);
         Object.assign(w, { state: 'queued', lastHeartbeat: null, polledAt: null, leaseExpiresAt: null });
       }

@@ -74,6 +74,8 @@ interface SessionHandle {
   calls: SessionCalls | null;
   done: Promise<void>;
   leaseLost: boolean;
+  /** Set when this item was offered again (its lease lapsed): this handler must not stop it any more. */
+  suppressStop: boolean;
 }
 
 export class Worker implements WorkerControl {
@@ -209,13 +211,14 @@ export class Worker implements WorkerControl {
     }
     const sessionId = work.data.id;
     const previous = this.sessions.get(sessionId);
-    const handle: SessionHandle = { sessionId, workId: work.id, ctrl: new AbortController(), calls: null, done: Promise.resolve(), leaseLost: false };
+    const handle: SessionHandle = { sessionId, workId: work.id, ctrl: new AbortController(), calls: null, done: Promise.resolve(), leaseLost: false, suppressStop: false };
+    if (previous && previous.workId === work.id) previous.suppressStop = true;
     this.sessions.set(sessionId, handle);
     this.handles.add(handle);
     this.workToSession.set(work.id, sessionId);
     handle.done = this.serve(handle, work, previous).finally(() => {
       this.handles.delete(handle);
-      this.workToSession.delete(work.id);
+      if (![...this.handles].some((x) => x.workId === work.id)) this.workToSession.delete(work.id);
       if (this.sessions.get(sessionId) === handle) this.sessions.delete(sessionId);
       this.wakeSlotWaiters();
     });
@@ -224,7 +227,9 @@ export class Worker implements WorkerControl {
   private async serve(h: SessionHandle, work: BetaSelfHostedWork, previous: SessionHandle | undefined): Promise<void> {
     const { journal, hub, config } = this.opts;
     if (previous) {
-      log.info(`session ${h.sessionId}: newer work item ${h.workId} supersedes ${previous.workId}; releasing the older one`);
+      log.info(previous.workId === h.workId
+        ? `session ${h.sessionId}: work item ${h.workId} was offered again (its lease lapsed); restarting it`
+        : `session ${h.sessionId}: newer work item ${h.workId} supersedes ${previous.workId}; releasing the older one`);
       previous.calls?.detachFromRunnerAbort();
       previous.ctrl.abort(new Error(`superseded by work item ${h.workId}`));
       await Promise.race([previous.done, new Promise((r) => setTimeout(r, SUPERSEDE_WAIT_MS).unref())]);
@@ -246,8 +251,10 @@ export class Worker implements WorkerControl {
       if (this.drainPromise) h.calls.refuseNew('the companion is shutting down');
       const calls = h.calls;
       const mounts = this.opts.memoryMounts;
+      // A per-handler client: its fetch can drop this handler's stop once the item belongs to a newer claim.
+      const client = this.client.withOptions({ fetch: (input: string | URL | Request, init?: RequestInit) => this.handlerFetch(h, input, init) });
       const ew = new EnvironmentWorker({
-        client: this.client, environmentKey: this.opts.environmentKey, workdir, workerId: this.workerId,
+        client, environmentKey: this.opts.environmentKey, workdir, workerId: this.workerId,
         // Called after the SDK downloaded the session's skills and memory stores: the stores' host folders (allowedRoots)
         // become guest mounts that persistence copies into every sandbox and back out after each call.
         tools: (ctx) => {
@@ -353,6 +360,15 @@ export class Worker implements WorkerControl {
     await Promise.all([...this.handles].map((h) => h.done));
   }
 
+  private handlerFetch(h: SessionHandle, input: string | URL | Request, init?: RequestInit): Promise<Response> {
+    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    if (h.suppressStop && init?.method === 'POST' && new URL(url).pathname.endsWith(`/work/${encodeURIComponent(h.workId)}/stop`)) {
+      log.info(`not stopping ${h.workId} from its earlier claim: the item was claimed again`);
+      return Promise.resolve(new Response(null, { status: 204 }));
+    }
+    return this.observedFetch(input, init);
+  }
+
   // ---- wire observer -------------------------------------------------------------------------------------------
 
   /** Wraps fetch to learn what the SDK did: results posted (-> journal `posted`) and leases lost (412). */
@@ -397,7 +413,7 @@ export class Worker implements WorkerControl {
     m = /^\/v1\/environments\/[^/]+\/work\/([^/]+)\/heartbeat$/.exec(p);
     if (m && status === 412) {
       const sessionId = this.workToSession.get(m[1]!);
-      const h = sessionId ? [...this.handles].find((x) => x.workId === m![1]) : undefined;
+      const h = sessionId ? [...this.handles].reverse().find((x) => x.workId === m![1]) : undefined;
       if (h && !h.leaseLost) {
         h.leaseLost = true;
         log.warn(`session ${h.sessionId}: lease of ${h.workId} lost (412); stopping its calls, not stopping the item`);

@@ -171,3 +171,24 @@ describe('worker: memory stores', () => {
     } finally { await dq.close(); rmDir(rt.home); }
   });
 });
+
+describe('worker: a control plane that stops answering heartbeats', () => {
+  it('gives the lease up after its TTL: the call is stopped, nothing is posted, the item is not stopped', async () => {
+    const dq = await startDevQueue({ leaseTtlSeconds: 2, requeueLapsedLeases: false });
+    const m = tmpDir();
+    const rt = await startRuntime(dq, { home: tmpDir() });
+    try {
+      const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: `touch ${m}/s; sleep 30; echo late` } }]));
+      await dq.waitFor(() => existsSync(`${m}/s`), 30_000, 'the call to start');
+      dq.faults = { hangHeartbeats: true };
+      await dq.waitFor(() => rt.runtime.worker.activeSessions().length === 0, 30_000, 'the worker to give the session up');
+      const toolUseId = dq.report(sid).steps[0]!.toolUseId!;
+      assert.equal(dq.results.has(toolUseId), false, 'nothing posted after the lease was assumed lost');
+      const workId = dq.workItems().find((w) => w.dataId === sid)!.id;
+      assert.equal(dq.stops.filter((s) => s.workId === workId).length, 0, 'the item was not stopped');
+      assert.equal(rt.runtime.journal.getCall(toolUseId)!.state, 'interrupted');
+      dq.faults = {};
+      assert.equal(await rt.stop(), 0);
+    } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
+  });
+});
