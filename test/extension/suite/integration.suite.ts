@@ -54,6 +54,12 @@ describe('Perimeter in the VS Code extension host', function () {
     assert.match(api.statusBar.text, /Perimeter: stopped/);
   });
 
+  it('Run Doctor reports this machine\'s checks as JSON', async () => {
+    const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean }> }>('perimeter.runDoctor', 'local');
+    assert.ok(report.checks.some((c) => c.name === 'node' && c.ok), JSON.stringify(report));
+    assert.equal(vscode.window.activeTextEditor?.document.languageId, 'json');
+  });
+
   it('Try Locally starts the companion; the scenario\'s session appears in the Sessions tree', async () => {
     assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally'), true, api.outputLines.slice(-15).join('\n'));
     assert.equal(api.model.host('local')!.connection, 'connected');

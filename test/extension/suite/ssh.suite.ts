@@ -91,6 +91,13 @@ describe('Perimeter on an SSH host', function () {
     assert.equal(api.model.host(HOST_ID)!.restarts, 0);
   });
 
+  it('runs the doctor on the remote host', async () => {
+    const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean; detail: string }> }>('perimeter.runDoctor', HOST_ID);
+    const stateDir = report.checks.find((c) => c.name === 'state-dir');
+    assert.ok(stateDir?.ok, JSON.stringify(report.checks));
+    assert.ok(stateDir.detail.includes(remoteDir), 'it checked the remote state directory');
+  });
+
   it('stops the remote worker', async () => {
     const remotePid = JSON.parse(readFileSync(path.join(remoteHome(), 'control.json'), 'utf8')).pid as number;
     assert.equal(await vscode.commands.executeCommand('perimeter.stopWorker', HOST_ID), true);
