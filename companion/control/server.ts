@@ -153,10 +153,11 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     }
   }
 
+  /** Whether each connection answered the last liveness ping. */
+  const answered = new WeakMap<WebSocket, boolean>();
   wss.on('connection', (ws, req) => {
-    const alive = { value: true };
-    ws.on('pong', () => { alive.value = true; });
-    (ws as WebSocket & { perimeterAlive?: { value: boolean } }).perimeterAlive = alive;
+    answered.set(ws, true);
+    ws.on('pong', () => answered.set(ws, true));
     ws.on('error', (err) => log.debug('client socket error:', errorMessage(err)));
     ws.on('close', () => authed.delete(ws));
     ws.on('message', (data, isBinary) => { void onMessage(ws, data, isBinary); });
@@ -173,9 +174,8 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
   // Drops connections whose peer vanished without a close (a cut SSH tunnel can leave half-open sockets).
   const liveness = setInterval(() => {
     for (const ws of wss.clients) {
-      const alive = (ws as WebSocket & { perimeterAlive?: { value: boolean } }).perimeterAlive;
-      if (alive && !alive.value) { ws.terminate(); continue; }
-      if (alive) alive.value = false;
+      if (answered.get(ws) === false) { ws.terminate(); continue; }
+      answered.set(ws, false);
       ws.ping();
     }
   }, LIVENESS_INTERVAL_MS);
