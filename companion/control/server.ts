@@ -178,7 +178,7 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       answered.set(ws, false);
       ws.ping();
     }
-  }, LIVENESS_INTERVAL_MS);
+  }, opts.livenessIntervalMs ?? LIVENESS_INTERVAL_MS);
   liveness.unref();
 
   let closed: Promise<void> | null = null;

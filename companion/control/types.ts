@@ -20,6 +20,8 @@ export interface ControlServerOptions {
   journal: JournalReader;
   persistence?: CallPersistence;
   worker: WorkerControl;
+  /** How often connections are pinged; one that misses a ping is dropped at the next (default 30 s). */
+  livenessIntervalMs?: number;
 }
 
 /** Written to `<home>/control.json` with mode 0600; the extension reads it to connect. */

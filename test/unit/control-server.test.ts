@@ -210,6 +210,17 @@ describe('control server', () => {
     assert.equal(worker.shutdowns, 1);
   });
 
+  it('drops a connection whose peer stopped answering WebSocket pings (half-open tunnel)', async () => {
+    server = await startControlServer({ home, hub, worker, journal, livenessIntervalMs: 50 });
+    const mute = new WebSocket(`ws://127.0.0.1:${server.endpoint.port}/`, { headers: { authorization: `Bearer ${server.endpoint.token}` }, autoPong: false });
+    const code = await new Promise<number>((r) => mute.on('close', (c) => r(c)));
+    assert.equal(code, 1006, 'terminated without a close handshake');
+    client = new ControlClient({ port: server.endpoint.port, token: server.endpoint.token });
+    await client.connect();
+    await new Promise((r) => setTimeout(r, 200));          // several liveness rounds
+    assert.equal((await client.request('ping')).state, 'polling', 'a client that answers pings stays connected');
+  });
+
   it('tells connected clients when it closes', async () => {
     await start();
     const closed = new Promise<string>((r) => client.onClose((c) => r(c.reason)));
