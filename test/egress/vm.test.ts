@@ -3,6 +3,8 @@
 // when QEMU or the template is absent.
 import assert from 'node:assert/strict';
 import dgram from 'node:dgram';
+import http from 'node:http';
+import { createHash } from 'node:crypto';
 import net from 'node:net';
 import os from 'node:os';
 import type { Sandbox } from '../../companion/sandbox/types';
@@ -28,6 +30,19 @@ async function hostListeners(): Promise<Listeners> {
   l.udpPort = l.udp.address().port;
   l.close = async () => { await new Promise<void>((r) => l.tcp.close(() => r())); l.udp.close(); };
   return l;
+}
+
+/** An HTTP origin serving `size` bytes of seeded pseudo-random data (so a corrupted or truncated copy is detected). */
+async function startBulkOrigin(size: number): Promise<{ port: number; sha256: string; size: number; close(): Promise<void> }> {
+  const body = Buffer.alloc(size);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < size; i += 4) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; body.writeUInt32LE(x >>> 0, i); }
+  const server = http.createServer((_req, res) => { res.setHeader('content-length', size); res.end(body); });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  return {
+    port: (server.address() as net.AddressInfo).port, size, sha256: createHash('sha256').update(body).digest('hex'),
+    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  };
 }
 
 /** Every address of this host a guest might try (besides loopback and the usual slirp gateway). */
@@ -88,6 +103,7 @@ describe('egress with real VMs', function () {
     let allowed: Fixture;
     let evil: Fixture;
     let plain: Fixture;
+    let bulk: { port: number; sha256: string; size: number; close(): Promise<void> };
     let gw: EgressGateway;
     let s: Sandbox;
     const decisions: EgressDecision[] = [];
@@ -105,10 +121,11 @@ describe('egress with real VMs', function () {
       allowed = await startHttpsFixture(pki, 'allowed-origin');
       evil = await startHttpsFixture(pki, 'evil-origin');
       plain = await startHttpFixture('http-origin');
+      bulk = await startBulkOrigin(16 << 20);
       const hub = new EventHub();
       hub.subscribe((e) => { if (e.type === 'egress.decision') decisions.push(e.decision); });
       gw = createEgressGateway({
-        policy: { allow: [`allowed.test:${allowed.port}`, `*.example.test:${allowed.port}`, `allowed.test:${plain.port}`], allowPrivate: ['127.0.0.1/32'] },
+        policy: { allow: [`allowed.test:${allowed.port}`, `*.example.test:${allowed.port}`, `allowed.test:${plain.port}`, `bulk.test:${bulk.port}`], allowPrivate: ['127.0.0.1/32'] },
         hub, sessionId: 'egress-allow',
         // The host's DNS stand-in: the .test names live on this host's loopback.
         resolver: async (host) => { resolved.push(host); return ['127.0.0.1']; },
@@ -119,7 +136,7 @@ describe('egress with real VMs', function () {
     after(async () => {
       await s?.destroy();
       gw?.close();
-      await Promise.all([allowed?.close(), evil?.close(), plain?.close()]);
+      await Promise.all([allowed?.close(), evil?.close(), plain?.close(), bulk?.close()]);
     });
 
     it('curl to an allowed name succeeds through the gateway, which resolved it on the host', async () => {
@@ -176,6 +193,12 @@ describe('egress with real VMs', function () {
       const denied = await curl(`-i --resolve evil.test:${plain.port}:127.0.0.1 http://evil.test:${plain.port}/`);
       assert.match(denied.out, /403 Forbidden/);
       assert.equal(plain.requests.filter((r) => r.host?.startsWith('evil')).length, 0);
+    });
+
+    it('a 16 MiB download arrives intact through the tunnel and the gateway', async () => {
+      const r = await sh(s, `curl -sS --max-time 240 -o /tmp/bulk http://bulk.test:${bulk.port}/ && stat -c %s /tmp/bulk && sha256sum /tmp/bulk`, { timeoutMs: 280_000 });
+      assert.equal(r.exitCode, 0, text(r));
+      assert.match(text(r), new RegExp(`^${bulk.size}\\n${bulk.sha256} `), text(r));
     });
 
     it('DNS for denied names leaks nothing, and no UDP or other TCP path leaves the guest', async () => {
