@@ -37,7 +37,13 @@ async function startBulkOrigin(size: number): Promise<{ port: number; sha256: st
   const body = Buffer.alloc(size);
   let x = 0x9e3779b9;
   for (let i = 0; i < size; i += 4) { x ^= x << 13; x ^= x >>> 17; x ^= x << 5; body.writeUInt32LE(x >>> 0, i); }
-  const server = http.createServer((_req, res) => { res.setHeader('content-length', size); res.end(body); });
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'POST') { res.setHeader('content-length', size); res.end(body); return; }
+    const h = createHash('sha256');
+    let n = 0;
+    req.on('data', (c: Buffer) => { h.update(c); n += c.length; });
+    req.on('end', () => res.end(`received ${n} ${h.digest('hex')}\n`));
+  });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   return {
     port: (server.address() as net.AddressInfo).port, size, sha256: createHash('sha256').update(body).digest('hex'),
@@ -195,10 +201,13 @@ describe('egress with real VMs', function () {
       assert.equal(plain.requests.filter((r) => r.host?.startsWith('evil')).length, 0);
     });
 
-    it('a 16 MiB download arrives intact through the tunnel and the gateway', async () => {
+    it('a 16 MiB download and upload arrive intact through the tunnel and the gateway', async () => {
       const r = await sh(s, `curl -sS --max-time 240 -o /tmp/bulk http://bulk.test:${bulk.port}/ && stat -c %s /tmp/bulk && sha256sum /tmp/bulk`, { timeoutMs: 280_000 });
       assert.equal(r.exitCode, 0, text(r));
       assert.match(text(r), new RegExp(`^${bulk.size}\\n${bulk.sha256} `), text(r));
+      // And back up (guest -> host, a Content-Length body behind `Expect: 100-continue`).
+      const up = await sh(s, `curl -sS --max-time 240 --data-binary @/tmp/bulk http://bulk.test:${bulk.port}/upload`, { timeoutMs: 280_000 });
+      assert.equal(text(up).trim(), `received ${bulk.size} ${bulk.sha256}`);
     });
 
     it('DNS for denied names leaks nothing, and no UDP or other TCP path leaves the guest', async () => {
