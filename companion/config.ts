@@ -39,6 +39,9 @@ export const ConfigSchema = z.object({
     maxBytes: z.number().int().positive().default(1024 * 1024 * 1024),
     maxFiles: z.number().int().positive().default(200_000),
     keepGenerations: z.number().int().min(1).default(3),
+    /** How copy-out finds changed files: `hash` (the guest hashes every persisted file; exact) or `mtime` (size,
+     *  mtime and mode compared with the stored generation, as rsync does; only candidates are read and hashed). */
+    changeDetection: z.enum(['hash', 'mtime']).default('hash'),
   }).default({} as never),
   egress: z.object({
     mode: z.enum(['none', 'allow']).default('none'),

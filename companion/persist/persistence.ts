@@ -48,9 +48,12 @@ const STATE_FILES_LIMIT = 5000;
 
 const PatternList = z.array(z.string()).max(256);
 
+/** The persist configuration; `changeDetection` defaults to 'hash'. */
+export type PersistSettings = Omit<Config['persist'], 'changeDetection'> & Partial<Pick<Config['persist'], 'changeDetection'>>;
+
 export interface PersistenceOptions {
   home: string;
-  persist: Config['persist'];
+  persist: PersistSettings;
   hub?: EventHub;
   /** The session's memory stores (host directory the SDK syncs, guest mount path). */
   memoryMounts?: MemoryMountResolver;
@@ -163,8 +166,10 @@ export class Persistence implements CallPersistence {
       const sizes = await this.scan(sandbox, patterns, inScope, false);
       const overQuota = quotaProblem(sizes, maxBytes, maxFiles);
       if (overQuota) return keep([overQuota]);
-      // 2. The walk with content hashes, and the diff against the generation this sandbox started from.
-      scan = await this.scan(sandbox, patterns, inScope, true);
+      // 2. The walk with content hashes (or, with changeDetection 'mtime', the stat walk and a size/mtime/mode quick
+      //    check), and the diff against the generation this sandbox started from.
+      const byHash = (this.opts.persist.changeDetection ?? 'hash') === 'hash';
+      scan = byHash ? await this.scan(sandbox, patterns, inScope, true) : sizes;
       const again = quotaProblem(scan, maxBytes, maxFiles);
       if (again) return keep([again]);
       ({ changes, toFetch } = diff(base, scan, inScope));
@@ -462,7 +467,9 @@ function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean): { ch
         continue;
       }
       if (e.sha256 === null) {
-        // Single-file roots come without a hash: fetched every time, and the entry is known only once fetched.
+        // Without a guest hash (single-file roots; changeDetection 'mtime'): unchanged when size, mtime (whole ms, as
+        // copy-in restores it) and mode match the stored entry; otherwise fetched and compared by content.
+        if (b?.type === 'file' && b.size === e.size && b.mode === e.mode && Math.floor(b.mtimeMs) === Math.floor(e.mtimeMs)) continue;
         toFetch.push(e);
         continue;
       }

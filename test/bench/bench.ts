@@ -18,6 +18,7 @@ import { QemuVm } from '../../companion/sandbox/qemu/vm';
 import { findTemplate, type Template } from '../../companion/sandbox/template/manifest';
 import type { SandboxDriver } from '../../companion/sandbox/types';
 import { setLogLevel } from '../../companion/log';
+import { persistSection } from './persist-bench';
 
 export type Metrics = Record<string, number | string | boolean>;
 export interface BenchContext {
@@ -190,6 +191,7 @@ export const SECTIONS: Section[] = [
       }
     },
   },
+  persistSection,
 ];
 
 function arg(name: string): string | undefined {

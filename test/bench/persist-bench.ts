@@ -1,7 +1,8 @@
 // Persisted-file benchmark (the persistence section of `npm run bench`): copy-in (prepare) and copy-out (commit)
 // times for a 10 000-file workspace with one changed file and with 100 MB changed, per sandbox driver (the process
 // driver always; QEMU when a template is built). Called by test/bench/bench.ts; runnable alone with
-// `npx tsx test/bench/persist-bench.ts [--json]`. Each measurement is the median of a few runs.
+// `npx tsx test/bench/persist-bench.ts [--json]`. Each measurement is the median of a few runs; both change-detection
+// modes (config.persist.changeDetection: guest hashes vs size/mtime quick check) are measured.
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -9,7 +10,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { loadConfig } from '../../companion/config';
 import { setStderrLogging } from '../../companion/log';
-import { Persistence } from '../../companion/persist/persistence';
+import { Persistence, type PersistSettings } from '../../companion/persist/persistence';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
@@ -17,7 +18,9 @@ import type { PutFile, SandboxDriver } from '../../companion/sandbox/types';
 
 export interface PersistBenchRow {
   driver: string;
-  scenario: string;
+  /** config.persist.changeDetection used for the commit. */
+  mode: 'hash' | 'mtime';
+  scenario: 'initial' | 'oneChanged' | 'bigChanged';
   copyInMs: number;
   copyOutMs: number;
   files: number;
@@ -41,9 +44,11 @@ function workspaceFiles(): PutFile[] {
 
 /** `bigChangeFiles` × 1 MiB is the large change; a 256 MiB template VM has a 128 MiB writable layer, which 10 000
  *  small files (one page each) plus 100 MiB do not fit in, so VMs measure the largest change that fits. */
-async function benchDriver(name: string, driver: SandboxDriver, bigChangeFiles: number): Promise<PersistBenchRow[]> {
+async function benchDriver(name: string, driver: SandboxDriver, bigChangeFiles: number, runs: number): Promise<PersistBenchRow[]> {
   const home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bench-persist-'));
-  const persistence = new Persistence({ home, persist: { defaults: ['/workspace'], maxBytes: 1024 * 1024 * 1024, maxFiles: 200_000, keepGenerations: 3 } });
+  // One Persistence for the whole run (one cache per store); the change-detection mode is switched between phases.
+  const settings: PersistSettings = { defaults: ['/workspace'], maxBytes: 1024 * 1024 * 1024, maxFiles: 200_000, keepGenerations: 3, changeDetection: 'hash' };
+  const persistence = new Persistence({ home, persist: settings });
   const session = 'sesn_bench';
   const rows: PersistBenchRow[] = [];
   try {
@@ -55,35 +60,39 @@ async function benchDriver(name: string, driver: SandboxDriver, bigChangeFiles: 
     const [initialOut, report] = await time(() => persistence.commit(session, seed, null));
     if (report.notes.length) throw new Error(`seed commit: ${report.notes.join('; ')}`);
     await seed.destroy();
-    rows.push({ driver: name, scenario: '10 000 files, all new (first commit)', copyInMs: 0, copyOutMs: initialOut, files: WORKSPACE_FILES, changedBytes: WORKSPACE_FILES * FILE_BYTES });
+    rows.push({ driver: name, mode: 'hash', scenario: 'initial', copyInMs: 0, copyOutMs: initialOut, files: WORKSPACE_FILES, changedBytes: WORKSPACE_FILES * FILE_BYTES });
 
-    const one = { ins: [] as number[], outs: [] as number[] };
-    for (let r = 0; r < RUNS; r++) {
-      const sb = await driver.acquire({ sessionId: session });
-      const [inMs] = await time(() => persistence.prepare(session, sb));
-      await sb.writeFile(`/workspace/src/d0/f${r}.txt`, randomBytes(FILE_BYTES));
-      const [outMs] = await time(() => persistence.commit(session, sb, null));
-      await sb.destroy();
-      one.ins.push(inMs); one.outs.push(outMs);
-    }
-    rows.push({ driver: name, scenario: '10 000 files, 1 changed', copyInMs: median(one.ins), copyOutMs: median(one.outs), files: WORKSPACE_FILES, changedBytes: FILE_BYTES });
+    for (const mode of ['hash', 'mtime'] as const) {
+      settings.changeDetection = mode;
+      const one = { ins: [] as number[], outs: [] as number[] };
+      for (let r = 0; r < runs; r++) {
+        const sb = await driver.acquire({ sessionId: session });
+        const [inMs] = await time(() => persistence.prepare(session, sb));
+        await sb.writeFile(`/workspace/src/d0/f${r}.txt`, randomBytes(FILE_BYTES));
+        const [outMs, rep] = await time(() => persistence.commit(session, sb, null));
+        if (rep.generation === 0 || rep.notes.length) throw new Error(`1-file commit: ${rep.notes.join('; ')}`);
+        await sb.destroy();
+        one.ins.push(inMs); one.outs.push(outMs);
+      }
+      rows.push({ driver: name, mode, scenario: 'oneChanged', copyInMs: median(one.ins), copyOutMs: median(one.outs), files: WORKSPACE_FILES, changedBytes: FILE_BYTES });
 
-    const big = { ins: [] as number[], outs: [] as number[] };
-    for (let r = 0; r < RUNS; r++) {
-      const sb = await driver.acquire({ sessionId: session });
-      await persistence.prepare(session, sb);
-      const changed: PutFile[] = [];
-      for (let i = 0; i < bigChangeFiles; i++) changed.push({ path: `/workspace/data/b${i}.bin`, data: randomBytes(BIG_CHANGE_FILE_BYTES), mode: 0o644 });
-      for (let i = 0; i < changed.length; i += 20) await sb.putFiles(changed.slice(i, i + 20), []);
-      const [outMs, rep] = await time(() => persistence.commit(session, sb, null));
-      if (rep.notes.length) throw new Error(`100 MB commit: ${rep.notes.join('; ')}`);
-      await sb.destroy();
-      const next = await driver.acquire({ sessionId: session });
-      const [inMs] = await time(() => persistence.prepare(session, next));
-      await next.destroy();
-      big.ins.push(inMs); big.outs.push(outMs);
+      const big = { ins: [] as number[], outs: [] as number[] };
+      for (let r = 0; r < runs; r++) {
+        const sb = await driver.acquire({ sessionId: session });
+        await persistence.prepare(session, sb);
+        const changed: PutFile[] = [];
+        for (let i = 0; i < bigChangeFiles; i++) changed.push({ path: `/workspace/data/b${i}.bin`, data: randomBytes(BIG_CHANGE_FILE_BYTES), mode: 0o644 });
+        for (let i = 0; i < changed.length; i += 20) await sb.putFiles(changed.slice(i, i + 20), []);
+        const [outMs, rep] = await time(() => persistence.commit(session, sb, null));
+        if (rep.notes.length) throw new Error(`large commit: ${rep.notes.join('; ')}`);
+        await sb.destroy();
+        const next = await driver.acquire({ sessionId: session });
+        const [inMs] = await time(() => persistence.prepare(session, next));
+        await next.destroy();
+        big.ins.push(inMs); big.outs.push(outMs);
+      }
+      rows.push({ driver: name, mode, scenario: 'bigChanged', copyInMs: median(big.ins), copyOutMs: median(big.outs), files: WORKSPACE_FILES + bigChangeFiles, changedBytes: bigChangeFiles * BIG_CHANGE_FILE_BYTES });
     }
-    rows.push({ driver: name, scenario: `10 000 files + ${bigChangeFiles} MiB changed (copy-in: the next call gets all ${bigChangeFiles + 10} MiB)`, copyInMs: median(big.ins), copyOutMs: median(big.outs), files: WORKSPACE_FILES + bigChangeFiles, changedBytes: bigChangeFiles * BIG_CHANGE_FILE_BYTES });
   } finally {
     rmSync(home, { recursive: true, force: true });
   }
@@ -91,13 +100,13 @@ async function benchDriver(name: string, driver: SandboxDriver, bigChangeFiles: 
 }
 
 /** Runs the persistence benchmark on every driver that can run here. */
-export async function runPersistBench(log: (line: string) => void = () => {}): Promise<PersistBenchRow[]> {
+export async function runPersistBench(log: (line: string) => void = () => {}, runs = RUNS): Promise<PersistBenchRow[]> {
   const rows: PersistBenchRow[] = [];
   const base = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bench-sbx-'));
   const proc = new ProcessDriver({ baseDir: base });
   try {
-    log('persist: process driver…');
-    rows.push(...await benchDriver('process', proc, 100));
+    log('  persist: process driver…');
+    rows.push(...await benchDriver('process', proc, 100, runs));
   } finally { await proc.close(); rmSync(base, { recursive: true, force: true }); }
   const config = loadConfig({ sandbox: { poolSize: 0 } });
   let template = null;
@@ -105,25 +114,51 @@ export async function runPersistBench(log: (line: string) => void = () => {}): P
   if (template) {
     const qemu = new QemuDriver(config);
     try {
-      log('persist: qemu driver…');
+      log('  persist: qemu driver…');
       const writableMiB = Math.min(config.sandbox.diskMiB, Math.floor(template.manifest.memoryMiB / 2));
-      rows.push(...await benchDriver(`qemu (${(await qemu.probe()).accel})`, qemu, Math.min(100, Math.max(8, writableMiB - 64))));
+      rows.push(...await benchDriver(`qemu (${(await qemu.probe()).accel})`, qemu, Math.min(100, Math.max(8, writableMiB - 64)), runs));
     } finally { await qemu.close(); }
   } else {
-    log(`persist: qemu skipped (no template under ${config.home}; run perimeter template build)`);
+    log(`  persist: qemu skipped (no template under ${config.home}; run perimeter template build)`);
   }
   return rows;
 }
 
+/** The `persist` section of test/bench/bench.ts: flat metrics per driver and scenario. */
+export const persistSection = {
+  name: 'persist',
+  about: 'persisted files: copy-in (prepare) and copy-out (commit) of a 10 000-file workspace, 1 file changed and ~100 MiB changed',
+  needsVm: false,
+  async run(ctx: { n: number; log(line: string): void }): Promise<Record<string, number | string>> {
+    const rows = await runPersistBench(ctx.log, Math.max(1, Math.min(ctx.n, RUNS)));
+    const out: Record<string, number | string> = {};
+    for (const r of rows) {
+      const key = `persist${r.driver.startsWith('qemu') ? 'Qemu' : 'Process'}${r.scenario[0]!.toUpperCase()}${r.scenario.slice(1)}${r.scenario === 'initial' ? '' : r.mode === 'hash' ? 'Hash' : 'Mtime'}`;
+      if (r.copyInMs) out[`${key}CopyInMs`] = Math.round(r.copyInMs);
+      out[`${key}CopyOutMs`] = Math.round(r.copyOutMs);
+      if (r.scenario === 'bigChanged') out[`${key}MiB`] = Math.round(r.changedBytes / (1024 * 1024));
+    }
+    return out;
+  },
+};
+
+const SCENARIOS = {
+  initial: (r: PersistBenchRow) => `${r.files} files, all new (first commit)`,
+  oneChanged: (r: PersistBenchRow) => `${r.files} files, 1 changed`,
+  bigChanged: (r: PersistBenchRow) => `10 000 files + ${Math.round(r.changedBytes / 1048576)} MiB changed (copy-in = next call, all of it)`,
+};
+
 export function persistBenchTable(rows: PersistBenchRow[]): string {
   return [
-    '| driver | scenario | copy-in (prepare) | copy-out (commit) |',
-    '|---|---|---:|---:|',
-    ...rows.map((r) => `| ${r.driver} | ${r.scenario} | ${r.copyInMs ? `${r.copyInMs.toFixed(0)} ms` : '–'} | ${r.copyOutMs.toFixed(0)} ms |`),
+    '| driver | change detection | scenario | copy-in (prepare) | copy-out (commit) |',
+    '|---|---|---|---:|---:|',
+    ...rows.map((r) => `| ${r.driver} | ${r.scenario === 'initial' ? '–' : r.mode} | ${SCENARIOS[r.scenario](r)} | ${r.copyInMs ? `${r.copyInMs.toFixed(0)} ms` : '–'} | ${r.copyOutMs.toFixed(0)} ms |`),
   ].join('\n');
 }
 
-if (require.main === module) {
+// Standalone only (`npx tsx test/bench/persist-bench.ts`); inside the bench bundle `require.main === module` would
+// also hold, so the file name decides.
+if (/persist-bench\.ts$/.test(process.argv[1] ?? '')) {
   setStderrLogging(false);
   void runPersistBench((l) => process.stderr.write(`${l}\n`)).then((rows) => {
     process.stdout.write(`${process.argv.includes('--json') ? JSON.stringify(rows, null, 1) : persistBenchTable(rows)}\n`);

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { EventHub } from '../../companion/events';
 import type { ControlEvent } from '../../companion/protocol/control';
+import type { Sandbox } from '../../companion/sandbox/types';
 import { newPersistence, processDriver, runCall, tempDir } from './helpers';
 
 describe('persist: tool calls with the process driver', function () {
@@ -85,6 +86,31 @@ describe('persist: tool calls with the process driver', function () {
     assert.equal(stored?.sha256, first.outcome.text.trim());
     const next = await runCall(sbx.driver, p, s, 'bash', { command: 'sha256sum big.bin | cut -c1-64; stat -c %a big.bin; ls -A | grep -c perimeter || true' });
     assert.equal(next.outcome.text.trim(), `${first.outcome.text.trim()}\n755\n0`);
+  });
+
+  it('changeDetection "mtime": only changed files are read from the guest; a same-size edit is still detected', async () => {
+    const p = newPersistence(home, { limits: { changeDetection: 'mtime' } });
+    const s = 'sesn_mtime';
+    await runCall(sbx.driver, p, s, 'bash', { command: 'mkdir -p src && for i in $(seq 1 50); do echo "file $i" > src/f$i.txt; done' });
+    const fetched: string[] = [];
+    const spy = (sb: Sandbox): Sandbox => new Proxy(sb, {
+      get(target, prop, receiver) {
+        if (prop === 'getFiles') return async (paths: string[], o: { maxTotalBytes: number }) => { fetched.push(...paths); return target.getFiles(paths, o); };
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const sb = spy(await sbx.driver.acquire({ sessionId: s }));
+    try {
+      await p.prepare(s, sb);
+      await new Promise((r) => setTimeout(r, 5));
+      await sb.exec({ argv: ['/bin/bash', '-c', 'cd "$PERIMETER_GUEST_PREFIX/workspace/src" && echo "FILE 7" > f7.txt'], timeoutMs: 10_000, maxOutputBytes: 1000 });
+      const report = await p.commit(s, sb, null);
+      assert.equal(report.generation, 2);
+    } finally { await sb.destroy(); }
+    assert.deepEqual(fetched, ['/workspace/src/f7.txt']);
+    const read = await runCall(sbx.driver, p, s, 'read', { file_path: '/workspace/src/f7.txt' });
+    assert.match(read.outcome.text, /FILE 7/);
   });
 
   it('quota: an over-quota call commits nothing, says so, and the previous generation stays', async () => {

@@ -6,14 +6,14 @@ import { createHash } from 'node:crypto';
 import { lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Persistence, type PersistenceOptions } from '../../companion/persist/persistence';
+import { Persistence, type PersistenceOptions, type PersistSettings } from '../../companion/persist/persistence';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import type { Sandbox, SandboxDriver } from '../../companion/sandbox/types';
 import { runTool, type ToolOutcome } from '../../companion/tools/tools';
 import type { ToolName } from '../../companion/tools/schemas';
 import type { CommitReport, ShellState } from '../../companion/persist/types';
 
-export const TEST_LIMITS = { defaults: ['/workspace'], maxBytes: 64 * 1024 * 1024, maxFiles: 20_000, keepGenerations: 3 };
+export const TEST_LIMITS: PersistSettings = { defaults: ['/workspace'], maxBytes: 64 * 1024 * 1024, maxFiles: 20_000, keepGenerations: 3, changeDetection: 'hash' };
 
 export function tempDir(prefix: string): string { return mkdtempSync(path.join(os.tmpdir(), `perimeter-${prefix}-`)); }
 
