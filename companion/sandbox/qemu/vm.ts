@@ -5,10 +5,10 @@
 // - QEMU is hardened: empty environment, -nodefaults, seccomp `-sandbox on,...,spawn=deny`, no NIC, the root image
 //   opened `format=raw,readonly=on`, guest RAM from the template's mem.bin mapped MAP_PRIVATE (`share=off`).
 //   Snapshots move only device state, over a Unix socket the host serves (no `exec:` helper, which spawn=deny forbids).
-// - Every spawned QEMU is registered and SIGKILLed when this process exits; `sweepOrphans` removes what a killed
-//   companion left behind (see sweep.ts).
+// - Every spawned QEMU is registered and SIGKILLed when this process exits, gets a parent-death signal (setpriv
+//   --pdeathsig) so even a SIGKILLed companion takes its VMs down, and `sweepOrphans` removes whatever is left.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -39,6 +39,7 @@ export interface VmOptions {
   user?: { uid: number; gid: number };
 }
 
+const SETPRIV = '/usr/bin/setpriv';
 const live = new Set<ChildProcess>();
 let exitHooked = false;
 function hookExit(): void {
@@ -118,7 +119,9 @@ export class QemuVm {
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path.join(dir, 'agent.sock'), resolve); });
     if (o.user) { chownSync(dir, o.user.uid, o.user.gid); chownSync(path.join(dir, 'agent.sock'), o.user.uid, o.user.gid); }
     const t0 = performance.now();
-    const proc = spawn(o.binary, qemuArgs(image, o, dir, o.role === 'clone'), {
+    // setpriv --pdeathsig: QEMU dies with this process even when it is SIGKILLed (the startup sweep is the backstop)
+    const [cmd, argv] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'KILL', '--', o.binary, ...qemuArgs(image, o, dir, o.role === 'clone')]] : [o.binary, qemuArgs(image, o, dir, o.role === 'clone')];
+    const proc = spawn(cmd, argv, {
       env: {}, stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...(o.user ? { uid: o.user.uid, gid: o.user.gid } : {}),
     });
     live.add(proc);
