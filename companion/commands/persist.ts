@@ -1,8 +1,14 @@
 // `perimeter persist add|rm|ls --session ID [--home DIR] [--json] [PATTERN...]`: view and change a session's persist
-// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds. Works on
-// the state directory directly; a running companion reads the list at every call, so a change applies from the
-// next tool call on. Every pattern is validated (companion/persist/paths.ts) before anything is written.
+// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds. When a
+// companion runs on this state directory, the change goes through its control API (so connected clients see the
+// `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
+// next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written.
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import WebSocket from 'ws';
+import { PersistState as PersistStateSchema, ServerMessage, type ControlMethod } from '../protocol/control';
+import { statePaths } from '../config';
+import { fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED, formatBytes } from '../persist/persistence';
 import type { PersistState } from '../protocol/control';
 import { CONFIG_FLAGS, UsageError, configFromFlags } from './options';
@@ -16,6 +22,33 @@ const USAGE = [
   'PATTERN is an absolute guest path: a directory (/workspace), a file, or a glob (/home/agent/.cache/pip/**,',
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
 ].join('\n');
+
+/** One request to the companion running on `home`, or null when none is reachable (no control.json, dead pid,
+ *  connection refused). A companion that answers with an error makes the command fail with that message. */
+async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPersist' | 'setPersist'>, params: Record<string, unknown>): Promise<PersistState | null> {
+  let endpoint: { port: number; token: string; pid: number };
+  try { endpoint = JSON.parse(readFileSync(statePaths(home).controlFile, 'utf8')) as typeof endpoint; } catch { return null; }
+  if (!Number.isInteger(endpoint.port) || typeof endpoint.token !== 'string') return null;
+  try { process.kill(endpoint.pid, 0); } catch { return null; }
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${endpoint.port}/`, { headers: { Authorization: `Bearer ${endpoint.token}` }, handshakeTimeout: 3000 });
+    const timer = setTimeout(() => { ws.terminate(); resolve(null); }, 5000);
+    const done = (fn: () => void) => { clearTimeout(timer); ws.close(); fn(); };
+    ws.on('error', () => done(() => resolve(null)));
+    ws.on('close', () => done(() => resolve(null)));
+    ws.on('message', (data) => {
+      let msg: ServerMessage;
+      try { msg = ServerMessage.parse(JSON.parse(data.toString())); } catch { return; }
+      if (msg.type === 'hello') ws.send(JSON.stringify({ id: 1, method, params }));
+      else if (msg.type === 'response' && msg.id === 1) {
+        const parsed = PersistStateSchema.safeParse(msg.result);
+        done(() => (parsed.success ? resolve(parsed.data) : reject(fatal('control_bad_reply', 'the companion sent an invalid persist state'))));
+      } else if (msg.type === 'error' && (msg.id === 1 || msg.id === null)) {
+        done(() => (msg.code === 'unavailable' ? resolve(null) : reject(fatal(`control_${msg.code}`, msg.message))));
+      }
+    });
+  });
+}
 
 function render(state: PersistState): string {
   const count = state.fileCount ?? state.files.length;
@@ -51,13 +84,14 @@ export const persistCommand: Command = {
     const config = configFromFlags(values, { control: { enabled: false } });
     const persistence = new Persistence({ home: config.home, persist: config.persist });
     const sessionId = values.session;
-    let state: PersistState;
-    if (action === 'ls') {
-      state = await persistence.state(sessionId);
-    } else {
-      const current = await persistence.patterns(sessionId);
+    // The running companion when there is one (its clients hear about the change), else the store directly.
+    const get = async () => (await viaControlApi(config.home, 'getPersist', { sessionId })) ?? persistence.state(sessionId);
+    const set = async (list: string[]) => (await viaControlApi(config.home, 'setPersist', { sessionId, patterns: list })) ?? persistence.setPatterns(sessionId, list);
+    let state = await get();
+    if (action !== 'ls') {
+      const current = state.patterns;
       if (action === 'add') {
-        state = await persistence.setPatterns(sessionId, [...current, ...patterns]);
+        state = await set([...current, ...patterns]);
       } else {
         const normalise = (p: string) => (p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p);
         const unknown = patterns.filter((p) => !current.includes(normalise(p)));
@@ -66,7 +100,7 @@ export const persistCommand: Command = {
           throw new UsageError(always.length > 0 ? `${always.join(', ')} is always persisted and cannot be removed`
             : `not in the persist list of ${sessionId}: ${unknown.join(', ')} (see perimeter persist ls --session ${sessionId})`);
         }
-        state = await persistence.setPatterns(sessionId, current.filter((p) => !patterns.map(normalise).includes(p)));
+        state = await set(current.filter((p) => !patterns.map(normalise).includes(p)));
       }
     }
     process.stdout.write(`${values.json ? JSON.stringify(state) : render(state)}\n`);

@@ -1,9 +1,14 @@
 // `perimeter persist add|rm|ls`: the real CLI entry point in a child process against a state directory; the list it
 // writes is the one the next tool call uses.
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
+import { startControlServer } from '../../companion/control/server';
+import type { WorkerControl } from '../../companion/control/types';
+import { EventHub } from '../../companion/events';
+import { Journal } from '../../companion/journal/journal';
+import type { ControlEvent } from '../../companion/protocol/control';
 import { newPersistence, processDriver, runCall, tempDir } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -49,4 +54,32 @@ describe('persist: perimeter persist CLI', function () {
       assert.doesNotMatch(listed.out, /w\.txt/, '/workspace is no longer persisted');
     } finally { await sbx.dispose(); }
   });
+
+  it('with a companion running on the same home, the change goes through its control API and clients get the event', async () => {
+    const hub = new EventHub();
+    const events: ControlEvent[] = [];
+    hub.subscribe((e) => events.push(e));
+    const persistence = newPersistence(home);
+    const worker: WorkerControl = {
+      state: () => 'polling',
+      hostFacts: () => ({ hostname: 'test', driver: 'process', accel: 'none', vmsRunning: 0, vmsPooled: 0, memoryAvailableMb: 1, concurrency: 1, version: 'test', pid: process.pid, startedAt: Date.now() }),
+      drain: async () => {}, shutdown: async () => {},
+    };
+    const server = await startControlServer({ home, hub, journal: Journal.open(path.join(home, 'journal')), persistence, worker });
+    try {
+      const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+        // Asynchronous: this process serves the control API the child talks to.
+        const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'add', '--home', home, '--session', 'sesn_live', '--json', '/opt/tools/**'], { cwd: ROOT });
+        let out = ''; let err = '';
+        child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+        child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+        child.on('exit', (code) => resolve({ code, out, err }));
+      });
+      assert.equal(r.code, 0, r.err);
+      assert.deepEqual(JSON.parse(r.out).patterns, ['/workspace', '/opt/tools/**']);
+      assert.ok(events.some((e) => e.type === 'persist.changed' && e.persist.sessionId === 'sesn_live' && e.persist.patterns.includes('/opt/tools/**')));
+      assert.deepEqual(await persistence.patterns('sesn_live'), ['/workspace', '/opt/tools/**']);
+    } finally { await server.close(); }
+  });
 });
+
