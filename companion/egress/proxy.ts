@@ -66,7 +66,9 @@ export interface EgressGatewayOptions {
 }
 
 export interface EgressLimits {
-  /** Deadline for the ClientHello / request head. */
+  /** Deadline for the first byte of a connection (a slow, loaded guest may need seconds to start its hello). */
+  firstByteTimeoutMs: number;
+  /** Deadline from the first byte to a complete ClientHello / request head (against trickled hellos). */
   helloTimeoutMs: number;
   /** Byte cap on what is read before a decision (records of a fragmented hello included). */
   maxPrefixBytes: number;
@@ -78,7 +80,8 @@ export interface EgressLimits {
 }
 
 const DEFAULT_LIMITS: EgressLimits = {
-  helloTimeoutMs: 5_000,
+  firstByteTimeoutMs: 30_000,
+  helloTimeoutMs: 10_000,
   maxPrefixBytes: 2 * MAX_HANDSHAKE_BYTES,
   resolveTimeoutMs: 5_000,
   connectTimeoutMs: 10_000,
@@ -245,7 +248,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
   };
 
   const handle = async (guest: Duplex, port: number) => {
-    const outcome = await readPrefix(guest, sniff, { maxBytes: limits.maxPrefixBytes, timeoutMs: limits.helloTimeoutMs });
+    const outcome = await readPrefix(guest, sniff, { maxBytes: limits.maxPrefixBytes, timeoutMs: limits.helloTimeoutMs, firstByteTimeoutMs: limits.firstByteTimeoutMs });
     if (closed) return void guest.destroy();
     if (outcome.status !== 'done') {
       const kind = outcome.buffered.length === 0 ? 'tcp' : outcome.buffered[0] === 0x16 ? 'tls' : looksLikeHttp(outcome.buffered) ? 'http' : 'tcp';

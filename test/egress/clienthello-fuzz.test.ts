@@ -178,6 +178,17 @@ describe('egress ClientHello parser (fuzz)', function () {
     assert.equal(o2.status, 'timeout');
     assert.ok(o2.buffered.length < wire.length);
 
+    // The first byte has its own, longer deadline: a hello that starts late but arrives whole is accepted; a
+    // connection that never sends anything is closed at that deadline.
+    const late = new PassThrough();
+    const p4 = readPrefix(late, sniff, { maxBytes: 32768, timeoutMs: 100, firstByteTimeoutMs: 5000 });
+    setTimeout(() => late.write(toRecords(randomHello(rng, 'late.test').message)), 300);
+    const o4 = await p4;
+    assert.ok(o4.status === 'done' && o4.value.status === 'ok' && o4.value.hello.serverName === 'late.test', JSON.stringify(o4.status));
+    const silent = new PassThrough();
+    const o5 = await readPrefix(silent, sniff, { maxBytes: 32768, timeoutMs: 5000, firstByteTimeoutMs: 200 });
+    assert.ok(o5.status === 'timeout' && /no first byte/.test(o5.detail) && o5.buffered.length === 0);
+
     const flood = new PassThrough();
     const p3 = readPrefix(flood, () => ({ status: 'incomplete' as const }), { maxBytes: 4096, timeoutMs: 5000 });
     for (let i = 0; i < 10; i++) flood.write(rng.bytes(1000));

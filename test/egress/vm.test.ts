@@ -14,7 +14,7 @@ import { EventHub } from '../../companion/events';
 import type { EgressDecision } from '../../companion/protocol/control';
 import { setStderrLogging } from '../../companion/log';
 import { newDriver, sh, skipWithoutVms, text } from '../vm/helpers';
-import { makeTestPki, startHttpsFixture, startHttpFixture, type Fixture, type TestPki } from './helpers/fixtures';
+import { makeTestPki, startHttpsFixture, startHttpFixture, until, type Fixture, type TestPki } from './helpers/fixtures';
 
 interface Listeners { tcp: net.Server; tcpPort: number; tcpHits: number; udp: dgram.Socket; udpPort: number; udpHits: number; close(): Promise<void> }
 
@@ -208,6 +208,17 @@ describe('egress with real VMs', function () {
       // And back up (guest -> host, a Content-Length body behind `Expect: 100-continue`).
       const up = await sh(s, `curl -sS --max-time 240 --data-binary @/tmp/bulk http://bulk.test:${bulk.port}/upload`, { timeoutMs: 280_000 });
       assert.equal(text(up).trim(), `received ${bulk.size} ${bulk.sha256}`);
+    });
+
+    it('16 parallel TLS connections from a busy guest all complete, and every tunnel is torn down', async () => {
+      const before = allowed.connections;
+      const r = await sh(s, [
+        `for i in $(seq 1 16); do (curl -sS --max-time 120 --cacert /tmp/test-ca.pem https://allowed.test:${allowed.port}/p$i > /tmp/par.$i 2>&1; echo $? > /tmp/par.rc.$i) & done; wait`,
+        'echo "ok=$(grep -l allowed-origin /tmp/par.[0-9]* | wc -l) rc=$(cat /tmp/par.rc.* | sort -u | tr "\n" ,)"',
+      ].join('\n'), { timeoutMs: 240_000 });
+      assert.match(text(r), /ok=16 rc=0,/, text(r));
+      assert.equal(allowed.connections, before + 16);
+      await until(() => gw.activeConnections === 0);
     });
 
     it('DNS for denied names leaks nothing, and no UDP or other TCP path leaves the guest', async () => {
