@@ -1,8 +1,8 @@
 // The egress gateway: the single place where a sandbox's outbound connections are decided, for every driver.
 //
 // Transport. A VM never gets a NIC. With `egress.mode: 'allow'` the driver receives the EgressAttachment built here:
-// the guest agent listens on the guest's 127.0.0.1 for each of `ports` (443, 80 and every explicit `host:port` of the
-// allow-list) and on UDP 127.0.0.1:53; the guest's resolv.conf points at that stub, whose answers (dns.ts) send every
+// the guest agent listens on the guest's 127.0.0.1 for each of `ports` (443 and 80 when an entry has no port, and
+// every explicit `host:port` of the allow-list) and on UDP 127.0.0.1:53; the guest's resolv.conf points at that stub, whose answers (dns.ts) send every
 // allowed name to 127.0.0.1. Each accepted TCP connection is tunnelled to the host and handed to `onConnection`, each
 // DNS query to `onDnsQuery`.
 // - QEMU: the tunnel is multiplexed over the existing agent channel (virtio-serial). Chosen over slirp
@@ -28,7 +28,7 @@
 // and connects to that outer name only, and the guest gets no HTTPS/SVCB records (dns.ts), so a real ECH reaches
 // only servers behind an allowed name, the same residual risk as domain fronting. Chromium sends GREASE ECH on every
 // connection (even with --disable-features=EncryptedClientHello), so it needs `route-outer`.
-// Invariants: bounded reads (byte cap + deadline) before a decision; no guest byte is forwarded before an allow;
+// Invariants: bounded reads (byte cap + first-byte and hello deadlines) before a decision; no guest byte is forwarded before an allow;
 // at most `maxConnections` live tunnels; idle connections are closed; either side closing or failing tears down both;
 // nothing here throws into the driver. No UDP is forwarded anywhere (the DNS stub answers locally), so no QUIC.
 import net from 'node:net';
