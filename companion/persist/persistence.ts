@@ -14,6 +14,8 @@
 // - Calls of one session are serialised around the store; concurrent calls merge by three-way diff against the
 //   generation each sandbox started from.
 import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { z } from 'zod';
 import { GuestError, type GuestOps, type PutFile } from '../sandbox/types';
 import type { Config } from '../config';
@@ -83,6 +85,7 @@ export class Persistence implements CallPersistence {
   }
 
   async patterns(sessionId: string): Promise<string[]> {
+    if (!await this.known(sessionId)) return [...this.opts.persist.defaults];
     const store = await this.store(sessionId);
     return (await store.readPatterns()) ?? [...this.opts.persist.defaults];
   }
@@ -100,6 +103,7 @@ export class Persistence implements CallPersistence {
   }
 
   async state(sessionId: string): Promise<PersistState> {
+    if (!await this.known(sessionId)) return { sessionId, patterns: [...this.opts.persist.defaults], generation: 0, files: [], totalBytes: 0, fileCount: 0 };
     const store = await this.store(sessionId);
     const current = await store.current();
     const files = [...current.entries.values()].filter((e): e is FileEntry => e.type === 'file').sort((a, b) => (a.path < b.path ? -1 : 1));
@@ -430,6 +434,14 @@ export class Persistence implements CallPersistence {
     if (!this.opts.memoryMounts) return null;
     const mounts = await this.opts.memoryMounts(sessionId);
     return mounts.length > 0 ? new MemoryMirror(mounts) : null;
+  }
+
+  /** Whether the session has a store (reading the state of an unknown session creates nothing). */
+  private async known(sessionId: string): Promise<boolean> {
+    const bad = checkSessionId(sessionId);
+    if (bad) throw fatal('persist_session_invalid', bad);
+    if (this.stores.has(sessionId)) return true;
+    try { await fsp.lstat(path.join(this.sessionsDir, sessionId)); return true; } catch { return false; }
   }
 
   private store(sessionId: string): Promise<SessionStore> {

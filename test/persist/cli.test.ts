@@ -2,7 +2,7 @@
 // writes is the one the next tool call uses.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { startControlServer } from '../../companion/control/server';
 import type { WorkerControl } from '../../companion/control/types';
@@ -25,6 +25,10 @@ describe('persist: perimeter persist CLI', function () {
 
   it('add, rm and ls change the list the next call uses; bad input gets a clear error and changes nothing', async () => {
     const s = 'sesn_cli';
+    const empty = cli('ls', '--home', home, '--session', 'sesn_unknown', '--json');
+    assert.equal(empty.code, 0, empty.err);
+    assert.deepEqual(JSON.parse(empty.out), { sessionId: 'sesn_unknown', patterns: ['/workspace'], generation: 0, files: [], totalBytes: 0, fileCount: 0 });
+    assert.equal(existsSync(path.join(home, 'sessions', 'sesn_unknown')), false, 'ls creates nothing');
     const added = cli('add', '--home', home, '--session', s, '--json', '/srv/data/', '/root/.cache/pip/**');
     assert.equal(added.code, 0, added.err);
     assert.deepEqual(JSON.parse(added.out).patterns, ['/workspace', '/srv/data', '/root/.cache/pip/**']);
