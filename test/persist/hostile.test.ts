@@ -104,6 +104,18 @@ describe('persist: hostile guest, real tricks in the sandbox', function () {
     assert.deepEqual(readdirSync(path.join(home, 'sessions', 'sesn_many', 'gens')), []);
   });
 
+  it('case and Unicode-normalisation twins (F11) stay distinct files, never merged', async () => {
+    const p = newPersistence(home);
+    const s = 'sesn_twins';
+    const nfc = 'caf\u00e9';
+    const nfd = 'cafe\u0301';
+    const r = await runCall(sbx.driver, p, s, 'bash', { command: `mkdir -p Keep keep && echo upper > Keep/A && echo lower > keep/a && echo nfc > $'${nfc}' && echo nfd > $'${nfd}'` });
+    assert.equal(r.outcome.isError, false, r.outcome.text);
+    assert.deepEqual((await p.state(s)).files.map((f) => f.path).sort(), ['/workspace/Keep/A', `/workspace/${nfc}`, `/workspace/${nfd}`, '/workspace/keep/a'].sort());
+    const next = await runCall(sbx.driver, p, s, 'bash', { command: `cat Keep/A keep/a $'${nfc}' $'${nfd}'` });
+    assert.equal(next.outcome.text.trim(), 'upper\nlower\nnfc\nnfd');
+  });
+
   it('setuid bits are stripped (0755/0644) and a hardlink to a host file becomes an independent copy', async () => {
     const p = newPersistence(home);
     const s = 'sesn_modes';
