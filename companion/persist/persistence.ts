@@ -177,6 +177,13 @@ export class Persistence implements CallPersistence {
       const again = quotaProblem(scan, maxBytes, maxFiles);
       if (again) return keep([again]);
       ({ changes, toFetch } = diff(base, scan, inScope));
+      // A metadata-only change reuses the base's blob; if a concurrent commit pruned it meanwhile, fetch the data.
+      const fetching = new Set(toFetch.map((f) => f.path));
+      for (const [p, e] of changes) {
+        if (e?.type !== 'file' || fetching.has(p) || await store.hasBlob(e.sha256)) continue;
+        const walked = scan.entries.get(p);
+        if (walked?.type === 'file') toFetch.push(walked);
+      }
     } catch (err) {
       throw asSandboxFailure('copy-out', err);
     }
@@ -201,7 +208,7 @@ export class Persistence implements CallPersistence {
             const fetched: FileEntry = { type: 'file', path: entry.path, size: data.length, mode: entry.mode, mtimeMs: entry.mtimeMs, sha256: hash };
             const before = base.entries.get(entry.path);
             if (!sameEntry(before, fetched)) changes.set(entry.path, fetched);
-            if (before?.type === 'file' && before.sha256 === hash) continue;
+            if (before?.type === 'file' && before.sha256 === hash && await store.hasBlob(hash)) continue;
           }
           blobs.push([hash, data]);
         }

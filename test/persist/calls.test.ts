@@ -159,4 +159,23 @@ describe('persist: tool calls with the process driver', function () {
     await a.destroy(); await b.destroy();
     assert.deepEqual((await p.state(s)).files.map((f) => f.path), ['/workspace/base', '/workspace/from-a', '/workspace/from-b']);
   });
+
+  it('a metadata-only change whose blob a concurrent commit pruned is re-fetched, never left dangling', async () => {
+    const p = newPersistence(home, { limits: { keepGenerations: 1 } });
+    const s = 'sesn_prune_race';
+    await runCall(sbx.driver, p, s, 'write', { file_path: '/workspace/tool.sh', content: 'echo hi\n' });
+    const slow = await sbx.driver.acquire({ sessionId: s });
+    try {
+      await p.prepare(s, slow);
+      // Meanwhile other calls delete the file and move on: its blob is pruned (keepGenerations 1).
+      await runCall(sbx.driver, p, s, 'bash', { command: 'rm tool.sh' });
+      await runCall(sbx.driver, p, s, 'write', { file_path: '/workspace/other', content: 'x' });
+      await slow.exec({ argv: ['/bin/bash', '-c', 'chmod +x "$PERIMETER_GUEST_PREFIX/workspace/tool.sh"'], timeoutMs: 10_000, maxOutputBytes: 1000 });
+      await p.commit(s, slow, null);
+    } finally { await slow.destroy(); }
+    const check = await runCall(sbx.driver, p, s, 'bash', { command: 'stat -c %a tool.sh && ./tool.sh && cat other' });
+    assert.equal(check.outcome.isError, false, check.outcome.text);
+    assert.equal(check.outcome.text.trim(), '755\nhi\nx');
+  });
 });
+
