@@ -135,6 +135,8 @@ export class DevQueue {
   readonly requests: RecordedRequest[] = [];
   /** Every result event posted, per tool_use_id (more than one = answered twice). */
   readonly results = new Map<string, Array<{ isError: boolean; text: string; ts: number }>>();
+  /** Faults injected so far, by kind. */
+  readonly injected = { rateLimited: 0, serverErrors: 0, malformed: 0, streamDrops: 0, hungHeartbeats: 0 };
   /** Every stop posted: work id and whether it was forced. */
   readonly stops: Array<{ workId: string; force: boolean; ts: number; status: number }> = [];
 
@@ -277,7 +279,7 @@ export class DevQueue {
       res.write(frame);
       const sent = ((res as unknown as { sentEvents?: number }).sentEvents ?? 0) + 1;
       (res as unknown as { sentEvents?: number }).sentEvents = sent;
-      if (this.faults.dropStreamAfterEvents && sent >= this.faults.dropStreamAfterEvents) { s.subscribers.delete(res); res.end(); }
+      if (this.faults.dropStreamAfterEvents && sent >= this.faults.dropStreamAfterEvents) { s.subscribers.delete(res); res.end(); this.injected.streamDrops++; }
     }
     this.changed.emit('change');
     return ev;
@@ -375,6 +377,7 @@ export class DevQueue {
       if (req.method === 'GET') this.getCount++;
       if (route.name === 'work.heartbeat' && this.faults.hangHeartbeats) {
         record.status = -1;
+        this.injected.hungHeartbeats++;
         await new Promise<void>((resolve) => { req.once('close', resolve); res.once('close', resolve); });
         return;
       }
@@ -412,13 +415,16 @@ export class DevQueue {
     const n = this.requestCount;
     if (f.status429Every && n % f.status429Every === 0) {
       const ms = f.retryAfterMs ?? 200;
+      this.injected.rateLimited++;
       return { status: 429, send: (res) => { res.writeHead(429, { 'content-type': 'application/json', 'retry-after-ms': String(ms), 'retry-after': String(Math.ceil(ms / 1000)) }); res.end(JSON.stringify({ type: 'error', error: { type: 'rate_limit_error', message: 'injected rate limit' } })); } };
     }
     if (f.status5xxEvery && n % f.status5xxEvery === 0) {
       const status = [500, 502, 503, 529][Math.floor(n / f.status5xxEvery) % 4]!;
+      this.injected.serverErrors++;
       return { status, send: (res) => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(JSON.stringify({ type: 'error', error: { type: status === 529 ? 'overloaded_error' : 'api_error', message: 'injected server error' } })); } };
     }
     if (f.malformedEvery && method === 'GET' && (f.malformedRoutes ?? ['work.poll', 'events.list']).includes(route) && this.getCount % f.malformedEvery === 0) {
+      this.injected.malformed++;
       return { status: 200, send: (res) => { res.writeHead(200, { 'content-type': 'application/json' }); res.end('{"type": "work", "id": '); } };
     }
     return null;

@@ -39,6 +39,8 @@ const POST_GRACE_MS = 5_000;
 const SUPERSEDE_WAIT_MS = 35_000;
 const FACTS_INTERVAL_MS = 10_000;
 const DEFAULT_STALL_CHECK_MS = 15_000;
+/** A finished call whose result is still unposted after this long was given up by the SDK's send loop. */
+const UNPOSTED_GRACE_MS = 120_000;
 
 export interface WorkerOptions {
   config: Config;
@@ -87,7 +89,7 @@ export class Worker implements WorkerControl {
   private readonly handles = new Set<SessionHandle>();
   private readonly workToSession = new Map<string, string>();
   /** Live event-stream requests per session, so the stall watchdog can cut them. */
-  private readonly streams = new Map<string, Map<AbortController, number>>();
+  private readonly streams = new Map<string, Map<(reason: Error) => void, number>>();
   private slotWaiters: Array<() => void> = [];
   private readonly client: Anthropic;
   private readonly calls: CallRunner;
@@ -293,7 +295,7 @@ export class Worker implements WorkerControl {
         if (ids.length === 0 || h.ctrl.signal.aborted) return;
         log.warn(`session ${h.sessionId}: ${ids.length} call(s) of ours not dispatched yet (${ids.join(', ')}); making the SDK reconnect and reconcile`);
         // Cut only streams that had a full period to reconcile; a fresh one is still reconciling (or backing off).
-        for (const [c, openedAt] of this.streams.get(h.sessionId) ?? []) if (Date.now() - openedAt >= every) c.abort(new Error('stall watchdog'));
+        for (const [cut, openedAt] of this.streams.get(h.sessionId) ?? []) if (Date.now() - openedAt >= every) cut(new Error('stall watchdog: reconnecting to reconcile'));
       }).catch((err) => log.debug(`stall check for ${h.sessionId} failed: ${errorMessage(err)}`)).finally(() => { checking = false; });
     }, every);
     t.unref();
@@ -316,7 +318,11 @@ export class Worker implements WorkerControl {
       if (answered.has(id) || now - u.at < minAgeMs) continue;
       if (u.permission === 'deny' || (u.permission && u.permission !== 'allow' && verdicts.get(id) !== 'allow')) continue;
       const c = this.opts.journal.getCall(id);
-      if (c && (c.state === 'running' || c.state === 'waiting_confirmation' || (c.finishedAt !== null && now - c.finishedAt < minAgeMs))) continue;
+      // The SDK runs calls and posts results inline in its stream loop: while one of ours is running, or a result is
+      // still being posted (the SDK retries a post for up to the lease TTL), the loop is busy, not stalled.
+      if (c && (c.state === 'running' || c.state === 'waiting_confirmation')) return [];
+      if (c && c.state !== 'posted' && c.finishedAt !== null && now - c.finishedAt < Math.max(minAgeMs, UNPOSTED_GRACE_MS)) return [];
+      if (c?.state === 'posted') continue;
       out.push(id);
     }
     return out;
@@ -360,6 +366,38 @@ export class Worker implements WorkerControl {
     await Promise.all([...this.handles].map((h) => h.done));
   }
 
+  /**
+   * Fetches an SSE stream and wraps its body so the stall watchdog can fail it: the SDK's reader then gets an
+   * ordinary stream error, logs it and reconnects (followed by a history reconcile). Erroring the wrapper, rather
+   * than aborting the request, works whatever the SDK is doing at that moment (an abort of a response whose buffered
+   * data was not read yet can leave the reader waiting forever).
+   */
+  private async watchedStream(sessionId: string, input: string | URL | Request, init?: RequestInit): Promise<Response> {
+    const res = await fetch(input, init);
+    if (!res.ok || !res.body) return res;
+    const reader = res.body.getReader();
+    let controller!: ReadableStreamDefaultController<Uint8Array>;
+    const set = this.streams.get(sessionId) ?? new Map<(reason: Error) => void, number>();
+    this.streams.set(sessionId, set);
+    const cut = (reason: Error) => {
+      set.delete(cut);
+      try { controller.error(reason); } catch { /* already closed */ }
+      reader.cancel(reason).catch(() => {});
+    };
+    set.set(cut, Date.now());
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => { controller = c; },
+      pull: async (c) => {
+        try {
+          const { done, value } = await reader.read();
+          if (done) { set.delete(cut); c.close(); } else c.enqueue(value);
+        } catch (err) { set.delete(cut); c.error(err); }
+      },
+      cancel: (reason) => { set.delete(cut); return reader.cancel(reason); },
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  }
+
   private handlerFetch(h: SessionHandle, input: string | URL | Request, init?: RequestInit): Promise<Response> {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
     if (h.suppressStop && init?.method === 'POST' && new URL(url).pathname.endsWith(`/work/${encodeURIComponent(h.workId)}/stop`)) {
@@ -375,18 +413,7 @@ export class Worker implements WorkerControl {
   private readonly observedFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
     const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
-    if (stream && (init?.method ?? 'GET') === 'GET') {
-      // Keep a handle on the SSE request so the stall watchdog can cut it (the SDK then reconnects and reconciles).
-      const sessionId = decodeURIComponent(stream[1]!);
-      const cut = new AbortController();
-      const outer = init?.signal;
-      if (outer) { if (outer.aborted) cut.abort(outer.reason); else outer.addEventListener('abort', () => cut.abort(outer.reason), { once: true }); }
-      const set = this.streams.get(sessionId) ?? new Map<AbortController, number>();
-      set.set(cut, Date.now());
-      this.streams.set(sessionId, set);
-      cut.signal.addEventListener('abort', () => set.delete(cut), { once: true });
-      return fetch(input, { ...init, signal: cut.signal });
-    }
+    if (stream && (init?.method ?? 'GET') === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
     const res = await fetch(input, init);
     if ((init?.method ?? 'GET') === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(new URL(url).pathname)) {
       return relocateMemoryStores(res);

@@ -32,7 +32,7 @@ export interface RuntimeFixture { runtime: Runtime; running: Promise<number>; ho
 export async function startRuntime(dq: DevQueue, o: { home?: string; concurrency?: number; mode?: 'per-call' | 'per-session'; maxIdleMs?: number; drainTimeoutMs?: number } = {}): Promise<RuntimeFixture> {
   setStderrLogging(process.env.PERIMETER_TEST_LOGS === '1');
   const home = o.home ?? tmpDir('perimeter-home-');
-  const config = loadConfig({ home, concurrency: o.concurrency ?? 4, sandbox: { driver: 'process', mode: o.mode ?? 'per-call' }, control: { enabled: false } }, {});
+  const config = loadConfig({ home, logLevel: process.env.PERIMETER_LOG_LEVEL, concurrency: o.concurrency ?? 4, sandbox: { driver: 'process', mode: o.mode ?? 'per-call' }, control: { enabled: false } }, {});
   const runtime = await assembleRuntime({ config, environmentId: dq.environmentId, environmentKey: dq.environmentKey, baseUrl: dq.baseUrl, control: false, maxIdleMs: o.maxIdleMs ?? 800, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: 2000 });
   const running = runtime.run();
   return { runtime, running, home, stop: async () => { await runtime.worker.drain(); return running; } };
