@@ -99,11 +99,8 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
         return found;
       }
       case 'getPersist': return requirePersistence().state(req.params.sessionId);
-      case 'setPersist': {
-        const state = await requirePersistence().setPatterns(req.params.sessionId, req.params.patterns);
-        opts.hub.publish({ type: 'persist.changed', persist: state });
-        return state;
-      }
+      // The persistence layer publishes `persist.changed` itself, for every client and the CLI alike.
+      case 'setPersist': return requirePersistence().setPatterns(req.params.sessionId, req.params.patterns);
       case 'drain':
         await opts.worker.drain();
         return { state: opts.worker.state() };

@@ -20,6 +20,7 @@ export interface CallPersistence {
    *  Rejects (a PerimeterError) when the sandbox fails during copy-out; the previous generation then stays CURRENT. */
   commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport>;
   patterns(sessionId: string): Promise<string[]>;
+  /** Replaces the session's persist list and publishes `persist.changed` on the hub. */
   setPatterns(sessionId: string, patterns: string[]): Promise<PersistState>;
   state(sessionId: string): Promise<PersistState>;
 }

@@ -37,14 +37,18 @@ class FakeJournal implements JournalReader {
   callOutput(toolUseId: string) { return toolUseId === 'c1' ? { call: call('c1', 's1'), output: 'full output' } : null; }
 }
 
+/** Honours the CallPersistence contract: setPatterns announces the change on the hub itself. */
 class FakePersistence implements Pick<CallPersistence, 'state' | 'setPatterns'> {
   patterns = new Map<string, string[]>();
+  constructor(private readonly hub: EventHub) {}
   async state(sessionId: string): Promise<PersistState> {
     return { sessionId, patterns: this.patterns.get(sessionId) ?? ['/workspace'], generation: 0, files: [], totalBytes: 0 };
   }
   async setPatterns(sessionId: string, patterns: string[]): Promise<PersistState> {
     this.patterns.set(sessionId, patterns);
-    return this.state(sessionId);
+    const state = await this.state(sessionId);
+    this.hub.publish({ type: 'persist.changed', persist: state });
+    return state;
   }
 }
 
@@ -82,7 +86,7 @@ describe('control server', () => {
 
   beforeEach(() => {
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ctl-'));
-    hub = new EventHub(); worker = new FakeWorker(); journal = new FakeJournal(); persistence = new FakePersistence();
+    hub = new EventHub(); worker = new FakeWorker(); journal = new FakeJournal(); persistence = new FakePersistence(hub);
   });
   afterEach(async () => { client?.close(); await server?.close(); rmSync(home, { recursive: true, force: true }); });
 
@@ -189,10 +193,12 @@ describe('control server', () => {
 
   it('changes a session\'s persist list and announces it', async () => {
     await start();
-    const announced = new Promise<string[]>((r) => client.onEvent((e) => { if (e.type === 'persist.changed') r(e.persist.patterns); }));
+    const announced: string[][] = [];
+    client.onEvent((e) => { if (e.type === 'persist.changed') announced.push(e.persist.patterns); });
     const state = await client.request('setPersist', { sessionId: 's1', patterns: ['/workspace', '/data'] });
     assert.deepEqual(state.patterns, ['/workspace', '/data']);
-    assert.deepEqual(await announced, ['/workspace', '/data']);
+    await client.request('ping');   // events sent before the ping's reply have arrived
+    assert.deepEqual(announced, [['/workspace', '/data']], 'announced exactly once');
     assert.deepEqual((await client.request('getPersist', { sessionId: 's1' })).patterns, ['/workspace', '/data']);
   });
 
