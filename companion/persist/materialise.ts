@@ -2,7 +2,7 @@
 // store and only ever exist in the guest), and files larger than one agent message (sent as parts, joined here).
 // Fixed bash scripts read NUL-separated records from stdin, so no persisted name or target is ever parsed by a shell
 // or placed on a command line.
-import type { GuestOps } from '../sandbox/types';
+import type { ExecResult, GuestOps } from '../sandbox/types';
 import { logger } from '../log';
 
 const log = logger('persist');
@@ -23,6 +23,18 @@ export const MATERIALISE_SCRIPT = [
   'exit $fail',
 ].join('\n');
 
+/** Runs one of this module's bash scripts in the guest with NUL-separated fields on stdin (names never hit argv). */
+function runScript(sandbox: GuestOps, script: string, fields: string[]): Promise<ExecResult> {
+  return sandbox.exec({
+    argv: ['/bin/bash', '--noprofile', '--norc', '-c', script],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+    cwd: '/',
+    stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
+    timeoutMs: TIMEOUT_MS,
+    maxOutputBytes: 8192,
+  });
+}
+
 export type MaterialiseRecord = { dir: string } | { link: string; target: string };
 
 /** Creates the directories and symlinks; failures are logged (the files themselves are already in place). */
@@ -33,14 +45,7 @@ export async function materialise(sandbox: GuestOps, records: MaterialiseRecord[
     if ('dir' in r) fields.push('d', r.dir);
     else fields.push('l', r.target, r.link);
   }
-  const res = await sandbox.exec({
-    argv: ['/bin/bash', '--noprofile', '--norc', '-c', MATERIALISE_SCRIPT],
-    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
-    cwd: '/',
-    stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
-    timeoutMs: TIMEOUT_MS,
-    maxOutputBytes: 8192,
-  });
+  const res = await runScript(sandbox, MATERIALISE_SCRIPT, fields);
   if (res.exitCode !== 0) log.warn(`copy-in: some directories or symlinks could not be recreated (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 500)}`);
 }
 
@@ -58,13 +63,6 @@ export const JOIN_SCRIPT = [
 
 export async function joinParts(sandbox: GuestOps, target: string, mode: number, mtimeMs: number, parts: string[]): Promise<void> {
   const fields = [target, mode.toString(8), (mtimeMs / 1000).toFixed(3), String(parts.length), ...parts];
-  const res = await sandbox.exec({
-    argv: ['/bin/bash', '--noprofile', '--norc', '-c', JOIN_SCRIPT],
-    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
-    cwd: '/',
-    stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
-    timeoutMs: TIMEOUT_MS,
-    maxOutputBytes: 8192,
-  });
+  const res = await runScript(sandbox, JOIN_SCRIPT, fields);
   if (res.exitCode !== 0) throw new Error(`could not assemble ${target} in the sandbox (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 300)}`);
 }

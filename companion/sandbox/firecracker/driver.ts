@@ -21,6 +21,7 @@ import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { sweepOrphans } from '../qemu/sweep';
 import { FirecrackerApi, connectVsock } from './api';
+import { attachEgress } from '../attach-egress';
 
 const log = logger('sandbox:firecracker');
 export const AGENT_VSOCK_PORT = 1024;
@@ -254,13 +255,7 @@ export class FirecrackerDriver implements SandboxDriver {
     await this.start();
     const s = await this.pool!.take();
     this.active.add(s);
-    if (opts.egress) {
-      try { await s.vm.agent.attachEgress(opts.egress); } catch (err) {
-        await s.destroy();
-        throw transient('egress_attach', `cannot attach egress: ${(err as Error).message}`);
-      }
-    }
-    return s;
+    return attachEgress(s, opts.egress);
   }
 
   info(): DriverInfo { return { kind: 'firecracker', accel: 'kvm', running: this.active.size, pooled: this.pool?.readyCount ?? 0 }; }

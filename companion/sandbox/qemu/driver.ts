@@ -23,6 +23,7 @@ import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
 import { chooseQemuUser, type QemuUser } from './user';
 import type { GuestLimits } from '../../guest/client';
+import { attachEgress } from '../attach-egress';
 
 const log = logger('sandbox:qemu');
 /** Guest memory kept back from user commands for the kernel and the agent. */
@@ -122,13 +123,7 @@ export class QemuDriver implements SandboxDriver {
     await this.start();
     const sandbox = await this.pool!.take();
     this.active.add(sandbox);
-    if (opts.egress) {
-      try { await sandbox.vm.agent.attachEgress(opts.egress); } catch (err) {
-        await sandbox.destroy();
-        throw transient('egress_attach', `cannot attach egress to the sandbox: ${(err as Error).message}`);
-      }
-    }
-    return sandbox;
+    return attachEgress(sandbox, opts.egress);
   }
 
   /** Restores one clone and makes it ready (exposed for the benchmark). */
