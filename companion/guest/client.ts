@@ -4,9 +4,15 @@
 // closed channel makes the client unusable and calls `onFatal` (the driver then kills the VM) — it never hangs.
 // Guest replies are decoded with bounds checks (BodyReader) and validated with zod before anything uses them; sizes
 // the host asked for (output caps, byte budgets) are enforced here again, whatever the guest claims.
+// Tunnels (framing in protocol.ts): per connection, the host sends at most the guest's declared window of data the
+// guest has not credited, pausing the tunnel's writable side (so the gateway stops reading the origin) until credit
+// comes; it credits the guest only for bytes the tunnel's consumer has read, so neither side buffers without bound.
 import { Duplex } from 'node:stream';
 import { z } from 'zod';
-import { BodyReader, BodyWriter, encodeFrame, encodeMessage, FrameDecoder, MAX_MESSAGE, MAX_PAYLOAD, ProtocolError, T, type Frame } from './protocol';
+import {
+  BodyReader, BodyWriter, encodeCredit, encodeFrame, encodeMessage, FrameDecoder, MAX_MESSAGE, MAX_PAYLOAD, ProtocolError, T, TUNNEL_REASON_MAX,
+  TUNNEL_WINDOW, TUNNEL_WINDOW_MAX, TUNNEL_WINDOW_MIN, type Frame,
+} from './protocol';
 import {
   GuestError, type EgressAttachment, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestOps, type GuestStat, type PutFile,
 } from '../sandbox/types';
@@ -16,8 +22,12 @@ const FILE_OP_DEADLINE_MS = 60_000;
 /** Extra time the host grants past an exec's own timeout before it declares the guest dead. */
 const EXEC_GRACE_MS = 5_000;
 const MAX_TUNNELS = 64;
-/** Guest→host bytes a tunnel may buffer while its consumer does not read; beyond it the tunnel is closed. */
-const TUNNEL_BUFFER_MAX = 8 << 20;
+/** Guest→host bytes a tunnel of an agent without flow control may buffer while its consumer does not read. */
+const LEGACY_TUNNEL_BUFFER_MAX = 8 << 20;
+/** The host credits consumed guest bytes once this many are owed (or the tunnel's buffer is empty). */
+const TUNNEL_CREDIT_BATCH = TUNNEL_WINDOW / 8;
+const TunnelWindowSchema = z.number().int().min(TUNNEL_WINDOW_MIN).max(TUNNEL_WINDOW_MAX);
+const TunnelReasonSchema = z.string().max(TUNNEL_REASON_MAX).regex(/^[\x20-\x7e]*$/, 'printable ASCII');
 const MAX_DNS_IN_FLIGHT = 64;
 
 const ENTRY_TYPES = ['file', 'dir', 'symlink', 'other'] as const;
@@ -37,6 +47,41 @@ const ExecTrailerSchema = z.object({
   durationMs: z.number().int().nonnegative(),
 });
 
+/** Why the agent cut a tunnel off (its 'x' frame carried a reason). */
+export class TunnelClosedError extends Error {
+  constructor(message: string) { super(message); this.name = 'TunnelClosedError'; }
+}
+
+/**
+ * A tunnel's stream as the gateway sees it. Every consumer (pipe, 'data' in flowing mode, 'readable' + read(), async
+ * iteration) takes data through read(), and after the chunks pushed straight to a flowing consumer Node calls read(0),
+ * so `onConsumed` observes every consumption (unlike _read, which Node calls before taking the data, and only once per push).
+ */
+class TunnelStream extends Duplex {
+  onConsumed: () => void = () => {};
+  override read(size?: number): unknown {
+    const chunk: unknown = super.read(size);
+    this.onConsumed();
+    return chunk;
+  }
+}
+
+/** One egress connection's stream and its flow-control state. */
+interface Tunnel {
+  stream: TunnelStream;
+  /** Host→guest bytes the guest accepts uncredited (its 'c' window); null: an agent without flow control. */
+  sendWindow: number | null;
+  /** Host→guest bytes sent and not yet credited by the guest. */
+  unacked: number;
+  /** The rest of a write waiting for guest credit, and its callback. */
+  pending: Buffer | null;
+  pendingDone: (() => void) | null;
+  /** Guest→host bytes received, and how many of them the host has credited back. */
+  received: number;
+  credited: number;
+  closedByGuest: boolean;
+}
+
 export interface GuestLimits { pidsMax: number; memoryMaxBytes: number; writableBytes: number }
 
 interface Pending {
@@ -53,7 +98,7 @@ interface Pending {
 export class GuestClient implements GuestOps {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
-  private readonly tunnels = new Map<number, Duplex>();
+  private readonly tunnels = new Map<number, Tunnel>();
   private nextId = 1;
   private failure: Error | null = null;
   private helloWaiter: { resolve(text: string): void; reject(err: Error): void } | null = null;
@@ -284,14 +329,9 @@ export class GuestClient implements GuestOps {
         return;
       }
       case T.tunnelOpen: return this.onTunnelOpen(f);
-      case T.tunnelData: {
-        const t = this.tunnels.get(f.id);
-        if (!t) return;
-        if (t.readableLength + f.payload.length > TUNNEL_BUFFER_MAX) { t.destroy(); return; } // consumer stalled: close it
-        t.push(Buffer.from(f.payload));
-        return;
-      }
-      case T.tunnelClose: { const s = this.tunnels.get(f.id); this.tunnels.delete(f.id); s?.push(null); return; }
+      case T.tunnelData: return this.onTunnelData(f);
+      case T.tunnelCredit: return this.onTunnelCredit(f);
+      case T.tunnelClose: return this.onTunnelClose(f);
       case T.dnsQuery: return this.onDnsQuery(f);
       default: throw new ProtocolError(`unexpected frame type 0x${f.type.charCodeAt(0).toString(16)} from the guest`);
     }
@@ -300,25 +340,91 @@ export class GuestClient implements GuestOps {
   private onTunnelOpen(f: Frame): void {
     const r = new BodyReader(f.payload);
     const port = r.u16();
+    const sendWindow = f.payload.length === 2 ? null : TunnelWindowSchema.parse(r.u32());
     r.done();
     if (!this.egress || !this.egress.ports.includes(port) || this.tunnels.has(f.id) || this.tunnels.size >= MAX_TUNNELS) {
       this.write([encodeFrame(T.tunnelClose, f.id)]);
       return;
     }
     const id = f.id;
-    const stream = new Duplex({
+    const tunnel: Tunnel = { stream: null as unknown as TunnelStream, sendWindow, unacked: 0, pending: null, pendingDone: null, received: 0, credited: 0, closedByGuest: false };
+    tunnel.stream = new TunnelStream({
       read() {},
       write: (chunk: Buffer, _enc, cb) => {
-        let flowing = true;
-        for (let off = 0; off < chunk.length; off += MAX_PAYLOAD) flowing = this.write([encodeFrame(T.tunnelData, id, chunk.subarray(off, off + MAX_PAYLOAD))]);
-        // backpressure: a guest that stops reading its channel must not make the host buffer without bound
-        if (flowing || this.failure) cb(); else this.channel.once('drain', () => cb());
+        if (tunnel.closedByGuest) return void cb(); // the agent has closed this connection: nothing reads it any more
+        tunnel.pending = chunk;
+        tunnel.pendingDone = () => cb();
+        this.sendPending(id, tunnel);
       },
       final: (cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(); },
       destroy: (err, cb) => { if (this.tunnels.delete(id)) this.write([encodeFrame(T.tunnelClose, id)]); cb(err); },
     });
-    this.tunnels.set(id, stream);
-    this.egress.onConnection(stream, port);
+    tunnel.stream.onConsumed = () => this.creditConsumed(id, tunnel);
+    this.tunnels.set(id, tunnel);
+    if (sendWindow !== null) this.write([encodeCredit(id, TUNNEL_WINDOW)]); // the agent reads its socket only with credit
+    this.egress.onConnection(tunnel.stream, port);
+  }
+
+  /** Sends as much of the pending write as the guest's window allows; completes the write once all of it is sent. */
+  private sendPending(id: number, t: Tunnel): void {
+    if (!t.pending) return;
+    let flowing = true;
+    while (t.pending.length && (t.sendWindow === null || t.unacked < t.sendWindow)) {
+      const n = Math.min(t.pending.length, MAX_PAYLOAD, t.sendWindow === null ? Infinity : t.sendWindow - t.unacked);
+      flowing = this.write([encodeFrame(T.tunnelData, id, t.pending.subarray(0, n))]);
+      t.unacked += n;
+      t.pending = t.pending.subarray(n);
+    }
+    if (t.pending.length) return; // window exhausted: the write completes when the guest grants credit
+    const done = t.pendingDone!;
+    t.pending = null;
+    t.pendingDone = null;
+    // channel backpressure too: a guest that stops reading its channel must not make the host buffer without bound
+    if (flowing || this.failure) done(); else this.channel.once('drain', done);
+  }
+
+  /** Credits the guest for the bytes the tunnel's consumer has read (batched; at once when the buffer is empty). */
+  private creditConsumed(id: number, t: Tunnel): void {
+    if (t.sendWindow === null || t.closedByGuest || !this.tunnels.has(id)) return;
+    const owed = t.received - t.stream.readableLength - t.credited;
+    if (owed <= 0 || (owed < TUNNEL_CREDIT_BATCH && t.stream.readableLength > 0)) return;
+    t.credited += owed;
+    this.write([encodeCredit(id, owed)]);
+  }
+
+  private onTunnelData(f: Frame): void {
+    const t = this.tunnels.get(f.id);
+    if (!t) return; // closed on the host side; the agent learns it from our 'x'
+    if (t.sendWindow === null) {
+      if (t.stream.readableLength + f.payload.length > LEGACY_TUNNEL_BUFFER_MAX) return void t.stream.destroy(); // consumer stalled
+    } else if (t.received - t.credited + f.payload.length > TUNNEL_WINDOW) {
+      return void t.stream.destroy(new TunnelClosedError(`guest overran the tunnel window of ${TUNNEL_WINDOW} bytes on connection ${f.id}`));
+    }
+    t.received += f.payload.length;
+    t.stream.push(Buffer.from(f.payload));
+  }
+
+  private onTunnelCredit(f: Frame): void {
+    const r = new BodyReader(f.payload);
+    const bytes = r.u32();
+    r.done();
+    const t = this.tunnels.get(f.id);
+    if (!t) return; // closed on the host side meanwhile
+    if (t.sendWindow === null) throw new ProtocolError(`credit on tunnel ${f.id}, which was opened without flow control`);
+    if (bytes < 1 || bytes > t.unacked) throw new ProtocolError(`guest credited ${bytes} bytes on tunnel ${f.id} with ${t.unacked} unacknowledged`);
+    t.unacked -= bytes;
+    this.sendPending(f.id, t);
+  }
+
+  private onTunnelClose(f: Frame): void {
+    const reason = f.payload.length ? TunnelReasonSchema.parse(f.payload.toString('latin1')) : null;
+    const t = this.tunnels.get(f.id);
+    if (!t) return;
+    this.tunnels.delete(f.id);
+    t.closedByGuest = true;
+    if (t.pendingDone) { const done = t.pendingDone; t.pending = null; t.pendingDone = null; done(); }
+    if (reason) t.stream.destroy(new TunnelClosedError(`guest agent closed connection ${f.id}: ${reason}`));
+    else t.stream.push(null);
   }
 
   private onDnsQuery(f: Frame): void {
@@ -334,7 +440,7 @@ export class GuestClient implements GuestOps {
     this.failure = err;
     for (const [, p] of this.pending) { clearTimeout(p.timer); p.reject(err); }
     this.pending.clear();
-    for (const [, s] of this.tunnels) s.destroy();
+    for (const [, t] of this.tunnels) t.stream.destroy();
     this.tunnels.clear();
     this.helloWaiter?.reject(err);
     this.helloWaiter = null;

@@ -4,10 +4,29 @@
 // buffering them); messages larger than one frame travel as 'C' continuation frames followed by the final frame;
 // every guest byte is read through BodyReader, which throws ProtocolError on any overrun, so a hostile guest can
 // at worst make its own sandbox fail.
+//
+// Egress tunnel framing (id = the guest's connection id; see the agent's header):
+//   guest 'c' open   u16 port [u32 window]: a guest connection to an egress port. With `window` (agents since flow
+//                    control) the connection is credit-controlled both ways; a 2-byte 'c' (older agents) is not.
+//   both  'd' data   raw bytes, at most MAX_PAYLOAD per frame.
+//   both  'w' credit u32 n (1..window): the sender consumed n more bytes of this connection's data (guest: written to
+//                    the guest socket; host: read by the tunnel's consumer), so the peer may send n more. The host
+//                    never has more than the guest's `window` bytes of 'd' unacknowledged on a connection; the agent
+//                    starts with no credit and never has more than the host's grant (its first 'w', TUNNEL_WINDOW)
+//                    unacknowledged. A peer that overruns a window has its connection closed.
+//   both  'x' close  [utf-8 reason]: the connection ended; a non-empty reason means it was cut off for that reason.
+//   guest 'q' DNS query, host 'a' answer (empty = drop).
 export const MAX_PAYLOAD = 1 << 20;
 /** Upper bound of one reassembled message (request or response), matching the agent's MAX_MESSAGE. */
 export const MAX_MESSAGE = 64 << 20;
 export const HEADER_BYTES = 9;
+/** Guest→host tunnel bytes the host accepts unacknowledged per connection (its grant in the first 'w' frame). */
+export const TUNNEL_WINDOW = 2 << 20;
+/** Bounds of the receive window a guest may declare in its 'c' frame. */
+export const TUNNEL_WINDOW_MIN = 64 << 10;
+export const TUNNEL_WINDOW_MAX = 16 << 20;
+/** Longest close reason carried by an 'x' frame. */
+export const TUNNEL_REASON_MAX = 256;
 
 /** Frame types. Host→guest requests are upper case; guest→host replies lower case; tunnel frames both ways. */
 export const T = {
@@ -15,7 +34,7 @@ export const T = {
   ping: 'P', init: 'T', exec: 'X', kill: 'K', readFile: 'R', writeFile: 'W', stat: 'S', walk: 'L', putFiles: 'U',
   getFiles: 'G', egress: 'N',
   hello: 'H', pong: 'p', output: 'O', ok: 'r', error: 'e',
-  tunnelOpen: 'c', tunnelData: 'd', tunnelClose: 'x', dnsQuery: 'q', dnsAnswer: 'a',
+  tunnelOpen: 'c', tunnelData: 'd', tunnelCredit: 'w', tunnelClose: 'x', dnsQuery: 'q', dnsAnswer: 'a',
 } as const;
 
 export class ProtocolError extends Error {
@@ -23,6 +42,12 @@ export class ProtocolError extends Error {
 }
 
 export interface Frame { type: string; id: number; payload: Buffer }
+
+/** A 'w' frame granting `bytes` more of connection `id`'s data. */
+export function encodeCredit(id: number, bytes: number): Buffer {
+  if (!Number.isInteger(bytes) || bytes < 1 || bytes > 0xffffffff) throw new ProtocolError(`invalid tunnel credit ${bytes}`);
+  return encodeFrame(T.tunnelCredit, id, new BodyWriter().u32(bytes).finish());
+}
 
 export function encodeFrame(type: string, id: number, payload: Buffer = Buffer.alloc(0)): Buffer {
   if (payload.length > MAX_PAYLOAD) throw new ProtocolError(`frame payload ${payload.length} exceeds ${MAX_PAYLOAD}`);

@@ -16,8 +16,15 @@
  *   'S' stat, 'L' walk, 'U' putFiles, 'G' getFiles, 'N' egress config (u32 n, n x u16 port).
  *   guest -> host: 'H' hello, 'p' pong, 'O' exec output chunk, 'r' success (body per request), 'e' error (str code,
  *   str message).
- *   tunnel (egress): guest 'c' open (id = connection, u16 port), both 'd' data, both 'x' close; guest 'q' DNS query
- *   (id = query), host 'a' answer (empty = drop).
+ *   tunnel (egress), id = connection: guest 'c' open (u16 port, u32 window = CONN_WINDOW), both 'd' data, both 'w'
+ *   credit (u32 bytes consumed: the peer may send that many more), both 'x' close (optional reason text); guest 'q'
+ *   DNS query (id = query), host 'a' answer (empty = drop).
+ *   Tunnel flow control, per connection: the host may have at most CONN_WINDOW bytes of 'd' uncredited; the agent
+ *   buffers them in a ring of that size and credits the host as it writes them to the guest socket. Guest->host, the
+ *   agent starts with no credit, reads the guest socket only while it has credit (the host's first 'w' is its grant)
+ *   and spends it on every 'd' it sends. So a guest reader slower than the origin (or an origin slower than the guest
+ *   writer) slows the sender down instead of overflowing a buffer; a host that overruns the window is cut off with
+ *   the reason in the 'x'.
  * Invariants: every host frame is bounds-checked before use; one exec at a time; the agent never blocks on a user
  * process; output beyond the cap keeps head + tail and counts the rest; every process an exec leaves behind is killed
  * (cgroup.kill) when the exec ends; with no 'N' frame the agent opens no socket at all.
@@ -47,6 +54,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -57,7 +65,8 @@
 #define MAX_CONNS 64
 #define MAX_LISTEN 8
 #define MAX_DNS 64
-#define CONN_BUF_MAX (4u << 20)
+#define CONN_WINDOW (2u << 20)
+#define CONN_CREDIT_BATCH (CONN_WINDOW / 8)
 #define CGROUP "/sys/fs/cgroup/call"
 
 /* ---------------------------------------------------------------- utilities */
@@ -466,17 +475,28 @@ static void reap(void) {
 }
 
 /* ---------------------------------------------------------------- egress tunnel */
-typedef struct { int fd; uint32_t id; unsigned char *out; size_t out_len; int closing; } conn_t;
+typedef struct {
+    int fd; uint32_t id;
+    unsigned char *out; size_t out_head, out_len; /* ring of CONN_WINDOW bytes: host data not yet written to fd */
+    size_t drained;   /* bytes written to fd and not yet credited to the host */
+    uint32_t credit;  /* guest->host bytes the host still accepts */
+    int closing;      /* the host closed: write out the ring, then close */
+} conn_t;
 static conn_t conns[MAX_CONNS];
 static int listen_fds[MAX_LISTEN]; static uint16_t listen_ports[MAX_LISTEN]; static int nlisten;
 static int dns_fd = -1;
 static struct { uint32_t id; struct sockaddr_in from; int used; } dns_pending[MAX_DNS];
 static uint32_t next_tunnel_id = 1;
 
-static void conn_close(conn_t *c, int tell_host) {
+/* reason: why the agent cut the connection off (sent to the host), NULL for an ordinary close */
+static void conn_close(conn_t *c, int tell_host, const char *reason) {
     if (c->fd < 0) return;
     close(c->fd); c->fd = -1; free(c->out); c->out = NULL; c->out_len = 0;
-    if (tell_host) send_frame('x', c->id, NULL, 0);
+    if (tell_host) send_frame('x', c->id, reason, reason ? (uint32_t)strlen(reason) : 0);
+}
+static void send_credit(uint32_t id, uint32_t n) {
+    unsigned char p[4] = {n >> 24, n >> 16, n >> 8, n};
+    send_frame('w', id, p, 4);
 }
 static conn_t *conn_find(uint32_t id) { for (int i = 0; i < MAX_CONNS; i++) if (conns[i].fd >= 0 && conns[i].id == id) return &conns[i]; return NULL; }
 
@@ -518,8 +538,8 @@ static void tunnel_accept(int li) {
     if (s < 0) return;
     for (int i = 0; i < MAX_CONNS; i++) if (conns[i].fd < 0) {
         conns[i] = (conn_t){.fd = s, .id = next_tunnel_id++};
-        unsigned char p[2] = {listen_ports[li] >> 8, listen_ports[li] & 0xff};
-        send_frame('c', conns[i].id, p, 2);
+        unsigned char p[6] = {listen_ports[li] >> 8, listen_ports[li] & 0xff, (unsigned char)(CONN_WINDOW >> 24), (unsigned char)(CONN_WINDOW >> 16), (unsigned char)(CONN_WINDOW >> 8), (unsigned char)CONN_WINDOW};
+        send_frame('c', conns[i].id, p, 6);
         return;
     }
     close(s); /* table full */
@@ -527,11 +547,29 @@ static void tunnel_accept(int li) {
 
 static void tunnel_host_data(uint32_t id, const unsigned char *d, uint32_t n) {
     conn_t *c = conn_find(id);
-    if (!c) return;
-    if (c->out_len + n > CONN_BUF_MAX) { conn_close(c, 1); return; }
-    unsigned char *np = realloc(c->out, c->out_len + n);
-    if (!np) { conn_close(c, 1); return; }
-    c->out = np; memcpy(c->out + c->out_len, d, n); c->out_len += n;
+    if (!c || c->closing) return;
+    if (c->out_len + c->drained + n > CONN_WINDOW) { conn_close(c, 1, "host overran the tunnel window"); return; }
+    if (!c->out && !(c->out = malloc(CONN_WINDOW))) { conn_close(c, 1, "agent out of memory"); return; }
+    size_t tail = (c->out_head + c->out_len) % CONN_WINDOW, first = CONN_WINDOW - tail < n ? CONN_WINDOW - tail : n;
+    memcpy(c->out + tail, d, first);
+    memcpy(c->out, d + first, n - first);
+    c->out_len += n;
+}
+static void tunnel_host_credit(uint32_t id, const unsigned char *p, uint32_t len) {
+    conn_t *c = conn_find(id);
+    if (!c || len != 4) return;
+    uint32_t n = ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+    c->credit = n > UINT32_MAX - c->credit ? UINT32_MAX : c->credit + n;
+}
+/* writes what the ring holds to the guest socket; credits the host in batches (at once when the ring empties) */
+static void tunnel_drain(conn_t *c) {
+    size_t first = CONN_WINDOW - c->out_head < c->out_len ? CONN_WINDOW - c->out_head : c->out_len;
+    struct iovec iov[2] = {{c->out + c->out_head, first}, {c->out, c->out_len - first}};
+    ssize_t w = writev(c->fd, iov, c->out_len > first ? 2 : 1);
+    if (w < 0) { if (errno != EAGAIN && errno != EINTR) conn_close(c, 1, NULL); return; }
+    c->out_head = (c->out_head + (size_t)w) % CONN_WINDOW; c->out_len -= (size_t)w; c->drained += (size_t)w;
+    if (!c->out_len) c->out_head = 0;
+    if (c->drained >= CONN_CREDIT_BATCH || (!c->out_len && c->drained)) { send_credit(c->id, (uint32_t)c->drained); c->drained = 0; }
 }
 
 static void dns_query(void) {
@@ -727,7 +765,8 @@ static buf_t assembly; static uint32_t assembly_id; static int assembling;
 static void dispatch_frame(char type, uint32_t id, const unsigned char *p, uint32_t len) {
     switch (type) {
     case 'd': tunnel_host_data(id, p, len); return;
-    case 'x': { conn_t *c = conn_find(id); if (c) { if (c->out_len) c->closing = 1; else conn_close(c, 0); } return; }
+    case 'w': tunnel_host_credit(id, p, len); return;
+    case 'x': { conn_t *c = conn_find(id); if (c) { if (c->out_len) c->closing = 1; else conn_close(c, 0, NULL); } return; }
     case 'a': dns_answer(id, p, len); return;
     case 'C':
         if (assembling && assembly_id != id) { b_free(&assembly); assembling = 0; }
@@ -939,7 +978,10 @@ int main(void) {
         for (int i = 0; i < nlisten; i++) pf[n++] = (struct pollfd){listen_fds[i], POLLIN, 0};
         for (int i = 0; i < MAX_CONNS; i++) {
             i_conn[i] = -1;
-            if (conns[i].fd >= 0) pf[i_conn[i] = n++] = (struct pollfd){conns[i].fd, (short)((conns[i].closing ? 0 : POLLIN) | (conns[i].out_len ? POLLOUT : 0)), 0};
+            /* read the guest socket only with host credit; with nothing to read or write, leave it out of the poll
+             * (a hung-up socket would otherwise wake us at once, forever) until credit or data arrives */
+            short ev = (short)((!conns[i].closing && conns[i].credit ? POLLIN : 0) | (conns[i].out_len ? POLLOUT : 0));
+            if (conns[i].fd >= 0 && ev) pf[i_conn[i] = n++] = (struct pollfd){conns[i].fd, ev, 0};
         }
         int timeout = -1;
         if (ex.active) {
@@ -982,16 +1024,15 @@ int main(void) {
         for (int i = 0; i < MAX_CONNS; i++) {
             conn_t *c = &conns[i];
             if (i_conn[i] < 0 || c->fd < 0 || !pf[i_conn[i]].revents) continue;
-            if (pf[i_conn[i]].revents & POLLOUT && c->out_len) {
-                ssize_t w = write(c->fd, c->out, c->out_len);
-                if (w > 0) { memmove(c->out, c->out + w, c->out_len - (size_t)w); c->out_len -= (size_t)w; }
-                else if (w < 0 && errno != EAGAIN && errno != EINTR) { conn_close(c, 1); continue; }
-                if (!c->out_len && c->closing) { conn_close(c, 0); continue; }
+            if (pf[i_conn[i]].revents & (POLLOUT | POLLHUP | POLLERR) && c->out_len) {
+                tunnel_drain(c);
+                if (c->fd < 0) continue;
+                if (!c->out_len && c->closing) { conn_close(c, 0, NULL); continue; }
             }
-            if (pf[i_conn[i]].revents & (POLLIN | POLLHUP | POLLERR) && !c->closing) {
-                ssize_t r = read(c->fd, buf, sizeof buf);
-                if (r > 0) send_frame('d', c->id, buf, (uint32_t)r);
-                else if (r == 0 || (errno != EAGAIN && errno != EINTR)) conn_close(c, 1);
+            if (pf[i_conn[i]].revents & (POLLIN | POLLHUP | POLLERR) && !c->closing && c->credit) {
+                ssize_t r = read(c->fd, buf, c->credit < sizeof buf ? c->credit : sizeof buf);
+                if (r > 0) { c->credit -= (uint32_t)r; send_frame('d', c->id, buf, (uint32_t)r); }
+                else if (r == 0 || (errno != EAGAIN && errno != EINTR)) conn_close(c, 1, NULL);
             }
         }
     }
