@@ -24,7 +24,7 @@ export const GREP_TIMEOUT_MS = 60_000;
 export const GLOB_RESULT_LIMIT = 200;
 export const GLOB_WALK_MAX_ENTRIES = 50_000;
 const READ_CHUNK_BYTES = 64 * 1024;
-/** Where the bash prelude saves the shell state (cwd, NUL, `env -0`) when the shell exits. */
+/** Where the bash prelude saves the shell state (cwd, then NUL-terminated NAME=VALUE pairs) when the shell exits. */
 export const SHELL_STATE_FILE = '/tmp/.perimeter-shell-state';
 export const BASE_ENV: Readonly<Record<string, string>> = {
   PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
@@ -109,16 +109,42 @@ async function guestCall<T>(tool: string, file: string, fn: () => Promise<T>): P
 
 function shQuote(s: string): string { return `'${s.replace(/'/g, `'\\''`)}'`; }
 
-/** The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command. */
+/**
+ * The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command.
+ * The trap saves `<cwd>\0NAME=VALUE\0…` (the exported, set, scalar variables, without PWD, OLDPWD, SHLVL and `_`;
+ * under the process driver also without PERIMETER_GUEST_PREFIX and TMPDIR, and with HOME and cwd mapped back to
+ * guest paths). It uses shell builtins only: under TCG every fork+exec in the guest costs 30-100 ms, so the only
+ * process a bash call starts is the one its command starts. `builtin` keeps a function the command defined
+ * (`cd`, `printf`) from taking over the trap. The values are written NUL-terminated by printf, so any byte but NUL
+ * (newlines, `=`) survives.
+ */
 export function bashScript(command: string, cwd: string): string {
   return [
     '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}"',
     '__perimeter_save() {',
-    '  local __d; __d="$(pwd)"; __d="${__d#"$__perimeter_p"}"',
-    `  { printf '%s\\0' "\${__d:-/}"; if [ -n "$__perimeter_p" ]; then env -0 -u PERIMETER_GUEST_PREFIX -u TMPDIR -u PWD -u OLDPWD -u SHLVL -u _ HOME="\${HOME#"$__perimeter_p"}"; else env -0 -u PWD -u OLDPWD -u SHLVL -u _; fi; } > "$__perimeter_p${SHELL_STATE_FILE}" 2>/dev/null`,
+    `  local __perimeter_d __perimeter_n __perimeter_a __perimeter_f="$__perimeter_p${SHELL_STATE_FILE}"`,
+    '  local -a __perimeter_names',
+    // $PWD is what `pwd` prints, unless the command broke it (unset, assigned): then ask the kernel via `cd -P .`.
+    '  if ! [[ "$PWD" == /* && "$PWD" -ef . ]]; then builtin cd -P . 2>/dev/null; fi',
+    '  __perimeter_d="${PWD#"$__perimeter_p"}"',
+    // The names of the exported variables, passed through the state file itself (`$(compgen -e)` would fork a
+    // subshell); `>|` because the command may have set noclobber.
+    '  builtin compgen -e >| "$__perimeter_f" 2>/dev/null && builtin mapfile -t __perimeter_names < "$__perimeter_f"',
+    '  {',
+    "    builtin printf '%s\\0' \"${__perimeter_d:-/}\"",
+    '    for __perimeter_n in "${__perimeter_names[@]}"; do',
+    '      case "$__perimeter_n" in PWD|OLDPWD|SHLVL|_|__perimeter_*) continue ;; esac',
+    '      if [[ -n "$__perimeter_p" ]]; then case "$__perimeter_n" in PERIMETER_GUEST_PREFIX|TMPDIR|HOME) continue ;; esac; fi',
+    '      __perimeter_a="${!__perimeter_n@a}"',
+    '      if [[ "$__perimeter_a" == *x* && "$__perimeter_a" != *[aA]* && -n "${!__perimeter_n+set}" ]]; then',
+    "        builtin printf '%s=%s\\0' \"$__perimeter_n\" \"${!__perimeter_n}\"",
+    '      fi',
+    '    done',
+    "    if [[ -n \"$__perimeter_p\" ]]; then builtin printf 'HOME=%s\\0' \"${HOME#\"$__perimeter_p\"}\"; fi",
+    '  } >| "$__perimeter_f" 2>/dev/null',
     '}',
     'trap __perimeter_save EXIT',
-    `cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null`,
+    `builtin cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || builtin cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null`,
     command,
     '',
   ].join('\n');

@@ -110,6 +110,31 @@ describe('tools on the process driver', () => {
     assert.equal((await run('bash', { command: 'echo "[$FOO]"; basename "$PWD"' })).text, '[]\nworkspace');
   });
 
+  it('bash: the saved state survives awkward values, unset variables, shadowing functions, noclobber and a clobbered PWD', async () => {
+    await run('bash', { command: [
+      'mkdir -p w/x && cd w/x',
+      "export MULTI=$'l1\\nl2=x' EMPTY= ; export NOVALUE; declare -ax ARR=(1 2)",
+      'export GONE=1; unset GONE; export -n DEMOTED 2>/dev/null; DEMOTED=1',
+      'cd() { echo shadowed; }; printf() { echo shadowed; }; export -f cd',
+      'PWD=/nonexistent; set -o noclobber -o nounset',
+    ].join('\n') });
+    assert.equal(shell.cwd, '/workspace/w/x', 'the real cwd is saved even when $PWD was clobbered');
+    assert.equal(shell.env.MULTI, 'l1\nl2=x');
+    assert.equal(shell.env.EMPTY, '');
+    for (const k of ['NOVALUE', 'ARR', 'GONE', 'DEMOTED', 'PWD', 'OLDPWD', 'SHLVL', '_', 'TMPDIR']) assert.equal(shell.env[k], undefined, k);
+    assert.equal(shell.env.HOME, '/root', 'HOME is the guest path');
+    assert.equal((await run('bash', { command: 'echo "$MULTI|$EMPTY"; basename "$PWD"' })).text, 'l1\nl2=x|\nx');
+  });
+
+  it('bash: saving the shell state starts no process (only builtins run in the EXIT trap)', async () => {
+    // With an empty PATH any program the trap executed (it used to run `env -0`) cannot be found; the state must
+    // still be complete. (Under TCG each guest fork+exec costs 30-100 ms, see BENCHMARKS.md.)
+    await run('bash', { command: 'mkdir -p e && cd e && export KEPT=1 && PATH=' });
+    assert.equal(shell.cwd, '/workspace/e');
+    assert.equal(shell.env.KEPT, '1');
+    assert.equal(shell.env.PATH, '');
+  });
+
   it('glob: relative doublestar patterns, newest first, skips .git and node_modules, rejects .. and absolute', async () => {
     await run('bash', { command: 'mkdir -p a/b .git node_modules/m && echo 1 > a/old.ts && touch -d "2020-01-01" a/old.ts && echo 2 > a/b/new.ts && echo 3 > .git/x.ts && echo 4 > node_modules/m/y.ts && echo 5 > top.md' });
     assert.equal((await run('glob', { pattern: '**/*.ts' })).text, '/workspace/a/b/new.ts\n/workspace/a/old.ts');

@@ -23,7 +23,8 @@ import {
 } from '../types';
 
 const log = logger('sandbox:process');
-/** After the main process exits, how long to keep reading output still in the pipe before the group is killed. */
+/** After the main process exits while something (a background job) still holds its output pipe open, how long to
+ *  keep reading before the group is killed. Without such a holder the call ends as soon as the pipes close. */
 const EXIT_DRAIN_MS = 150;
 
 export const PROCESS_DRIVER_WARNING =
@@ -150,11 +151,11 @@ class ProcessSandbox implements Sandbox {
         resolve({ exitCode, timedOut, output: cap.result(), droppedBytes: cap.dropped, durationMs: Date.now() - started });
       };
       child.on('error', (err) => { cap.push(Buffer.from(`${cmd}: ${err.message}\n`)); finish(127); });
-      child.on('exit', (code, signal) => {
-        const exitCode = code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1);
-        // Background jobs may keep the pipe open: read what is already there, then kill the group.
-        setTimeout(() => finish(exitCode), EXIT_DRAIN_MS);
-      });
+      const exitCodeOf = (code: number | null, signal: NodeJS.Signals | null) => code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1);
+      // The usual end: the process exited and its output pipes reached end-of-file (nothing else holds them).
+      child.on('close', (code, signal) => finish(exitCodeOf(code, signal)));
+      // Background jobs may keep the pipe open: read what is already there, then kill the group.
+      child.on('exit', (code, signal) => { setTimeout(() => finish(exitCodeOf(code, signal)), EXIT_DRAIN_MS); });
     });
   }
 
