@@ -28,8 +28,10 @@ const NO_SANDBOX: GuestOps = new Proxy({} as GuestOps, { get: () => () => Promis
 /** Guest directory the session's skills are copied to (persistence should not treat it as user data). */
 export const SKILLS_GUEST_DIR = `${WORKDIR}/skills`;
 const MAX_SKILL_BYTES = 64 * 1024 * 1024;
-/** call.output events are batched to at most this many characters per event. */
+/** call.output events are batched: one is published when this many characters are pending... */
 const OUTPUT_EVENT_CHARS = 16 * 1024;
+/** ...or this long after the oldest pending character arrived, so slow, small output reaches the panel live. */
+const OUTPUT_EVENT_MAX_DELAY_MS = 100;
 
 export interface CallResult { text: string; isError: boolean }
 
@@ -171,7 +173,16 @@ export class SessionCalls {
     if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
     this.running.set(toolUse.id, slot);
     let pending = '';
-    const flush = () => { if (pending) { hub.publish({ type: 'call.output', sessionId: this.sessionId, toolUseId: toolUse.id, chunk: pending }); pending = ''; } };
+    let flushTimer: NodeJS.Timeout | null = null;
+    const flush = () => {
+      if (flushTimer) { clearTimeout(flushTimer); flushTimer = null; }
+      if (pending) { hub.publish({ type: 'call.output', sessionId: this.sessionId, toolUseId: toolUse.id, chunk: pending }); pending = ''; }
+    };
+    const onOutput = (chunk: string) => {
+      pending += chunk;
+      if (pending.length >= OUTPUT_EVENT_CHARS) flush();
+      else if (!flushTimer && pending) flushTimer = setTimeout(flush, OUTPUT_EVENT_MAX_DELAY_MS);
+    };
     try {
       let sandbox: Sandbox;
       let shell: ShellState;
@@ -200,7 +211,7 @@ export class SessionCalls {
       }
       const outcome = await runTool(name, toolUse.input, {
         sandbox, shell, callTimeoutMs,
-        onOutput: (chunk) => { pending += chunk; if (pending.length >= OUTPUT_EVENT_CHARS) flush(); },
+        onOutput,
       });
       flush();
       if (abortReason) {
@@ -224,6 +235,7 @@ export class SessionCalls {
       }
       return { text, isError, exitCode: outcome.exitCode };
     } finally {
+      flush();
       signal?.removeEventListener('abort', onAbort);
       this.running.delete(toolUse.id);
       if (mode === 'per-call' && slot.sandbox) await slot.sandbox.destroy().catch((err) => log.warn(`destroy failed: ${errorMessage(err)}`));

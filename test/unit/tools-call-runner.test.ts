@@ -104,4 +104,28 @@ describe('call orchestrator', () => {
     assert.equal(journal.getCall('z')!.state, 'interrupted');
     assert.equal(driver.alive, 0);
   });
+
+  it('publishes slow, small output while the call runs, not only when it ends', async () => {
+    // The command prints one short line, then waits (up to 10 s) for a file the test creates only once that line
+    // arrived as a call.output event: with end-of-call batching the line would never arrive in time.
+    const go = path.join(dir, 'go');
+    const seen: string[] = [];
+    let finishedBeforeFirstChunk = false;
+    const unsubscribe = hub.subscribe((e) => {
+      if (e.type === 'call.output' && e.toolUseId === 'live') {
+        seen.push(e.chunk);
+        if (seen.join('').includes('first')) writeFileSync(go, '');
+      }
+      if (e.type === 'call.finished' && e.call.toolUseId === 'live' && !seen.join('').includes('first')) finishedBeforeFirstChunk = true;
+    });
+    try {
+      const calls = runner().openSession('s1', 'w1');
+      const command = `echo first; for i in $(seq 100); do [ -e ${go} ] && break; sleep 0.1; done; [ -e ${go} ] && echo released || echo 'never released'`;
+      const r = await calls.run({ id: 'live', name: 'bash', input: { command } });
+      assert.equal(finishedBeforeFirstChunk, false, 'the first line was published before the call finished');
+      assert.deepEqual(r, { text: 'first\nreleased', isError: false });
+      assert.equal(seen.join(''), 'first\nreleased\n', 'every byte is published exactly once');
+      assert.ok(seen.length >= 2, 'the output arrived in more than one event');
+    } finally { unsubscribe(); }
+  });
 });
