@@ -1,6 +1,7 @@
 // Wires one companion runtime from a Config: journal, sandbox driver (selectDriver), persistence, egress gateways,
 // the Worker and (optionally) the control API server. Used by `perimeter worker`, `perimeter demo` and the tests,
-// so they all run the same composition.
+// so they all run the same composition. Invariant: an egress gateway lives exactly as long as its session is served
+// here (created by the first sandbox that needs it, closed when the session's last work item ends, and on close()).
 import type { Config } from '../config';
 import { statePaths } from '../config';
 import { EventHub } from '../events';
@@ -8,7 +9,7 @@ import { Journal } from '../journal/journal';
 import { selectDriver, type DriverSelection } from '../sandbox/select';
 import { Persistence } from '../persist/persistence';
 import { MemoryMountRegistry } from '../persist/memory';
-import { createEgressGateway, validateEgressPolicy, type EgressGateway } from '../egress/proxy';
+import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from '../egress/proxy';
 import { startControlServer, type ControlServer } from '../control/server';
 import { Worker } from './worker';
 import { logger } from '../log';
@@ -28,6 +29,34 @@ export interface RuntimeOptions {
   stallCheckMs?: number;
   /** Run without persisted files (shell state still carries over within the process). */
   persistence?: boolean;
+  /** Makes a session's gateway (default: createEgressGateway; tests wrap it to observe the gateways' lifetime). */
+  createEgressGateway?: (opts: EgressGatewayOptions) => EgressGateway;
+}
+
+/** One egress gateway per session served: made on first use, closed on the session's end or at shutdown. */
+export class SessionEgressGateways {
+  private readonly gateways = new Map<string, EgressGateway>();
+  constructor(private readonly create: (sessionId: string) => EgressGateway) {}
+
+  for(sessionId: string): EgressGateway {
+    let g = this.gateways.get(sessionId);
+    if (!g) { g = this.create(sessionId); this.gateways.set(sessionId, g); }
+    return g;
+  }
+
+  /** Closes the session's gateway (its live tunnels end); a later work item of the session gets a new one. */
+  release(sessionId: string): void {
+    const g = this.gateways.get(sessionId);
+    if (!g) return;
+    this.gateways.delete(sessionId);
+    g.close();
+    log.debug(`egress gateway of session ${sessionId} closed`);
+  }
+
+  closeAll(): void { for (const id of [...this.gateways.keys()]) this.release(id); }
+
+  /** Sessions that hold an open gateway. */
+  get sessions(): string[] { return [...this.gateways.keys()]; }
 }
 
 export interface Runtime {
@@ -36,6 +65,8 @@ export interface Runtime {
   selection: DriverSelection;
   worker: Worker;
   control: ControlServer | null;
+  /** The sessions' egress gateways (null when egress is off). */
+  egress: SessionEgressGateways | null;
   /** Runs the worker until drained; then closes everything. Resolves with the exit code. */
   run(): Promise<number>;
   close(): Promise<void>;
@@ -49,18 +80,14 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const selection = await selectDriver(config, hub);
   const memoryMounts = new MemoryMountRegistry();
   const persistence = o.persistence === false ? undefined : new Persistence({ home: config.home, persist: config.persist, hub, memoryMounts: memoryMounts.resolve });
-  const gateways = new Map<string, EgressGateway>();
-  const egressFor = config.egress.mode === 'allow'
-    ? (sessionId: string) => {
-      let g = gateways.get(sessionId);
-      if (!g) { g = createEgressGateway({ policy: config.egress, hub, sessionId }); gateways.set(sessionId, g); }
-      return g;
-    }
-    : undefined;
+  const egress = config.egress.mode === 'allow'
+    ? new SessionEgressGateways((sessionId) => (o.createEgressGateway ?? createEgressGateway)({ policy: config.egress, hub, sessionId }))
+    : null;
   const worker = new Worker({
     config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub,
-    driver: selection.driver, driverProbe: selection.probe, journal, persistence, egressFor,
+    driver: selection.driver, driverProbe: selection.probe, journal, persistence, egressFor: egress ? (id) => egress.for(id) : undefined,
     memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
+    onSessionEnd: (id) => egress?.release(id),
   });
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {
@@ -72,12 +99,12 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
     if (closed) return;
     closed = true;
     await control?.close().catch(() => {});
-    for (const g of gateways.values()) g.close();
+    egress?.closeAll();
     await selection.driver.close().catch(() => {});
     journal.close();
   };
   return {
-    hub, journal, selection, worker, control, close,
+    hub, journal, selection, worker, control, egress, close,
     run: async () => { try { return await worker.run(); } finally { await close(); } },
   };
 }

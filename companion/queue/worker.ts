@@ -65,6 +65,9 @@ export interface WorkerOptions {
   stallCheckMs?: number;
   /** Receives each session's memory-store mounts (host dir the SDK syncs -> guest path) for persistence. */
   memoryMounts?: MemoryMountRegistry;
+  /** Called once a session's last work item on this worker ended (not when a newer item of it took over), after its
+   *  sandboxes were closed: release what was kept per session (its egress gateway). */
+  onSessionEnd?: (sessionId: string) => void;
   /** Called by shutdown() after draining. */
   onExit?: (code: number) => void;
 }
@@ -274,7 +277,10 @@ export class Worker implements WorkerControl {
     } finally {
       if (watchdog) clearInterval(watchdog);
       await h.calls?.close();
-      if (this.sessions.get(h.sessionId) === h || !this.sessions.has(h.sessionId)) this.opts.memoryMounts?.delete(h.sessionId);
+      if (this.sessions.get(h.sessionId) === h || !this.sessions.has(h.sessionId)) {
+        this.opts.memoryMounts?.delete(h.sessionId);
+        try { this.opts.onSessionEnd?.(h.sessionId); } catch (err) { log.warn(`releasing session ${h.sessionId}'s resources failed: ${errorMessage(err)}`); }
+      }
       await fs.rm(workdir, { recursive: true, force: true }).catch(() => {});
       try {
         const ended = journal.updateSession(h.sessionId, { state: h.leaseLost ? 'lost' : 'ended', endedAt: Date.now(), lastError: h.leaseLost ? 'lease lost (another worker holds the item)' : lastError });
