@@ -63,7 +63,7 @@ describe('persist: perimeter persist CLI', function () {
     const hub = new EventHub();
     const events: ControlEvent[] = [];
     hub.subscribe((e) => events.push(e));
-    const persistence = newPersistence(home);
+    const persistence = newPersistence(home, { hub });   // as the worker wires it: the store announces changes
     const worker: WorkerControl = {
       state: () => 'polling',
       hostFacts: () => ({ hostname: 'test', driver: 'process', accel: 'none', vmsRunning: 0, vmsPooled: 0, memoryAvailableMb: 1, concurrency: 1, version: 'test', pid: process.pid, startedAt: Date.now() }),
@@ -81,7 +81,9 @@ describe('persist: perimeter persist CLI', function () {
       });
       assert.equal(r.code, 0, r.err);
       assert.deepEqual(JSON.parse(r.out).patterns, ['/workspace', '/opt/tools/**']);
-      assert.ok(events.some((e) => e.type === 'persist.changed' && e.persist.sessionId === 'sesn_live' && e.persist.patterns.includes('/opt/tools/**')));
+      const announced = events.filter((e) => e.type === 'persist.changed' && e.persist.sessionId === 'sesn_live');
+      assert.equal(announced.length, 1, 'the change is announced exactly once');
+      assert.ok(announced[0]!.type === 'persist.changed' && announced[0]!.persist.patterns.includes('/opt/tools/**'));
       assert.deepEqual(await persistence.patterns('sesn_live'), ['/workspace', '/opt/tools/**']);
     } finally { await server.close(); }
   });
