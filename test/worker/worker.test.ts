@@ -127,7 +127,8 @@ describe('worker: newest work item per session wins', () => {
       assert.deepEqual(rep.steps.map((s) => s.status), ['passed', 'passed'], rep.steps.map((s) => s.reason).join(' | '));
       assert.deepEqual(answeredOnce(dq, rep.steps.map((s) => s.toolUseId!)), { missing: [], duplicated: [] });
       assert.equal(lines(`${m}/exec`).length, 1, 'the call ran once');
-      assert.ok(dq.stops.some((s) => s.workId === older && s.force), 'the older item was force-stopped');
+      // The older handler's teardown posts its stop after its in-flight call drained, which may land after the scenario ended.
+      await dq.waitFor(() => dq.stops.some((s) => s.workId === older && s.force), 30_000, 'the older item to be force-stopped');
       await dq.waitFor(() => dq.workItems().find((w) => w.id === newer)!.state !== 'queued', 30_000, 'the newer item to be claimed');
       assert.equal(await rt.stop(), 0);
     } finally { await dq.close(); rmDir(m); rmDir(rt.home); }
