@@ -57,7 +57,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     const fromVsix = process.env.PERIMETER_E2E_MODE !== 'dev';
     if (fromVsix) {
       const vsix = path.join(profile.root, 'perimeter.vsix');
-      execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '-o', vsix], { cwd: root, stdio: 'pipe' });
+      execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: root, stdio: 'pipe' });
       cs.installVsix(profile, vsix);
     }
     server = await cs.startCodeServer(profile, { env: { ANTHROPIC_BASE_URL: queue.baseUrl } });

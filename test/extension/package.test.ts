@@ -17,7 +17,7 @@ describe('packaging', () => {
   it('packs the extension with the companion bundle, and code-server installs it', async () => {
     requireHarness();
     const vsix = path.join(dir, 'perimeter.vsix');
-    execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '-o', vsix], { cwd: root, stdio: 'pipe' });
+    execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: root, stdio: 'pipe' });
     const listing = execFileSync('python3', ['-c', 'import sys, zipfile; print("\\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))', vsix]).toString().split('\n');
     for (const f of ['extension/package.json', 'extension/dist/extension.js', 'extension/dist/perimeter.js', 'extension/media/perimeter.svg']) assert.ok(listing.includes(f), `${f} in ${listing.join(', ')}`);
     const guest = readdirSync(path.join(root, 'dist/guest'));
