@@ -142,6 +142,18 @@ export class GuestClient implements GuestOps {
     await this.request(T.init, body, { deadlineMs: 10_000, maxBytes: 0 });
   }
 
+  /** Keeps one `argv` process started ahead of need in the guest (see guest/ready-shell.ts). */
+  async startReadyShell(argv: readonly string[]): Promise<void> {
+    const w = new BodyWriter().u32(argv.length);
+    for (const a of argv) w.str(a);
+    await this.request(T.readyShell, w.finish(), { deadlineMs: 10_000, maxBytes: 0 });
+  }
+
+  /** Resolves once the ready shell can be claimed; rejects with GuestError ENOENT when there is none. */
+  async waitReadyShell(timeoutMs = 10_000): Promise<void> {
+    await this.request(T.readyShell, new BodyWriter().u32(0).finish(), { deadlineMs: timeoutMs, maxBytes: 0 });
+  }
+
   /** Starts the guest's listeners (TCP 127.0.0.1:<ports>, UDP 127.0.0.1:53) and routes their traffic to `attachment`. */
   async attachEgress(attachment: EgressAttachment): Promise<void> {
     if (attachment.ports.length > 8) throw new GuestError('EINVAL', 'at most 8 egress ports');

@@ -10,7 +10,7 @@ export type DriverKind = 'qemu' | 'firecracker' | 'process';
 export type Accel = 'kvm' | 'tcg' | 'none';
 
 export interface ExecRequest {
-  /** argv; the tools run `['/bin/bash', '--noprofile', '--norc', '-c', script]`. */
+  /** argv; the tools run `['/bin/bash', '--noprofile', '--norc', '-c', script]` (guest/ready-shell.ts: shellArgv). */
   argv: string[];
   cwd?: string;
   /** The complete environment of the process (nothing of the host's environment is inherited). */
@@ -122,6 +122,9 @@ export interface SandboxDriver {
   probe(): Promise<DriverProbe>;
   /** A fresh sandbox restored from the template (from the warm pool when one is ready). */
   acquire(opts: AcquireOptions): Promise<Sandbox>;
+  /** Work a pooled sandbox runs before it is handed out, so the first real call finds its code paths warm (under
+   *  TCG each VM translates guest code afresh). Drivers without a pool ignore it. */
+  setWarmup?(warmup: (sandbox: GuestOps) => Promise<void>): void;
   info(): DriverInfo;
   close(): Promise<void>;
 }

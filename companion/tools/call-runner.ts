@@ -19,7 +19,7 @@ import type { EgressAttachment, GuestOps, Sandbox, SandboxDriver, PutFile } from
 import { logger } from '../log';
 import { errorMessage } from '../errors';
 import { isToolName, parseToolInput } from './schemas';
-import { runTool, INITIAL_SHELL, WORKDIR } from './tools';
+import { runTool, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './tools';
 import { NO_OUTPUT } from './text';
 
 const log = logger('calls');
@@ -56,7 +56,9 @@ export class CallRunner {
   /** Shell state per session when no persistence keeps it. */
   private readonly shells = new Map<string, ShellState>();
 
-  constructor(readonly opts: CallRunnerOptions) {}
+  constructor(readonly opts: CallRunnerOptions) {
+    opts.driver.setWarmup?.(warmUpSandbox);
+  }
 
   openSession(sessionId: string, workId: string, opts: SessionCallOptions = {}): SessionCalls {
     return new SessionCalls(this, sessionId, workId, opts);

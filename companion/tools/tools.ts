@@ -8,6 +8,7 @@
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
 import path from 'node:path';
 import { GuestError, type GuestOps } from '../sandbox/types';
+import { shellArgv } from '../guest/ready-shell';
 import type { ShellState } from '../persist/types';
 import { parseToolInput, type ToolInputs, type ToolName } from './schemas';
 import { cleanOutput, nonEmpty, trimTrailingNewlines, truncateUtf8 } from './text';
@@ -75,6 +76,18 @@ export async function runTool(name: ToolName, input: unknown, ctx: ToolRunContex
     if (err instanceof GuestError) return fail(`${name}: ${err.message}`);
     return fail(`${name}: ${(err as Error)?.message ?? String(err)}`);
   }
+}
+
+/**
+ * What a pooled sandbox runs before it is handed out (SandboxDriver.setWarmup): one bash tool call of `:` with the
+ * base environment, then the state file it left is removed. Under TCG, code runs slowly the first time in each VM;
+ * this pays for the bash tool's whole path (stale-state delete, exec, shell-state capture, state read) in the
+ * background instead of in the user's first call.
+ */
+export async function warmUpSandbox(sandbox: GuestOps): Promise<void> {
+  const r = await runTool('bash', { command: ':' }, { sandbox, shell: INITIAL_SHELL, callTimeoutMs: 30_000 });
+  if (r.isError) throw new GuestError('EIO', `warm-up call failed: ${r.text}`);
+  await sandbox.putFiles([], [SHELL_STATE_FILE]);
 }
 
 // ---- paths ----------------------------------------------------------------------------------------------------
@@ -177,7 +190,7 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
   // A stale state file from an earlier call in the same sandbox must not be mistaken for this call's state.
   await ctx.sandbox.putFiles([], [SHELL_STATE_FILE]).catch(() => {});
   const res = await ctx.sandbox.exec(
-    { argv: ['/bin/bash', '--noprofile', '--norc', '-c', bashScript(input.command, shell.cwd || WORKDIR)], env, timeoutMs, maxOutputBytes: BASH_OUTPUT_LIMIT },
+    { argv: shellArgv(bashScript(input.command, shell.cwd || WORKDIR)), env, timeoutMs, maxOutputBytes: BASH_OUTPUT_LIMIT },
     ctx.onOutput ? (chunk) => ctx.onOutput!(cleanOutput(chunk)) : undefined,
   );
   let next: ShellState = shell;

@@ -13,7 +13,8 @@
  * concatenation is the message body. Body encoding: u8/u16/u32/u64 big endian; "str"/"bytes" = u32 length + data.
  *   host -> guest (final frame type): 'P' ping (echoed as 'p'), 'T' init (u64 unix ns, bytes entropy, u32 pids.max,
  *   u64 memory.max, u64 writable-layer bytes), 'X' exec, 'K' kill the running exec, 'R' readFile, 'W' writeFile,
- *   'S' stat, 'L' walk, 'U' putFiles, 'G' getFiles, 'N' egress config (u32 n, n x u16 port).
+ *   'S' stat, 'L' walk, 'U' putFiles, 'G' getFiles, 'N' egress config (u32 n, n x u16 port), 'Z' ready shell
+ *   (u32 argc, argc x str: keep one such process started ahead of need; argc 0: answer once it is ready).
  *   guest -> host: 'H' hello, 'p' pong, 'O' exec output chunk, 'r' success (body per request), 'e' error (str code,
  *   str message).
  *   tunnel (egress), id = connection: guest 'c' open (u16 port, u32 window = CONN_WINDOW), both 'd' data, both 'w'
@@ -48,7 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
+#include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -345,11 +348,164 @@ typedef struct {
     int active; uint32_t id; pid_t pid; int out_fd, in_fd;
     unsigned char *stdin_data; size_t stdin_len, stdin_off;
     uint64_t started, deadline; int timed_out, exited, status;
-    uint64_t exited_at;
+    uint64_t exited_at; int used_spare;
     size_t head_cap, head_sent, tail_cap, tail_len, tail_pos; unsigned char *tail; uint64_t dropped;
 } exec_t;
 static exec_t ex;
 static int cgroup_ok;
+
+/* ---------------------------------------------------------------- ready shell
+ * One shell started ahead of need (before the template snapshot, then again after each call that used it), blocked
+ * until an exec asks for exactly its argv with another last argument (the script). Under TCG the fork, exec and
+ * dynamic linking of bash are most of a small command's cost; a claimed ready shell skips all three. Its bootstrap
+ * (the last argv element, written by the host, companion/guest/ready-shell.ts) writes a byte to fd 5 when ready,
+ * waits for a byte on fd 3, reads the request from fd 4 (a memfd: NUL-terminated cwd, RANDOM seed, script, NAME=VALUE...) and
+ * evals the script with the request's cwd and environment, as `bash -c` would have. It lives in its own cgroup, so
+ * an earlier call's cgroup.kill spares it, and moves into the call cgroup when claimed. An exec uses it only when
+ * every environment name is a plain identifier bash treats like any other variable and cwd is a directory; anything
+ * else takes the fork/exec path, which stays the reference behaviour. */
+#define CGROUP_SPARE "/sys/fs/cgroup/spare"
+typedef struct {
+    char **argv; uint32_t argc;         /* configured by 'Z'; NULL = no ready shell */
+    pid_t pid; int ready;               /* pid > 0: started; ready: its bootstrap said so on fd 5 */
+    int wake_fd, req_fd, out_fd, in_fd, ready_fd;
+    uint64_t respawn_at;                /* 0 = not scheduled */
+    unsigned failures;                  /* consecutive deaths before being claimed (backoff) */
+    uint32_t waiter; int has_waiter;    /* a 'Z' request waiting for readiness */
+} spare_t;
+static spare_t spare = {.wake_fd = -1, .req_fd = -1, .out_fd = -1, .in_fd = -1, .ready_fd = -1};
+static int spare_cgroup_fd = -1;
+
+static void close_fd(int *fd) { if (*fd >= 0) close(*fd); *fd = -1; }
+static void spare_close_fds(void) { close_fd(&spare.wake_fd); close_fd(&spare.req_fd); close_fd(&spare.out_fd); close_fd(&spare.in_fd); close_fd(&spare.ready_fd); }
+
+static void spare_answer_waiter(void) {
+    if (!spare.has_waiter) return;
+    spare.has_waiter = 0;
+    if (spare.pid > 0 && spare.ready) send_message('r', spare.waiter, NULL, 0);
+    else send_error(spare.waiter, "ENOENT", "no ready shell");
+}
+
+static void spare_spawn(void) {
+    spare.respawn_at = 0;
+    if (!spare.argv || spare.pid > 0) return;
+    int wake[2] = {-1, -1}, out[2] = {-1, -1}, in[2] = {-1, -1}, rdy[2] = {-1, -1};
+    int req = (int)syscall(SYS_memfd_create, "perimeter-request", MFD_CLOEXEC);
+    if (req < 0 || pipe2(wake, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(in, O_CLOEXEC) < 0 || pipe2(rdy, O_CLOEXEC) < 0) goto fail;
+    pid_t pid;
+    if (spare_cgroup_fd >= 0) {
+        struct clone_args ca; memset(&ca, 0, sizeof ca);
+        ca.flags = CLONE_INTO_CGROUP; ca.exit_signal = SIGCHLD; ca.cgroup = (uint64_t)spare_cgroup_fd;
+        pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
+        if (pid < 0) pid = fork();
+    } else pid = fork();
+    if (pid < 0) goto fail;
+    if (pid == 0) {
+        setsid();
+        write_file_str("/proc/self/oom_score_adj", "0");
+        sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
+        signal(SIGPIPE, SIG_DFL);
+        /* move every source above the targets first, so no dup2 overwrites a source still needed */
+        int src[6] = {in[0], out[1], out[1], wake[0], req, rdy[1]}, hi[6];
+        for (int i = 0; i < 6; i++) if ((hi[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(127);
+        for (int i = 0; i < 6; i++) if (dup2(hi[i], i) < 0) _exit(127);
+        if (chdir("/") < 0) _exit(127);
+        char *empty_env[] = {NULL};
+        execve(spare.argv[0], spare.argv, empty_env);
+        _exit(127);
+    }
+    close(wake[0]); close(out[1]); close(in[0]); close(rdy[1]);
+    spare.pid = pid; spare.ready = 0;
+    spare.wake_fd = wake[1]; spare.req_fd = req; spare.out_fd = out[0]; spare.in_fd = in[1]; spare.ready_fd = rdy[0];
+    return;
+fail:
+    for (int i = 0; i < 2; i++) { if (wake[i] >= 0) close(wake[i]); if (out[i] >= 0) close(out[i]); if (in[i] >= 0) close(in[i]); if (rdy[i] >= 0) close(rdy[i]); }
+    if (req >= 0) close(req);
+    spare.failures++;
+    spare.respawn_at = now_ms() + 1000;
+}
+
+/* reap(): the ready shell exited before anyone claimed it (killed by a command of the session, or bash missing) */
+static void spare_died(void) {
+    spare_close_fds();
+    spare.pid = 0; spare.ready = 0;
+    spare.failures++;
+    uint64_t backoff = spare.failures > 8 ? 10000 : 30u << spare.failures;
+    spare.respawn_at = now_ms() + backoff;
+    spare_answer_waiter();
+}
+
+static void spare_configure(uint32_t id, rd_t *r) {
+    uint32_t argc = r_u32(r);
+    if (r->bad || argc > 64) { send_error(id, "EINVAL", "bad ready-shell request"); return; }
+    if (argc == 0) { /* wait until the ready shell is ready */
+        if (spare.pid > 0 && spare.ready) { send_message('r', id, NULL, 0); return; }
+        if (!spare.argv || (spare.pid <= 0 && !spare.respawn_at)) { send_error(id, "ENOENT", "no ready shell"); return; }
+        if (spare.has_waiter) send_error(spare.waiter, "ECANCELED", "superseded");
+        spare.waiter = id; spare.has_waiter = 1;
+        if (spare.pid <= 0) spare_spawn();
+        return;
+    }
+    char **argv = calloc(argc + 1, sizeof *argv);
+    for (uint32_t i = 0; argv && i < argc && !r->bad; i++) argv[i] = r_str(r);
+    if (!argv || r->bad || argv[0][0] != '/') {
+        for (uint32_t i = 0; argv && i < argc; i++) free(argv[i]);
+        free(argv); send_error(id, "EINVAL", "bad ready-shell request"); return;
+    }
+    if (spare.pid > 0) { kill(spare.pid, SIGKILL); spare.pid = 0; spare_close_fds(); } /* reap() collects it */
+    for (uint32_t i = 0; spare.argv && i < spare.argc; i++) free(spare.argv[i]);
+    free(spare.argv);
+    spare.argv = argv; spare.argc = argc; spare.failures = 0;
+    spare_spawn();
+    if (spare.pid > 0) send_message('r', id, NULL, 0);
+    else send_errno(id, errno, "start ready shell", argv[0]);
+}
+
+static int env_name_plain(const char *kv) {
+    static const char *special[] = {"SHELLOPTS", "ENV", "POSIXLY_CORRECT", "SHLVL", "PWD", "OLDPWD", "IFS", "PS4", "RANDOM",
+        "SRANDOM", "SECONDS", "LINENO", "HISTCMD", "EPOCHSECONDS", "EPOCHREALTIME", "PPID", "UID", "EUID", "GROUPS",
+        "FUNCNAME", "DIRSTACK", "CDPATH", "GLOBIGNORE", "TMOUT", "_", NULL};
+    const char *eq = strchr(kv, '=');
+    size_t n = eq ? (size_t)(eq - kv) : 0;
+    if (!n || !(kv[0] == '_' || ((kv[0] | 32) >= 'a' && (kv[0] | 32) <= 'z'))) return 0;
+    for (size_t i = 1; i < n; i++) if (!(kv[i] == '_' || (kv[i] >= '0' && kv[i] <= '9') || ((kv[i] | 32) >= 'a' && (kv[i] | 32) <= 'z'))) return 0;
+    if (n >= 4 && !strncmp(kv, "BASH", 4)) return 0;
+    if (n >= 11 && !strncmp(kv, "__perimeter", 11)) return 0;
+    for (int i = 0; special[i]; i++) if (strlen(special[i]) == n && !strncmp(kv, special[i], n)) return 0;
+    return 1;
+}
+
+/* Hands the request to the ready shell when it fits. Returns its pid (the caller owns out/in fds through *out_fd,
+ * *in_fd), or 0 when the request must take the fork/exec path. */
+static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc, const char *cwd, int *out_fd, int *in_fd) {
+    if (spare.pid <= 0 || !spare.argv || argc != spare.argc) return 0;
+    for (uint32_t i = 0; i + 1 < argc; i++) if (strcmp(argv[i], spare.argv[i])) return 0;
+    for (uint32_t i = 0; i < envc; i++) if (!env_name_plain(envp[i])) return 0;
+    const char *dir = cwd && *cwd ? cwd : "/";
+    struct stat st;
+    if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) return 0;
+    if (cgroup_ok) {
+        char v[32]; snprintf(v, sizeof v, "%d", (int)spare.pid);
+        if (write_file_str(CGROUP "/cgroup.procs", v) < 0) return 0;
+    }
+    uint32_t seed = 0;
+    if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed) seed = (uint32_t)now_ms() ^ (uint32_t)spare.pid;
+    char seedtxt[16]; snprintf(seedtxt, sizeof seedtxt, "%u", seed & 0x7fffffff);
+    buf_t b = {0};
+    b_put(&b, dir, strlen(dir) + 1); b_put(&b, seedtxt, strlen(seedtxt) + 1); b_put(&b, argv[argc - 1], strlen(argv[argc - 1]) + 1);
+    for (uint32_t i = 0; i < envc; i++) b_put(&b, envp[i], strlen(envp[i]) + 1);
+    int ok = !b.failed && ftruncate(spare.req_fd, 0) == 0;
+    for (size_t off = 0; ok && off < b.len;) { ssize_t w = pwrite(spare.req_fd, b.p + off, b.len - off, (off_t)off); if (w <= 0) ok = 0; else off += (size_t)w; }
+    b_free(&b);
+    if (!ok || write(spare.wake_fd, "x", 1) != 1) { kill(spare.pid, SIGKILL); return 0; } /* reap() handles the death */
+    pid_t pid = spare.pid;
+    *out_fd = spare.out_fd; *in_fd = spare.in_fd;
+    spare.out_fd = spare.in_fd = -1;
+    spare_close_fds();
+    spare.pid = 0; spare.ready = 0; spare.failures = 0;
+    return pid;
+}
+
 
 static void cgroup_kill_all(void) {
     if (cgroup_ok) write_file_str(CGROUP "/cgroup.kill", "1");
@@ -392,6 +548,8 @@ static void exec_finish(void) {
     free(ex.tail); free(ex.stdin_data);
     memset(&ex, 0, sizeof ex);
     ex.out_fd = ex.in_fd = -1;
+    /* a new ready shell shortly after the call, not during it (a per-call VM is usually gone by then) */
+    if (spare.argv && spare.pid <= 0 && !spare.respawn_at) spare.respawn_at = now_ms() + 30;
 }
 
 /* fork straight into the `call` cgroup (clone3 CLONE_INTO_CGROUP): no migration of a running task afterwards */
@@ -432,9 +590,13 @@ static void handle_exec(uint32_t id, rd_t *r) {
     int pout[2] = {-1, -1}, pin[2] = {-1, -1};
     if (!r->bad && (pipe2(pout, O_CLOEXEC) < 0 || pipe2(pin, O_CLOEXEC) < 0)) { send_errno(id, errno, "pipe", ""); r->bad = 2; }
     pid_t pid = -1;
+    int claimed = 0;
     if (!r->bad) {
         write_file_str(CGROUP "/cgroup.kill", "1"); /* nothing of an earlier call survives */
-        pid = spawn_in_cgroup();
+        int sout = -1, sin = -1;
+        pid = spare_claim(argv, argc, envp, envc, cwd, &sout, &sin);
+        if (pid > 0) { claimed = 1; for (int i = 0; i < 2; i++) { close(pout[i]); close(pin[i]); } pout[0] = sout; pin[1] = sin; pout[1] = pin[0] = -1; }
+        else pid = spawn_in_cgroup();
         if (pid == 0) {
             setsid();
             write_file_str("/proc/self/oom_score_adj", "0");
@@ -449,9 +611,9 @@ static void handle_exec(uint32_t id, rd_t *r) {
     }
     if (r->bad == 1) send_error(id, "EINVAL", "bad exec request");
     if (pid > 0) {
-        close(pout[1]); close(pin[0]);
+        if (!claimed) { close(pout[1]); close(pin[0]); }
         memset(&ex, 0, sizeof ex);
-        ex.active = 1; ex.id = id; ex.pid = pid; ex.out_fd = pout[0]; ex.in_fd = pin[1];
+        ex.active = 1; ex.id = id; ex.pid = pid; ex.out_fd = pout[0]; ex.in_fd = pin[1]; ex.used_spare = claimed;
         fcntl(ex.out_fd, F_SETFL, O_NONBLOCK); fcntl(ex.in_fd, F_SETFL, O_NONBLOCK);
         if (in_len) { ex.stdin_data = malloc(in_len); if (ex.stdin_data) { memcpy(ex.stdin_data, in, in_len); ex.stdin_len = in_len; } }
         if (!ex.stdin_len) { close(ex.in_fd); ex.in_fd = -1; }
@@ -470,8 +632,10 @@ static void handle_exec(uint32_t id, rd_t *r) {
 
 static void reap(void) {
     int st; pid_t p;
-    while ((p = waitpid(-1, &st, WNOHANG)) > 0)
+    while ((p = waitpid(-1, &st, WNOHANG)) > 0) {
         if (ex.active && p == ex.pid && !ex.exited) { ex.exited = 1; ex.status = st; ex.exited_at = now_ms(); }
+        else if (p == spare.pid) spare_died();
+    }
 }
 
 /* ---------------------------------------------------------------- egress tunnel */
@@ -628,6 +792,7 @@ static void handle_request(char type, uint32_t id, const unsigned char *body, si
     case 'P': send_frame('p', id, body, (uint32_t)(len > MAX_PAYLOAD ? MAX_PAYLOAD : len)); return;
     case 'T': handle_init(id, &r); return;
     case 'X': handle_exec(id, &r); return;
+    case 'Z': spare_configure(id, &r); return;
     case 'N': handle_egress(id, &r); return;
     case 'K':
         if (ex.active) { ex.timed_out = 1; cgroup_kill_all(); }
@@ -923,6 +1088,7 @@ static void setup_cgroup(void) {
     write_file_str(CGROUP "/memory.oom.group", "1");
     cgroup_dir_fd = open(CGROUP, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     cgroup_ok = cgroup_dir_fd >= 0;
+    if (mkdir(CGROUP_SPARE, 0755) == 0 || errno == EEXIST) spare_cgroup_fd = open(CGROUP_SPARE, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
 int main(void) {
@@ -945,7 +1111,7 @@ int main(void) {
     const char *test_fd = getpid() != 1 ? getenv("PERIMETER_AGENT_FD") : NULL; /* host-side protocol tests only */
     if (!cmdline_get("agent.port", pname, sizeof pname)) snprintf(pname, sizeof pname, "agent0");
     char vport[16];
-    if (test_fd) port_fd = atoi(test_fd);
+    if (test_fd) { port_fd = atoi(test_fd); fcntl(port_fd, F_SETFD, FD_CLOEXEC); }
     else if (cmdline_get("agent.vsock", vport, sizeof vport)) {
         struct sockaddr_vm va = {.svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = (unsigned)atoi(vport)};
         vsock_listen_fd = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -967,13 +1133,15 @@ int main(void) {
 
     unsigned char buf[65536];
     for (;;) {
-        struct pollfd pf[3 + MAX_LISTEN + 1 + MAX_CONNS];
+        struct pollfd pf[4 + MAX_LISTEN + 1 + MAX_CONNS];
         int n = 0, i_port, i_sig, i_out = -1, i_in = -1, i_dns = -1, i_listen = -1, i_conn[MAX_CONNS];
         pf[i_port = n++] = (struct pollfd){port_fd, POLLIN, 0};
         pf[i_sig = n++] = (struct pollfd){sfd, POLLIN, 0};
         if (ex.active && ex.out_fd >= 0) pf[i_out = n++] = (struct pollfd){ex.out_fd, POLLIN, 0};
         if (ex.active && ex.in_fd >= 0) pf[i_in = n++] = (struct pollfd){ex.in_fd, POLLOUT, 0};
         if (dns_fd >= 0) pf[i_dns = n++] = (struct pollfd){dns_fd, POLLIN, 0};
+        int i_ready = -1;
+        if (spare.pid > 0 && spare.ready_fd >= 0) pf[i_ready = n++] = (struct pollfd){spare.ready_fd, POLLIN, 0};
         i_listen = n;
         for (int i = 0; i < nlisten; i++) pf[n++] = (struct pollfd){listen_fds[i], POLLIN, 0};
         for (int i = 0; i < MAX_CONNS; i++) {
@@ -989,6 +1157,9 @@ int main(void) {
             uint64_t until = ex.exited ? ex.exited_at + 200 : ex.deadline;
             timeout = until > t ? (int)(until - t) : 0;
             if (timeout > 1000) timeout = 1000;
+        } else if (spare.respawn_at) {
+            uint64_t t = now_ms();
+            timeout = spare.respawn_at > t ? (int)(spare.respawn_at - t) : 0;
         }
         if (poll(pf, (nfds_t)n, timeout) < 0 && errno != EINTR) sleep_ms(1);
 
@@ -1019,6 +1190,12 @@ int main(void) {
                 exec_finish();
             }
         }
+        if (i_ready >= 0 && spare.ready_fd >= 0 && pf[i_ready].revents) { /* a byte: ready; EOF alone: it died (reap) */
+            char c;
+            if (read(spare.ready_fd, &c, 1) == 1) { spare.ready = 1; spare_answer_waiter(); }
+            close_fd(&spare.ready_fd);
+        }
+        if (!ex.active && spare.respawn_at && now_ms() >= spare.respawn_at) spare_spawn();
         if (i_dns >= 0 && pf[i_dns].revents) dns_query();
         for (int i = 0; i < nlisten; i++) if (pf[i_listen + i].revents) tunnel_accept(i);
         for (int i = 0; i < MAX_CONNS; i++) {

@@ -14,8 +14,10 @@ import { statePaths } from '../../config';
 import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
 import type {
-  AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestStat, PutFile, Sandbox, SandboxDriver,
+  AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile, Sandbox, SandboxDriver,
 } from '../types';
+import { GuestError } from '../types';
+import { shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { QemuVm } from './vm';
@@ -68,6 +70,9 @@ export class QemuDriver implements SandboxDriver {
   private readonly vmsDir: string;
   private closed = false;
   private qemuUser: QemuUser | null = null;
+  private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
+    await s.exec({ argv: shellArgv(':'), env: { PATH: '/usr/bin:/bin' }, timeoutMs: 30_000, maxOutputBytes: 4096 });
+  };
 
   constructor(private readonly config: Config) {
     this.vmsDir = statePaths(config.home).vms;
@@ -147,14 +152,20 @@ export class QemuDriver implements SandboxDriver {
     return sandbox;
   }
 
+  setWarmup(warmup: (sandbox: GuestOps) => Promise<void>): void { this.warmup = warmup; }
+
   /**
-   * A restored clone that has already run bash once: under TCG the first fork/exec after a restore pays for
-   * translating that code again (~100 ms); pooled VMs pay it in the background instead of in the user's call.
+   * A restored clone whose code paths are warm: under TCG the first run of any guest code after a restore pays for
+   * translating it again (the first `bash` ≈ 100 ms); pooled VMs pay it in the background instead of in the user's
+   * call. The warm-up uses the clone's ready shell, so it then waits for the agent to have started the next one.
    */
   private async restoreWarm(): Promise<QemuSandbox> {
     const s = await this.restore();
     if (this.template?.manifest.accel === 'tcg') {
-      try { await s.exec({ argv: ['/bin/bash', '--noprofile', '--norc', '-c', 'cd / && env >/dev/null'], env: { PATH: '/usr/bin:/bin' }, timeoutMs: 30_000, maxOutputBytes: 4096 }); } catch (err) {
+      try {
+        await this.warmup(s);
+        await s.vm.agent.waitReadyShell(30_000).catch((err: unknown) => { if (!(err instanceof GuestError && err.code === 'ENOENT')) throw err; });
+      } catch (err) {
         await s.destroy();
         throw err;
       }

@@ -1,0 +1,134 @@
+// The ready shell (companion/guest/ready-shell.ts + the agent's 'Z'): the real C agent in host test mode with the
+// host's bash (the guest's bash is the same Debian 12 package). Every script runs twice in the same agent, once by
+// fork/exec (`bash -c`, the reference) and once through a ready shell, and what the script can observe must match:
+// variables, options, environment, cwd, fds, signal dispositions, stdin, exit status.
+import assert from 'node:assert/strict';
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { GuestClient } from '../../companion/guest/client';
+import { READY_SHELL_ARGV, shellArgv } from '../../companion/guest/ready-shell';
+import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
+
+const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
+/** What differs between any two shells, so it is no evidence either way. */
+const VOLATILE = /^(declare -[-a-zA-Z]+ )?(BASHPID|RANDOM|SRANDOM|EPOCHREALTIME|EPOCHSECONDS|SECONDS|_|BASH_ARGV0)(=|$)/;
+
+describe('guest ready shell (host test mode)', function () {
+  let proc: ChildProcess;
+  let client: GuestClient;
+  let dir: string;
+
+  before(async function () {
+    if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
+    dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ready-'));
+    const [a, b] = await new Promise<[net.Socket, net.Socket]>((resolve) => {
+      const sockPath = path.join(dir, 's');
+      const srv = net.createServer((c) => { srv.close(); resolve([c, other]); });
+      let other!: net.Socket;
+      srv.listen(sockPath, () => { other = net.connect(sockPath); });
+    });
+    proc = spawn(AGENT, [], { stdio: ['ignore', 'ignore', 'inherit', b], env: { PERIMETER_AGENT_FD: '3', PATH: '/usr/bin:/bin' } });
+    b.destroy();
+    client = new GuestClient(a);
+    await client.waitHello(5000);
+  });
+  after(() => { client?.close(); proc?.kill('SIGKILL'); if (dir) rmSync(dir, { recursive: true, force: true }); });
+
+  /** The pid of the agent's ready shell, once it is ready. */
+  async function readyPid(): Promise<number> {
+    await client.waitReadyShell(5000);
+    const kids = execFileSync('ps', ['-o', 'pid=', '--ppid', String(proc.pid)], { encoding: 'utf8' }).trim().split(/\s+/).map(Number);
+    assert.equal(kids.length, 1, `one ready shell expected, found ${kids.join(',')}`);
+    return kids[0]!;
+  }
+
+  const run = (script: string, extra: Partial<ExecRequest> = {}) =>
+    client.exec({ argv: shellArgv(`echo "pid=$$"\n${script}`), timeoutMs: 10_000, maxOutputBytes: 1 << 20, env: { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8' }, ...extra });
+
+  function observable(out: Buffer): string {
+    return out.toString('utf8').split('\n').filter((l) => !l.startsWith('pid=') && !VOLATILE.test(l)).join('\n');
+  }
+
+  /** Runs `script` by fork/exec (no ready shell configured yet) and through the ready shell; returns both. */
+  const cases: { name: string; script: string; extra?: Partial<ExecRequest> }[] = [
+    { name: 'variables, options and shopts', script: 'declare -p; set -o; shopt -p; trap -p; umask; ulimit -a' },
+    { name: 'exported environment', script: 'env -0 | LC_ALL=C sort -z | tr "\\0" "\\n"', extra: { env: { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', ODD: 'a b\nc $(x) =y', TZ: 'UTC' } } },
+    { name: '$0, arguments, $LINENO, BASH_EXECUTION_STRING', script: 'echo "$0|$#|$LINENO"\necho "$LINENO"\nf() { echo "${FUNCNAME[*]}|$LINENO"; }; f\nprintf %s "$BASH_EXECUTION_STRING" | sha256sum' },
+    { name: 'cwd (physical, like a fresh bash) and OLDPWD', script: 'pwd; echo "$PWD|${OLDPWD-unset}|${OLDPWD+set}"; cd -; echo "rc=$?"', extra: { cwd: 'LINK' } },
+    // With no EXIT trap, `bash -c` execs its last simple command in place of itself, while eval forks it: only $$
+    // shows the difference, and the bash tool's script always sets an EXIT trap.
+    { name: 'open descriptors and signal dispositions', script: 'trap : EXIT; for f in /proc/$$/fd/*; do printf "%s " "${f##*/}"; done; echo; grep -E "^(SigBlk|SigIgn|SigCgt|NoNewPrivs)" /proc/$$/status' },
+    { name: 'stdin', script: 'cat; echo; read -r x <&0; echo "[$x]"', extra: { stdin: Buffer.from('line one\nline two') } },
+    { name: 'exit status and the EXIT trap', script: 'trap "echo trapped \\$?" EXIT; (exit 7); echo "sub=$?"; exit 3' },
+    { name: 'set -e inside the script', script: 'set -e; echo before; false; echo after' },
+    { name: 'the last command replaces nothing visible', script: 'sleep 0.01 & wait $!; echo "waited $?"' },
+  ];
+
+  it('runs every observation script identically through fork/exec and through the ready shell', async () => {
+    mkdirSync(path.join(dir, 'real/sub'), { recursive: true });
+    symlinkSync(path.join(dir, 'real/sub'), path.join(dir, 'LINK'));
+    const resolveCwd = (c: Partial<ExecRequest> | undefined) => c?.cwd === 'LINK' ? { ...c, cwd: path.join(dir, 'LINK') } : c;
+    const reference: { out: string; code: number }[] = [];
+    for (const c of cases) {
+      const r = await run(c.script, resolveCwd(c.extra));
+      reference.push({ out: observable(r.output), code: r.exitCode });
+    }
+    await client.startReadyShell(READY_SHELL_ARGV);
+    for (const [i, c] of cases.entries()) {
+      const pid = await readyPid();
+      const r = await run(c.script, resolveCwd(c.extra));
+      assert.match(r.output.toString(), new RegExp(`^pid=${pid}\\n`), `${c.name}: ran in the ready shell`);
+      assert.equal(observable(r.output), reference[i]!.out, c.name);
+      assert.equal(r.exitCode, reference[i]!.code, `${c.name}: exit status`);
+    }
+  });
+
+  it('reseeds RANDOM and restarts SECONDS in every ready shell', async () => {
+    const seen = new Set<string>();
+    for (let i = 0; i < 4; i++) {
+      await readyPid();
+      if (i === 0) await new Promise((r) => setTimeout(r, 1100)); // the shell has been waiting for over a second
+      const [, randoms, seconds] = (await run('echo "$RANDOM $RANDOM $RANDOM"; echo "$SECONDS"')).output.toString().split('\n');
+      seen.add(randoms!);
+      assert.equal(seconds, '0', 'SECONDS counts from the claim, not from when the shell started');
+    }
+    assert.equal(seen.size, 4);
+  });
+
+  it('leaves requests it cannot reproduce exactly to fork/exec', async () => {
+    const unusual: Record<string, string>[] = [{ BASH_ENV: '/dev/null' }, { SHELLOPTS: 'xtrace' }, { 'NOT-AN-IDENT': '1' }, { SHLVL: '4' }];
+    for (const env of unusual) {
+      const pid = await readyPid();
+      const r = await run('echo ok', { env: { PATH: '/usr/bin:/bin', ...env } });
+      assert.doesNotMatch(r.output.toString(), new RegExp(`^pid=${pid}\\n`), JSON.stringify(env));
+      assert.equal(await readyPid(), pid, 'the ready shell is still there for the next call');
+    }
+    const pid = await readyPid();
+    const r = await run('pwd', { cwd: path.join(dir, 'missing') });
+    assert.doesNotMatch(r.output.toString(), new RegExp(`^pid=${pid}\\n`));
+    assert.equal(r.exitCode, 127);
+    assert.match(r.output.toString(), /cwd .*missing/);
+  });
+
+  it('replaces a ready shell killed before use, and times out a claimed one like any command', async () => {
+    const pid = await readyPid();
+    process.kill(pid, 'SIGKILL');
+    for (const until = Date.now() + 5000; existsSync(`/proc/${pid}`) && Date.now() < until;) await new Promise((r) => setTimeout(r, 10));
+    const next = await readyPid();
+    assert.notEqual(next, pid);
+    const r = await run('echo started; sleep 30', { timeoutMs: 300 });
+    assert.equal(r.timedOut, true);
+    assert.match(r.output.toString(), new RegExp(`^pid=${next}\\nstarted\\n`));
+    assert.throws(() => process.kill(next, 0), 'the claimed shell was killed at the timeout');
+  });
+
+  it('reports a ready shell that cannot start', async () => {
+    await client.startReadyShell(['/nonexistent/bash', '-c', 'x']);
+    await assert.rejects(client.waitReadyShell(5000), (e: unknown) => e instanceof GuestError && e.code === 'ENOENT');
+    await client.startReadyShell(READY_SHELL_ARGV);
+    await readyPid();
+  });
+});
