@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { GuestClient } from '../../companion/guest/client';
-import { READY_SHELL_ARGV, shellArgv } from '../../companion/guest/ready-shell';
+import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
 import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
 
 const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
@@ -123,6 +123,27 @@ describe('guest ready shell (host test mode)', function () {
     assert.equal(r.timedOut, true);
     assert.match(r.output.toString(), new RegExp(`^pid=${next}\\nstarted\\n`));
     assert.throws(() => process.kill(next, 0), 'the claimed shell was killed at the timeout');
+  });
+
+  it('answers back-to-back calls correctly while ready shells are replaced', async () => {
+    await readyPid();
+    for (let i = 0; i < 12; i++) {
+      const r = await run(`echo call ${i}`);
+      assert.equal(r.exitCode, 0, r.output.toString());
+      assert.equal(r.output.toString().split('\n')[1], `call ${i}`);
+      if (i % 3 === 2) await new Promise((res) => setTimeout(res, 35)); // now and then, a replacement is starting
+    }
+  });
+
+  it('does not hand a call to a shell that is still starting', async () => {
+    await client.startReadyShell([...SHELL_ARGV_PREFIX, `sleep 0.5; ${READY_SHELL_BOOTSTRAP}`]);
+    const r = await run('echo early');
+    assert.equal(r.exitCode, 0, r.output.toString());
+    assert.equal(r.output.toString().split('\n')[1], 'early');
+    const slow = await readyPid();
+    const claimed = await run('echo late');
+    assert.equal(claimed.output.toString(), `pid=${slow}\nlate\n`, 'the shell that was starting took the next call');
+    await client.startReadyShell(READY_SHELL_ARGV);
   });
 
   it('reports a ready shell that cannot start', async () => {

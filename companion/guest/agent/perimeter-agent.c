@@ -478,7 +478,7 @@ static int env_name_plain(const char *kv) {
 /* Hands the request to the ready shell when it fits. Returns its pid (the caller owns out/in fds through *out_fd,
  * *in_fd), or 0 when the request must take the fork/exec path. */
 static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc, const char *cwd, int *out_fd, int *in_fd) {
-    if (spare.pid <= 0 || !spare.argv || argc != spare.argc) return 0;
+    if (spare.pid <= 0 || !spare.ready || !spare.argv || argc != spare.argc) return 0;
     for (uint32_t i = 0; i + 1 < argc; i++) if (strcmp(argv[i], spare.argv[i])) return 0;
     for (uint32_t i = 0; i < envc; i++) if (!env_name_plain(envp[i])) return 0;
     const char *dir = cwd && *cwd ? cwd : "/";
