@@ -1168,6 +1168,7 @@ int main(void) {
         if (pf[i_port].revents & (POLLIN | POLLHUP | POLLERR)) {
             if (!read_port()) {
                 if (vsock_listen_fd >= 0) { close(port_fd); vsock_accept(); } /* the host reconnects after a restore */
+                else if (test_fd) { cgroup_kill_all(); if (spare.pid > 0) kill(spare.pid, SIGKILL); _exit(0); } /* host test mode: the test is gone */
                 else sleep_ms(2); /* virtio-serial: host not connected (e.g. between snapshot and restore) */
             }
         }
