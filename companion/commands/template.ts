@@ -3,6 +3,8 @@
 // 0 on success, 1 on failure with a one-line reason on stderr.
 import type { Config } from '../config';
 import { buildTemplate, checkTemplate } from '../sandbox/template/build';
+import { warmUpSandbox } from '../tools/tools';
+import { guestLimits } from '../sandbox/limits';
 import { errorMessage } from '../errors';
 
 export interface TemplateArgs { action: 'build' | 'check'; kernel: 'tiny' | 'debian'; rootfs?: string; force: boolean; check: boolean }
@@ -33,7 +35,8 @@ export async function templateCommand(argv: string[], config: Config, print: (li
       const t = await buildTemplate({
         home: config.home, kernel: args.kernel, rootfsDir: args.rootfs, force: args.force,
         memoryMiB: config.sandbox.memoryMiB, vcpus: config.sandbox.vcpus, writableMiB: config.sandbox.diskMiB,
-        accel: config.sandbox.accel, qemuBinary: config.sandbox.qemuBinary, progress: print,
+        accel: config.sandbox.accel, qemuBinary: config.sandbox.qemuBinary, progress: print, warmup: warmUpSandbox,
+        limits: guestLimits(config.sandbox, config.sandbox.memoryMiB),
       });
       if (t.manifest.accel === 'tcg') print('note: this template runs under TCG (software CPU): fine for testing, slow for real work');
     }

@@ -143,9 +143,12 @@ export class GuestClient implements GuestOps {
   }
 
   /** Keeps one `argv` process started ahead of need in the guest (see guest/ready-shell.ts). */
-  async startReadyShell(argv: readonly string[]): Promise<void> {
+  async startReadyShell(argv: readonly string[], env: Readonly<Record<string, string>> = {}): Promise<void> {
     const w = new BodyWriter().u32(argv.length);
     for (const a of argv) w.str(a);
+    const vars = Object.entries(env);
+    w.u32(vars.length);
+    for (const [k, v] of vars) w.str(`${k}=${v}`);
     await this.request(T.readyShell, w.finish(), { deadlineMs: 10_000, maxBytes: 0 });
   }
 

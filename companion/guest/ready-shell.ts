@@ -4,7 +4,8 @@
 // whose argv is SHELL_ARGV_PREFIX + [script] when the environment and cwd allow; anything else takes the fork/exec
 // path. Invariants of the bootstrap below:
 // - It runs the script as `bash --noprofile --norc -c script` would, in the same process image: cwd (physical, like a
-//   fresh bash), exported environment (PWD, SHLVL=1 and a valueless exported OLDPWD, as bash itself adds), $0,
+//   fresh bash), exported environment (exactly the request's, plus PWD, SHLVL=1 and a valueless exported OLDPWD, as
+//   bash itself adds; what READY_SHELL_ENV set and the request lacks is unset), $0,
 //   $LINENO from 1, BASH_EXECUTION_STRING = the script, options, traps and exit status; RANDOM is reseeded from the
 //   agent's fresh entropy and SECONDS restarts, so clones of one snapshot do not share them. It leaves no variable,
 //   function or file descriptor of its own behind. The one visible difference: a syntax error is reported as
@@ -15,20 +16,29 @@
 
 export const SHELL_ARGV_PREFIX: readonly string[] = ['/bin/bash', '--noprofile', '--norc', '-c'];
 
+/**
+ * The ready shell's own environment when it starts: the locale the tools ask for, loaded ahead (a first setlocale
+ * reads and parses locale files, tens of ms under TCG). A request that does not set one of these has it unset.
+ */
+export const READY_SHELL_ENV: Readonly<Record<string, string>> = { LANG: 'C.UTF-8' };
+
+const startNames = Object.keys(READY_SHELL_ENV);
+
 export const READY_SHELL_BOOTSTRAP = [
   'builtin echo -n r >&5',
   'exec 5>&-',
   'IFS= read -r -N 1 -u 3 __perimeter_go || builtin exit 0',
   "mapfile -d '' -t -u 4 __perimeter_req",
   'exec 3<&- 4<&-',
-  'builtin cd -P -- "${__perimeter_req[0]}" || builtin exit 127',
-  'builtin unset -v OLDPWD',
-  'builtin export OLDPWD',
+  // Already there (the agent starts it in /, where the tools' calls run): nothing to do, as for a fresh bash.
+  '[[ "${__perimeter_req[0]}" == "$PWD" ]] || { builtin cd -P -- "${__perimeter_req[0]}" || builtin exit 127; builtin unset -v OLDPWD; builtin export OLDPWD; }',
   'RANDOM=${__perimeter_req[1]}',
   'SECONDS=0',
-  'for __perimeter_go in "${__perimeter_req[@]:3}"; do builtin export -- "$__perimeter_go"; done',
+  `declare -A __perimeter_set=(${startNames.map((n) => `[${n}]=`).join(' ')})`,
+  'for __perimeter_go in "${__perimeter_req[@]:3}"; do builtin export -- "$__perimeter_go"; builtin unset -v "__perimeter_set[${__perimeter_go%%=*}]"; done',
+  'for __perimeter_go in "${!__perimeter_set[@]}"; do builtin unset -v "$__perimeter_go"; done',
   'BASH_EXECUTION_STRING=${__perimeter_req[2]}',
-  'builtin unset -v __perimeter_go __perimeter_req',
+  'builtin unset -v __perimeter_go __perimeter_req __perimeter_set',
   'builtin eval "$BASH_EXECUTION_STRING"',
 ].join('; ');
 

@@ -9,7 +9,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { GuestClient } from '../../companion/guest/client';
-import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
+import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
 import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
 
 const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
@@ -55,9 +55,12 @@ describe('guest ready shell (host test mode)', function () {
   /** Runs `script` by fork/exec (no ready shell configured yet) and through the ready shell; returns both. */
   const cases: { name: string; script: string; extra?: Partial<ExecRequest> }[] = [
     { name: 'variables, options and shopts', script: 'declare -p; set -o; shopt -p; trap -p; umask; ulimit -a' },
+    { name: 'locale and environment without LANG', script: 'locale 2>&1; env | LC_ALL=C sort; printf "%s\\n" "${LANG-unset}"', extra: { env: { PATH: '/usr/bin:/bin' } } },
+    { name: 'another locale', script: 'locale 2>&1; printf "%s|%s\\n" "$LANG" "${LC_ALL-unset}"; x=$(printf "\\xc3\\xa9"); echo "${#x}"', extra: { env: { PATH: '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C.UTF-8' } } },
     { name: 'exported environment', script: 'env -0 | LC_ALL=C sort -z | tr "\\0" "\\n"', extra: { env: { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', ODD: 'a b\nc $(x) =y', TZ: 'UTC' } } },
     { name: '$0, arguments, $LINENO, BASH_EXECUTION_STRING', script: 'echo "$0|$#|$LINENO"\necho "$LINENO"\nf() { echo "${FUNCNAME[*]}|$LINENO"; }; f\nprintf %s "$BASH_EXECUTION_STRING" | sha256sum' },
     { name: 'cwd (physical, like a fresh bash) and OLDPWD', script: 'pwd; echo "$PWD|${OLDPWD-unset}|${OLDPWD+set}"; cd -; echo "rc=$?"', extra: { cwd: 'LINK' } },
+    { name: 'cwd / (where the ready shell already is)', script: 'pwd; echo "$PWD|${OLDPWD-unset}|${OLDPWD+set}"; declare -p PWD OLDPWD', extra: { cwd: '/' } },
     // With no EXIT trap, `bash -c` execs its last simple command in place of itself, while eval forks it: only $$
     // shows the difference, and the bash tool's script always sets an EXIT trap.
     { name: 'open descriptors and signal dispositions', script: 'trap : EXIT; for f in /proc/$$/fd/*; do printf "%s " "${f##*/}"; done; echo; grep -E "^(SigBlk|SigIgn|SigCgt|NoNewPrivs)" /proc/$$/status' },
@@ -76,7 +79,7 @@ describe('guest ready shell (host test mode)', function () {
       const r = await run(c.script, resolveCwd(c.extra));
       reference.push({ out: observable(r.output), code: r.exitCode });
     }
-    await client.startReadyShell(READY_SHELL_ARGV);
+    await client.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
     for (const [i, c] of cases.entries()) {
       const pid = await readyPid();
       const r = await run(c.script, resolveCwd(c.extra));
@@ -143,13 +146,13 @@ describe('guest ready shell (host test mode)', function () {
     const slow = await readyPid();
     const claimed = await run('echo late');
     assert.equal(claimed.output.toString(), `pid=${slow}\nlate\n`, 'the shell that was starting took the next call');
-    await client.startReadyShell(READY_SHELL_ARGV);
+    await client.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
   });
 
   it('reports a ready shell that cannot start', async () => {
     await client.startReadyShell(['/nonexistent/bash', '-c', 'x']);
     await assert.rejects(client.waitReadyShell(5000), (e: unknown) => e instanceof GuestError && e.code === 'ENOENT');
-    await client.startReadyShell(READY_SHELL_ARGV);
+    await client.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
     await readyPid();
   });
 });

@@ -14,7 +14,8 @@
  *   host -> guest (final frame type): 'P' ping (echoed as 'p'), 'T' init (u64 unix ns, bytes entropy, u32 pids.max,
  *   u64 memory.max, u64 writable-layer bytes), 'X' exec, 'K' kill the running exec, 'R' readFile, 'W' writeFile,
  *   'S' stat, 'L' walk, 'U' putFiles, 'G' getFiles, 'N' egress config (u32 n, n x u16 port), 'Z' ready shell
- *   (u32 argc, argc x str: keep one such process started ahead of need; argc 0: answer once it is ready).
+ *   (u32 argc, argc x str, u32 envc, envc x str: keep one such process started ahead of need; argc 0: answer once
+ *   it is ready).
  *   guest -> host: 'H' hello, 'p' pong, 'O' exec output chunk, 'r' success (body per request), 'e' error (str code,
  *   str message).
  *   tunnel (egress), id = connection: guest 'c' open (u16 port, u32 window = CONN_WINDOW), both 'd' data, both 'w'
@@ -367,6 +368,7 @@ static int cgroup_ok;
 #define CGROUP_SPARE "/sys/fs/cgroup/spare"
 typedef struct {
     char **argv; uint32_t argc;         /* configured by 'Z'; NULL = no ready shell */
+    char **envp; uint32_t envc;         /* its environment at start (the bootstrap unsets what a request lacks) */
     pid_t pid; int ready;               /* pid > 0: started; ready: its bootstrap said so on fd 5 */
     int wake_fd, req_fd, out_fd, in_fd, ready_fd;
     uint64_t respawn_at;                /* 0 = not scheduled */
@@ -410,8 +412,7 @@ static void spare_spawn(void) {
         for (int i = 0; i < 6; i++) if ((hi[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(127);
         for (int i = 0; i < 6; i++) if (dup2(hi[i], i) < 0) _exit(127);
         if (chdir("/") < 0) _exit(127);
-        char *empty_env[] = {NULL};
-        execve(spare.argv[0], spare.argv, empty_env);
+        execve(spare.argv[0], spare.argv, spare.envp);
         _exit(127);
     }
     close(wake[0]); close(out[1]); close(in[0]); close(rdy[1]);
@@ -435,6 +436,8 @@ static void spare_died(void) {
     spare_answer_waiter();
 }
 
+static void free_strv(char **v, uint32_t n) { for (uint32_t i = 0; v && i < n; i++) free(v[i]); free(v); }
+
 static void spare_configure(uint32_t id, rd_t *r) {
     uint32_t argc = r_u32(r);
     if (r->bad || argc > 64) { send_error(id, "EINVAL", "bad ready-shell request"); return; }
@@ -448,14 +451,16 @@ static void spare_configure(uint32_t id, rd_t *r) {
     }
     char **argv = calloc(argc + 1, sizeof *argv);
     for (uint32_t i = 0; argv && i < argc && !r->bad; i++) argv[i] = r_str(r);
-    if (!argv || r->bad || argv[0][0] != '/') {
-        for (uint32_t i = 0; argv && i < argc; i++) free(argv[i]);
-        free(argv); send_error(id, "EINVAL", "bad ready-shell request"); return;
+    uint32_t envc = r_u32(r);
+    char **envp = !r->bad && envc <= 64 ? calloc(envc + 1, sizeof *envp) : NULL;
+    for (uint32_t i = 0; envp && i < envc && !r->bad; i++) envp[i] = r_str(r);
+    if (!argv || !envp || r->bad || argv[0][0] != '/') {
+        free_strv(argv, argc); free_strv(envp, envc);
+        send_error(id, "EINVAL", "bad ready-shell request"); return;
     }
     if (spare.pid > 0) { kill(spare.pid, SIGKILL); spare.pid = 0; spare_close_fds(); } /* reap() collects it */
-    for (uint32_t i = 0; spare.argv && i < spare.argc; i++) free(spare.argv[i]);
-    free(spare.argv);
-    spare.argv = argv; spare.argc = argc; spare.failures = 0;
+    free_strv(spare.argv, spare.argc); free_strv(spare.envp, spare.envc);
+    spare.argv = argv; spare.argc = argc; spare.envp = envp; spare.envc = envc; spare.failures = 0;
     spare_spawn();
     if (spare.pid > 0) send_message('r', id, NULL, 0);
     else send_errno(id, errno, "start ready shell", argv[0]);
@@ -775,12 +780,18 @@ static void handle_init(uint32_t id, rd_t *r) {
         ioctl(fd, RNDRESEEDCRNG);
     }
     if (fd >= 0) close(fd);
+    /* limits already in force (the template applies the configured ones before its snapshot) are not written again */
+    static uint32_t set_pids; static uint64_t set_mem, set_disk;
     char v[32];
-    if (cgroup_ok && pids) { snprintf(v, sizeof v, "%u", pids); write_file_str(CGROUP "/pids.max", v); }
-    if (cgroup_ok && mem) { snprintf(v, sizeof v, "%llu", (unsigned long long)mem); write_file_str(CGROUP "/memory.max", v); write_file_str(CGROUP "/memory.swap.max", "0"); }
-    if (disk) {
+    if (cgroup_ok && pids && pids != set_pids) { snprintf(v, sizeof v, "%u", pids); if (write_file_str(CGROUP "/pids.max", v) == 0) set_pids = pids; }
+    if (cgroup_ok && mem && mem != set_mem) {
+        snprintf(v, sizeof v, "%llu", (unsigned long long)mem);
+        if (write_file_str(CGROUP "/memory.max", v) == 0 && write_file_str(CGROUP "/memory.swap.max", "0") == 0) set_mem = mem;
+    }
+    if (disk && disk != set_disk) {
         char opts[64]; snprintf(opts, sizeof opts, "size=%llu", (unsigned long long)disk);
         if (mount("tmpfs", "/.perimeter/upperfs", "tmpfs", MS_REMOUNT, opts) < 0) { send_errno(id, errno, "remount", "writable layer"); return; }
+        set_disk = disk;
     }
     send_message('r', id, NULL, 0);
 }

@@ -16,18 +16,18 @@ import { statePaths } from '../../config';
 import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
 import { GuestClient } from '../../guest/client';
-import { READY_SHELL_ARGV } from '../../guest/ready-shell';
+import { READY_SHELL_ARGV, READY_SHELL_ENV } from '../../guest/ready-shell';
 import { GuestError, type AcquireOptions, type DriverInfo, type DriverProbe, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestStat, type PutFile, type Sandbox, type SandboxDriver } from '../types';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { sweepOrphans } from '../qemu/sweep';
 import { FirecrackerApi, connectVsock } from './api';
 import { attachEgress } from '../attach-egress';
+import { guestLimits } from '../limits';
 
 const log = logger('sandbox:firecracker');
 export const AGENT_VSOCK_PORT = 1024;
 const GUEST_CID = 3;
-const GUEST_RESERVED_MIB = 48;
 
 export interface JailerOptions { binary: string; uid: number; gid: number; chrootBase: string }
 
@@ -211,7 +211,7 @@ export class FirecrackerDriver implements SandboxDriver {
       log.info(`firecracker template boot: ${hello}`);
       const warm = await vm.agent.exec({ argv: ['/bin/sh', '-c', 'true'], timeoutMs: 30_000, maxOutputBytes: 1024 });
       if (warm.exitCode !== 0) throw new Error(`warm-up failed: ${warm.output.toString()}`);
-      await vm.agent.startReadyShell(READY_SHELL_ARGV);
+      await vm.agent.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
       await vm.agent.waitReadyShell(30_000).catch((err: unknown) => { if (!(err instanceof GuestError && err.code === 'ENOENT')) throw err; });
       await vm.api.pause();
       await vm.api.createSnapshot({ snapshot_type: 'Full', snapshot_path: 'vm.state', mem_file_path: 'mem.bin' });
@@ -241,12 +241,7 @@ export class FirecrackerDriver implements SandboxDriver {
       });
       await vm.connectAgent((err) => { log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`); void sandbox.destroy(); }, 10_000);
       await vm.agent.ping(10_000);
-      const s = this.config.sandbox;
-      await vm.agent.init(randomBytes(64), {
-        pidsMax: s.maxProcesses,
-        memoryMaxBytes: Math.max(32, t.manifest.memoryMiB - GUEST_RESERVED_MIB) * 1024 * 1024,
-        writableBytes: Math.max(16, Math.min(s.diskMiB, Math.floor(t.manifest.memoryMiB / 2))) * 1024 * 1024,
-      });
+      await vm.agent.init(randomBytes(64), guestLimits(this.config.sandbox, t.manifest.memoryMiB));
     } catch (err) {
       await sandbox.destroy();
       throw transient('restore_failed', `restoring a Firecracker sandbox failed: ${(err as Error).message}`);

@@ -25,11 +25,10 @@ import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
 import { chooseQemuUser, type QemuUser } from './user';
 import type { GuestLimits } from '../../guest/client';
+import { guestLimits } from '../limits';
 import { attachEgress } from '../attach-egress';
 
 const log = logger('sandbox:qemu');
-/** Guest memory kept back from user commands for the kernel and the agent. */
-const GUEST_RESERVED_MIB = 48;
 /** A pooled VM is replaced this long after one was taken (if another is still ready), so the restore does not
  *  compete with the call for the CPU. */
 const POOL_REFILL_DELAY_MS = Number(process.env.PERIMETER_POOL_REFILL_DELAY_MS ?? 400);
@@ -173,15 +172,7 @@ export class QemuDriver implements SandboxDriver {
     return s;
   }
 
-  limits(t: Template): GuestLimits {
-    const s = this.config.sandbox;
-    const mib = 1024 * 1024;
-    return {
-      pidsMax: s.maxProcesses,
-      memoryMaxBytes: Math.max(32, t.manifest.memoryMiB - GUEST_RESERVED_MIB) * mib,
-      writableBytes: Math.max(16, Math.min(s.diskMiB, Math.floor(t.manifest.memoryMiB / 2))) * mib,
-    };
-  }
+  limits(t: Template): GuestLimits { return guestLimits(this.config.sandbox, t.manifest.memoryMiB); }
 
   /** Waits until the warm pool is full (benchmarks, tests). */
   async warm(timeoutMs = 60_000): Promise<void> { await this.start(); await this.pool!.waitFull(timeoutMs); }
