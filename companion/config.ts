@@ -20,6 +20,8 @@ export const ConfigSchema = z.object({
     driver: z.enum(['auto', 'qemu', 'firecracker', 'process']).default('auto'),
     mode: SandboxMode.default('per-call'),
     poolSize: z.number().int().min(0).max(64).default(2),
+    /** Keep one QEMU process started ahead of the next restore (skips QEMU's own start-up, ≈ 25 ms). */
+    startEmulatorAhead: z.boolean().default(true),
     vcpus: z.number().int().min(1).max(16).default(1),
     memoryMiB: z.number().int().min(64).max(65536).default(256),
     diskMiB: z.number().int().min(16).max(65536).default(256),

@@ -79,14 +79,17 @@ export async function runTool(name: ToolName, input: unknown, ctx: ToolRunContex
 }
 
 /**
- * What a pooled sandbox runs before it is handed out (SandboxDriver.setWarmup): one bash tool call of `:` with the
- * base environment, then the state file it left is removed. Under TCG, code runs slowly the first time in each VM;
+ * What a pooled sandbox runs before it is handed out (SandboxDriver.setWarmup): bash tool calls of `:` with the
+ * base environment, then the state file they left is removed. Under TCG, code runs slowly the first time in each VM;
  * this pays for the bash tool's whole path (stale-state delete, exec, shell-state capture, state read) in the
- * background instead of in the user's first call.
+ * background instead of in the user's first call. Two calls: the first takes the guest's ready shell, the second
+ * (issued before the agent has started the next one) runs bash by fork and exec, so both ways are warm.
  */
 export async function warmUpSandbox(sandbox: GuestOps): Promise<void> {
-  const r = await runTool('bash', { command: ':' }, { sandbox, shell: INITIAL_SHELL, callTimeoutMs: 30_000 });
-  if (r.isError) throw new GuestError('EIO', `warm-up call failed: ${r.text}`);
+  for (let i = 0; i < 2; i++) {
+    const r = await runTool('bash', { command: ':' }, { sandbox, shell: INITIAL_SHELL, callTimeoutMs: 30_000 });
+    if (r.isError) throw new GuestError('EIO', `warm-up call failed: ${r.text}`);
+  }
   await sandbox.putFiles([], [SHELL_STATE_FILE]);
 }
 

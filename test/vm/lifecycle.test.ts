@@ -45,6 +45,23 @@ describe('qemu driver lifecycle (real VMs)', function () {
     await Promise.all([first.destroy(), next.destroy()]);
   });
 
+  it('starts one QEMU ahead of the next restore, restores into it, and kills it on close', async () => {
+    driver = newDriver({ poolSize: 0 });
+    const ahead = () => (driver as unknown as { emulatorAhead: Promise<{ id: string; pid: number; alive: boolean }> | null }).emulatorAhead;
+    const a = (await driver.acquire({ sessionId: 's' })) as QemuSandbox;
+    const waiting = await ahead();
+    assert.ok(waiting?.alive && alive(waiting.pid), 'a QEMU waits for the next restore');
+    const b = (await driver.acquire({ sessionId: 's' })) as QemuSandbox;
+    assert.equal(b.vm.id, waiting.id, 'the next restore used it');
+    assert.equal(text(await sh(b, 'echo restored')), 'restored\n');
+    const next = await ahead();
+    assert.ok(next && next.id !== waiting.id && alive(next.pid), 'and the one after it is started');
+    const pids = [a.vm.pid, b.vm.pid, next.pid];
+    await driver.close();
+    driver = null;
+    for (const pid of pids) assert.equal(alive(pid), false, `QEMU ${pid} is gone after close`);
+  });
+
   it('leaves no QEMU running after the companion is SIGKILLed and restarted', async () => {
     const child = spawn(process.execPath, ['--import', 'tsx', path.join(__dirname, 'fixtures', 'orphan-child.ts')], { stdio: ['ignore', 'pipe', 'inherit'] });
     const line = await new Promise<string>((resolve, reject) => {

@@ -98,11 +98,16 @@ describe('qemu sandbox (real VMs)', function () {
 
   it('gives two clones of one snapshot different random bytes', async () => {
     const [a, b] = await Promise.all([acquire(), acquire()]);
-    const read = (s: Sandbox) => sh(s, 'head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; python3 -c "import random; print(random.random())"');
+    // bash's $RANDOM too: the first command of a clone runs in the ready shell the snapshot holds
+    const read = (s: Sandbox) => sh(s, 'echo "$RANDOM $RANDOM $RANDOM"; head -c 32 /dev/urandom | od -An -tx1 | tr -d " \\n"; echo; python3 -c "import random; print(random.random())"');
     const [ra, rb] = await Promise.all([read(a), read(b)]);
     assert.equal(ra.exitCode, 0, text(ra));
-    assert.notEqual(text(ra), text(rb));
-    assert.equal(text(ra).split('\n')[0]!.length, 64);
+    const [bashA, urandomA, pythonA] = text(ra).split('\n');
+    const [bashB, urandomB, pythonB] = text(rb).split('\n');
+    assert.notEqual(bashA, bashB, 'bash $RANDOM');
+    assert.notEqual(urandomA, urandomB, '/dev/urandom');
+    assert.notEqual(pythonA, pythonB, 'python random');
+    assert.equal(urandomA!.length, 64);
   });
 
   it('has no network device, and no host credential reaches the guest', async () => {

@@ -105,7 +105,11 @@ export class QemuVm {
     proc.stderr?.on('data', (d: Buffer) => { if (this.stderr.length < 8192) this.stderr += d.toString('utf8'); });
   }
 
+  /** Called once if the agent channel breaks; replaceable (a QEMU started ahead gets its owner's handler later). */
+  onAgentFatal: (err: Error) => void = () => {};
+
   get pid(): number { return this.proc.pid ?? -1; }
+  get alive(): boolean { return !this.killed && this.proc.exitCode === null && this.proc.signalCode === null; }
   get diagnostics(): string { return this.stderr.trim(); }
 
   /** Spawns QEMU and waits until it connected to the agent socket. `onAgentFatal` fires if the channel breaks. */
@@ -147,7 +151,9 @@ export class QemuVm {
     } finally {
       server.close();
     }
-    const vm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => onAgentFatal(err)), t0);
+    let vm!: QemuVm;
+    vm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => vm.onAgentFatal(err)), t0);
+    vm.onAgentFatal = onAgentFatal;
     if (qmp) vm.qmpConnecting = qmp;
     return vm;
   }
