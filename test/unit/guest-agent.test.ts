@@ -1,37 +1,25 @@
 // The real C agent (dist/guest/perimeter-agent, built by `npm run build`) driven over a socket on the host, outside
 // any VM (PERIMETER_AGENT_FD test mode; PID != 1, so no mounts and no cgroup): protocol conformance of every op.
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync, symlinkSync, statSync } from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
+import { readFileSync, symlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { GuestClient } from '../../companion/guest/client';
+import type { GuestClient } from '../../companion/guest/client';
+import { startHostAgent, type HostAgent } from './host-agent';
 import { GuestError } from '../../companion/sandbox/types';
 
-const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
 
 describe('guest agent binary (host test mode)', function () {
-  let proc: ChildProcess;
+  let agent: HostAgent;
   let client: GuestClient;
   let dir: string;
 
   before(async function () {
-    if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
-    dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-agent-'));
-    const [a, b] = await new Promise<[net.Socket, net.Socket]>((resolve) => {
-      const sockPath = path.join(dir, 's');
-      const srv = net.createServer((c) => { srv.close(); resolve([c, other]); });
-      let other!: net.Socket;
-      srv.listen(sockPath, () => { other = net.connect(sockPath); });
-    });
-    proc = spawn(AGENT, [], { stdio: ['ignore', 'ignore', 'inherit', b], env: { PERIMETER_AGENT_FD: '3', PATH: '/usr/bin:/bin' } });
-    b.destroy();
-    client = new GuestClient(a);
-    assert.match(await client.waitHello(5000), /^perimeter-agent 1 /);
+    agent = await startHostAgent(this);
+    ({ client, dir } = agent);
+    assert.match(agent.hello, /^perimeter-agent 1 /);
   });
-  after(() => { client?.close(); proc?.kill('SIGKILL'); if (dir) rmSync(dir, { recursive: true, force: true }); });
+  after(() => agent?.close());
 
   it('answers ping', async () => { await client.ping(); });
 

@@ -3,39 +3,28 @@
 // fork/exec (`bash -c`, the reference) and once through a ready shell, and what the script can observe must match:
 // variables, options, environment, cwd, fds, signal dispositions, stdin, exit status.
 import assert from 'node:assert/strict';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs';
-import net from 'node:net';
-import os from 'node:os';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
-import { GuestClient } from '../../companion/guest/client';
+import type { GuestClient } from '../../companion/guest/client';
+import { startHostAgent, type HostAgent } from './host-agent';
 import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
 import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
 
-const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
 /** What differs between any two shells, so it is no evidence either way. */
 const VOLATILE = /^(declare -[-a-zA-Z]+ )?(BASHPID|RANDOM|SRANDOM|EPOCHREALTIME|EPOCHSECONDS|SECONDS|_|BASH_ARGV0)(=|$)/;
 
 describe('guest ready shell (host test mode)', function () {
+  let agent: HostAgent;
   let proc: ChildProcess;
   let client: GuestClient;
   let dir: string;
 
   before(async function () {
-    if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
-    dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ready-'));
-    const [a, b] = await new Promise<[net.Socket, net.Socket]>((resolve) => {
-      const sockPath = path.join(dir, 's');
-      const srv = net.createServer((c) => { srv.close(); resolve([c, other]); });
-      let other!: net.Socket;
-      srv.listen(sockPath, () => { other = net.connect(sockPath); });
-    });
-    proc = spawn(AGENT, [], { stdio: ['ignore', 'ignore', 'inherit', b], env: { PERIMETER_AGENT_FD: '3', PATH: '/usr/bin:/bin' } });
-    b.destroy();
-    client = new GuestClient(a);
-    await client.waitHello(5000);
+    agent = await startHostAgent(this);
+    ({ proc, client, dir } = agent);
   });
-  after(() => { client?.close(); proc?.kill('SIGKILL'); if (dir) rmSync(dir, { recursive: true, force: true }); });
+  after(() => agent?.close());
 
   /** The pid of the agent's ready shell, once it is ready. */
   async function readyPid(): Promise<number> {
