@@ -349,7 +349,7 @@ typedef struct {
     int active; uint32_t id; pid_t pid; int out_fd, in_fd;
     unsigned char *stdin_data; size_t stdin_len, stdin_off;
     uint64_t started, deadline; int timed_out, exited, status;
-    uint64_t exited_at; int used_spare;
+    uint64_t exited_at;
     size_t head_cap, head_sent, tail_cap, tail_len, tail_pos; unsigned char *tail; uint64_t dropped;
 } exec_t;
 static exec_t ex;
@@ -360,8 +360,8 @@ static int cgroup_ok;
  * until an exec asks for exactly its argv with another last argument (the script). Under TCG the fork, exec and
  * dynamic linking of bash are most of a small command's cost; a claimed ready shell skips all three. Its bootstrap
  * (the last argv element, written by the host, companion/guest/ready-shell.ts) writes a byte to fd 5 when ready,
- * waits for a byte on fd 3, reads the request from fd 4 (a memfd: NUL-terminated cwd, RANDOM seed, script, NAME=VALUE...) and
- * evals the script with the request's cwd and environment, as `bash -c` would have. It lives in its own cgroup, so
+ * waits for a byte on fd 3, reads the request from fd 4 (a memfd: NUL-terminated cwd, RANDOM seed, script,
+ * NAME=VALUE...) and evals the script with the request's cwd and environment, as `bash -c` would have. It lives in its own cgroup, so
  * an earlier call's cgroup.kill spares it, and moves into the call cgroup when claimed. An exec uses it only when
  * every environment name is a plain identifier bash treats like any other variable and cwd is a directory; anything
  * else takes the fork/exec path, which stays the reference behaviour. */
@@ -593,15 +593,12 @@ static void handle_exec(uint32_t id, rd_t *r) {
     for (uint32_t i = 0; envp && i < envc && !r->bad; i++) envp[i] = r_str(r);
     uint32_t in_len; const unsigned char *in = r_bytes(r, &in_len);
     int pout[2] = {-1, -1}, pin[2] = {-1, -1};
-    if (!r->bad && (pipe2(pout, O_CLOEXEC) < 0 || pipe2(pin, O_CLOEXEC) < 0)) { send_errno(id, errno, "pipe", ""); r->bad = 2; }
     pid_t pid = -1;
-    int claimed = 0;
     if (!r->bad) {
         write_file_str(CGROUP "/cgroup.kill", "1"); /* nothing of an earlier call survives */
-        int sout = -1, sin = -1;
-        pid = spare_claim(argv, argc, envp, envc, cwd, &sout, &sin);
-        if (pid > 0) { claimed = 1; for (int i = 0; i < 2; i++) { close(pout[i]); close(pin[i]); } pout[0] = sout; pin[1] = sin; pout[1] = pin[0] = -1; }
-        else pid = spawn_in_cgroup();
+        pid = spare_claim(argv, argc, envp, envc, cwd, &pout[0], &pin[1]); /* > 0: the ready shell took it */
+        if (pid <= 0 && (pipe2(pout, O_CLOEXEC) < 0 || pipe2(pin, O_CLOEXEC) < 0)) { send_errno(id, errno, "pipe", ""); r->bad = 2; pid = -1; }
+        else if (pid <= 0) pid = spawn_in_cgroup();
         if (pid == 0) {
             setsid();
             write_file_str("/proc/self/oom_score_adj", "0");
@@ -612,13 +609,14 @@ static void handle_exec(uint32_t id, rd_t *r) {
             execvpe(argv[0], argv, envp);
             child_fail(2, "exec", argv[0]);
         }
-        if (pid < 0) send_errno(id, errno, "fork", "");
+        if (pid < 0 && r->bad != 2) send_errno(id, errno, "fork", "");
     }
     if (r->bad == 1) send_error(id, "EINVAL", "bad exec request");
     if (pid > 0) {
-        if (!claimed) { close(pout[1]); close(pin[0]); }
+        if (pout[1] >= 0) close(pout[1]);
+        if (pin[0] >= 0) close(pin[0]);
         memset(&ex, 0, sizeof ex);
-        ex.active = 1; ex.id = id; ex.pid = pid; ex.out_fd = pout[0]; ex.in_fd = pin[1]; ex.used_spare = claimed;
+        ex.active = 1; ex.id = id; ex.pid = pid; ex.out_fd = pout[0]; ex.in_fd = pin[1];
         fcntl(ex.out_fd, F_SETFL, O_NONBLOCK); fcntl(ex.in_fd, F_SETFL, O_NONBLOCK);
         if (in_len) { ex.stdin_data = malloc(in_len); if (ex.stdin_data) { memcpy(ex.stdin_data, in, in_len); ex.stdin_len = in_len; } }
         if (!ex.stdin_len) { close(ex.in_fd); ex.in_fd = -1; }
