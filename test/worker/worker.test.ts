@@ -84,12 +84,12 @@ describe('worker end to end (process driver)', () => {
     assert.equal(await rt.stop(), 0);
   });
 
-  it('a fault storm (429s, 5xx, malformed JSON, SSE drops): no result lost, none duplicated, no call run twice', async function () {
+  it('a fault storm (hundreds of 429s, 5xx, malformed JSON, SSE drops): no result lost, none duplicated, no call run twice', async function () {
     this.timeout(240_000);
     dq = await startDevQueue({ faults: { status429Every: 4, status5xxEvery: 3, malformedEvery: 4, retryAfterMs: 20, dropStreamAfterEvents: 3 } });
     const marks = tmp();
     const rt = await startRuntime(dq, { home: tmp() });
-    const steps = Array.from({ length: 21 }, (_, i) => (i % 3 === 0
+    const steps = Array.from({ length: 45 }, (_, i) => (i % 3 === 0
       ? { tool: 'bash', input: { command: `echo ${i} >> ${marks}/exec; echo out-${i}` }, expectIncludes: [`out-${i}`] }
       : i % 3 === 1 ? { tool: 'write', input: { file_path: `f${i}.txt`, content: `c${i}` }, expectIncludes: ['wrote'] }
         : { tool: 'glob', input: { pattern: '*.txt' }, expectIncludes: [`f${i - 1}.txt`] }));
@@ -101,10 +101,10 @@ describe('worker end to end (process driver)', () => {
     assert.deepEqual(answeredOnce(dq, rep.steps.map((s) => s.toolUseId!)), { missing: [], duplicated: [] });
     const execs = lines(`${marks}/exec`);
     assert.deepEqual(execs, [...new Set(execs)], 'no bash call executed twice');
-    assert.equal(execs.length, 7);
+    assert.equal(execs.length, steps.filter((s) => s.tool === 'bash').length);
     const i = dq.injected;
     const total = i.rateLimited + i.serverErrors + i.malformed + i.streamDrops;
-    assert.ok(total >= 70 && i.rateLimited > 0 && i.serverErrors > 0 && i.malformed > 0 && i.streamDrops > 0, `the storm injected every kind of fault (${JSON.stringify(i)})`);
+    assert.ok(total >= 200 && i.rateLimited > 0 && i.serverErrors > 0 && i.malformed > 0 && i.streamDrops > 0, `the storm injected every kind of fault (${JSON.stringify(i)})`);
     assert.ok(dq.requests.some((r) => r.route === 'events.stream' && r.status === 200) , 'streams were opened');
   });
 });
