@@ -49,9 +49,10 @@ abstract class BaseTree implements vscode.TreeDataProvider<PerimeterNode>, vscod
 export class WorkerTree extends BaseTree {
   getChildren(node?: PerimeterNode): PerimeterNode[] {
     if (!node) {
-      // Hosts that never ran and have nothing to report stay out: an empty view shows the welcome content instead.
+      // This machine stays out until it has something to report, so a fresh install shows the welcome content; an
+      // SSH host the user added is always listed (with its Start action) even before it first runs.
       return this.model.hostList()
-        .filter((h) => h.connection !== 'stopped' || h.problem !== null || h.facts !== null)
+        .filter((h) => h.hostId !== 'local' || h.connection !== 'stopped' || h.problem !== null || h.facts !== null)
         .map((h) => ({ kind: 'host', hostId: h.hostId }));
     }
     if (node.kind !== 'host') return [];

@@ -1,7 +1,7 @@
 // Browser end-to-end test: the real VS Code workbench (code-server 4.100.3) in headless Debian Chromium, driven by
 // playwright-core the way a user clicks: open the Perimeter panel, run "Perimeter: Try Locally" from the command
 // palette, watch the session and its calls appear, add a persisted path through the input box, open a call's output
-// document, stop the worker. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
+// document, stop the worker, build a template (its failure path), pick a host. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
 // driver; the extension is installed from the packaged .vsix (PERIMETER_E2E_MODE=dev loads the source folder).
 // Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
 import assert from 'node:assert/strict';
@@ -42,7 +42,10 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     const cs = await import('./harness/code-server.mjs' as string);
     const br = await import('./harness/browser.mjs' as string);
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-home-'));
+    const sshConfig = path.join(home, 'ssh_config');
+    writeFileSync(sshConfig, 'Host kvm-box\n  HostName 127.0.0.1\n  User builder\n');
     const profile = cs.makeProfile({
+      'perimeter.ssh.configFile': sshConfig,
       'perimeter.home': home,
       'perimeter.sandboxDriver': 'process',
       'perimeter.concurrency': 2,
@@ -190,5 +193,43 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).click();
     await page.locator('.part.sidebar .composite.title', { hasText: 'Perimeter' }).waitFor();
     await sidebarLabel('sesn_local_').first().waitFor();
+  });
+
+  it('"Perimeter: Build Template" reports a failed build with its reason and a way to the log', async () => {
+    // This machine's companion reads <home>/config.json: a QEMU that does not exist makes the build fail at once.
+    const config = path.join(home, 'config.json');
+    writeFileSync(config, JSON.stringify({ sandbox: { qemuBinary: '/nonexistent/qemu-system-x86_64' } }));
+    try {
+      await palette('Perimeter: Build Template');
+      const toast = page.locator('.notifications-toasts .notification-toast', { hasText: 'template build failed on This machine' });
+      await toast.waitFor();
+      assert.match(await toast.innerText(), /nonexistent\/qemu-system-x86_64/, 'the reason is shown');
+      await toast.locator('a.monaco-button', { hasText: 'Show Worker Log' }).waitFor();
+    } finally { rmSync(config, { force: true }); }
+  });
+
+  it('"Perimeter: Select Host" offers this machine, ssh config aliases and a typed host (validated); the chosen host is listed', async () => {
+    const rows = page.locator('.quick-input-widget .quick-input-list .monaco-list-row');
+    await palette('Perimeter: Select Host');
+    await rows.filter({ hasText: 'This machine' }).waitFor();
+    await rows.filter({ hasText: 'kvm-box' }).filter({ hasText: 'ssh_config' }).waitFor();
+    await rows.filter({ hasText: 'Type an SSH host' }).click();
+    await page.locator('.quick-input-widget', { hasText: 'Perimeter: SSH host' }).waitFor();
+    const input = page.locator('.quick-input-widget .quick-input-box input');
+    await input.fill('-oProxyCommand=touch /tmp/pwned');
+    await page.locator('.quick-input-widget .quick-input-message', { hasText: 'would be read as an option' }).waitFor();
+    await input.fill('dev@build-box');
+    await page.locator('.quick-input-widget .quick-input-message', { hasText: 'refusing' }).waitFor({ state: 'detached' });
+    await page.keyboard.press('Enter');
+    await page.locator('.quick-input-widget', { hasText: 'Perimeter: SSH host' }).waitFor({ state: 'hidden' });
+    await sidebarRow('dev@build-box').filter({ hasText: 'stopped' }).waitFor(); // listed before it ever ran
+    const settings = ['User', 'Machine'].map((d) => { try { return readFileSync(path.join(profileRoot, 'ud', d, 'settings.json'), 'utf8'); } catch { return ''; } }).join('\n');
+    assert.match(settings, /"perimeter\.hosts":\s*\[\s*"dev@build-box"\s*\]/, 'the typed host is kept in the settings');
+    await palette('Perimeter: Select Host');
+    await rows.filter({ hasText: 'dev@build-box' }).filter({ hasText: 'selected' }).waitFor();
+    await rows.filter({ hasText: 'This machine' }).click();
+    await palette('Perimeter: Select Host');
+    await rows.filter({ hasText: 'This machine' }).filter({ hasText: 'selected' }).waitFor();
+    await page.keyboard.press('Escape');
   });
 });
