@@ -1,11 +1,13 @@
-// `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable,
-// or only TCG), QEMU, the sandbox drivers' own probes (via select.ts), a built template, free disk space and a
-// writable state directory, ripgrep for the process driver. `--json` prints {ok, checks:[{name, ok, severity,
+// `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable:
+// /dev/kvm opens and the template booted under it; else why VMs run under TCG), QEMU, the sandbox drivers' own
+// probes (via select.ts), a built template, free disk space and a writable state directory, ripgrep for the process
+// driver. `--json` prints {ok, checks:[{name, ok, severity,
 // detail, fix}]}; the exit code is 1 when an error-severity check failed (warnings do not fail).
 import { execFile } from 'node:child_process';
 import { promises as fs, constants as fsc } from 'node:fs';
 import path from 'node:path';
-import { statePaths } from '../config';
+import { statePaths, type Config } from '../config';
+import { findTemplate, type Template } from '../sandbox/template/manifest';
 import { EventHub } from '../events';
 import { probeDrivers } from '../sandbox/select';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
@@ -21,6 +23,38 @@ function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string }>
   });
 }
 
+/**
+ * KVM as the sandbox will really use it: /dev/kvm must open, and the template's test boot under KVM must have
+ * succeeded (a nested or paravirtual /dev/kvm can open and still not run a guest; the template then runs under TCG).
+ */
+async function kvmCheck(config: Config): Promise<DoctorCheck> {
+  const fixHw = 'enable virtualization (VT-x/AMD-V, or nested virtualization for a cloud VM) and load the kvm module (sudo modprobe kvm_intel or kvm_amd)';
+  try { await fs.access('/dev/kvm', fsc.R_OK | fsc.W_OK); } catch (err) {
+    const denied = (err as NodeJS.ErrnoException).code === 'EACCES';
+    return {
+      name: 'kvm', ok: false, severity: 'warning',
+      detail: `${denied ? '/dev/kvm exists but this user cannot open it' : '/dev/kvm is missing'}; VMs can only run under TCG (software CPU, much slower)`,
+      fix: denied ? `add this user to the kvm group (sudo usermod -aG kvm ${process.env.USER ?? '$USER'}) and log in again` : fixHw,
+    };
+  }
+  let template: Template | null = null;
+  try { template = findTemplate(config.home, config.sandbox.template); } catch { /* reported by the template check */ }
+  if (!template) return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm opens; `perimeter template build` test-boots a guest under KVM and uses it if that works', fix: null };
+  if (template.manifest.accel === 'kvm') return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm is usable: the template booted under KVM, VMs run with hardware acceleration', fix: null };
+  if (config.sandbox.accel === 'tcg') return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm opens, but sandbox.accel is "tcg": VMs run under TCG by configuration', fix: null };
+  let why = '';
+  try { // the template build's test-boot verdicts (qemu/accel.ts): the latest failure says why
+    const verdicts = Object.values(JSON.parse(await fs.readFile(path.join(config.home, 'cache', 'accel.json'), 'utf8')) as Record<string, { accel?: unknown; detail?: unknown }>);
+    const failed = verdicts.filter((v) => v.accel === 'tcg' && typeof v.detail === 'string').pop();
+    why = (/^KVM test boot failed \((.*)\): using TCG/.exec(String(failed?.detail ?? '')) ?? [])[1] ?? '';
+  } catch { /* no verdict cache: no reason to quote */ }
+  return {
+    name: 'kvm', ok: false, severity: 'warning',
+    detail: `/dev/kvm opens, but a test boot under KVM failed${why ? ` (${why})` : ''}: VMs run under TCG (software CPU, much slower)`,
+    fix: 'use a host whose KVM runs guests (bare metal, or a cloud VM with nested virtualization), then: perimeter template build --force',
+  };
+}
+
 export const doctorCommand: Command = {
   name: 'doctor',
   summary: 'report what this host can run (KVM, QEMU, template, disk, state dir) and how to fix problems',
@@ -34,14 +68,7 @@ export const doctorCommand: Command = {
     const major = Number(process.versions.node.split('.')[0]);
     add({ name: 'node', ok: major >= 20, severity: 'error', detail: `Node ${process.versions.node}`, fix: major >= 20 ? null : 'install Node 20 or newer' });
 
-    let kvmOk = false;
-    let kvmDetail = '/dev/kvm is missing';
-    try { await fs.access('/dev/kvm', fsc.R_OK | fsc.W_OK); kvmOk = true; kvmDetail = '/dev/kvm is usable: VMs run with hardware acceleration'; } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      if (code === 'EACCES') kvmDetail = '/dev/kvm exists but this user cannot open it';
-    }
-    add({ name: 'kvm', ok: kvmOk, severity: 'warning', detail: kvmOk ? kvmDetail : `${kvmDetail}; VMs can only run under TCG (software CPU, much slower)`,
-      fix: kvmOk ? null : kvmDetail.includes('cannot open') ? `add this user to the kvm group (sudo usermod -aG kvm ${process.env.USER ?? '$USER'}) and log in again` : 'enable virtualization (VT-x/AMD-V, or nested virtualization for a cloud VM) and load the kvm module (sudo modprobe kvm_intel or kvm_amd)' });
+    add(await kvmCheck(config));
 
     const qemu = await run(config.sandbox.qemuBinary, ['--version']);
     add({ name: 'qemu', ok: qemu.ok, severity: 'error', detail: qemu.ok ? qemu.out.split('\n')[0]! : `${config.sandbox.qemuBinary} not found`, fix: qemu.ok ? null : 'sudo apt-get install qemu-system-x86 qemu-utils' });

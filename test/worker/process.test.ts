@@ -2,7 +2,7 @@
 // result was journaled but before it was posted), SIGTERM drain, key hygiene in logs, and refusal to run next to an
 // organisation API key.
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import type { DevQueue } from '../../companion/devqueue/server';
 import { answeredOnce, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
@@ -140,6 +140,20 @@ describe('worker process: crashes, signals, secrets', () => {
     for (const name of ['node', 'kvm', 'qemu', 'template', 'state-dir', 'disk']) assert.ok(r.checks.some((c) => c.name === name), name);
     assert.ok(r.checks.filter((c) => !c.ok).every((c) => c.fix === null || c.fix.length > 0));
     assert.equal(r.checks.find((c) => c.name === 'state-dir')!.ok, true);
+    // A template built under TCG because KVM could not boot it: doctor does not call KVM usable, and quotes why.
+    const tcgHome = tmp();
+    const tdir = path.join(tcgHome, 'templates', '0123456789abcdef');
+    mkdirSync(tdir, { recursive: true });
+    writeFileSync(path.join(tcgHome, 'templates', 'current'), '0123456789abcdef');
+    writeFileSync(path.join(tdir, 'template.json'), JSON.stringify({ version: 1, hash: '0123456789abcdef', createdAt: new Date().toISOString(), kernel: 'tiny', accel: 'tcg', qemuVersion: 'QEMU 7.2', memoryMiB: 256, vcpus: 1, writableMiB: 128, append: '', machineOpts: '', rootfsSource: 'debootstrap', files: {}, bootMs: 1, snapshotMs: 1 }));
+    mkdirSync(path.join(tcgHome, 'cache'));
+    writeFileSync(path.join(tcgHome, 'cache', 'accel.json'), JSON.stringify({ k: { accel: 'tcg', detail: 'KVM test boot failed (failed to set MSR 0x10a): using TCG (software CPU: for testing only, much slower)' } }));
+    const d2 = runCli(['doctor', '--json', '--home', tcgHome]);
+    await d2.exit;
+    const kvm = (JSON.parse(d2.stdout()) as typeof r).checks.find((c) => c.name === 'kvm')! as { ok: boolean; detail?: string };
+    assert.equal(kvm.ok, false, JSON.stringify(kvm));
+    assert.match(kvm.detail!, /TCG/);
+    if (existsSync('/dev/kvm')) assert.match(kvm.detail!, /failed to set MSR 0x10a|cannot open/);
     const h = runCli(['--help']);
     assert.equal((await h.exit).code, 0);
     for (const c of ['worker', 'dev-queue', 'demo', 'doctor']) assert.match(h.stdout(), new RegExp(`\\n  ${c} `));
