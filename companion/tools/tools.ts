@@ -134,7 +134,16 @@ function shQuote(s: string): string { return `'${s.replace(/'/g, `'\\''`)}'`; }
  * (`cd`, `printf`) from taking over the trap. The values are written NUL-terminated by printf, so any byte but NUL
  * (newlines, `=`) survives.
  */
-export function bashScript(command: string, cwd: string): string {
+/** Commands longer than this travel on the shell's stdin instead of inside its `-c` script (an exec argument, and
+ *  an agent protocol string, are bounded; a model may well send a 200 KB heredoc). */
+export const BASH_INLINE_COMMAND_MAX = 32 * 1024;
+/** The longest command the bash tool accepts. */
+export const BASH_COMMAND_MAX = 4 * 1024 * 1024;
+/** The script line that reads a long command from stdin (`$(cat)`: one fork, instead of bash's byte-at-a-time
+ *  `read` from a pipe) and runs it with stdin at /dev/null, as an inline command would find it. */
+const COMMAND_FROM_STDIN = '__perimeter_cmd="$(cat)"; exec 0</dev/null; builtin eval "$__perimeter_cmd"';
+
+export function bashScript(command: string, cwd: string, commandOnStdin = false): string {
   return [
     '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}"',
     '__perimeter_save() {',
@@ -161,7 +170,7 @@ export function bashScript(command: string, cwd: string): string {
     '}',
     'trap __perimeter_save EXIT',
     `builtin cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || builtin cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null`,
-    command,
+    commandOnStdin ? COMMAND_FROM_STDIN : command,
     '',
   ].join('\n');
 }
@@ -190,10 +199,16 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
   }
   const timeoutMs = Math.min(input.timeout_ms && input.timeout_ms > 0 ? input.timeout_ms : BASH_DEFAULT_TIMEOUT_MS, ctx.callTimeoutMs);
   const env = { ...BASE_ENV, ...shell.env };
+  const commandBytes = Buffer.byteLength(input.command);
+  if (commandBytes > BASH_COMMAND_MAX) return fail(`bash: the command is ${commandBytes} bytes; the limit is ${BASH_COMMAND_MAX} (write large content with the write tool)`);
+  const onStdin = commandBytes > BASH_INLINE_COMMAND_MAX;
   // A stale state file from an earlier call in the same sandbox must not be mistaken for this call's state.
   await ctx.sandbox.putFiles([], [SHELL_STATE_FILE]).catch(() => {});
   const res = await ctx.sandbox.exec(
-    { argv: shellArgv(bashScript(input.command, shell.cwd || WORKDIR)), env, timeoutMs, maxOutputBytes: BASH_OUTPUT_LIMIT },
+    {
+      argv: shellArgv(bashScript(input.command, shell.cwd || WORKDIR, onStdin)), env, timeoutMs, maxOutputBytes: BASH_OUTPUT_LIMIT,
+      stdin: onStdin ? Buffer.from(input.command, 'utf8') : undefined,
+    },
     ctx.onOutput ? (chunk) => ctx.onOutput!(cleanOutput(chunk)) : undefined,
   );
   let next: ShellState = shell;

@@ -110,6 +110,19 @@ describe('tools on the process driver', () => {
     assert.equal((await run('bash', { command: 'echo "[$FOO]"; basename "$PWD"' })).text, '[]\nworkspace');
   });
 
+  it('bash: a long command (a 200 KB heredoc) runs like a short one; stdin is empty; an oversized one is refused', async () => {
+    const body = 'x'.repeat(200_000);
+    const long = `cat > big.txt <<'EOF'\n${body}\nEOF\nwc -c < big.txt; read -r line; echo "stdin:[$line] rc=$?"; cd /tmp && export LONG=yes`;
+    const r = await run('bash', { command: long });
+    assert.equal(r.isError, false, r.text);
+    assert.equal(r.text, '200001\nstdin:[] rc=1');
+    assert.deepEqual([shell.cwd, shell.env.LONG], ['/tmp', 'yes'], 'the shell state carries over as for a short command');
+    assert.equal(shell.env.__perimeter_cmd, undefined);
+    const huge = await run('bash', { command: `: ${'y'.repeat(4 * 1024 * 1024)}` });
+    assert.equal(huge.isError, true);
+    assert.match(huge.text, /^bash: the command is \d+ bytes; the limit is 4194304/);
+  });
+
   it('bash: the saved state survives awkward values, unset variables, shadowing functions, noclobber and a clobbered PWD', async () => {
     await run('bash', { command: [
       'mkdir -p w/x && cd w/x',

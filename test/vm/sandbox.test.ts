@@ -6,6 +6,7 @@ import type { Sandbox } from '../../companion/sandbox/types';
 import { GuestError } from '../../companion/sandbox/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, sh, skipWithoutVms, text } from './helpers';
+import { INITIAL_SHELL, runTool } from '../../companion/tools/tools';
 
 describe('qemu sandbox (real VMs)', function () {
   let driver: QemuDriver;
@@ -94,6 +95,15 @@ describe('qemu sandbox (real VMs)', function () {
     assert.match(text(r), /\/workspace\/left-behind'?: No such file or directory/);
     assert.match(text(r), /\/tmp\/t'?: No such file or directory/);
     assert.match(text(r), /\/root\/r'?: No such file or directory/);
+  });
+
+  it('runs a 200 KB bash tool command through the ready shell and through fork/exec alike', async () => {
+    const s = await acquire();
+    const command = `cat > /tmp/big.txt <<'EOF'\n${'x'.repeat(200_000)}\nEOF\nwc -c < /tmp/big.txt`;
+    for (const way of ['ready shell', 'fork/exec (issued before the next ready shell is up)']) {
+      const r = await runTool('bash', { command }, { sandbox: s, shell: INITIAL_SHELL, callTimeoutMs: 60_000 });
+      assert.deepEqual([r.isError, r.text], [false, '200001'], way);
+    }
   });
 
   it('gives two clones of one snapshot different random bytes', async () => {
