@@ -1,7 +1,9 @@
 // The `qemu` SandboxDriver: every sandbox is a QEMU `-M microvm` clone restored from the template snapshot, handed
 // out from a warm pool. Invariants:
-// - A sandbox is ready only after restore + agent ping + init (clock, fresh host entropy, this VM's limits), so two
-//   clones never share randomness and every limit is set by the host before user code runs.
+// - A sandbox is ready only after restore + init (clock, fresh host entropy, this VM's limits; its answer proves the
+//   agent alive), so two clones never share randomness and every limit is set by the host before user code runs.
+// - Restores go into a QEMU process started ahead (no guest state until the restore); pooled VMs are warmed up
+//   (SandboxDriver.setWarmup) and wait for the guest's next ready shell before they are handed out.
 // - Host-enforced limits: vCPUs and memory (fixed by the template), writable layer (tmpfs size), processes and memory
 //   of user commands (guest cgroup set by the host's init frame), wall clock (the agent kills at the call's timeout;
 //   the host kills the VM if the agent misses its deadline), output cap (agent and host).
