@@ -4,8 +4,8 @@
 // - Expensive inputs are cached under <home>/cache keyed by what they are built from (kernel: fragment + source
 //   package version; rootfs: suite, packages, mirror; a user tree: its file listing), so rebuilds are fast.
 // - The template is content-addressed: <home>/templates/<hash> where the hash covers kernel, initramfs (agent),
-//   rootfs key, command line, memory, vCPUs, accelerator, QEMU version and the ready shell. It is built in a temporary directory and
-//   renamed into place complete; `current` is updated last.
+//   rootfs key, command line, memory, vCPUs, accelerator, QEMU version and the ready shell. It is built in a
+//   temporary directory and renamed into place complete; `current` is updated last.
 // - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
 // - The snapshot is taken warm: configured limits applied, a real bash tool call run and common programs read (so
 //   clones find them in the page cache), and the guest's ready shell started (guest/ready-shell.ts).
