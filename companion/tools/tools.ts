@@ -8,7 +8,7 @@
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
 import path from 'node:path';
 import { GuestError, type GuestOps } from '../sandbox/types';
-import { shellArgv } from '../guest/ready-shell';
+import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 import type { ShellState } from '../persist/types';
 import { parseToolInput, type ToolInputs, type ToolName } from './schemas';
 import { cleanOutput, nonEmpty, trimTrailingNewlines, truncateUtf8 } from './text';
@@ -27,12 +27,7 @@ export const GLOB_WALK_MAX_ENTRIES = 50_000;
 const READ_CHUNK_BYTES = 64 * 1024;
 /** Where the bash prelude saves the shell state (cwd, then NUL-terminated NAME=VALUE pairs) when the shell exits. */
 export const SHELL_STATE_FILE = '/tmp/.perimeter-shell-state';
-export const BASE_ENV: Readonly<Record<string, string>> = {
-  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
-  HOME: '/root',
-  TERM: 'dumb',
-  LANG: 'C.UTF-8',
-};
+export const BASE_ENV = SHELL_BASE_ENV;
 export const INITIAL_SHELL: Readonly<ShellState> = { cwd: WORKDIR, env: {} };
 
 export interface ToolRunContext {

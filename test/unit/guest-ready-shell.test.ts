@@ -34,8 +34,10 @@ describe('guest ready shell (host test mode)', function () {
     return kids[0]!;
   }
 
+  /** A request may differ from the ready shell's own environment in values and extra names, not in missing ones. */
+  const ENV: Record<string, string> = { ...READY_SHELL_ENV, PATH: '/usr/bin:/bin' };
   const run = (script: string, extra: Partial<ExecRequest> = {}) =>
-    client.exec({ argv: shellArgv(`echo "pid=$$"\n${script}`), timeoutMs: 10_000, maxOutputBytes: 1 << 20, env: { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8' }, ...extra });
+    client.exec({ argv: shellArgv(`echo "pid=$$"\n${script}`), timeoutMs: 10_000, maxOutputBytes: 1 << 20, env: ENV, ...extra });
 
   function observable(out: Buffer): string {
     return out.toString('utf8').split('\n').filter((l) => !l.startsWith('pid=') && !VOLATILE.test(l)).join('\n');
@@ -44,9 +46,10 @@ describe('guest ready shell (host test mode)', function () {
   /** Runs `script` by fork/exec (no ready shell configured yet) and through the ready shell; returns both. */
   const cases: { name: string; script: string; extra?: Partial<ExecRequest> }[] = [
     { name: 'variables, options and shopts', script: 'declare -p; set -o; shopt -p; trap -p; umask; ulimit -a' },
-    { name: 'locale and environment without LANG', script: 'locale 2>&1; env | LC_ALL=C sort; printf "%s\\n" "${LANG-unset}"', extra: { env: { PATH: '/usr/bin:/bin' } } },
-    { name: 'another locale', script: 'locale 2>&1; printf "%s|%s\\n" "$LANG" "${LC_ALL-unset}"; x=$(printf "\\xc3\\xa9"); echo "${#x}"', extra: { env: { PATH: '/usr/bin:/bin', LANG: 'C', LC_ALL: 'C.UTF-8' } } },
-    { name: 'exported environment', script: 'env -0 | LC_ALL=C sort -z | tr "\\0" "\\n"', extra: { env: { PATH: '/usr/bin:/bin', LANG: 'C.UTF-8', ODD: 'a b\nc $(x) =y', TZ: 'UTC' } } },
+    { name: 'exactly the environment the ready shell started with (nothing to export)', script: 'declare -px; locale 2>&1', extra: { env: { ...READY_SHELL_ENV } } },
+    { name: 'the same names, one value changed', script: 'declare -px', extra: { env: { ...READY_SHELL_ENV, TERM: 'xterm' } } },
+    { name: 'another locale', script: 'locale 2>&1; printf "%s|%s\\n" "$LANG" "${LC_ALL-unset}"; x=$(printf "\\xc3\\xa9"); echo "${#x}"', extra: { env: { ...ENV, LANG: 'C', LC_ALL: 'C.UTF-8' } } },
+    { name: 'exported environment', script: 'env -0 | LC_ALL=C sort -z | tr "\\0" "\\n"', extra: { env: { ...ENV, ODD: 'a b\nc $(x) =y', TZ: 'UTC', LANG: '' } } },
     { name: '$0, arguments, $LINENO, BASH_EXECUTION_STRING', script: 'echo "$0|$#|$LINENO"\necho "$LINENO"\nf() { echo "${FUNCNAME[*]}|$LINENO"; }; f\nprintf %s "$BASH_EXECUTION_STRING" | sha256sum' },
     { name: 'cwd (physical, like a fresh bash) and OLDPWD', script: 'pwd; echo "$PWD|${OLDPWD-unset}|${OLDPWD+set}"; cd -; echo "rc=$?"', extra: { cwd: 'LINK' } },
     { name: 'cwd / (where the ready shell already is)', script: 'pwd; echo "$PWD|${OLDPWD-unset}|${OLDPWD+set}"; declare -p PWD OLDPWD', extra: { cwd: '/' } },
@@ -91,10 +94,11 @@ describe('guest ready shell (host test mode)', function () {
   });
 
   it('leaves requests it cannot reproduce exactly to fork/exec', async () => {
-    const unusual: Record<string, string>[] = [{ BASH_ENV: '/dev/null' }, { SHELLOPTS: 'xtrace' }, { 'NOT-AN-IDENT': '1' }, { SHLVL: '4' }];
+    const withoutTerm = Object.fromEntries(Object.entries(ENV).filter(([k]) => k !== 'TERM')); // a fresh bash sets TERM=dumb itself
+    const unusual: Record<string, string>[] = [{ ...ENV, BASH_ENV: '/dev/null' }, { ...ENV, SHELLOPTS: 'xtrace' }, { ...ENV, 'NOT-AN-IDENT': '1' }, { ...ENV, SHLVL: '4' }, withoutTerm];
     for (const env of unusual) {
       const pid = await readyPid();
-      const r = await run('echo ok', { env: { PATH: '/usr/bin:/bin', ...env } });
+      const r = await run('echo ok; declare -p TERM', { env });
       assert.doesNotMatch(r.output.toString(), new RegExp(`^pid=${pid}\\n`), JSON.stringify(env));
       assert.equal(await readyPid(), pid, 'the ready shell is still there for the next call');
     }

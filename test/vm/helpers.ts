@@ -6,6 +6,7 @@ import { loadConfig, type Config } from '../../companion/config';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import type { ExecResult, Sandbox } from '../../companion/sandbox/types';
+import { SHELL_BASE_ENV } from '../../companion/guest/ready-shell';
 
 export function vmConfig(sandbox: Record<string, unknown> = {}): Config {
   return loadConfig({ sandbox: { poolSize: 0, ...sandbox } });
@@ -36,7 +37,8 @@ export function newDriver(sandbox: Record<string, unknown> = {}): QemuDriver {
 }
 
 export const BASH = ['/bin/bash', '--noprofile', '--norc', '-c'];
-export const ENV = { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', HOME: '/root', LANG: 'C.UTF-8' };
+/** The bash tool's base environment, so these commands take the same path as a tool call (the guest's ready shell). */
+export const ENV = { ...SHELL_BASE_ENV };
 
 export function sh(s: Sandbox, script: string, o: { timeoutMs?: number; maxOutputBytes?: number; stdin?: Buffer } = {}): Promise<ExecResult> {
   return s.exec({ argv: [...BASH, script], cwd: '/', env: ENV, timeoutMs: o.timeoutMs ?? 30_000, maxOutputBytes: o.maxOutputBytes ?? 1 << 20, stdin: o.stdin });

@@ -360,11 +360,12 @@ static int cgroup_ok;
  * until an exec asks for exactly its argv with another last argument (the script). Under TCG the fork, exec and
  * dynamic linking of bash are most of a small command's cost; a claimed ready shell skips all three. Its bootstrap
  * (the last argv element, written by the host, companion/guest/ready-shell.ts) writes a byte to fd 5 when ready,
- * waits for a byte on fd 3, reads the request from fd 4 (a memfd: NUL-terminated cwd, RANDOM seed, script,
- * NAME=VALUE...) and evals the script with the request's cwd and environment, as `bash -c` would have. It lives in its own cgroup, so
- * an earlier call's cgroup.kill spares it, and moves into the call cgroup when claimed. An exec uses it only when
- * every environment name is a plain identifier bash treats like any other variable and cwd is a directory; anything
- * else takes the fork/exec path, which stays the reference behaviour. */
+ * waits for a byte on fd 3, reads the request from fd 4 (a memfd: NUL-terminated cwd, RANDOM seed, script, "1" when
+ * the environment is the shell's own, NAME=VALUE...) and evals the script with the request's cwd and environment, as
+ * `bash -c` would have. It lives in its own cgroup, so an earlier call's cgroup.kill spares it, and moves into the
+ * call cgroup when claimed. An exec uses it only when every environment name is a plain identifier bash treats like
+ * any other variable, the names the shell started with are all set, and cwd is a directory; anything else takes the
+ * fork/exec path, the reference behaviour. */
 #define CGROUP_SPARE "/sys/fs/cgroup/spare"
 typedef struct {
     char **argv; uint32_t argc;         /* configured by 'Z'; NULL = no ready shell */
@@ -486,6 +487,12 @@ static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc,
     if (spare.pid <= 0 || !spare.ready || !spare.argv || argc != spare.argc) return 0;
     for (uint32_t i = 0; i + 1 < argc; i++) if (strcmp(argv[i], spare.argv[i])) return 0;
     for (uint32_t i = 0; i < envc; i++) if (!env_name_plain(envp[i])) return 0;
+    for (uint32_t j = 0; j < spare.envc; j++) { /* every name the shell started with is set by the request too */
+        size_t n = strcspn(spare.envp[j], "=");
+        int found = 0;
+        for (uint32_t i = 0; !found && i < envc; i++) found = !strncmp(envp[i], spare.envp[j], n) && envp[i][n] == '=';
+        if (!found) return 0;
+    }
     const char *dir = cwd && *cwd ? cwd : "/";
     struct stat st;
     if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) return 0;
@@ -496,8 +503,15 @@ static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc,
     uint32_t seed = 0;
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed) seed = (uint32_t)now_ms() ^ (uint32_t)spare.pid;
     char seedtxt[16]; snprintf(seedtxt, sizeof seedtxt, "%u", seed & 0x7fffffff);
+    int same_env = envc == spare.envc; /* the request's environment is exactly the shell's own: nothing to export */
+    for (uint32_t i = 0; same_env && i < envc; i++) {
+        int found = 0;
+        for (uint32_t j = 0; !found && j < spare.envc; j++) found = !strcmp(envp[i], spare.envp[j]);
+        same_env = found;
+    }
     buf_t b = {0};
     b_put(&b, dir, strlen(dir) + 1); b_put(&b, seedtxt, strlen(seedtxt) + 1); b_put(&b, argv[argc - 1], strlen(argv[argc - 1]) + 1);
+    b_put(&b, same_env ? "1" : "0", 2);
     for (uint32_t i = 0; i < envc; i++) b_put(&b, envp[i], strlen(envp[i]) + 1);
     int ok = !b.failed && ftruncate(spare.req_fd, 0) == 0;
     for (size_t off = 0; ok && off < b.len;) { ssize_t w = pwrite(spare.req_fd, b.p + off, b.len - off, (off_t)off); if (w <= 0) ok = 0; else off += (size_t)w; }

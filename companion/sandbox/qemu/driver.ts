@@ -19,7 +19,7 @@ import type {
   AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile, Sandbox, SandboxDriver,
 } from '../types';
 import { GuestError } from '../types';
-import { shellArgv } from '../../guest/ready-shell';
+import { SHELL_BASE_ENV, shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { QemuVm } from './vm';
@@ -73,7 +73,7 @@ export class QemuDriver implements SandboxDriver {
   private qemuUser: QemuUser | null = null;
   private emulatorAhead: Promise<QemuVm> | null = null;
   private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
-    await s.exec({ argv: shellArgv(':'), env: { PATH: '/usr/bin:/bin' }, timeoutMs: 30_000, maxOutputBytes: 4096 });
+    await s.exec({ argv: shellArgv(':'), env: { ...SHELL_BASE_ENV }, timeoutMs: 30_000, maxOutputBytes: 4096 });
   };
 
   constructor(private readonly config: Config) {
