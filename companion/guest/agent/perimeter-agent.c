@@ -354,6 +354,31 @@ typedef struct {
 } exec_t;
 static exec_t ex;
 static int cgroup_ok;
+static int cgroup_dir_fd = -1;
+
+/* fork straight into the cgroup `cgfd` when there is one (clone3 CLONE_INTO_CGROUP): no migration of a running task
+ * afterwards; a kernel without clone3 gets a plain fork */
+static pid_t spawn_into(int cgfd) {
+    if (cgfd >= 0) {
+        struct clone_args ca;
+        memset(&ca, 0, sizeof ca);
+        ca.flags = CLONE_INTO_CGROUP;
+        ca.exit_signal = SIGCHLD;
+        ca.cgroup = (uint64_t)cgfd;
+        long pid = syscall(SYS_clone3, &ca, sizeof ca);
+        if (pid >= 0 || (errno != ENOSYS && errno != EINVAL && errno != E2BIG)) return (pid_t)pid;
+    }
+    return fork();
+}
+
+/* in a child about to exec a user-facing program: its own session, a normal OOM score, no blocked signals, and the
+ * default SIGPIPE (the agent ignores it) */
+static void child_reset(void) {
+    setsid();
+    write_file_str("/proc/self/oom_score_adj", "0");
+    sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
+    signal(SIGPIPE, SIG_DFL);
+}
 
 /* ---------------------------------------------------------------- ready shell
  * One shell started ahead of need (before the template snapshot, then again after each call that used it), blocked
@@ -369,7 +394,7 @@ static int cgroup_ok;
 #define CGROUP_SPARE "/sys/fs/cgroup/spare"
 typedef struct {
     char **argv; uint32_t argc;         /* configured by 'Z'; NULL = no ready shell */
-    char **envp; uint32_t envc;         /* its environment at start (the bootstrap unsets what a request lacks) */
+    char **envp; uint32_t envc;         /* its environment at start (a request must set every one of these names) */
     pid_t pid; int ready;               /* pid > 0: started; ready: its bootstrap said so on fd 5 */
     int wake_fd, req_fd, out_fd, in_fd, ready_fd;
     uint64_t respawn_at;                /* 0 = not scheduled */
@@ -395,19 +420,10 @@ static void spare_spawn(void) {
     int wake[2] = {-1, -1}, out[2] = {-1, -1}, in[2] = {-1, -1}, rdy[2] = {-1, -1};
     int req = (int)syscall(SYS_memfd_create, "perimeter-request", MFD_CLOEXEC);
     if (req < 0 || pipe2(wake, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(in, O_CLOEXEC) < 0 || pipe2(rdy, O_CLOEXEC) < 0) goto fail;
-    pid_t pid;
-    if (spare_cgroup_fd >= 0) {
-        struct clone_args ca; memset(&ca, 0, sizeof ca);
-        ca.flags = CLONE_INTO_CGROUP; ca.exit_signal = SIGCHLD; ca.cgroup = (uint64_t)spare_cgroup_fd;
-        pid = (pid_t)syscall(SYS_clone3, &ca, sizeof ca);
-        if (pid < 0) pid = fork();
-    } else pid = fork();
+    pid_t pid = spawn_into(spare_cgroup_fd);
     if (pid < 0) goto fail;
     if (pid == 0) {
-        setsid();
-        write_file_str("/proc/self/oom_score_adj", "0");
-        sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
-        signal(SIGPIPE, SIG_DFL);
+        child_reset();
         /* move every source above the targets first, so no dup2 overwrites a source still needed */
         int src[6] = {in[0], out[1], out[1], wake[0], req, rdy[1]}, hi[6];
         for (int i = 0; i < 6; i++) if ((hi[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(127);
@@ -487,11 +503,13 @@ static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc,
     if (spare.pid <= 0 || !spare.ready || !spare.argv || argc != spare.argc) return 0;
     for (uint32_t i = 0; i + 1 < argc; i++) if (strcmp(argv[i], spare.argv[i])) return 0;
     for (uint32_t i = 0; i < envc; i++) if (!env_name_plain(envp[i])) return 0;
+    uint32_t same = 0; /* start entries the request repeats exactly */
     for (uint32_t j = 0; j < spare.envc; j++) { /* every name the shell started with is set by the request too */
         size_t n = strcspn(spare.envp[j], "=");
-        int found = 0;
-        for (uint32_t i = 0; !found && i < envc; i++) found = !strncmp(envp[i], spare.envp[j], n) && envp[i][n] == '=';
-        if (!found) return 0;
+        uint32_t i = 0;
+        while (i < envc && !(!strncmp(envp[i], spare.envp[j], n) && envp[i][n] == '=')) i++;
+        if (i == envc) return 0;
+        same += !strcmp(envp[i], spare.envp[j]);
     }
     const char *dir = cwd && *cwd ? cwd : "/";
     struct stat st;
@@ -503,12 +521,7 @@ static pid_t spare_claim(char **argv, uint32_t argc, char **envp, uint32_t envc,
     uint32_t seed = 0;
     if (getrandom(&seed, sizeof seed, GRND_NONBLOCK) != sizeof seed) seed = (uint32_t)now_ms() ^ (uint32_t)spare.pid;
     char seedtxt[16]; snprintf(seedtxt, sizeof seedtxt, "%u", seed & 0x7fffffff);
-    int same_env = envc == spare.envc; /* the request's environment is exactly the shell's own: nothing to export */
-    for (uint32_t i = 0; same_env && i < envc; i++) {
-        int found = 0;
-        for (uint32_t j = 0; !found && j < spare.envc; j++) found = !strcmp(envp[i], spare.envp[j]);
-        same_env = found;
-    }
+    int same_env = envc == spare.envc && same == envc; /* exactly the shell's own environment: nothing to export */
     buf_t b = {0};
     b_put(&b, dir, strlen(dir) + 1); b_put(&b, seedtxt, strlen(seedtxt) + 1); b_put(&b, argv[argc - 1], strlen(argv[argc - 1]) + 1);
     b_put(&b, same_env ? "1" : "0", 2);
@@ -571,21 +584,6 @@ static void exec_finish(void) {
     if (spare.argv && spare.pid <= 0 && !spare.respawn_at) spare.respawn_at = now_ms() + 30;
 }
 
-/* fork straight into the `call` cgroup (clone3 CLONE_INTO_CGROUP): no migration of a running task afterwards */
-static int cgroup_dir_fd = -1;
-static pid_t spawn_in_cgroup(void) {
-    if (cgroup_ok && cgroup_dir_fd >= 0) {
-        struct clone_args ca;
-        memset(&ca, 0, sizeof ca);
-        ca.flags = CLONE_INTO_CGROUP;
-        ca.exit_signal = SIGCHLD;
-        ca.cgroup = (uint64_t)cgroup_dir_fd;
-        long pid = syscall(SYS_clone3, &ca, sizeof ca);
-        if (pid >= 0 || (errno != ENOSYS && errno != EINVAL && errno != E2BIG)) return (pid_t)pid;
-    }
-    return fork();
-}
-
 static void child_fail(int fd, const char *what, const char *arg) {
     char msg[PATH_MAX + 128];
     int n = snprintf(msg, sizeof msg, "perimeter-agent: %s %s: %s\n", what, arg, strerror(errno));
@@ -612,12 +610,9 @@ static void handle_exec(uint32_t id, rd_t *r) {
         write_file_str(CGROUP "/cgroup.kill", "1"); /* nothing of an earlier call survives */
         pid = spare_claim(argv, argc, envp, envc, cwd, &pout[0], &pin[1]); /* > 0: the ready shell took it */
         if (pid <= 0 && (pipe2(pout, O_CLOEXEC) < 0 || pipe2(pin, O_CLOEXEC) < 0)) { send_errno(id, errno, "pipe", ""); r->bad = 2; pid = -1; }
-        else if (pid <= 0) pid = spawn_in_cgroup();
+        else if (pid <= 0) pid = spawn_into(cgroup_ok ? cgroup_dir_fd : -1);
         if (pid == 0) {
-            setsid();
-            write_file_str("/proc/self/oom_score_adj", "0");
-            sigset_t none; sigemptyset(&none); sigprocmask(SIG_SETMASK, &none, NULL);
-            signal(SIGPIPE, SIG_DFL);
+            child_reset();
             dup2(pin[0], 0); dup2(pout[1], 1); dup2(pout[1], 2);
             if (cwd && *cwd && chdir(cwd) < 0) child_fail(2, "cwd", cwd);
             execvpe(argv[0], argv, envp);
