@@ -157,6 +157,14 @@ export class GuestClient implements GuestOps {
     await this.request(T.readyShell, new BodyWriter().u32(0).finish(), { deadlineMs: timeoutMs, maxBytes: 0 });
   }
 
+  /** Like waitReadyShell, for guests that may have none (a root filesystem without bash): false then. */
+  async waitReadyShellIfAny(timeoutMs = 10_000): Promise<boolean> {
+    try { await this.waitReadyShell(timeoutMs); return true; } catch (err) {
+      if (err instanceof GuestError && err.code === 'ENOENT') return false;
+      throw err;
+    }
+  }
+
   /** Starts the guest's listeners (TCP 127.0.0.1:<ports>, UDP 127.0.0.1:53) and routes their traffic to `attachment`. */
   async attachEgress(attachment: EgressAttachment): Promise<void> {
     if (attachment.ports.length > 8) throw new GuestError('EINVAL', 'at most 8 egress ports');

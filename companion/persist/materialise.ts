@@ -4,6 +4,7 @@
 // or placed on a command line.
 import type { ExecResult, GuestOps } from '../sandbox/types';
 import { logger } from '../log';
+import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 
 const log = logger('persist');
 const TIMEOUT_MS = 120_000;
@@ -26,8 +27,8 @@ export const MATERIALISE_SCRIPT = [
 /** Runs one of this module's bash scripts in the guest with NUL-separated fields on stdin (names never hit argv). */
 function runScript(sandbox: GuestOps, script: string, fields: string[]): Promise<ExecResult> {
   return sandbox.exec({
-    argv: ['/bin/bash', '--noprofile', '--norc', '-c', script],
-    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+    argv: shellArgv(script),
+    env: { PATH: SHELL_BASE_ENV.PATH!, LANG: 'C.UTF-8' },
     cwd: '/',
     stdin: Buffer.from(`${fields.join('\0')}\0`, 'utf8'),
     timeoutMs: TIMEOUT_MS,

@@ -26,7 +26,7 @@ import { logger } from '../log';
 import type { PersistState } from '../protocol/control';
 import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
 import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
-import { type CommitTxn, SessionStore, forEachLimit, sha256 } from './store';
+import { type CommitTxn, IO_PARALLEL, SessionStore, forEachLimit, sha256 } from './store';
 import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
 import { DEFAULT_SHELL, sameShell, sanitizeShell } from './shell';
 import { MemoryMirror } from './memory';
@@ -42,8 +42,6 @@ const BATCH_BYTES = 32 * 1024 * 1024;
 /** Files above this size cross the boundary in chunks (readFile ranges out, parts joined in the guest in). */
 const LARGE_FILE = 16 * 1024 * 1024;
 const CHUNK_BYTES = 8 * 1024 * 1024;
-/** Host file operations kept in flight at once (blob reads and writes). */
-const IO_PARALLEL = 32;
 const BATCH_FILES = 1000;
 /** Files listed in a PersistState (events and the control API); `fileCount` says how many there are. */
 const STATE_FILES_LIMIT = 5000;

@@ -49,7 +49,8 @@ export async function forEachLimit<T>(items: readonly T[], limit: number, fn: (i
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-const IO_PARALLEL = 32;
+/** Host file operations kept in flight at once (blob reads and writes, fsyncs). */
+export const IO_PARALLEL = 32;
 
 /** fsyncs many files at once: the journal commits overlapping fsyncs together. */
 async function syncFiles(files: readonly string[]): Promise<void> {

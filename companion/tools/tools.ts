@@ -27,7 +27,6 @@ export const GLOB_WALK_MAX_ENTRIES = 50_000;
 const READ_CHUNK_BYTES = 64 * 1024;
 /** Where the bash prelude saves the shell state (cwd, then NUL-terminated NAME=VALUE pairs) when the shell exits. */
 export const SHELL_STATE_FILE = '/tmp/.perimeter-shell-state';
-export const BASE_ENV = SHELL_BASE_ENV;
 export const INITIAL_SHELL: Readonly<ShellState> = { cwd: WORKDIR, env: {} };
 
 export interface ToolRunContext {
@@ -120,15 +119,6 @@ async function guestCall<T>(tool: string, file: string, fn: () => Promise<T>): P
 
 function shQuote(s: string): string { return `'${s.replace(/'/g, `'\\''`)}'`; }
 
-/**
- * The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command.
- * The trap saves `<cwd>\0NAME=VALUE\0…` (the exported, set, scalar variables, without PWD, OLDPWD, SHLVL and `_`;
- * under the process driver also without PERIMETER_GUEST_PREFIX and TMPDIR, and with HOME and cwd mapped back to
- * guest paths). It uses shell builtins only: under TCG every fork+exec in the guest costs 30-100 ms, so the only
- * process a bash call starts is the one its command starts. `builtin` keeps a function the command defined
- * (`cd`, `printf`) from taking over the trap. The values are written NUL-terminated by printf, so any byte but NUL
- * (newlines, `=`) survives.
- */
 /** Commands longer than this travel on the shell's stdin instead of inside its `-c` script (an exec argument, and
  *  an agent protocol string, are bounded; a model may well send a 200 KB heredoc). */
 export const BASH_INLINE_COMMAND_MAX = 32 * 1024;
@@ -138,6 +128,15 @@ export const BASH_COMMAND_MAX = 4 * 1024 * 1024;
  *  `read` from a pipe) and runs it with stdin at /dev/null, as an inline command would find it. */
 const COMMAND_FROM_STDIN = '__perimeter_cmd="$(cat)"; exec 0</dev/null; builtin eval "$__perimeter_cmd"';
 
+/**
+ * The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command.
+ * The trap saves `<cwd>\0NAME=VALUE\0…` (the exported, set, scalar variables, without PWD, OLDPWD, SHLVL and `_`;
+ * under the process driver also without PERIMETER_GUEST_PREFIX and TMPDIR, and with HOME and cwd mapped back to
+ * guest paths). It uses shell builtins only: under TCG every fork+exec in the guest costs 30-100 ms, so the only
+ * process a bash call starts is the one its command starts. `builtin` keeps a function the command defined
+ * (`cd`, `printf`) from taking over the trap. The values are written NUL-terminated by printf, so any byte but NUL
+ * (newlines, `=`) survives.
+ */
 export function bashScript(command: string, cwd: string, commandOnStdin = false): string {
   return [
     '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}"',
@@ -193,7 +192,7 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
     return fail('bash: command is required');
   }
   const timeoutMs = Math.min(input.timeout_ms && input.timeout_ms > 0 ? input.timeout_ms : BASH_DEFAULT_TIMEOUT_MS, ctx.callTimeoutMs);
-  const env = { ...BASE_ENV, ...shell.env };
+  const env = { ...SHELL_BASE_ENV, ...shell.env };
   const commandBytes = Buffer.byteLength(input.command);
   if (commandBytes > BASH_COMMAND_MAX) return fail(`bash: the command is ${commandBytes} bytes; the limit is ${BASH_COMMAND_MAX} (write large content with the write tool)`);
   const onStdin = commandBytes > BASH_INLINE_COMMAND_MAX;
@@ -335,7 +334,7 @@ async function grep(input: ToolInputs['grep'], ctx: ToolRunContext): Promise<Too
   const rel = root.slice(1) || '.';
   const res = await ctx.sandbox.exec({
     argv: ['rg', '--no-config', '-n', '--no-heading', '-e', input.pattern, '--', rel],
-    cwd: '/', env: { PATH: BASE_ENV.PATH!, LANG: 'C.UTF-8' },
+    cwd: '/', env: { PATH: SHELL_BASE_ENV.PATH!, LANG: 'C.UTF-8' },
     timeoutMs: Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs),
     maxOutputBytes: GREP_OUTPUT_LIMIT * 2,
   });

@@ -17,8 +17,7 @@ import { QemuDriver, type QemuSandbox } from '../../companion/sandbox/qemu/drive
 import { QemuVm } from '../../companion/sandbox/qemu/vm';
 import { findTemplate, type Template } from '../../companion/sandbox/template/manifest';
 import type { ExecRequest, SandboxDriver } from '../../companion/sandbox/types';
-import { shellArgv } from '../../companion/guest/ready-shell';
-import { BASE_ENV } from '../../companion/tools/tools';
+import { SHELL_BASE_ENV, shellArgv } from '../../companion/guest/ready-shell';
 import { setLogLevel } from '../../companion/log';
 import { persistSection } from './persist-bench';
 
@@ -47,7 +46,7 @@ function memAvailableMiB(): number {
 }
 
 /** `echo hi` as the bash tool runs a command: its argv and base environment (the guest's ready shell can take it). */
-const ECHO_HI: ExecRequest = { argv: shellArgv('echo hi'), env: { ...BASE_ENV }, timeoutMs: 30_000, maxOutputBytes: 1024 };
+const ECHO_HI: ExecRequest = { argv: shellArgv('echo hi'), env: { ...SHELL_BASE_ENV }, timeoutMs: 30_000, maxOutputBytes: 1024 };
 
 /** `echo hi` through the worker's tool path (CallRunner → driver.acquire → bash tool → destroy), per-call mode. */
 async function toolCallTimes(ctx: BenchContext, driver: SandboxDriver, n: number, beforeEach: () => Promise<void>): Promise<number[]> {

@@ -17,7 +17,7 @@ import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
 import { GuestClient } from '../../guest/client';
 import { READY_SHELL_ARGV, READY_SHELL_ENV } from '../../guest/ready-shell';
-import { GuestError, type AcquireOptions, type DriverInfo, type DriverProbe, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestStat, type PutFile, type Sandbox, type SandboxDriver } from '../types';
+import type { AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestStat, PutFile, Sandbox, SandboxDriver } from '../types';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { sweepOrphans } from '../qemu/sweep';
@@ -212,7 +212,7 @@ export class FirecrackerDriver implements SandboxDriver {
       const warm = await vm.agent.exec({ argv: ['/bin/sh', '-c', 'true'], timeoutMs: 30_000, maxOutputBytes: 1024 });
       if (warm.exitCode !== 0) throw new Error(`warm-up failed: ${warm.output.toString()}`);
       await vm.agent.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
-      await vm.agent.waitReadyShell(30_000).catch((err: unknown) => { if (!(err instanceof GuestError && err.code === 'ENOENT')) throw err; });
+      await vm.agent.waitReadyShellIfAny(30_000);
       await vm.api.pause();
       await vm.api.createSnapshot({ snapshot_type: 'Full', snapshot_path: 'vm.state', mem_file_path: 'mem.bin' });
       const tmp = `${dir}.tmp-${process.pid}`;

@@ -18,7 +18,6 @@ import { logger } from '../../log';
 import type {
   AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile, Sandbox, SandboxDriver,
 } from '../types';
-import { GuestError } from '../types';
 import { SHELL_BASE_ENV, shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
@@ -200,7 +199,7 @@ export class QemuDriver implements SandboxDriver {
     if (this.template?.manifest.accel === 'tcg') {
       try {
         await this.warmup(s);
-        await s.vm.agent.waitReadyShell(30_000).catch((err: unknown) => { if (!(err instanceof GuestError && err.code === 'ENOENT')) throw err; });
+        await s.vm.agent.waitReadyShellIfAny(30_000);
       } catch (err) {
         await s.destroy();
         throw err;

@@ -126,7 +126,8 @@ export class QemuVm {
     if (o.user) { chownSync(dir, o.user.uid, o.user.gid); chownSync(path.join(dir, 'agent.sock'), o.user.uid, o.user.gid); }
     const t0 = performance.now();
     // setpriv --pdeathsig: QEMU dies with this process even when it is SIGKILLed (the startup sweep is the backstop)
-    const [cmd, argv] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'KILL', '--', o.binary, ...qemuArgs(image, o, dir, o.role === 'clone')]] : [o.binary, qemuArgs(image, o, dir, o.role === 'clone')];
+    const args = qemuArgs(image, o, dir, o.role === 'clone');
+    const [cmd, argv] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'KILL', '--', o.binary, ...args]] : [o.binary, args];
     const proc = spawn(cmd, argv, {
       env: {}, stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...(o.user ? { uid: o.user.uid, gid: o.user.gid } : {}),
     });
@@ -151,8 +152,7 @@ export class QemuVm {
     } finally {
       server.close();
     }
-    let vm!: QemuVm;
-    vm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => vm.onAgentFatal(err)), t0);
+    const vm: QemuVm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => vm.onAgentFatal(err)), t0);
     vm.onAgentFatal = onAgentFatal;
     if (qmp) vm.qmpConnecting = qmp;
     return vm;

@@ -19,7 +19,7 @@ import { writeCpio, type CpioEntry } from './cpio';
 import { findTemplate, loadTemplate, templatesDir, type Template, type TemplateManifest } from './manifest';
 import { QemuVm, VM_RECIPE, hostTscKhz, type VmImage } from '../qemu/vm';
 import { chooseAccel, qemuVersion } from '../qemu/accel';
-import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV } from '../../guest/ready-shell';
+import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_BASE_ENV } from '../../guest/ready-shell';
 import { lookupUser } from '../qemu/user';
 import { fatal } from '../../errors';
 import type { GuestOps } from '../types';
@@ -369,7 +369,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       if (!/cgroup=1/.test(hello) || /; /.test(hello)) throw new Error(`the guest booted with problems: ${hello}`);
       if (o.limits) await vm.agent.init(randomBytes(64), o.limits);
       const check = o.rootfsDir ? 'command -v sh' : 'bash --version | sed -n 1p && rg --version | sed -n 1p && git --version && python3 -V && curl --version | sed -n 1p && tar --version | sed -n 1p';
-      const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' }, timeoutMs: 60_000, maxOutputBytes: 65536 });
+      const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: SHELL_BASE_ENV.PATH! }, timeoutMs: 60_000, maxOutputBytes: 65536 });
       if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
       for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);
       await vm.agent.exec({ argv: ['/bin/sh', '-c', 'for f in "$@" /usr/lib/locale/C.utf8/LC_*; do [ -f "$f" ] && cat -- "$f"; done >/dev/null', 'sh', ...PAGE_CACHE_FILES], cwd: '/', timeoutMs: 60_000, maxOutputBytes: 4096 });
