@@ -1,7 +1,8 @@
 // Contract tests of the Firecracker driver. Firecracker cannot run here (no working KVM), so a fake API server
 // (test/vm/fixtures/fake-firecracker.mjs) records every request while the driver builds its snapshot and restores
 // sandboxes; each recorded request is then checked against Firecracker's published swagger spec
-// (../shared/reference/firecracker/firecracker.yaml): the path and method exist, and the JSON body satisfies the
+// (fixtures/firecracker/firecracker.yaml, kept in the repository with its licence and source commit, so this suite
+// runs on every clone and fails when the spec is missing): the path and method exist, and the JSON body satisfies the
 // body schema (types, required fields, enums, bounds, no unknown fields — Firecracker rejects unknown fields).
 // The guest side is the real agent binary in host test mode, reached through the vsock CONNECT handshake.
 import assert from 'node:assert/strict';
@@ -13,7 +14,7 @@ import { loadConfig } from '../../companion/config';
 import { FirecrackerDriver, jailerArgs } from '../../companion/sandbox/firecracker/driver';
 import { FirecrackerApi } from '../../companion/sandbox/firecracker/api';
 
-const SPEC = path.resolve(__dirname, '../../../shared/reference/firecracker/firecracker.yaml');
+const SPEC = path.resolve(__dirname, 'fixtures/firecracker/firecracker.yaml');
 const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
 const FAKE = path.resolve(__dirname, '../vm/fixtures/fake-firecracker.mjs');
 
@@ -62,7 +63,7 @@ describe('firecracker driver contract (against firecracker.yaml)', function () {
   let log: string;
 
   before(function () {
-    if (!existsSync(SPEC)) { console.log(`      SKIPPED: Firecracker's API spec is absent at ${SPEC} (see reference/firecracker/README.md)`); this.skip(); }
+    assert.ok(existsSync(SPEC), `Firecracker's API spec is missing at ${SPEC} (see fixtures/firecracker/README.md)`);
     if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
     spec = parse(readFileSync(SPEC, 'utf8')) as Spec;
     home = mkdtempSync(path.join(os.tmpdir(), 'fc-contract-'));
