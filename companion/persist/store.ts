@@ -77,18 +77,36 @@ export interface BlobWriter {
 }
 
 export class CommitTxn {
+  /** Blobs written to the staging directory, by hash (published by `finish`). */
   private readonly staged = new Map<string, string>();
+  /** One staging operation per hash, claimed synchronously: files with the same content (two empty files, one file
+   *  copied twice) are staged once even when they are added concurrently. */
+  private readonly claims = new Map<string, Promise<void>>();
   private partials = 0;
   private done = false;
   constructor(private readonly store: SessionStore, readonly stagingDir: string) {}
 
-  /** Stages a blob whose hash the host computed; a blob the store already holds is not written again. */
+  /** Stages a blob whose hash the host computed; a blob the store already holds or this commit already stages is
+   *  not written again. */
   async addBlob(hash: string, data: Buffer): Promise<void> {
     if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
-    if (this.staged.has(hash) || await this.store.hasBlob(hash)) return;
-    const file = path.join(this.stagingDir, hash);
-    this.staged.set(hash, file);
-    try { await writeExclusive(file, data, false); } catch (err) { this.staged.delete(hash); throw err; }
+    await this.claim(hash, async () => {
+      const file = path.join(this.stagingDir, hash);
+      try { await writeExclusive(file, data, false); } catch (err) { await fsp.rm(file, { force: true }); throw err; }
+      this.staged.set(hash, file);
+    });
+  }
+
+  /** Runs `stage` for `hash` unless the store holds the blob or another add of the same hash ran or runs; a failed
+   *  claim is released so a later add can try again. */
+  private claim(hash: string, stage: () => Promise<void>): Promise<void> {
+    let claimed = this.claims.get(hash);
+    if (!claimed) {
+      claimed = (async () => { if (!await this.store.hasBlob(hash)) await stage(); })();
+      this.claims.set(hash, claimed);
+      claimed.catch(() => { if (this.claims.get(hash) === claimed) this.claims.delete(hash); });
+    }
+    return claimed;
   }
 
   /** Streams a large blob into staging; `finish(hash)` stages it under the hash the host computed while writing. */
@@ -102,10 +120,14 @@ export class CommitTxn {
       finish: async (hash) => {
         if (!SHA256_HEX.test(hash)) throw new Error(`invalid blob hash ${hash}`);
         await close();
-        if (this.staged.has(hash) || await this.store.hasBlob(hash)) { await fsp.rm(file, { force: true }); return; }
-        const staged = path.join(this.stagingDir, hash);
-        await fsp.rename(file, staged);
-        this.staged.set(hash, staged);
+        let renamed = false;
+        await this.claim(hash, async () => {
+          const staged = path.join(this.stagingDir, hash);
+          await fsp.rename(file, staged);
+          renamed = true;
+          this.staged.set(hash, staged);
+        });
+        if (!renamed) await fsp.rm(file, { force: true });
       },
       abort: async () => { await close(); await fsp.rm(file, { force: true }); },
     };
