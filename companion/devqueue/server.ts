@@ -7,8 +7,12 @@
 //   compare-and-set on `expected_last_heartbeat` (412 `heartbeat_precondition_failed` with current_state), a lapsed
 //   lease re-offers the item, stop answers 204 and 409 when already stopped, un-acked items are re-offered after
 //   `reclaim_older_than_ms`, results for `ask`-gated calls before their confirmation get a 400, empty text a 400.
-// - Auth: Bearer environment key everywhere; the per-item sessions token (from the work secret) only for its item's
-//   lease calls and its session. Environments and sessions endpoints require the managed-agents beta header.
+// - Auth (wire-rules.ts ROUTE_CREDENTIALS): each route accepts only the credentials the docs name for it: the
+//   environment key (Bearer), the per-item sessions token (from the work secret) for its own item, session, skills
+//   and memory stores only, an organisation API key (`apiKey`, Bearer or `x-api-key`) for work retrieve, stats, stop.
+//   Every request needs a known `anthropic-version`; environments and sessions endpoints the managed-agents beta header.
+// - A tool call takes exactly one result: a second one is refused (400) and recorded in `duplicateResults`.
+// - The event list honours `types[]` and `created_at[gt|gte|lt|lte]`.
 // - Injected faults (429/5xx before any side effect, malformed JSON only on GETs, SSE drops) never change state, so
 //   "no result lost, none duplicated" stays checkable.
 import http from 'node:http';
@@ -18,6 +22,7 @@ import { EventEmitter } from 'node:events';
 import { logger } from '../log';
 import type { Scenario, ScenarioStep } from './scenario';
 import { tarGz } from './tar';
+import { HttpError, checkAnthropicVersion, eventMatches, parseEventFilter, requireCredentialFor, type Credential } from './wire-rules';
 
 const log = logger('devqueue');
 export const MANAGED_AGENTS_BETA = 'managed-agents-2026-04-01';
@@ -46,6 +51,8 @@ export interface DevQueueOptions {
   port?: number;
   environmentId?: string;
   environmentKey?: string;
+  /** The organisation API key, accepted where the docs name one: work retrieve, stats and stop. */
+  apiKey?: string;
   /** Lease TTL reported by heartbeats (seconds). */
   leaseTtlSeconds?: number;
   /** How long an `expectUnanswered` step waits before it passes and the scripted owner answers it. */
@@ -109,11 +116,7 @@ interface WorkItem {
   leaseExpiresAt: number | null;
 }
 
-export interface RecordedRequest { ts: number; method: string; route: string; path: string; status: number; workId?: string; sessionId?: string; auth: 'env' | 'session' | 'none' | 'bad' }
-
-class HttpError extends Error {
-  constructor(readonly status: number, readonly type: string, message: string, readonly extra: Record<string, unknown> = {}) { super(message); }
-}
+export interface RecordedRequest { ts: number; method: string; route: string; path: string; status: number; workId?: string; sessionId?: string; auth: Credential | 'none' | 'bad' }
 
 const iso = (ms = Date.now()) => new Date(ms).toISOString();
 const rid = (prefix: string) => `${prefix}_${randomBytes(12).toString('hex')}`;
@@ -121,6 +124,7 @@ const rid = (prefix: string) => `${prefix}_${randomBytes(12).toString('hex')}`;
 export class DevQueue {
   readonly environmentId: string;
   readonly environmentKey: string;
+  readonly apiKey: string;
   private server: http.Server | null = null;
   private port = 0;
   private readonly sessions = new Map<string, DevSession>();
@@ -133,8 +137,10 @@ export class DevQueue {
   private lastBeatMs = 0;
   faults: DevQueueFaults;
   readonly requests: RecordedRequest[] = [];
-  /** Every result event posted, per tool_use_id (more than one = answered twice). */
+  /** The result accepted per tool_use_id (one at most: a further one lands in `duplicateResults`). */
   readonly results = new Map<string, Array<{ isError: boolean; text: string; ts: number }>>();
+  /** tool_use_ids for which a further result was posted (and refused) after the first. */
+  readonly duplicateResults: string[] = [];
   /** Faults injected so far, by kind. */
   readonly injected = { rateLimited: 0, serverErrors: 0, malformed: 0, streamDrops: 0, hungHeartbeats: 0 };
   /** Every stop posted: work id and whether it was forced. */
@@ -143,6 +149,7 @@ export class DevQueue {
   constructor(private readonly opts: DevQueueOptions = {}) {
     this.environmentId = opts.environmentId ?? rid('env_local');
     this.environmentKey = opts.environmentKey ?? `sk-ant-env01-dev-${randomBytes(18).toString('base64url')}`;
+    this.apiKey = opts.apiKey ?? `sk-ant-api03-dev-${randomBytes(18).toString('base64url')}`;
     this.faults = opts.faults ?? {};
     this.changed.setMaxListeners(1000);
   }
@@ -384,6 +391,7 @@ export class DevQueue {
       const fault = this.fault(route.name, req.method ?? 'GET');
       if (fault) { record.status = fault.status; fault.send(res); return; }
       record.auth = this.authenticate(req, route.name, route.params);
+      checkAnthropicVersion(req.headers['anthropic-version']);
       if (route.beta && !String(req.headers['anthropic-beta'] ?? '').split(',').map((x) => x.trim()).includes(route.beta)) {
         throw new HttpError(400, 'invalid_request_error', `this endpoint requires the anthropic-beta header ${route.beta}`);
       }
@@ -430,22 +438,38 @@ export class DevQueue {
     return null;
   }
 
-  private authenticate(req: http.IncomingMessage, route: string, params: Record<string, string>): RecordedRequest['auth'] {
-    const header = String(req.headers.authorization ?? '');
-    const m = /^Bearer (.+)$/.exec(header);
-    if (!m) throw new HttpError(401, 'authentication_error', 'missing Authorization: Bearer credential (the environment key or a sessions token)');
-    const token = m[1]!;
-    if (token === this.environmentKey) {
-      if (route.startsWith('memory.')) throw new HttpError(401, 'authentication_error', 'memory store endpoints accept only a sessions token');
-      return 'env';
+  /** Identifies the request's credential, checks that the route accepts its kind, and a sessions token's scope. */
+  private authenticate(req: http.IncomingMessage, route: string, params: Record<string, string>): Credential {
+    const { kind, item } = this.credential(req);
+    requireCredentialFor(route, kind);
+    if (item && !this.sessionsTokenReaches(item, params)) throw new HttpError(403, 'permission_error', 'this sessions token is not valid for that resource');
+    return kind;
+  }
+
+  /** The credential: `x-api-key` (an API key), or a Bearer token (SDK 1.x sends an API key that way too). */
+  private credential(req: http.IncomingMessage): { kind: Credential; item?: WorkItem } {
+    const apiKey = req.headers['x-api-key'];
+    if (apiKey !== undefined) {
+      if (apiKey !== this.apiKey) throw new HttpError(401, 'authentication_error', 'invalid x-api-key');
+      return { kind: 'api' };
     }
+    const token = /^Bearer (.+)$/.exec(String(req.headers.authorization ?? ''))?.[1];
+    if (token === undefined) throw new HttpError(401, 'authentication_error', 'missing credential: Authorization: Bearer <key or token>, or x-api-key');
+    if (token === this.environmentKey) return { kind: 'env' };
+    if (token === this.apiKey) return { kind: 'api' };
     const item = [...this.work.values()].find((w) => w.sessionsToken === token);
     if (!item) throw new HttpError(401, 'authentication_error', 'invalid credential');
-    const ok = (params.work !== undefined && params.work === item.id && route !== 'work.poll' && route !== 'work.ack')
-      || (params.session !== undefined && params.session === item.dataId)
-      || route.startsWith('skills.') || route.startsWith('memory.');
-    if (!ok) throw new HttpError(403, 'permission_error', 'this sessions token is not valid for that resource');
-    return 'session';
+    return { kind: 'session', item };
+  }
+
+  /** A sessions token reaches its own item, its session, and that session's skills and memory stores, nothing else. */
+  private sessionsTokenReaches(item: WorkItem, params: Record<string, string>): boolean {
+    if (params.work !== undefined) return params.work === item.id;
+    if (params.session !== undefined) return params.session === item.dataId;
+    const session = this.sessions.get(item.dataId);
+    if (params.skill !== undefined) return session?.skillIds.some((k) => k.skill_id === params.skill) ?? false;
+    if (params.store !== undefined) return session?.memoryStores.some((m) => m.memory_store_id === params.store) ?? false;
+    return false;
   }
 
   private route(method: string, p: string): Route | null {
@@ -474,17 +498,17 @@ export class DevQueue {
     }
     if (seg[1] === 'skills' && seg[2] && seg[3] === 'versions' && seg[4]) {
       const skill = seg[2]; const version = seg[4];
-      if (method === 'GET' && seg.length === 5) return R('skills.version', null, {}, () => this.skillVersion(skill, version));
-      if (method === 'GET' && seg[5] === 'content' && seg.length === 6) return R('skills.content', null, {}, () => this.skillContent(skill, version));
+      if (method === 'GET' && seg.length === 5) return R('skills.version', null, { skill }, () => this.skillVersion(skill, version));
+      if (method === 'GET' && seg[5] === 'content' && seg.length === 6) return R('skills.content', null, { skill }, () => this.skillContent(skill, version));
       return null;
     }
     if (seg[1] === 'memory_stores' && seg[2] && seg[3] === 'memories') {
       const store = seg[2]; const mem = seg[4];
-      if (method === 'GET' && seg.length === 4) return R('memory.list', null, {}, (url) => this.memList(store, url));
-      if (method === 'POST' && seg.length === 4) return R('memory.create', null, {}, (_u, body) => this.memCreate(store, body));
-      if (mem && method === 'GET' && seg.length === 5) return R('memory.retrieve', null, {}, () => this.memGet(store, mem));
-      if (mem && method === 'POST' && seg.length === 5) return R('memory.update', null, {}, (_u, body) => this.memUpdate(store, mem, body));
-      if (mem && method === 'DELETE' && seg.length === 5) return R('memory.delete', null, {}, () => this.memDelete(store, mem));
+      if (method === 'GET' && seg.length === 4) return R('memory.list', null, { store }, (url) => this.memList(store, url));
+      if (method === 'POST' && seg.length === 4) return R('memory.create', null, { store }, (_u, body) => this.memCreate(store, body));
+      if (mem && method === 'GET' && seg.length === 5) return R('memory.retrieve', null, { store }, () => this.memGet(store, mem));
+      if (mem && method === 'POST' && seg.length === 5) return R('memory.update', null, { store }, (_u, body) => this.memUpdate(store, mem, body));
+      if (mem && method === 'DELETE' && seg.length === 5) return R('memory.delete', null, { store }, () => this.memDelete(store, mem));
     }
     return null;
   }
@@ -618,7 +642,9 @@ export class DevQueue {
     const s = this.mustSession404(id);
     const limit = Math.max(1, Math.min(Number(url.searchParams.get('limit') ?? 100) || 100, 1000));
     const start = Math.max(0, Number(url.searchParams.get('page') ?? 0) || 0);
-    const all = url.searchParams.get('order') === 'desc' ? [...s.events].reverse() : s.events;
+    const filter = parseEventFilter(url.searchParams);
+    const matching = s.events.filter((e) => eventMatches(filter, e));
+    const all = url.searchParams.get('order') === 'desc' ? matching.reverse() : matching;
     const data = all.slice(start, start + limit);
     return { status: 200, body: { data, next_page: start + limit < all.length ? String(start + limit) : null } };
   }
@@ -637,6 +663,11 @@ export class DevQueue {
         const use = s.events.find((e) => e.id === useId);
         const wantType = ev.type === 'user.tool_result' ? 'agent.tool_use' : 'agent.custom_tool_use';
         if (!use || use.type !== wantType) throw new HttpError(400, 'invalid_request_error', `${key} ${useId} does not name an ${wantType} event of this session`);
+        if (hasResult(s.events, useId) || checked.some((c) => c.answer?.id === useId)) {
+          this.duplicateResults.push(useId);
+          log.warn(`tool call ${useId} was answered again; refused`);
+          throw new HttpError(400, 'invalid_request_error', `${key} ${useId} already has a result: a tool call takes exactly one`);
+        }
         if (use.evaluated_permission === 'ask' || (use.evaluated_permission !== undefined && !['allow', 'deny'].includes(String(use.evaluated_permission)))) {
           const conf = s.events.find((e) => e.type === 'user.tool_confirmation' && e.tool_use_id === useId);
           if (!conf) throw new HttpError(400, 'invalid_request_error', `tool call ${useId} requires confirmation: send user.tool_confirmation first`);
@@ -664,11 +695,8 @@ export class DevQueue {
     for (const { ev, answer } of checked) {
       echoed.push(this.emit(s, ev));
       if (answer) {
-        const list = this.results.get(answer.id) ?? [];
-        list.push({ isError: answer.isError, text: answer.text, ts: Date.now() });
-        this.results.set(answer.id, list);
-        if (list.length > 1) log.warn(`tool call ${answer.id} was answered ${list.length} times`);
-        else this.onResult(s, answer.id, answer.isError, answer.text);
+        this.results.set(answer.id, [...this.results.get(answer.id) ?? [], { isError: answer.isError, text: answer.text, ts: Date.now() }]);
+        this.onResult(s, answer.id, answer.isError, answer.text);
       }
     }
     return { status: 200, body: { data: echoed } };
@@ -757,6 +785,11 @@ interface Route {
 }
 
 function isObj(v: unknown): v is Record<string, unknown> { return typeof v === 'object' && v !== null && !Array.isArray(v); }
+
+/** Whether the session's history already holds a result (of either kind) for the tool call `useId`. */
+function hasResult(events: SessionEvent[], useId: string): boolean {
+  return events.some((e) => (e.type === 'user.tool_result' && e.tool_use_id === useId) || (e.type === 'user.custom_tool_result' && e.custom_tool_use_id === useId));
+}
 
 async function readBody(req: http.IncomingMessage): Promise<unknown> {
   const chunks: Buffer[] = [];

@@ -64,6 +64,6 @@ export function workerArgs(dq: DevQueue, home: string, extra: string[] = []): st
 export function answeredOnce(dq: DevQueue, toolUseIds: string[]): { missing: string[]; duplicated: string[] } {
   return {
     missing: toolUseIds.filter((id) => !dq.results.has(id)),
-    duplicated: toolUseIds.filter((id) => (dq.results.get(id)?.length ?? 0) > 1),
+    duplicated: toolUseIds.filter((id) => (dq.results.get(id)?.length ?? 0) > 1 || dq.duplicateResults.includes(id)),
   };
 }
