@@ -1,7 +1,9 @@
-// Bundles the companion CLI, the extension, the extension-host test suite and the benchmark with esbuild, and
-// compiles the static guest agent with the host C compiler. Usage: node scripts/build.mjs [--no-agent]
+// Bundles the companion CLI, the extension, the extension-host test suite and the benchmark with esbuild, compiles
+// the static guest agent with the host C compiler, and copies the template build's other inputs (the kernel config
+// fragment) beside it in dist/guest/, the folder the .vsix and the bundle installed on SSH hosts carry whole.
+// Usage: node scripts/build.mjs [--no-agent]
 import * as esbuild from 'esbuild';
-import { existsSync, mkdirSync, chmodSync } from 'node:fs';
+import { existsSync, mkdirSync, chmodSync, copyFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 
@@ -22,10 +24,12 @@ await Promise.all(entries.filter((e) => existsSync(path.join(root, e.in))).map(a
   if (e.exec) chmodSync(outfile, 0o755);
 }));
 
+const guestDir = path.join(dist, 'guest');
+mkdirSync(guestDir, { recursive: true });
+copyFileSync(path.join(root, 'companion/sandbox/template/microvm.config.fragment'), path.join(guestDir, 'microvm.config.fragment'));
+
 const agentSrc = path.join(root, 'companion/guest/agent/perimeter-agent.c');
 if (!process.argv.includes('--no-agent') && existsSync(agentSrc)) {
-  const out = path.join(dist, 'guest');
-  mkdirSync(out, { recursive: true });
-  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-o', path.join(out, 'perimeter-agent'), agentSrc], { stdio: 'inherit' });
-  execFileSync('strip', [path.join(out, 'perimeter-agent')]);
+  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-o', path.join(guestDir, 'perimeter-agent'), agentSrc], { stdio: 'inherit' });
+  execFileSync('strip', [path.join(guestDir, 'perimeter-agent')]);
 }

@@ -1,13 +1,14 @@
 // `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable:
 // /dev/kvm opens and the template booted under it; else why VMs run under TCG), QEMU, the sandbox drivers' own
-// probes (via select.ts), a built template, free disk space and a writable state directory, ripgrep for the process
-// driver. `--json` prints {ok, checks:[{name, ok, severity,
+// probes (via select.ts), a built template, the template build's inputs in this installation, free disk space and a
+// writable state directory, ripgrep for the process driver. `--json` prints {ok, checks:[{name, ok, severity,
 // detail, fix}]}; the exit code is 1 when an error-severity check failed (warnings do not fail).
 import { execFile } from 'node:child_process';
 import { promises as fs, constants as fsc } from 'node:fs';
 import path from 'node:path';
 import { statePaths, type Config } from '../config';
 import { findTemplate, type Template } from '../sandbox/template/manifest';
+import { TEMPLATE_ASSETS, findAsset } from '../sandbox/template/build';
 import { EventHub } from '../events';
 import { probeDrivers } from '../sandbox/select';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
@@ -88,6 +89,11 @@ export const doctorCommand: Command = {
     let templates: string[] = [];
     try { templates = (await fs.readdir(tdir, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name); } catch { /* none */ }
     add({ name: 'template', ok: templates.length > 0, severity: 'error', detail: templates.length ? `${templates.length} template(s) in ${tdir}` : `no VM template in ${tdir}`, fix: templates.length ? null : 'perimeter template build' });
+
+    const missingAssets = TEMPLATE_ASSETS.filter((name) => { try { findAsset(name); return false; } catch { return true; } });
+    add({ name: 'template-inputs', ok: !missingAssets.length, severity: 'warning',
+      detail: missingAssets.length ? `this installation lacks ${missingAssets.join(', ')}: \`perimeter template build\` cannot run` : `this installation has every file \`perimeter template build\` reads (${TEMPLATE_ASSETS.join(', ')})`,
+      fix: missingAssets.length ? 'reinstall the companion (in a source checkout: npm run build)' : null });
 
     const home = config.home;
     let writable = false;

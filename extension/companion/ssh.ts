@@ -4,7 +4,8 @@
 //   HOST_PATTERN (so it cannot start with `-`, contain spaces, quotes or shell metacharacters); nothing
 //   user-controlled becomes an `-o` option.
 // - The remote command is one of the fixed scripts in REMOTE_SCRIPTS. The only variable part is the remote base
-//   directory, which must match REMOTE_DIR_PATTERN (relative to $HOME, no `..`), so it needs no quoting.
+//   directory, which must match REMOTE_DIR_PATTERN (relative to $HOME, no `..`), so it needs no quoting. The state
+//   directory is the companion's own default on that host (what a command typed there uses), never a setting.
 //   Everything else (the environment key, configuration, the companion bundle) travels on stdin.
 // - Options: -T (no tty), BatchMode (never prompt), keepalives, a connect timeout; host keys are checked as the
 //   user's ssh configuration says (we never pass StrictHostKeyChecking=no).
@@ -36,38 +37,56 @@ export interface SshTarget {
   host: string;
   /** An ssh_config file to use instead of ~/.ssh/config (`ssh -F`). */
   configFile?: string;
-  /** Remote base directory relative to $HOME (default `.perimeter`): bin/ holds the bundle, home/ the state. */
+  /** Remote base directory relative to $HOME (default `.perimeter`) whose bin/ holds the bundle (the state lives in
+   *  the companion's default state directory, see PRELUDE). */
   remoteDir: string;
 }
 
-/** The fixed remote scripts. `$D` is the validated base directory under $HOME. */
-export const REMOTE_SCRIPTS = {
+/**
+ * Opens every remote script: `$D` is the validated base directory under $HOME (the bundle lives in `$D/bin`), `$H`
+ * the companion's state directory, resolved exactly as the companion resolves its default (config.ts `defaultHome`:
+ * $PERIMETER_HOME, else $XDG_STATE_HOME/perimeter, else ~/.local/state/perimeter), so a worker started from VS Code
+ * and a command typed on the host (`node ~/.perimeter/bin/perimeter.js template build`) share templates, cache and
+ * sessions. State an older extension kept in `$D/home` is moved to `$H` once, by a rename on the same filesystem (a
+ * worker still running there keeps working through the symlink left in its place); when it cannot be moved, or while
+ * another script is moving it, `$D/home` stays in use so no state is lost.
+ */
+const PRELUDE = 'D="$HOME/$PERIMETER_DIR"; H="${PERIMETER_HOME:-${XDG_STATE_HOME:-$HOME/.local/state}/perimeter}"; ' +
+  'case "$H" in /*) ;; *) H="$HOME/$H" ;; esac; ' +
+  'if [ -d "$D/home" ] && [ ! -L "$D/home" ] && [ ! -e "$H" ]; then mkdir -p "${H%/*}"; ' +
+  'A=$(stat -c %d "$D/home" 2>/dev/null); B=$(stat -c %d "${H%/*}" 2>/dev/null); ' +
+  'if [ -n "$A" ] && [ "$A" = "$B" ] && mv -T "$D/home" "$H" 2>/dev/null; then ln -s "$H" "$D/home"; elif [ ! -e "$H" ]; then H="$D/home"; fi; fi; ';
+
+/** The fixed remote scripts, each run after PRELUDE. */
+const SCRIPTS = {
   /** Prints the installed bundle's VERSION line (or nothing) and the remote Node version. */
-  probe: 'D="$HOME/$PERIMETER_DIR"; cat "$D/bin/VERSION" 2>/dev/null || echo none; command -v node >/dev/null && node --version || echo no-node',
+  probe: 'cat "$D/bin/VERSION" 2>/dev/null || echo none; command -v node >/dev/null && node --version || echo no-node',
   /** Replaces $D/bin with the tar archive on stdin (atomically: unpack beside it, then swap). */
-  install: 'set -e; D="$HOME/$PERIMETER_DIR"; mkdir -p "$D"; rm -rf "$D/bin.new"; mkdir "$D/bin.new"; tar -xf - -C "$D/bin.new"; ' +
+  install: 'set -e; mkdir -p "$D"; rm -rf "$D/bin.new"; mkdir "$D/bin.new"; tar -xf - -C "$D/bin.new"; ' +
     'rm -rf "$D/bin.old"; if [ -d "$D/bin" ]; then mv "$D/bin" "$D/bin.old"; fi; mv "$D/bin.new" "$D/bin"; rm -rf "$D/bin.old"; cat "$D/bin/VERSION"',
-  /** Writes the worker configuration (JSON on stdin) to $D/home/config.json with mode 0600. */
-  configure: 'set -e; D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; cat > "$D/home/config.json.new"; mv "$D/home/config.json.new" "$D/home/config.json"',
+  /** Writes the worker configuration (JSON on stdin) to $H/config.json with mode 0600. */
+  configure: 'set -e; umask 077; mkdir -p "$H"; cat > "$H/config.json.new"; mv "$H/config.json.new" "$H/config.json"',
   /** Starts a detached worker for a real environment; the first stdin line is the environment key. The key stays in
    *  the shell's memory and reaches the worker through a pipe (printf is a shell builtin: no argv exposure). */
-  startEnvironment: 'D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; IFS= read -r KEY; cd "$D/home"; ' +
-    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$D/home" --key-stdin >> "$D/home/worker.log" 2>&1 & KEY=; echo started',
+  startEnvironment: 'umask 077; mkdir -p "$H"; IFS= read -r KEY; cd "$H"; ' +
+    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$H" --key-stdin >> "$H/worker.log" 2>&1 & KEY=; echo started',
   /** Starts a detached worker against the embedded dev queue and bundled scenario (no account). */
-  startLocalQueue: 'D="$HOME/$PERIMETER_DIR"; umask 077; mkdir -p "$D/home"; cd "$D/home"; ' +
-    'nohup node "$D/bin/perimeter.js" worker --home "$D/home" --local < /dev/null >> "$D/home/worker.log" 2>&1 & echo started',
+  startLocalQueue: 'umask 077; mkdir -p "$H"; cd "$H"; ' +
+    'nohup node "$D/bin/perimeter.js" worker --home "$H" --local < /dev/null >> "$H/worker.log" 2>&1 & echo started',
   /** Prints control.json when its worker process is alive; exit 3 = no worker. */
-  endpoint: 'D="$HOME/$PERIMETER_DIR"; F="$D/home/control.json"; [ -f "$F" ] || exit 3; ' +
+  endpoint: 'F="$H/control.json"; [ -f "$F" ] || exit 3; ' +
     'P=$(sed -n \'s/.*"pid":\\([0-9][0-9]*\\).*/\\1/p\' "$F"); [ -n "$P" ] && kill -0 "$P" 2>/dev/null || exit 3; cat "$F"',
   /** Waits (up to 45 s) for the process whose PID is the first stdin line to exit; the PID must be all digits. */
   waitExit: 'IFS= read -r P; case "$P" in ""|*[!0-9]*) exit 2;; esac; i=0; ' +
     'while kill -0 "$P" 2>/dev/null; do i=$((i+1)); [ "$i" -ge 450 ] && exit 1; sleep 0.1; done; exit 0',
   /** The last 200 lines of the remote worker log. */
-  log: 'D="$HOME/$PERIMETER_DIR"; tail -n 200 "$D/home/worker.log" 2>/dev/null || true',
-  doctor: 'D="$HOME/$PERIMETER_DIR"; node "$D/bin/perimeter.js" doctor --json --home "$D/home"',
-  templateBuild: 'D="$HOME/$PERIMETER_DIR"; node "$D/bin/perimeter.js" template build --home "$D/home"',
+  log: 'tail -n 200 "$H/worker.log" 2>/dev/null || true',
+  doctor: 'node "$D/bin/perimeter.js" doctor --json --home "$H"',
+  templateBuild: 'node "$D/bin/perimeter.js" template build --home "$H"',
 } as const;
-export type RemoteScript = keyof typeof REMOTE_SCRIPTS;
+
+export const REMOTE_SCRIPTS = Object.fromEntries(Object.entries(SCRIPTS).map(([name, body]) => [name, PRELUDE + body])) as Record<keyof typeof SCRIPTS, string>;
+export type RemoteScript = keyof typeof SCRIPTS;
 
 /** Options every invocation gets: never prompt, detect dead links, no tty. */
 export function baseOptions(target: SshTarget): string[] {

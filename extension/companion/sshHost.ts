@@ -141,7 +141,7 @@ export class SshHost implements WorkerHost {
   async forceStop(): Promise<void> {
     // A remote worker that ignores shutdown is left to the user: we never send kill commands with variable PIDs.
     this.closeTunnel();
-    throw new Error(`the worker on ${this.label} did not stop; log in and stop it (its PID is in ~/${this.opts.target.remoteDir}/home/control.json)`);
+    throw new Error(`the worker on ${this.label} did not stop; log in and stop it (its PID is in control.json in the companion's state directory there: $PERIMETER_HOME, else ~/.local/state/perimeter)`);
   }
 
   async remoteLog(): Promise<string> { return (await this.ssh('log', undefined, 30_000)).stdout; }

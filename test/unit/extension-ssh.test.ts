@@ -2,12 +2,13 @@
 // companion bundle archive (unpacked by the system `tar`), and input validation.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync, rmSync, existsSync, lstatSync, realpathSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts, REMOTE_SCRIPTS, type RemoteScript } from '../../extension/companion/ssh';
 import { packTar, readCompanionBundle, needsInstall } from '../../extension/companion/bundle';
 import { remoteConfig } from '../../extension/companion/sshHost';
+import { defaultHome } from '../../companion/config';
 import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
 import { readDoctor } from '../../extension/companion/doctor';
 import type { WorkerSettings } from '../../extension/companion/workerHost';
@@ -15,11 +16,14 @@ import type { WorkerSettings } from '../../extension/companion/workerHost';
 const target = { host: 'box', remoteDir: '.perimeter' };
 
 /** Runs what ssh would hand to the remote login shell (everything after the destination), with HOME=home. */
-function runRemote(home: string, script: RemoteScript, stdin: string | Buffer = '') {
+function runRemote(home: string, script: RemoteScript, stdin: string | Buffer = '', env: Record<string, string> = {}) {
   const argv = scriptArgs(target, script);
   const remoteCommand = argv.slice(argv.indexOf('box') + 1).join(' ');
-  return spawnSync('sh', ['-c', remoteCommand], { env: { PATH: process.env.PATH, HOME: home }, input: stdin });
+  return spawnSync('sh', ['-c', remoteCommand], { env: { PATH: process.env.PATH, HOME: home, ...env }, input: stdin, cwd: home });
 }
+
+/** The companion's default state directory for a remote user whose home is `home` (config.ts defaultHome). */
+const stateDir = (home: string) => path.join(home, '.local', 'state', 'perimeter');
 
 describe('ssh command lines', () => {
   it('rejects hosts that could become options or shell syntax (V1)', () => {
@@ -100,7 +104,7 @@ describe('remote scripts, run through sh', () => {
     const settings: WorkerSettings = { mode: 'environment', environmentId: 'env_1', concurrency: 3, driver: 'qemu', persistDefaults: ['/workspace'], egressAllow: ['pypi.org'], logLevel: 'debug' };
     const r = runRemote(home, 'configure', JSON.stringify(remoteConfig(settings)));
     assert.equal(r.status, 0, r.stderr.toString());
-    const file = path.join(home, '.perimeter', 'home', 'config.json');
+    const file = path.join(stateDir(home), 'config.json');
     assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { environmentId: 'env_1', concurrency: 3, logLevel: 'debug', sandbox: { driver: 'qemu' }, persist: { defaults: ['/workspace'] }, egress: { mode: 'allow', allow: ['pypi.org'] } });
     assert.equal(statSync(file).mode & 0o777, 0o600);
     assert.doesNotMatch(readFileSync(file, 'utf8'), /key/i);
@@ -122,18 +126,68 @@ describe('remote scripts, run through sh', () => {
     const key = 'sk-ant-test-' + 'k'.repeat(30);
     const r = runRemote(home, 'startEnvironment', `${key}\n`);
     assert.equal(r.status, 0, r.stderr.toString());
-    const record = path.join(home, '.perimeter', 'home', 'record.json');
-    const control = path.join(home, '.perimeter', 'home', 'control.json');
+    const record = path.join(stateDir(home), 'record.json');
+    const control = path.join(stateDir(home), 'control.json');
     for (let i = 0; i < 100 && !existsSync(control); i++) await new Promise((res) => setTimeout(res, 50));
     const rec = JSON.parse(readFileSync(record, 'utf8'));
     assert.equal(rec.stdin, `${key}\n`);
-    assert.deepEqual(rec.argv, ['worker', '--home', path.join(home, '.perimeter', 'home'), '--key-stdin']);
+    assert.deepEqual(rec.argv, ['worker', '--home', stateDir(home), '--key-stdin']);
     const ep = runRemote(home, 'endpoint');
     assert.equal(ep.status, 0);
     const pid = JSON.parse(ep.stdout.toString()).pid as number;
     process.kill(pid, 'SIGTERM');
     for (let i = 0; i < 100 && runRemote(home, 'endpoint').status !== 3; i++) await new Promise((res) => setTimeout(res, 50));
     assert.equal(runRemote(home, 'endpoint').status, 3, 'a stale control.json (dead pid) is no worker');
+  });
+});
+
+describe('remote state directory', () => {
+  let home: string;
+  beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-remote-')); });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  /** The --home every CLI script passes, read from a stand-in companion that prints its argv. */
+  const cliHome = (env: Record<string, string> = {}) => {
+    const bin = path.join(home, '.perimeter', 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'perimeter.js'), 'console.log(process.argv[process.argv.indexOf("--home") + 1])\n');
+    const homes = (['templateBuild', 'doctor'] as const).map((s) => {
+      const r = runRemote(home, s, '', env);
+      assert.equal(r.status, 0, r.stderr.toString());
+      return r.stdout.toString().trim();
+    });
+    assert.equal(homes[0], homes[1], 'Build Template and the doctor use one state directory');
+    return homes[0]!;
+  };
+
+  it('is the companion\'s own default, as for a command typed on the host: $PERIMETER_HOME, else XDG, else ~/.local/state', () => {
+    assert.equal(cliHome(), stateDir(home));
+    for (const env of [{ XDG_STATE_HOME: path.join(home, 'xdg') } as Record<string, string>, { PERIMETER_HOME: path.join(home, 'custom') }, { PERIMETER_HOME: path.join(home, 'custom'), XDG_STATE_HOME: '/elsewhere' }]) {
+      assert.equal(cliHome(env), defaultHome(env), JSON.stringify(env));
+    }
+    assert.equal(cliHome({ PERIMETER_HOME: 'rel/state' }), path.join(home, 'rel/state'), 'relative to the remote home, where the CLI starts');
+  });
+
+  it('takes over the state an older extension kept in ~/.perimeter/home, once, leaving a symlink', () => {
+    const old = path.join(home, '.perimeter', 'home');
+    mkdirSync(path.join(old, 'templates', 'abc'), { recursive: true });
+    writeFileSync(path.join(old, 'templates', 'current'), 'abc');
+    assert.equal(cliHome(), stateDir(home));
+    assert.equal(readFileSync(path.join(stateDir(home), 'templates', 'current'), 'utf8'), 'abc', 'templates, cache and sessions moved');
+    assert.ok(lstatSync(old).isSymbolicLink(), 'the old path still leads to the state (a worker running there keeps working)');
+    assert.equal(realpathSync(old), realpathSync(stateDir(home)));
+    assert.equal(cliHome(), stateDir(home), 'later scripts find it in place');
+    assert.ok(lstatSync(old).isSymbolicLink());
+  });
+
+  it('leaves ~/.perimeter/home alone when the state directory already exists (never merges two)', () => {
+    const old = path.join(home, '.perimeter', 'home');
+    mkdirSync(old, { recursive: true });
+    writeFileSync(path.join(old, 'marker'), 'old');
+    mkdirSync(stateDir(home), { recursive: true });
+    assert.equal(cliHome(), stateDir(home), 'an existing state directory wins');
+    assert.equal(readFileSync(path.join(old, 'marker'), 'utf8'), 'old', 'the old directory is left alone');
+    assert.equal(existsSync(path.join(stateDir(home), 'marker')), false);
   });
 });
 

@@ -59,18 +59,18 @@ const PAGE_CACHE_FILES = ['/usr/bin/ls', '/usr/bin/cat', '/usr/bin/grep', '/usr/
   '/usr/bin/tail', '/usr/bin/wc', '/usr/bin/sort', '/usr/bin/mkdir', '/usr/bin/rm', '/usr/bin/cp', '/usr/bin/mv', '/usr/bin/env'];
 
 // ------------------------------------------------------------------ helpers
-export function findAsset(name: string): string {
-  const candidates = [
-    path.join(__dirname, name),
-    path.join(__dirname, 'guest', name),
-    path.join(__dirname, '..', 'companion', 'sandbox', 'template', name),
-    path.join(__dirname, '..', '..', '..', 'dist', 'guest', name),
-    path.join(__dirname, '..', 'dist', 'guest', name),
-    path.join(process.cwd(), 'dist', 'guest', name),
-    path.join(process.cwd(), 'companion', 'sandbox', 'template', name),
-  ];
+/** Every file the build reads from the companion's own installation (the rest comes from the host or its cache).
+ *  scripts/build.mjs copies them into dist/guest/, which the .vsix and the bundle installed on SSH hosts carry. */
+export const TEMPLATE_ASSETS = ['perimeter-agent', 'microvm.config.fragment'] as const;
+export type TemplateAsset = typeof TEMPLATE_ASSETS[number];
+
+/** Where an asset is looked for: next to the bundle first (dist/perimeter.js → dist/guest/), then the source layout
+ *  (this file run from source: the fragment beside it, the built agent in dist/guest/). Never the working
+ *  directory: a build started elsewhere must not take its kernel configuration or guest agent from there. */
+export function findAsset(name: TemplateAsset): string {
+  const candidates = [path.join(__dirname, 'guest', name), path.join(__dirname, name), path.join(__dirname, '..', '..', '..', 'dist', 'guest', name)];
   const found = candidates.find((c) => existsSync(c));
-  if (!found) throw fatal('asset_missing', `${name} not found (looked in ${candidates.join(', ')}); run \`npm run build\``);
+  if (!found) throw fatal('asset_missing', `${name} not found (looked in ${candidates.join(', ')}): in a source checkout run \`npm run build\`; an installed companion is incomplete, reinstall it`);
   return found;
 }
 
