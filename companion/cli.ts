@@ -1,6 +1,7 @@
 // Entry point of the `perimeter` companion CLI (bundled to dist/perimeter.js). Dispatches `perimeter <command> ...`
 // to the modules in COMMANDS; adding a command is one import and one entry there. Exit codes: the command's own,
-// 2 for usage errors, 1 for fatal errors (printed as one line, never with a secret: messages pass through redact).
+// 2 for usage errors, 1 for fatal errors (printed as one line, never with a secret: messages pass through redact),
+// 70 after an uncaught exception or unhandled rejection (process-guards.ts).
 import type { Command } from './commands/types';
 import { UsageError } from './commands/options';
 import { workerCommand } from './commands/worker';
@@ -12,6 +13,7 @@ import { persistCommand } from './commands/persist';
 import { loadConfig } from './config';
 import { PerimeterError } from './errors';
 import { redact } from './log';
+import { installProcessGuards } from './process-guards';
 import { VERSION } from './version';
 
 /** `perimeter template` keeps its own argument parser; the wrapper only takes `--home DIR` off the front. */
@@ -66,5 +68,6 @@ export async function main(argv: string[]): Promise<number> {
 }
 
 if (require.main === module) {
+  installProcessGuards();
   void main(process.argv.slice(2)).then((code) => process.exit(code));
 }

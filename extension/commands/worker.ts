@@ -108,8 +108,8 @@ export function registerWorkerCommands(deps: WorkerCommandDeps): vscode.Disposab
     cmd('perimeter.showWorkerLog', async (node?: PerimeterNode | string) => {
       const sup = registry.get(hostIdOf(registry, node));
       output.show(true);
-      if (sup?.host.remoteLog) {
-        const text = await sup.host.remoteLog().catch((e: Error) => `(could not read the remote log: ${e.message})`);
+      if (sup) {
+        const text = await sup.host.logTail().catch((e: Error) => `(could not read the worker log: ${e.message})`);
         output.appendLine(`---- ${sup.host.label}: worker.log (last 200 lines) ----`);
         output.appendLine(text.trimEnd());
       }

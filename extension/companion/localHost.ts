@@ -1,15 +1,27 @@
 // A worker on this machine: `node dist/perimeter.js worker --home <home> ...` spawned from an argv array. Plain
-// Node, no `vscode`. Invariants: the environment key is written to the worker's stdin (`--key-stdin`) and never
-// appears in argv or the environment; non-secret settings go as flags and PERIMETER_* variables; the worker is found
-// again through `<home>/control.json` (so a worker started by an earlier window is attached to, not duplicated).
+// Node, no `vscode`. Invariants:
+// - The environment key is written to the worker's stdin (`--key-stdin`) and never appears in argv or the
+//   environment; non-secret settings go as flags and PERIMETER_* variables.
+// - The worker outlives the window that started it: it runs detached (its own session and process group), its stdout
+//   and stderr go to `<home>/worker.log` (never a pipe a closed window would break), and it stops only when asked
+//   (Stop Worker). The Worker Log follows that file.
+// - The worker is found again through `<home>/control.json` and its pid, so a worker started by an earlier window is
+//   attached to, not duplicated.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, watch, type FSWatcher, mkdirSync } from 'node:fs';
+import { readFileSync, watch, type FSWatcher, mkdirSync, openSync, closeSync, statSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { Emitter } from './emitter';
+import { LogFollower, tailLines } from './logFollower';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  parseEndpointFile, pidAlive, delay, runProgram, lineSplitter,
+  parseEndpointFile, pidAlive, delay, runProgram,
 } from './workerHost';
+
+/** The worker's log in its state directory; moved to `worker.log.1` at the next start once it exceeds LOG_ROTATE_BYTES. */
+export const WORKER_LOG = 'worker.log';
+const LOG_ROTATE_BYTES = 16 * 1024 * 1024;
+/** Log lines quoted in the error when a worker exits during start-up. */
+const STARTUP_FAILURE_LINES = 8;
 
 export interface LocalHostOptions {
   /** The companion's state directory. */
@@ -24,6 +36,7 @@ export class LocalHost implements WorkerHost {
   readonly hostId = 'local';
   readonly label = 'This machine';
   private child: ChildProcess | null = null;
+  private follower: LogFollower | null = null;
   private readonly linkDown = new Emitter<string>();
   private readonly logs = new Emitter<string>();
   readonly onLinkDown = this.linkDown.event;
@@ -32,6 +45,7 @@ export class LocalHost implements WorkerHost {
   constructor(private readonly opts: LocalHostOptions) {}
 
   private get controlFile() { return path.join(this.opts.home, 'control.json'); }
+  get logFile(): string { return path.join(this.opts.home, WORKER_LOG); }
 
   async findWorker(): Promise<ConnectTarget | null> {
     let text: string;
@@ -39,6 +53,7 @@ export class LocalHost implements WorkerHost {
     const target = parseEndpointFile(text);
     if (!target || !pidAlive(target.pid)) return null;
     this.lastPid = target.pid;
+    this.followLog(false);
     return target;
   }
 
@@ -52,20 +67,43 @@ export class LocalHost implements WorkerHost {
     const env: NodeJS.ProcessEnv = { ...process.env, ...workerEnv(settings), ELECTRON_RUN_AS_NODE: '1' };
     delete env.ANTHROPIC_API_KEY;            // the worker refuses to start with an API key in its environment
     delete env.ANTHROPIC_ENVIRONMENT_KEY;    // the key travels on stdin only
-    const child = spawn(this.opts.nodePath ?? process.execPath, args, { env, stdio: ['pipe', 'pipe', 'pipe'], shell: false });
+    rotateLog(this.logFile);
+    this.followLog(true);
+    const logFd = openSync(this.logFile, 'a', 0o600);
+    let child: ChildProcess;
+    try {
+      child = spawn(this.opts.nodePath ?? process.execPath, args, {
+        env, stdio: [settings.mode === 'environment' ? 'pipe' : 'ignore', logFd, logFd], detached: true, shell: false,
+      });
+    } finally { closeSync(logFd); }
+    child.unref();
     this.child = child;
-    const toLog = lineSplitter((l) => this.logs.fire(l));
-    child.stdout!.on('data', toLog);
-    child.stderr!.on('data', toLog);
-    child.stdin!.on('error', () => { /* exited before reading */ });
-    child.stdin!.end(settings.mode === 'environment' ? `${key}\n` : '');
+    if (child.stdin) {
+      child.stdin.on('error', () => { /* exited before reading */ });
+      child.stdin.end(`${key}\n`);
+    }
     const exited = new Promise<string>((resolve) => {
       child.once('error', (err) => resolve(`could not start the worker: ${err.message}`));
       child.once('exit', (code, signal) => resolve(signal ? `worker killed by ${signal}` : `worker exited with code ${code}`));
     });
-    void exited.then((detail) => { if (this.child === child) this.child = null; this.linkDown.fire(detail); });
+    void exited.then((detail) => {
+      this.follower?.poll();
+      if (this.child === child) this.child = null;
+      this.linkDown.fire(detail);
+    });
     const ready = await Promise.race([this.waitForEndpoint(child.pid ?? -1, 60_000), exited.then((d) => new Error(d))]);
-    if (ready instanceof Error) throw ready;
+    if (ready instanceof Error) {
+      const tail = tailLines(this.logFile, STARTUP_FAILURE_LINES);
+      throw new Error(tail ? `${ready.message}; ${WORKER_LOG} ends with:\n${tail}` : ready.message);
+    }
+  }
+
+  /** Feeds the Worker Log with what the worker appends to its log file from now on (`restart`: even if already following). */
+  private followLog(restart: boolean): void {
+    if (this.follower && !restart) return;
+    this.follower?.stop();
+    this.follower = new LogFollower(this.logFile, (l) => this.logs.fire(l));
+    this.follower.start();
   }
 
   private async waitForEndpoint(pid: number, timeoutMs: number): Promise<true | Error> {
@@ -112,12 +150,18 @@ export class LocalHost implements WorkerHost {
     });
   }
 
+  async logTail(): Promise<string> { return tailLines(this.logFile, 200); }
+
   dispose(): void {
     // The worker keeps running on its own (stop it with Stop Worker); we only stop listening.
-    this.child?.stdout?.removeAllListeners('data');
-    this.child?.stderr?.removeAllListeners('data');
+    this.follower?.stop();
+    this.follower = null;
     this.linkDown.dispose(); this.logs.dispose();
   }
+}
+
+function rotateLog(file: string): void {
+  try { if (statSync(file).size > LOG_ROTATE_BYTES) renameSync(file, `${file}.1`); } catch { /* no log yet */ }
 }
 
 export function workerArgs(bundle: string, home: string, s: WorkerSettings, withKey: boolean): string[] {

@@ -144,7 +144,7 @@ export class SshHost implements WorkerHost {
     throw new Error(`the worker on ${this.label} did not stop; log in and stop it (its PID is in control.json in the companion's state directory there: $PERIMETER_HOME, else ~/.local/state/perimeter)`);
   }
 
-  async remoteLog(): Promise<string> { return (await this.ssh('log', undefined, 30_000)).stdout; }
+  async logTail(): Promise<string> { return (await this.ssh('log', undefined, 30_000)).stdout; }
 
   async runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
     await this.ensureInstalled();

@@ -42,8 +42,8 @@ export interface WorkerHost {
   waitStopped(timeoutMs: number): Promise<void>;
   /** Last resort after a shutdown request went unanswered: kill what we can reach. */
   forceStop(): Promise<void>;
-  /** The tail of the worker's log file, for hosts whose worker does not write to our process (SSH hosts). */
-  remoteLog?(): Promise<string>;
+  /** The last 200 lines of the worker's log file (`<home>/worker.log` on that machine). */
+  logTail(): Promise<string>;
   /** Runs a companion CLI command (`doctor --json`, `template build`) on that machine. */
   runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult>;
   /** Releases processes this object spawned (tunnels); a detached worker keeps running. */

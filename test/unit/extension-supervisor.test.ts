@@ -48,6 +48,7 @@ class ScriptedHost implements WorkerHost {
   async waitStopped(): Promise<void> { for (let i = 0; i < 100 && this.server; i++) await new Promise((r) => setTimeout(r, 20)); }
   async forceStop(): Promise<void> { await this.crash(); }
   async runCli() { return { code: 0, stdout: '', stderr: '' }; }
+  async logTail() { return ''; }
   dispose(): void { void this.server?.close(); }
 }
 
