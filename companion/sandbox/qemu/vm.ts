@@ -5,7 +5,8 @@
 // - QEMU is hardened: empty environment, -nodefaults, seccomp `-sandbox on,...,spawn=deny`, no NIC, the root image
 //   opened `format=raw,readonly=on`, guest RAM from the template's mem.bin mapped MAP_PRIVATE (`share=off`).
 //   Snapshots move only device state, over a Unix socket the host serves (no `exec:` helper, which spawn=deny forbids).
-// - Every spawned QEMU is registered and SIGKILLed when this process exits, gets a parent-death signal (setpriv
+// - Every spawned QEMU is registered and SIGKILLed when this process exits (not when a signal arrives that a command
+//   handles: the worker's SIGTERM drain lets in-flight calls finish in their VMs), gets a parent-death signal (setpriv
 //   --pdeathsig) so even a SIGKILLed companion takes its VMs down, and `sweepOrphans` removes whatever is left.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -41,14 +42,23 @@ export interface VmOptions {
 
 const SETPRIV = '/usr/bin/setpriv';
 const live = new Set<ChildProcess>();
+const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 let exitHooked = false;
 function hookExit(): void {
   if (exitHooked) return;
   exitHooked = true;
   const killAll = () => { for (const p of live) { try { p.kill('SIGKILL'); } catch { /* already gone */ } } };
   process.on('exit', killAll);
+  // A signal nobody else handles would end the process: kill the VMs and exit as the signal would. A signal another
+  // listener owns (the worker drains on SIGTERM/SIGINT) leaves the VMs alone, so in-flight calls finish in live VMs;
+  // what still runs when the process exits goes with the 'exit' hook above.
   for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-    process.on(sig, () => { killAll(); if (process.listenerCount(sig) === 1) process.exit(128 + (sig === 'SIGINT' ? 2 : sig === 'SIGTERM' ? 15 : 1)); });
+    const onSignal = () => {
+      if (process.listeners(sig).some((l) => l !== onSignal)) return;
+      killAll();
+      process.exit(128 + SIGNAL_NUMBERS[sig]);
+    };
+    process.on(sig, onSignal);
   }
 }
 /** QEMU processes of this companion that are still running. */
