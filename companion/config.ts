@@ -17,7 +17,10 @@ export const ConfigSchema = z.object({
   concurrency: z.number().int().min(1).max(64).default(4),
   logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
   sandbox: z.object({
+    /** `auto` picks a VM driver that can run (never `process`); `process` (no isolation) runs only when named. */
     driver: z.enum(['auto', 'qemu', 'firecracker', 'process']).default('auto'),
+    /** Lets the `process` driver serve a control plane that is not on this machine (a real environment). */
+    allowNoIsolation: z.boolean().default(false),
     mode: SandboxMode.default('per-call'),
     poolSize: z.number().int().min(0).max(64).default(2),
     /** Keep one QEMU process started ahead of the next restore (skips QEMU's own start-up, ≈ 25 ms). */

@@ -102,7 +102,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(true); }),
     ...registerWorkerCommands({ context, registry, output }),
     ...registerPersistCommands(registry, model),
-    ...registerToolCommands(registry, model, output),
+    ...registerToolCommands(registry, model, output, log),
   );
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:

@@ -1,8 +1,11 @@
 // `perimeter demo` (what `npm run demo` runs after building): starts the embedded dev queue with the bundled scenario
-// (or --scenario FILE), runs the worker in-process against it with the best sandbox this host supports, and prints
-// one row per call: tool, whether it was answered as the scenario expects, the sandbox time and the end-to-end time.
-// `--json` prints {scenario, driver, mode, ok, calls:[{label, tool, ok, ms, callMs, isError, reason}]}. Exit code 0
-// only when every call passed.
+// (or --scenario FILE), runs the worker in-process against it, and prints one row per call: tool, whether it was
+// answered as the scenario expects, the sandbox time and the end-to-end time. Sandbox: microVMs whenever a VM driver
+// can run; with `auto` on a host where none can (a fresh machine), and only because the control plane is its own
+// embedded queue, the demo uses the process driver (no isolation) and says so in one line with how to get VMs.
+// `--json` prints {scenario, driver, mode, ok, noVm?, calls:[{label, tool, ok, ms, callMs, isError, reason}]}. Exit
+// code 0 only when every call passed.
+import path from 'node:path';
 import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';
@@ -27,13 +30,17 @@ export const demoCommand: Command = {
     if (!values.verbose && !values['log-level']) setStderrLogging(false);
     const dq = new DevQueue({ unansweredWaitMs: 1500 });
     const baseUrl = await dq.start();
-    const runtime = await assembleRuntime({ config, environmentId: dq.environmentId, environmentKey: dq.environmentKey, baseUrl, control: false, maxIdleMs: 1000 });
+    const runtime = await assembleRuntime({ config, environmentId: dq.environmentId, environmentKey: dq.environmentKey, baseUrl, control: false, maxIdleMs: 1000, whenNoVm: 'process' });
     const driver = runtime.selection.driver.kind;
+    const noVm = runtime.selection.noVm;
     const out = (l: string) => process.stdout.write(`${l}\n`);
+    const isolationLine = noVm
+      ? `no VM isolation available (${noVm.reason}): these calls run as host processes (process driver, no isolation). For microVMs: ${withThisCli(noVm.fix)}; then the demo uses them automatically`
+      : driver === 'process' ? 'sandbox driver "process" as asked: NO ISOLATION, these calls run as host processes' : null;
     if (!values.json) {
       out(`perimeter demo: scenario "${scenario.name}" (${scenario.steps.length} calls), sandbox driver ${driver} (${runtime.selection.probe.accel}), mode ${config.sandbox.mode}`);
-      if (driver === 'process') out('warning: no VM sandbox can run here; using the process driver (NO ISOLATION, development only)');
-    }
+      if (isolationLine) out(isolationLine);
+    } else if (isolationLine) process.stderr.write(`${isolationLine}\n`);
     const running = runtime.run();
     const sessionId = dq.createSession(scenario);
     let timedOut = false;
@@ -50,7 +57,7 @@ export const demoCommand: Command = {
     });
     const ok = !timedOut && rows.every((r) => r.ok);
     if (values.json) {
-      out(JSON.stringify({ scenario: scenario.name, driver, accel: runtime.selection.probe.accel, mode: config.sandbox.mode, ok, calls: rows }, null, 2));
+      out(JSON.stringify({ scenario: scenario.name, driver, accel: runtime.selection.probe.accel, mode: config.sandbox.mode, ok, ...(noVm ? { noVm } : {}), calls: rows }, null, 2));
     } else {
       out(table(rows));
       out(`${rows.filter((r) => r.ok).length}/${rows.length} calls answered as expected${timedOut ? ' (the scenario did not finish in time)' : ''}`);
@@ -58,6 +65,15 @@ export const demoCommand: Command = {
     return ok ? 0 : 1;
   },
 };
+
+/** A fix as the user can type it here: `perimeter …` becomes the command that runs this CLI (e.g. node dist/perimeter.js). */
+function withThisCli(fix: string): string {
+  const script = process.argv[1];
+  if (!script) return fix;
+  const rel = path.relative(process.cwd(), script);
+  const cli = `node ${rel && !rel.startsWith('..') ? rel : script}`;
+  return fix.replace(/\bperimeter (?=template|doctor)/g, `${cli} `);
+}
 
 function table(rows: DemoRow[]): string {
   const head = ['#', 'call', 'tool', 'result', 'sandbox ms', 'total ms', 'note'];

@@ -37,6 +37,7 @@ export function configFromFlags(values: Record<string, unknown>, extra: Record<s
   const sandbox: Record<string, unknown> = {};
   if (values.driver !== undefined) sandbox.driver = values.driver;
   if (values.mode !== undefined) sandbox.mode = values.mode;
+  if (values['allow-no-isolation'] === true) sandbox.allowNoIsolation = true;
   const config = loadConfig({
     home: values.home as string | undefined,
     logLevel: values['log-level'] as string | undefined,

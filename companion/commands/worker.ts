@@ -2,7 +2,10 @@
 // finish or are answered with an error, items are released; a second signal exits at once). With `--local` it
 // starts the embedded dev queue in-process, plays a scenario (default: the bundled demo) and serves it: no account
 // needed. Also starts the control API server (127.0.0.1, token in <home>/control.json) unless --no-control.
-import { loadEnvironmentKey, refuseApiKey } from '../queue/credentials';
+// It refuses to start when no microVM sandbox can run (sandbox/select.ts says why and how to fix it); the `process`
+// driver (no isolation) runs only when named, and serves a remote control plane only with --allow-no-isolation.
+import { loadEnvironmentKey, refuseApiKey, SECRET_ENV_NAMES } from '../queue/credentials';
+import { scrubEnviron } from '../queue/environ';
 import { assembleRuntime } from '../queue/assemble';
 import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
@@ -16,9 +19,12 @@ const log = logger('cli');
 const USAGE = `usage: perimeter worker [--environment-id ID] [--key-file FILE | --key-stdin] [--base-url URL]
                         [--home DIR] [--concurrency N] [--driver auto|qemu|firecracker|process]
                         [--mode per-call|per-session] [--max-idle-ms MS] [--drain-timeout-ms MS] [--no-control]
+                        [--allow-no-isolation]
        perimeter worker --local [--scenario FILE] [...]
 The environment key comes from --key-file (mode 0600), --key-stdin or ANTHROPIC_ENVIRONMENT_KEY.
-ANTHROPIC_API_KEY must not be set.`;
+ANTHROPIC_API_KEY must not be set.
+--driver auto (the default) uses a microVM driver or refuses to start. --driver process has NO isolation and serves
+only the embedded dev queue or one on loopback, unless --allow-no-isolation is also given.`;
 
 export const workerCommand: Command = {
   name: 'worker',
@@ -34,6 +40,7 @@ export const workerCommand: Command = {
       'drain-timeout-ms': { type: 'string' },
       'worker-id': { type: 'string' },
       'no-control': { type: 'boolean' },
+      'allow-no-isolation': { type: 'boolean' },
       local: { type: 'boolean' },
       scenario: { type: 'string' },
     });
@@ -64,6 +71,7 @@ export const workerCommand: Command = {
       environmentId = requireValue(config.environmentId, 'no environment id: pass --environment-id or set ANTHROPIC_ENVIRONMENT_ID');
       environmentKey = await loadEnvironmentKey({ keyFile: values['key-file'], keyStdin: values['key-stdin'] });
     }
+    scrubEnviron(SECRET_ENV_NAMES);
     const maxIdleMs = intFlag('max-idle-ms', values['max-idle-ms']);
     const drainTimeoutMs = intFlag('drain-timeout-ms', values['drain-timeout-ms']);
     const runtime = await assembleRuntime({ config, environmentId, environmentKey, baseUrl, maxIdleMs, drainTimeoutMs });

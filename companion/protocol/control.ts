@@ -26,6 +26,8 @@ export const HostFacts = z.object({
   version: z.string(),
   pid: z.number().int(),
   startedAt: z.number(),
+  /** Why tool calls wait for the sandbox right now (e.g. the template snapshot being remade after a QEMU upgrade). */
+  sandboxNote: z.string().optional(),
 });
 export type HostFacts = z.infer<typeof HostFacts>;
 

@@ -1,6 +1,7 @@
-// Wires one companion runtime from a Config: journal, sandbox driver (selectDriver), persistence, egress gateways,
-// the Worker and (optionally) the control API server. Used by `perimeter worker`, `perimeter demo` and the tests,
-// so they all run the same composition. Invariant: an egress gateway lives exactly as long as its session is served
+// Wires one companion runtime from a Config: sandbox driver (selectDriver, first: a host that cannot isolate tool
+// calls stops here), journal, persistence, egress gateways, the Worker and (optionally) the control API server. Used
+// by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
+// preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it. Invariant: an egress gateway lives exactly as long as its session is served
 // here (created by the first sandbox that needs it, closed when the session's last work item ends, and on close()).
 import type { Config } from '../config';
 import { statePaths } from '../config';
@@ -31,6 +32,8 @@ export interface RuntimeOptions {
   persistence?: boolean;
   /** Makes a session's gateway (default: createEgressGateway; tests wrap it to observe the gateways' lifetime). */
   createEgressGateway?: (opts: EgressGatewayOptions) => EgressGateway;
+  /** When no VM driver can run under `auto`: refuse (default), or use the process driver (the demo's own queue). */
+  whenNoVm?: 'refuse' | 'process';
 }
 
 /** One egress gateway per session served: made on first use, closed on the session's end or at shutdown. */
@@ -76,8 +79,8 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const { config } = o;
   if (config.egress.mode === 'allow') validateEgressPolicy(config.egress);   // a bad allow-list stops start-up
   const hub = o.hub ?? new EventHub();
+  const selection = await selectDriver(config, hub, { baseUrl: o.baseUrl, whenNoVm: o.whenNoVm });
   const journal = Journal.open(statePaths(config.home).journal);
-  const selection = await selectDriver(config, hub);
   const memoryMounts = new MemoryMountRegistry();
   const persistence = o.persistence === false ? undefined : new Persistence({ home: config.home, persist: config.persist, hub, memoryMounts: memoryMounts.resolve });
   const egress = config.egress.mode === 'allow'
@@ -94,6 +97,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
     control = await startControlServer({ home: config.home, hub, journal, persistence, worker });
     log.info(`control API on 127.0.0.1:${control.endpoint.port} (details in ${statePaths(config.home).controlFile})`);
   }
+  selection.driver.prepare?.().catch((err: Error) => log.error(`the sandbox is not ready: ${err.message}`));
   let closed = false;
   const close = async () => {
     if (closed) return;

@@ -2,10 +2,14 @@
 // or others), `--key-stdin`, or ANTHROPIC_ENVIRONMENT_KEY. Invariants:
 // - The worker refuses to start while ANTHROPIC_API_KEY is set: an organisation key must never be on a worker host.
 // - The key is registered with the logger's redaction and removed from process.env, so no child process (sandbox,
-//   VMM, rg) inherits it. It is never logged, never put on a command line, never sent into a sandbox.
+//   VMM, rg) inherits it; the worker also erases it from /proc/<pid>/environ (queue/environ.ts). It is never logged,
+//   never put on a command line, never sent into a sandbox.
 import { promises as fs } from 'node:fs';
 import { fatal } from '../errors';
 import { registerSecret } from '../log';
+
+/** Variables that may carry a credential; the worker removes them from its environment (see queue/environ.ts). */
+export const SECRET_ENV_NAMES = ['ANTHROPIC_ENVIRONMENT_KEY', 'ANTHROPIC_WORK_SECRET', 'ANTHROPIC_AUTH_TOKEN'] as const;
 
 export interface KeySource {
   keyFile?: string;
@@ -61,6 +65,6 @@ export async function loadEnvironmentKey(src: KeySource = {}): Promise<string> {
     throw fatal('key_missing', 'no environment key: set ANTHROPIC_ENVIRONMENT_KEY, or pass --key-file FILE (mode 0600) or --key-stdin');
   }
   registerSecret(key);
-  for (const name of ['ANTHROPIC_ENVIRONMENT_KEY', 'ANTHROPIC_WORK_SECRET', 'ANTHROPIC_AUTH_TOKEN']) delete env[name];
+  for (const name of SECRET_ENV_NAMES) delete env[name];
   return key;
 }

@@ -129,6 +129,7 @@ export class Worker implements WorkerControl {
       vmsRunning: info.running, vmsPooled: info.pooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
       concurrency: this.opts.config.concurrency, version: VERSION, pid: process.pid, startedAt: this.startedAt,
     };
+      ...(info.note ? { sandboxNote: info.note } : {}),
   }
 
   drain(): Promise<void> {

@@ -15,7 +15,7 @@ export async function applyDoctorContext(json: unknown): Promise<void> {
   await vscode.commands.executeCommand('setContext', 'perimeter.templateMissing', facts.template === false);
 }
 
-export function registerToolCommands(registry: HostRegistry, model: PerimeterModel, output: vscode.OutputChannel): vscode.Disposable[] {
+export function registerToolCommands(registry: HostRegistry, model: PerimeterModel, output: vscode.OutputChannel, log: (hostLabel: string, line: string) => void): vscode.Disposable[] {
   const hostOf = (node?: PerimeterNode | string) => registry.get(typeof node === 'string' ? node : node && 'hostId' in node ? node.hostId : registry.selectedHostId());
   return [
     vscode.commands.registerCommand('perimeter.buildTemplate', async (node?: PerimeterNode | string) => {
@@ -24,7 +24,7 @@ export function registerToolCommands(registry: HostRegistry, model: PerimeterMod
       if (!sup) return false;
       const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Perimeter: building the VM template on ${sup.host.label}`, cancellable: false },
         (progress) => sup.host.runCli('templateBuild', (text) => {
-          for (const line of text.split('\n').filter((l) => l.trim())) { output.appendLine(`[${sup.host.label}] ${line}`); progress.report({ message: line.slice(0, 120) }); }
+          for (const line of text.split('\n').filter((l) => l.trim())) { log(sup.host.label, line); progress.report({ message: line.slice(0, 120) }); }
         }));
       if (r.code === 0) {
         void vscode.window.showInformationMessage(`Perimeter: template built on ${sup.host.label}.`);

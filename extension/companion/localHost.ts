@@ -14,7 +14,7 @@ import { Emitter } from './emitter';
 import { LogFollower, tailLines } from './logFollower';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  parseEndpointFile, pidAlive, delay, runProgram,
+  parseEndpointFile, pidAlive, delay, runProgram, workerStartFailure,
 } from './workerHost';
 
 /** The worker's log in its state directory; moved to `worker.log.1` at the next start once it exceeds LOG_ROTATE_BYTES. */
@@ -94,6 +94,8 @@ export class LocalHost implements WorkerHost {
     const ready = await Promise.race([this.waitForEndpoint(child.pid ?? -1, 60_000), exited.then((d) => new Error(d))]);
     if (ready instanceof Error) {
       const tail = tailLines(this.logFile, STARTUP_FAILURE_LINES);
+      const reason = workerStartFailure(tail);
+      if (reason) throw new Error(`the worker refused to start: ${reason}`);
       throw new Error(tail ? `${ready.message}; ${WORKER_LOG} ends with:\n${tail}` : ready.message);
     }
   }

@@ -67,12 +67,15 @@ const SCRIPTS = {
   /** Writes the worker configuration (JSON on stdin) to $H/config.json with mode 0600. */
   configure: 'set -e; umask 077; mkdir -p "$H"; cat > "$H/config.json.new"; mv "$H/config.json.new" "$H/config.json"',
   /** Starts a detached worker for a real environment; the first stdin line is the environment key. The key stays in
-   *  the shell's memory and reaches the worker through a pipe (printf is a shell builtin: no argv exposure). */
+   *  the shell's memory and reaches the worker through a pipe (printf is a shell builtin: no argv exposure), never
+   *  its environment. Prints the worker's PID. */
   startEnvironment: 'umask 077; mkdir -p "$H"; IFS= read -r KEY; cd "$H"; ' +
-    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$H" --key-stdin >> "$H/worker.log" 2>&1 & KEY=; echo started',
-  /** Starts a detached worker against the embedded dev queue and bundled scenario (no account). */
+    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$H" --key-stdin >> "$H/worker.log" 2>&1 & KEY=; echo "started $!"',
+  /** Starts a detached worker against the embedded dev queue and bundled scenario (no account). Prints its PID. */
   startLocalQueue: 'umask 077; mkdir -p "$H"; cd "$H"; ' +
-    'nohup node "$D/bin/perimeter.js" worker --home "$H" --local < /dev/null >> "$H/worker.log" 2>&1 & echo started',
+    'nohup node "$D/bin/perimeter.js" worker --home "$H" --local < /dev/null >> "$H/worker.log" 2>&1 & echo "started $!"',
+  /** Exit 0 while the process whose PID is the first stdin line runs, 3 once it is gone; the PID must be all digits. */
+  alive: 'IFS= read -r P; case "$P" in ""|*[!0-9]*) exit 2;; esac; kill -0 "$P" 2>/dev/null || exit 3',
   /** Prints control.json when its worker process is alive; exit 3 = no worker. */
   endpoint: 'F="$H/control.json"; [ -f "$F" ] || exit 3; ' +
     'P=$(sed -n \'s/.*"pid":\\([0-9][0-9]*\\).*/\\1/p\' "$F"); [ -n "$P" ] && kill -0 "$P" 2>/dev/null || exit 3; cat "$F"',

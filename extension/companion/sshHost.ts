@@ -13,7 +13,7 @@ import { scriptArgs, tunnelArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  parseEndpointFile, delay, freePort, runProgram, lineSplitter,
+  parseEndpointFile, delay, freePort, runProgram, lineSplitter, workerStartFailure,
 } from './workerHost';
 
 export interface SshHostOptions {
@@ -113,12 +113,17 @@ export class SshHost implements WorkerHost {
       ? await this.ssh('startEnvironment', `${key}\n`, 30_000)
       : await this.ssh('startLocalQueue', undefined, 30_000);
     if (started.code !== 0) throw this.fail('starting the worker', started);
-    for (const deadline = Date.now() + 60_000; Date.now() < deadline; await delay(500)) {
+    const pid = /^started (\d+)$/m.exec(started.stdout)?.[1];
+    let exited = false;
+    for (const deadline = Date.now() + 60_000; Date.now() < deadline && !exited; await delay(500)) {
       const r = await this.ssh('endpoint', undefined, 30_000);
       if (r.code === 0 && parseEndpointFile(r.stdout.trim())) return;
+      exited = pid !== undefined && (await this.ssh('alive', `${pid}\n`, 30_000)).code === 3;
     }
-    const log = await this.ssh('log', undefined, 30_000);
-    throw new Error(`the worker on ${this.label} did not open its control API; its log ends with:\n${log.stdout.split('\n').slice(-10).join('\n')}`);
+    const tail = (await this.ssh('log', undefined, 30_000)).stdout.split('\n').filter(Boolean).slice(-10).join('\n');
+    const reason = exited ? workerStartFailure(tail) : null;
+    if (reason) throw new Error(`the worker on ${this.label} refused to start: ${reason}`);
+    throw new Error(`the worker on ${this.label} ${exited ? 'exited during start-up' : 'did not open its control API'}; its log ends with:\n${tail}`);
   }
 
   /** The remote worker's PID as last read from its control.json (sent on stdin to `waitExit`, never in argv). */

@@ -61,6 +61,15 @@ export function pidAlive(pid: number): boolean {
   try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
 }
 
+/**
+ * The reason a worker gave for not starting: the CLI's one fatal line (`perimeter worker: <reason>`, e.g. no microVM
+ * sandbox can run here, with the fix) in the last lines of its log; null when it did not print one.
+ */
+export function workerStartFailure(logTail: string): string | null {
+  const lines = logTail.split('\n').map((l) => /^perimeter worker: (.+)$/.exec(l.trim())?.[1]).filter((r): r is string => !!r);
+  return lines.at(-1) ?? null;
+}
+
 export function delay(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }
 
 /** A free TCP port on 127.0.0.1 (ssh -L cannot allocate one itself). */

@@ -86,6 +86,7 @@ export function describeHostDetails(h: HostEntry, counts: { activeSessions: numb
     row('queue', 'Queue', `${counts.activeSessions} active session${counts.activeSessions === 1 ? '' : 's'}, ${counts.runningCalls} running call${counts.runningCalls === 1 ? '' : 's'}, ${f.vmsRunning} VM${f.vmsRunning === 1 ? '' : 's'} running`, 'list-ordered'),
     row('host', 'Host', `${f.hostname} · pid ${f.pid} · v${f.version}`, 'server'),
   );
+  if (f.sandboxNote) rows.splice(3, 0, row('sandbox', 'Sandbox', f.sandboxNote, 'sync~spin'));
   return rows;
 }
 

@@ -146,6 +146,10 @@ describe('tree item descriptors', () => {
     assert.equal(byKey.driver, 'process');
     assert.equal(byKey.concurrency, '2');
     assert.match(byKey.queue!, /1 active session, 2 running calls/);
+    assert.equal(byKey.sandbox, undefined, 'no sandbox row while the sandbox is ready');
+    m.applyEvent('local', { type: 'host.facts', facts: { ...hello().facts, sandboxNote: 'remaking the template snapshot for QEMU 9: boot: starting the template VM' } });
+    const remaking = describeHostDetails(h, { activeSessions: 0, runningCalls: 0 }, 70_000);
+    assert.deepEqual(remaking.slice(2, 4).map((r) => [r.label, r.description]), [['Sandbox driver', 'process'], ['Sandbox', 'remaking the template snapshot for QEMU 9: boot: starting the template VM']]);
     m.setConnection('local', 'reconnecting', 'SSH tunnel closed');
     assert.match(describeHost(h).description!, /reconnecting · SSH tunnel closed/);
   });

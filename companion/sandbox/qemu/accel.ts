@@ -13,9 +13,15 @@ import { logger } from '../../log';
 const log = logger('qemu:accel');
 export const KVM_PROBE_TIMEOUT_MS = 10_000;
 
+export const QEMU_VERSION_TIMEOUT_MS = 10_000;
+
+/** The first line of `<binary> --version`; throws with a readable reason when it cannot run or does not answer. */
 export function qemuVersion(binary: string): string {
-  try { return execFileSync(binary, ['--version'], { env: {}, encoding: 'utf8', timeout: 10_000 }).split('\n')[0]!.trim(); } catch (err) {
-    throw new Error(`cannot run ${binary}: ${(err as Error).message}`);
+  try { return execFileSync(binary, ['--version'], { env: {}, encoding: 'utf8', timeout: QEMU_VERSION_TIMEOUT_MS, stdio: ['ignore', 'pipe', 'pipe'] }).split('\n')[0]!.trim(); } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    if (e.code === 'ETIMEDOUT') throw new Error(`\`${binary} --version\` did not answer within ${QEMU_VERSION_TIMEOUT_MS / 1000} s`);
+    if (e.code === 'ENOENT') throw new Error(`${binary} is not installed`);
+    throw new Error(`cannot run ${binary}: ${e.message}`);
   }
 }
 

@@ -9,9 +9,13 @@
 //   the host kills the VM if the agent misses its deadline), output cap (agent and host).
 // - Orphans never outlive the companion: startup sweep of <home>/vms, pidfile per VM, children killed on exit.
 // - No NIC ever. Egress only through the agent tunnel, when the caller attaches one.
+// - A snapshot restores only under the QEMU that wrote it: when `qemu-system-x86_64 --version` differs from the
+//   template's, the snapshot is remade from the template's kernel and root filesystem before the first restore
+//   (prepare(); progress in the log, as `log` events on the hub and in DriverInfo.note), never used as is.
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync } from 'node:fs';
 import type { Config } from '../../config';
+import type { EventHub } from '../../events';
 import { statePaths } from '../../config';
 import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
@@ -21,6 +25,7 @@ import type {
 import { SHELL_BASE_ENV, shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
+import { remakeSnapshot } from '../template/build';
 import { QemuVm } from './vm';
 import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
@@ -33,6 +38,9 @@ const log = logger('sandbox:qemu');
 /** A pooled VM is replaced this long after one was taken (if another is still ready), so the restore does not
  *  compete with the call for the CPU. */
 const POOL_REFILL_DELAY_MS = Number(process.env.PERIMETER_POOL_REFILL_DELAY_MS ?? 400);
+
+/** How to get a template on a fresh Debian 12 machine (the packages the build needs, then the build itself). */
+export const TEMPLATE_BUILD_FIX = 'sudo apt-get install qemu-system-x86 qemu-utils debootstrap e2fsprogs build-essential bc bison flex libelf-dev libssl-dev xz-utils linux-source-6.1, then as root: perimeter template build (once, ~10 min)';
 
 export const TCG_WARNING = 'QEMU is running guests under TCG (software CPU emulation): this is for testing; use a host where KVM works for real workloads';
 
@@ -72,10 +80,13 @@ export class QemuDriver implements SandboxDriver {
   private qemuUser: QemuUser | null = null;
   private emulatorAhead: Promise<QemuVm> | null = null;
   private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
+  private templateReady: Promise<Template> | null = null;
+  /** What keeps the driver from restoring right now (a snapshot being remade), for the panel. */
+  private note: string | undefined;
     await s.exec({ argv: shellArgv(':'), env: { ...SHELL_BASE_ENV }, timeoutMs: 30_000, maxOutputBytes: 4096 });
   };
 
-  constructor(private readonly config: Config) {
+  constructor(private readonly config: Config, private readonly hub?: EventHub) {
     this.vmsDir = statePaths(config.home).vms;
   }
 
@@ -83,14 +94,13 @@ export class QemuDriver implements SandboxDriver {
     const fixes: string[] = [];
     let version: string;
     try { version = qemuVersion(this.config.sandbox.qemuBinary); } catch (err) {
-      return { ok: false, accel: 'none', detail: (err as Error).message, fixes: ['apt-get install qemu-system-x86 (QEMU 7.2 or newer)'] };
+      return { ok: false, accel: 'none', detail: (err as Error).message, fixes: [TEMPLATE_BUILD_FIX] };
     }
     let t: Template | null;
     try { t = findTemplate(this.config.home, this.config.sandbox.template); } catch (err) {
       return { ok: false, accel: 'none', detail: (err as Error).message, fixes: ['perimeter template build --force'] };
     }
-    if (!t) return { ok: false, accel: 'none', detail: `${version}; no template built yet`, fixes: ['perimeter template build'] };
-    if (t.manifest.qemuVersion !== version) fixes.push('QEMU was upgraded since the template was built: perimeter template build');
+    if (!t) return { ok: false, accel: 'none', detail: `no template built yet (${version})`, fixes: [TEMPLATE_BUILD_FIX] };
     if (t.manifest.memoryMiB !== this.config.sandbox.memoryMiB || t.manifest.vcpus !== this.config.sandbox.vcpus) {
       fixes.push(`the template has ${t.manifest.memoryMiB} MiB / ${t.manifest.vcpus} vCPU but the configuration asks for ${this.config.sandbox.memoryMiB} MiB / ${this.config.sandbox.vcpus} vCPU: perimeter template build`);
     }
@@ -98,16 +108,58 @@ export class QemuDriver implements SandboxDriver {
     const detail = [
       `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
       t.manifest.accel === 'tcg' ? TCG_WARNING : '',
+      t.manifest.qemuVersion !== version ? `the template's snapshot was made with ${t.manifest.qemuVersion}: it is remade from the template's kernel and root filesystem when the driver starts` : '',
       user.reason,
     ].filter(Boolean).join('; ');
-    return { ok: t.manifest.qemuVersion === version, accel: t.manifest.accel, detail, fixes };
+    return { ok: true, accel: t.manifest.accel, detail, fixes };
+  }
+
+  /**
+   * The template to restore from, its snapshot remade first when the installed QEMU is not the one that wrote it.
+   * Runs once; acquire() waits for it, and the worker starts it early so the first call does not pay for it.
+   */
+  prepare(): Promise<void> { return this.readyTemplate().then(() => undefined); }
+
+  private readyTemplate(): Promise<Template> {
+    this.templateReady ??= (async () => {
+      const t = findTemplate(this.config.home, this.config.sandbox.template);
+      if (!t) throw fatal('template_missing', 'no sandbox template: run `perimeter template build`');
+      const version = qemuVersion(this.config.sandbox.qemuBinary);
+      if (t.manifest.qemuVersion === version) return t;
+      return this.remake(t, version);
+    })();
+    return this.templateReady;
+  }
+
+  private async remake(t: Template, version: string): Promise<Template> {
+    const started = Date.now();
+    const progress = (line: string) => {
+      this.note = `remaking the template snapshot for ${version}: ${line}`;
+      log.info(this.note);
+      this.hub?.publish({ type: 'log', level: 'info', component: 'sandbox:template', message: this.note, ts: Date.now() });
+    };
+    log.warn(`QEMU changed since template ${t.manifest.hash} was made (${t.manifest.qemuVersion} → ${version}): remaking its snapshot`);
+    try {
+      const remade = await remakeSnapshot(t, {
+        home: this.config.home, qemuBinary: this.config.sandbox.qemuBinary, accel: this.config.sandbox.accel, progress,
+        warmup: this.warmup, limits: this.limits(t), setCurrent: !this.config.sandbox.template,
+      });
+      log.info(`template snapshot remade for ${version} in ${Math.round((Date.now() - started) / 1000)} s: ${remade.dir}`);
+      this.note = undefined;
+      return remade;
+    } catch (err) {
+      this.note = `remaking the template snapshot failed: ${(err as Error).message.split('\n')[0]}; run \`perimeter template build\` and restart`;
+      log.error(this.note);
+      this.hub?.publish({ type: 'log', level: 'error', component: 'sandbox:template', message: this.note, ts: Date.now() });
+      throw fatal('template_remake_failed', this.note, err);
+    }
   }
 
   /** Loads the template, sweeps orphans and starts the warm pool (idempotent; acquire() calls it). */
   async start(): Promise<void> {
     if (this.template) return;
-    const t = findTemplate(this.config.home, this.config.sandbox.template);
-    if (!t) throw fatal('template_missing', 'no sandbox template: run `perimeter template build`');
+    const t = await this.readyTemplate();
+    if (this.template || this.closed) return;
     mkdirSync(this.vmsDir, { recursive: true, mode: 0o711 });
     const killed = sweepOrphans(this.vmsDir);
     if (killed) log.warn(`killed ${killed} orphaned QEMU process(es) left by an earlier companion`);
@@ -214,7 +266,7 @@ export class QemuDriver implements SandboxDriver {
   async warm(timeoutMs = 60_000): Promise<void> { await this.start(); await this.pool!.waitFull(timeoutMs); }
 
   info(): DriverInfo {
-    return { kind: 'qemu', accel: this.template?.manifest.accel ?? 'none', running: this.active.size, pooled: this.pool?.readyCount ?? 0 };
+    return { kind: 'qemu', accel: this.template?.manifest.accel ?? 'none', running: this.active.size, pooled: this.pool?.readyCount ?? 0, ...(this.note ? { note: this.note } : {}) };
   }
 
   async close(): Promise<void> {

@@ -317,6 +317,134 @@ export function guestAppend(base: string, accel: 'kvm' | 'tcg'): string {
   return accel === 'tcg' ? `${base} norandmaps` : base;
 }
 
+interface SnapshotRun {
+  home: string;
+  qemuBinary: string;
+  /** Paths inside `work`; mem.bin and state.bin are written there. */
+  image: VmImage;
+  accel: 'kvm' | 'tcg';
+  work: string;
+  progress: (line: string) => void;
+  /** The root filesystem is the debootstrap one (checked for every tool the sandbox promises), not a user's tree. */
+  fullRootfs: boolean;
+  warmup?: (guest: GuestOps) => Promise<void>;
+  limits?: GuestLimits;
+}
+
+/** Boots the template VM from `image`, warms it up, starts its ready shell (when it has bash) and snapshots it. */
+async function bootAndSnapshot(o: SnapshotRun): Promise<{ bootMs: number; snapshotMs: number }> {
+  const p = o.progress;
+  p('boot: starting the template VM and waiting for the agent');
+  const bootStart = Date.now();
+  let fatalErr: Error | null = null;
+  const vm = await QemuVm.spawn(o.image, { binary: o.qemuBinary, accel: o.accel, vmsDir: path.join(o.home, 'vms'), memFile: path.join(o.work, 'mem.bin'), role: 'template' }, (e) => { fatalErr = e; });
+  let bootMs = 0;
+  let snapshotMs = 0;
+  try {
+    const hello = await vm.agent.waitHello(HELLO_TIMEOUT_MS).catch((e: Error) => { throw new Error(`${e.message}\n${vm.diagnostics}`); });
+    bootMs = Date.now() - bootStart;
+    p(`boot: agent ready after ${bootMs} ms: ${hello}`);
+    if (!/cgroup=1/.test(hello) || /; /.test(hello)) throw new Error(`the guest booted with problems: ${hello}`);
+    if (o.limits) await vm.agent.init(randomBytes(64), o.limits);
+    const check = o.fullRootfs ? 'bash --version | sed -n 1p && rg --version | sed -n 1p && git --version && python3 -V && curl --version | sed -n 1p && tar --version | sed -n 1p' : 'command -v sh';
+    const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: SHELL_BASE_ENV.PATH! }, timeoutMs: 60_000, maxOutputBytes: 65536 });
+    if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
+    for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);
+    await vm.agent.exec({ argv: ['/bin/sh', '-c', 'for f in "$@" /usr/lib/locale/C.utf8/LC_*; do [ -f "$f" ] && cat -- "$f"; done >/dev/null', 'sh', ...PAGE_CACHE_FILES], cwd: '/', timeoutMs: 60_000, maxOutputBytes: 4096 });
+    if (o.warmup) { await o.warmup(vm.agent); p('warm-up: a bash tool call ran (what it reads is in the snapshot\'s page cache)'); }
+    if (await vm.agent.stat('/bin/bash')) {
+      await vm.agent.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
+      await vm.agent.waitReadyShell(60_000);
+      p('ready shell: started (every clone starts with a bash waiting for its first command)');
+    }
+    const s0 = Date.now();
+    await vm.snapshot(path.join(o.work, 'state.bin'));
+    snapshotMs = Date.now() - s0;
+    p(`snapshot: device state written in ${snapshotMs} ms`);
+  } finally {
+    await vm.kill();
+  }
+  if (fatalErr) throw fatalErr;
+  return { bootMs, snapshotMs };
+}
+
+/**
+ * Hashes and seals the files in `work` (read-only; mem.bin owned by `nobody` for a root companion), writes the
+ * manifest last and renames `work` to <templates>/<hash>. A template another process sealed under the same hash
+ * first is kept (same inputs, same template). `setCurrent` makes it the one `findTemplate` returns.
+ */
+async function sealTemplate(work: string, m: Omit<TemplateManifest, 'files'>, o: { setCurrent: boolean; progress: (line: string) => void }): Promise<Template> {
+  const tdir = path.dirname(work);
+  const final = path.join(tdir, m.hash);
+  const files: TemplateManifest['files'] = {};
+  for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4', 'mem.bin', 'state.bin']) {
+    const full = path.join(work, f);
+    files[f] = { bytes: statSync(full).size, sha256: await sha256File(full) };
+    chmodSync(full, 0o444);
+  }
+  // Root companions run clones as `nobody` when the files are reachable (qemu/user.ts); QEMU 7.2 opens the RAM
+  // file read-write even for a private mapping, so that uid must own it. Nothing else of the template is writable.
+  const nobody = process.getuid?.() === 0 ? lookupUser('nobody') : null;
+  if (nobody) { chownSync(path.join(work, 'mem.bin'), nobody.uid, nobody.gid); chmodSync(path.join(work, 'mem.bin'), 0o644); }
+  const manifest: TemplateManifest = { ...m, files };
+  writeFileSync(path.join(work, 'template.json'), JSON.stringify(manifest, null, 2));
+  if (existsSync(final)) { const old = `${final}.old-${process.pid}`; renameSync(final, old); rmSync(old, { recursive: true, force: true }); }
+  renameSync(work, final);
+  if (o.setCurrent) writeFileSync(path.join(tdir, 'current'), m.hash);
+  o.progress(`template: ready at ${final}`);
+  return loadTemplate(final);
+}
+
+export interface RemakeOptions {
+  home: string;
+  qemuBinary: string;
+  accel: 'auto' | 'kvm' | 'tcg';
+  progress: (line: string) => void;
+  warmup?: (guest: GuestOps) => Promise<void>;
+  limits?: GuestLimits;
+  /** Point <templates>/current at the remade template (not when the configuration names a template directory). */
+  setCurrent: boolean;
+}
+
+/**
+ * Remakes a template's snapshot under the installed QEMU (a snapshot only restores under the QEMU version that wrote
+ * it): the same kernel, initramfs and root filesystem (hard links, never rebuilt), booted, warmed up and snapshotted
+ * again. The remade template is addressed by the old hash, the QEMU version and the accelerator, so a second remake
+ * for the same QEMU finds it instead of booting again.
+ */
+export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Template> {
+  const qver = qemuVersion(o.qemuBinary);
+  const p = o.progress;
+  const tdir = templatesDir(o.home);
+  mkdirSync(tdir, { recursive: true });
+  const work = path.join(tdir, `.remake-${process.pid}-${randomBytes(3).toString('hex')}`);
+  mkdirSync(work, { recursive: true });
+  try {
+    p(`template: remaking the snapshot of ${t.manifest.hash} for ${qver} (it was made with ${t.manifest.qemuVersion}) from its kernel and root filesystem`);
+    for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4']) hardlinkOrCopy(path.join(t.dir, f), path.join(work, f));
+    const baseAppend = t.manifest.append.split(' ').filter((w) => w !== 'norandmaps').join(' ');
+    const image: VmImage = { ...t.image, kernel: path.join(work, 'vmlinux'), initrd: path.join(work, 'initramfs.cpio'), rootfs: path.join(work, 'rootfs.ext4'), append: baseAppend };
+    const files = t.manifest.files;
+    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${files.vmlinux?.sha256}:${files['initramfs.cpio']?.sha256}`, home: o.home });
+    p(`accel: ${accel.accel} (${accel.detail})`);
+    const append = image.append = guestAppend(baseAppend, accel.accel);
+    const hash = sha256(JSON.stringify({ remadeFrom: t.manifest.hash, qver, accel: accel.accel, append, vmRecipe: VM_RECIPE, readyShell: sha256(JSON.stringify([READY_SHELL_BOOTSTRAP, READY_SHELL_ENV])) })).slice(0, 24);
+    const existing = path.join(tdir, hash);
+    if (existsSync(path.join(existing, 'template.json'))) {
+      p(`template: already remade: ${existing}`);
+      if (o.setCurrent) writeFileSync(path.join(tdir, 'current'), hash);
+      return loadTemplate(existing);
+    }
+    const { bootMs, snapshotMs } = await bootAndSnapshot({
+      home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
+      fullRootfs: t.manifest.rootfsSource.startsWith('debootstrap '), warmup: o.warmup, limits: o.limits,
+    });
+    return await sealTemplate(work, { ...t.manifest, hash, createdAt: new Date().toISOString(), accel: accel.accel, qemuVersion: qver, append, bootMs, snapshotMs }, { setCurrent: o.setCurrent, progress: p });
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
 export async function buildTemplate(o: BuildOptions): Promise<Template> {
   const cache = path.join(o.home, 'cache');
   const tdir = templatesDir(o.home);
@@ -355,59 +483,15 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       return loadTemplate(final);
     }
 
-    p('boot: starting the template VM and waiting for the agent');
-    const memFile = path.join(work, 'mem.bin');
-    const bootStart = Date.now();
-    let fatalErr: Error | null = null;
-    const vm = await QemuVm.spawn(image, { binary: o.qemuBinary, accel: accel.accel, vmsDir: path.join(o.home, 'vms'), memFile, role: 'template' }, (e) => { fatalErr = e; });
-    let bootMs = 0;
-    let snapshotMs = 0;
-    try {
-      const hello = await vm.agent.waitHello(HELLO_TIMEOUT_MS).catch((e: Error) => { throw new Error(`${e.message}\n${vm.diagnostics}`); });
-      bootMs = Date.now() - bootStart;
-      p(`boot: agent ready after ${bootMs} ms: ${hello}`);
-      if (!/cgroup=1/.test(hello) || /; /.test(hello)) throw new Error(`the guest booted with problems: ${hello}`);
-      if (o.limits) await vm.agent.init(randomBytes(64), o.limits);
-      const check = o.rootfsDir ? 'command -v sh' : 'bash --version | sed -n 1p && rg --version | sed -n 1p && git --version && python3 -V && curl --version | sed -n 1p && tar --version | sed -n 1p';
-      const r = await vm.agent.exec({ argv: ['/bin/sh', '-c', check], cwd: '/', env: { PATH: SHELL_BASE_ENV.PATH! }, timeoutMs: 60_000, maxOutputBytes: 65536 });
-      if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
-      for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);
-      await vm.agent.exec({ argv: ['/bin/sh', '-c', 'for f in "$@" /usr/lib/locale/C.utf8/LC_*; do [ -f "$f" ] && cat -- "$f"; done >/dev/null', 'sh', ...PAGE_CACHE_FILES], cwd: '/', timeoutMs: 60_000, maxOutputBytes: 4096 });
-      if (o.warmup) { await o.warmup(vm.agent); p('warm-up: a bash tool call ran (what it reads is in the snapshot\'s page cache)'); }
-      if (!o.rootfsDir || existsSync(path.join(o.rootfsDir, 'bin/bash'))) {
-        await vm.agent.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
-        await vm.agent.waitReadyShell(60_000);
-        p('ready shell: started (every clone starts with a bash waiting for its first command)');
-      }
-      const s0 = Date.now();
-      await vm.snapshot(path.join(work, 'state.bin'));
-      snapshotMs = Date.now() - s0;
-      p(`snapshot: device state written in ${snapshotMs} ms`);
-    } finally {
-      await vm.kill();
-    }
-    if (fatalErr) throw fatalErr;
-    const files: TemplateManifest['files'] = {};
-    for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4', 'mem.bin', 'state.bin']) {
-      const full = path.join(work, f);
-      files[f] = { bytes: statSync(full).size, sha256: await sha256File(full) };
-      chmodSync(full, 0o444);
-    }
-    // Root companions run clones as `nobody` when the files are reachable (qemu/user.ts); QEMU 7.2 opens the RAM
-    // file read-write even for a private mapping, so that uid must own it. Nothing else of the template is writable.
-    const nobody = process.getuid?.() === 0 ? lookupUser('nobody') : null;
-    if (nobody) { chownSync(path.join(work, 'mem.bin'), nobody.uid, nobody.gid); chmodSync(path.join(work, 'mem.bin'), 0o644); }
-    const manifest: TemplateManifest = {
+    const { bootMs, snapshotMs } = await bootAndSnapshot({
+      home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
+      fullRootfs: !o.rootfsDir, warmup: o.warmup, limits: o.limits,
+    });
+    return await sealTemplate(work, {
       version: 1, hash, createdAt: new Date().toISOString(), kernel: o.kernel, accel: accel.accel, qemuVersion: qver,
       memoryMiB: o.memoryMiB, vcpus: o.vcpus, writableMiB, append, machineOpts: kernel.machineOpts, rootfsSource: rootfs.source,
-      files, bootMs, snapshotMs,
-    };
-    writeFileSync(path.join(work, 'template.json'), JSON.stringify(manifest, null, 2));
-    if (existsSync(final)) { const old = `${final}.old-${process.pid}`; renameSync(final, old); rmSync(old, { recursive: true, force: true }); }
-    renameSync(work, final);
-    writeFileSync(path.join(tdir, 'current'), hash);
-    p(`template: ready at ${final}`);
-    return loadTemplate(final);
+      bootMs, snapshotMs,
+    }, { setCurrent: true, progress: p });
   } finally {
     rmSync(work, { recursive: true, force: true });
     if (rootfs.disposable) rmSync(rootfs.tree, { recursive: true, force: true });

@@ -54,7 +54,9 @@ export async function startCodeServer(profile, { env = {}, workspaceTrust = fals
         '--disable-telemetry', '--disable-update-check', ...(workspaceTrust ? [] : ['--disable-workspace-trust']),
         '--disable-getting-started-override', '--ignore-last-opened'],
        /HTTP server listening on http:\/\/127\.0\.0\.1:(\d+)/];
-  const child = spawn(cmd, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  // Started from its throw-away profile, as VS Code started from a desktop runs from no project: nothing the extension
+  // or its companion does may depend on the repository being the working directory.
+  const child = spawn(cmd, args, { cwd: profile.root, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
   let output = '';
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('code-server did not start in 60s:\n' + output)), 60000);

@@ -17,15 +17,16 @@ export function requireHarness(): void {
   assert.ok(existsSync(path.join(root, 'dist/test/suite/index.js')) && existsSync(path.join(root, 'dist/perimeter.js')), 'run npm run build first');
 }
 
-/** Runs the named extension-host suites; resolves with their pass/fail counts. */
-export async function runHostSuites(suites: string, env: Record<string, string> = {}): Promise<{ passed: number; failed: number; skipped: number }> {
+/** Runs the named extension-host suites with the extension loaded from `extensionPath` (the repository, or a copy
+ *  installed from the .vsix); resolves with their pass/fail counts. */
+export async function runHostSuites(suites: string, env: Record<string, string> = {}, extensionPath = root): Promise<{ passed: number; failed: number; skipped: number }> {
   requireHarness();
   const dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-host-'));
   const resultFile = path.join(dir, 'result.json');
   try {
     await runTests({
       vscodeExecutablePath: shim,
-      extensionDevelopmentPath: root,
+      extensionDevelopmentPath: extensionPath,
       extensionTestsPath: path.join(root, 'dist/test/suite/index.js'),
       extensionTestsEnv: { PERIMETER_EXT_SUITES: suites, PERIMETER_EXT_RESULT_FILE: resultFile, ...env },
     });

@@ -1,7 +1,8 @@
 // SSH remote-host tests in the real extension host, against a throw-away sshd on 127.0.0.1 (started by
 // test/extension/ssh.test.ts with harness/sshd.sh; its SSH_TEST_* variables reach the extension host through
 // code-server's environment). The "remote" host is this machine reached through ssh, with the companion installed in
-// a fresh directory under the remote home: the extension installs the bundle, starts the worker, sees its sessions,
+// a fresh directory under the remote home and its state in a fresh directory (the login environment's PERIMETER_HOME,
+// set with the ssh_config's SetEnv): the extension installs the bundle, starts the worker, sees its sessions,
 // survives the tunnel's ssh process being killed, and stops the worker.
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
@@ -19,6 +20,7 @@ const HOST_ID = `ssh:${ALIAS}`;
 describe('Perimeter on an SSH host', function () {
   let api: PerimeterApi;
   let remoteDir: string;
+  let remoteState: string;
   let sshConfig: string;
   const cfg = () => vscode.workspace.getConfiguration('perimeter');
   const env = process.env;
@@ -28,11 +30,13 @@ describe('Perimeter on an SSH host', function () {
     api = await vscode.extensions.getExtension<PerimeterApi>('perimeter.perimeter')!.activate();
     const dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-sshcfg-'));
     sshConfig = path.join(dir, 'ssh_config');
+    remoteState = path.join(dir, 'remote-state');
     writeFileSync(sshConfig, [
       `Host ${ALIAS}`,
       `  HostName ${env.SSH_TEST_HOST}`, `  Port ${env.SSH_TEST_PORT}`, `  User ${env.SSH_TEST_USER}`,
       `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes',
-      `  UserKnownHostsFile ${env.SSH_TEST_KNOWN_HOSTS}`, '  StrictHostKeyChecking yes', '',
+      `  UserKnownHostsFile ${env.SSH_TEST_KNOWN_HOSTS}`, '  StrictHostKeyChecking yes',
+      `  SetEnv PERIMETER_HOME=${remoteState}`, '',
     ].join('\n'));
     remoteDir = `.perimeter-test-${process.pid}-${Date.now()}`;
     await cfg().update('sandboxDriver', 'process', vscode.ConfigurationTarget.Global);
@@ -51,8 +55,6 @@ describe('Perimeter on an SSH host', function () {
     rmSync(path.join(os.homedir(), remoteDir), { recursive: true, force: true });
     rmSync(path.dirname(sshConfig), { recursive: true, force: true });
   });
-
-  const remoteHome = () => path.join(os.homedir(), remoteDir, 'home');
 
   it('refuses a host that would be read as an ssh option', async () => {
     assert.equal(await vscode.commands.executeCommand('perimeter.selectHost', '-oProxyCommand=touch /tmp/pwned'), undefined);
@@ -78,7 +80,7 @@ describe('Perimeter on an SSH host', function () {
   it('survives the SSH connection being cut: it reconnects to the same remote worker', async () => {
     const sup = api.registry.get(HOST_ID)!;
     const host = sup.host as SshHost;
-    const remotePid = JSON.parse(readFileSync(path.join(remoteHome(), 'control.json'), 'utf8')).pid as number;
+    const remotePid = JSON.parse(readFileSync(path.join(remoteState, 'control.json'), 'utf8')).pid as number;
     const tunnel = host.tunnelPid;
     assert.ok(tunnel, 'an ssh tunnel carries the control socket');
     const callsBefore = api.model.sessionList(HOST_ID)[0]!.calls.size;
@@ -95,14 +97,14 @@ describe('Perimeter on an SSH host', function () {
     const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean; detail: string }> }>('perimeter.runDoctor', HOST_ID);
     const stateDir = report.checks.find((c) => c.name === 'state-dir');
     assert.ok(stateDir?.ok, JSON.stringify(report.checks));
-    assert.ok(stateDir.detail.includes(remoteDir), 'it checked the remote state directory');
+    assert.ok(stateDir.detail.includes(remoteState), 'it checked the remote state directory');
   });
 
   it('stops the remote worker', async () => {
-    const remotePid = JSON.parse(readFileSync(path.join(remoteHome(), 'control.json'), 'utf8')).pid as number;
+    const remotePid = JSON.parse(readFileSync(path.join(remoteState, 'control.json'), 'utf8')).pid as number;
     assert.equal(await vscode.commands.executeCommand('perimeter.stopWorker', HOST_ID), true);
     assert.equal(api.model.host(HOST_ID)!.connection, 'stopped');
     assert.equal(spawnSync('kill', ['-0', String(remotePid)]).status !== 0, true, 'the remote worker exited');
-    assert.equal(existsSync(path.join(remoteHome(), 'control.json')), false);
+    assert.equal(existsSync(path.join(remoteState, 'control.json')), false);
   });
 });
