@@ -128,8 +128,8 @@ export class Worker implements WorkerControl {
       hostname: os.hostname(), driver: info.kind, accel: info.accel === 'none' ? this.opts.driverProbe.accel : info.accel,
       vmsRunning: info.running, vmsPooled: info.pooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
       concurrency: this.opts.config.concurrency, version: VERSION, pid: process.pid, startedAt: this.startedAt,
-    };
       ...(info.note ? { sandboxNote: info.note } : {}),
+    };
   }
 
   drain(): Promise<void> {

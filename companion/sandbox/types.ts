@@ -115,21 +115,21 @@ export interface DriverInfo {
   accel: Accel;
   running: number;
   pooled: number;
+  /** Why sandboxes cannot be restored yet, while the driver prepares (e.g. a template snapshot being remade). */
+  note?: string;
 }
 
 export interface SandboxDriver {
   readonly kind: DriverKind;
   probe(): Promise<DriverProbe>;
+  /** Work the driver needs before its first restore (e.g. remaking a stale template snapshot), started early so the
+   *  first call does not wait for all of it; acquire() waits for it too. */
+  prepare?(): Promise<void>;
   /** A fresh sandbox restored from the template (from the warm pool when one is ready). */
   acquire(opts: AcquireOptions): Promise<Sandbox>;
-  /** Why sandboxes cannot be restored yet, while the driver prepares (e.g. a template snapshot being remade). */
-  note?: string;
   /** Work a pooled sandbox runs before it is handed out, so the first real call finds its code paths warm (under
    *  TCG each VM translates guest code afresh). Drivers without a pool ignore it. */
   setWarmup?(warmup: (sandbox: GuestOps) => Promise<void>): void;
   info(): DriverInfo;
   close(): Promise<void>;
-  /** Work the driver needs before its first restore (e.g. remaking a stale template snapshot), started early so the
-   *  first call does not wait for all of it; acquire() waits for it too. */
-  prepare?(): Promise<void>;
 }

@@ -79,10 +79,10 @@ export class QemuDriver implements SandboxDriver {
   private closed = false;
   private qemuUser: QemuUser | null = null;
   private emulatorAhead: Promise<QemuVm> | null = null;
-  private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
   private templateReady: Promise<Template> | null = null;
   /** What keeps the driver from restoring right now (a snapshot being remade), for the panel. */
   private note: string | undefined;
+  private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
     await s.exec({ argv: shellArgv(':'), env: { ...SHELL_BASE_ENV }, timeoutMs: 30_000, maxOutputBytes: 4096 });
   };
 
@@ -107,8 +107,8 @@ export class QemuDriver implements SandboxDriver {
     const user = chooseQemuUser({ readOnlyFiles: [t.image.kernel, t.image.initrd, t.image.rootfs, t.stateFile], memFile: t.memFile, vmsDir: this.vmsDir });
     const detail = [
       `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
-      t.manifest.accel === 'tcg' ? TCG_WARNING : '',
       t.manifest.qemuVersion !== version ? `the template's snapshot was made with ${t.manifest.qemuVersion}: it is remade from the template's kernel and root filesystem when the driver starts` : '',
+      t.manifest.accel === 'tcg' ? TCG_WARNING : '',
       user.reason,
     ].filter(Boolean).join('; ');
     return { ok: true, accel: t.manifest.accel, detail, fixes };

@@ -1,10 +1,11 @@
 // Integration tests in a real VS Code extension host (code-server 4.100.3 = VS Code 1.100.3) driving the real
 // companion (dist/perimeter.js) with its embedded dev queue and the process sandbox driver. What a user does from the
-// palette, done through the same commands: Try Locally, watch the Sessions tree, add a persisted path that the next
-// call uses, open a call's output document, survive a worker crash, Stop Worker.
+// palette, done through the same commands: Try Locally (the companion runs detached, logging to its file), watch the
+// Sessions tree, add a persisted path that the next call uses, open a call's output document, survive a worker crash,
+// Stop Worker.
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
@@ -71,6 +72,20 @@ describe('Perimeter in the VS Code extension host', function () {
     assert.ok(details.some((d) => d.label === 'Sandbox driver' && d.description === 'process'));
     await until(api, () => sessionNodes().length === 1);
     assert.match(api.statusBar.text, /Perimeter: polling · 1 session/);
+  });
+
+  it('runs the companion on its own (session, process group, output to <home>/worker.log); the Worker Log follows that file', async () => {
+    const { pid } = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')) as { pid: number };
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const [, , pgrp, sid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    assert.equal(Number(pgrp), pid, 'it leads its own process group');
+    assert.equal(Number(sid), pid, 'it leads its own session');
+    const log = path.join(home, 'worker.log');
+    assert.equal(readlinkSync(`/proc/${pid}/fd/1`), log);
+    assert.equal(readlinkSync(`/proc/${pid}/fd/2`), log);
+    const polling = /\[worker\] state: polling/;
+    assert.match(readFileSync(log, 'utf8'), polling);
+    while (!api.outputLines.some((l) => polling.test(l))) await new Promise((r) => setTimeout(r, 100));
   });
 
   it('adds a persisted path that the next call uses', async () => {
