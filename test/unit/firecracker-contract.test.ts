@@ -1,71 +1,83 @@
 // Contract tests of the Firecracker driver. Firecracker cannot run here (no working KVM), so a fake API server
 // (test/vm/fixtures/fake-firecracker.mjs) records every request while the driver builds its snapshot and restores
-// sandboxes; each recorded request is then checked against Firecracker's published swagger spec
-// (fixtures/firecracker/firecracker.yaml, kept in the repository with its licence and source commit, so this suite
-// runs on every clone and fails when the spec is missing): the path and method exist, and the JSON body satisfies the
-// body schema (types, required fields, enums, bounds, no unknown fields — Firecracker rejects unknown fields).
+// sandboxes; each recorded request is then checked against our own contract of the Firecracker API subset the driver
+// uses (fixtures/firecracker-contract.ts: method, path template, body fields, their types and values; unknown ones
+// fail). That check always runs. Firecracker's published spec is not in the repository (it is third-party material
+// we may not copy here); where it is present at ../shared/reference/firecracker/firecracker.yaml, one more test checks
+// that our contract agrees with it, and where it is absent that test is skipped under a title saying so.
 // The guest side is the real agent binary in host test mode, reached through the vsock CONNECT handshake.
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parse } from 'yaml';
+import { z } from 'zod';
 import { loadConfig } from '../../companion/config';
 import { FirecrackerDriver, jailerArgs } from '../../companion/sandbox/firecracker/driver';
 import { FirecrackerApi } from '../../companion/sandbox/firecracker/api';
+import { FIRECRACKER_CONTRACT, contractBreaches, type ContractRequest, type SentRequest } from './fixtures/firecracker-contract';
 
-const SPEC = path.resolve(__dirname, 'fixtures/firecracker/firecracker.yaml');
+const SPEC = path.resolve(__dirname, '../../../shared/reference/firecracker/firecracker.yaml');
 const AGENT = path.resolve(__dirname, '../../dist/guest/perimeter-agent');
 const FAKE = path.resolve(__dirname, '../vm/fixtures/fake-firecracker.mjs');
 
-type Schema = { $ref?: string; type?: string; required?: string[]; properties?: Record<string, Schema>; enum?: unknown[]; minimum?: number; maximum?: number; items?: Schema };
-interface Spec { paths: Record<string, Record<string, { parameters?: { in: string; schema?: Schema }[] }>>; definitions: Record<string, Schema> }
-interface Recorded { method: string; path: string; body?: unknown }
+type SpecSchema = { $ref?: string; type?: string; required?: string[]; properties?: Record<string, SpecSchema>; enum?: unknown[]; minimum?: number; maximum?: number; items?: SpecSchema };
+interface Spec { paths: Record<string, Record<string, { parameters?: { in: string; required?: boolean; schema?: SpecSchema }[] }>>; definitions: Record<string, SpecSchema> }
 
-/** Validates `value` against a swagger 2.0 schema; returns the problems found. */
-function validate(spec: Spec, schema: Schema, value: unknown, at = 'body'): string[] {
-  if (schema.$ref) return validate(spec, spec.definitions[schema.$ref.replace('#/definitions/', '')]!, value, at);
-  const problems: string[] = [];
-  const t = schema.type ?? (schema.properties ? 'object' : undefined);
-  if (t === 'object') {
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) return [`${at}: expected an object`];
-    const v = value as Record<string, unknown>;
-    for (const r of schema.required ?? []) if (!(r in v)) problems.push(`${at}.${r}: required`);
-    for (const [k, x] of Object.entries(v)) {
-      const p = schema.properties?.[k];
-      if (!p) problems.push(`${at}.${k}: not in the spec`);
-      else problems.push(...validate(spec, p, x, `${at}.${k}`));
+/** Where the zod schema `ours` disagrees with the swagger 2.0 schema `theirs`: a type, value or bound the spec does
+ *  not allow, or a field the spec requires that ours leaves optional. */
+function schemaDisagreements(spec: Spec, ours: z.ZodType, theirs: SpecSchema, at: string): string[] {
+  if (theirs.$ref) return schemaDisagreements(spec, ours, spec.definitions[theirs.$ref.replace('#/definitions/', '')]!, at);
+  const theirType = theirs.type ?? (theirs.properties ? 'object' : undefined);
+  if (ours instanceof z.ZodObject) {
+    if (theirType !== 'object') return [`${at}: ours is an object, the spec's ${theirType}`];
+    const shape = ours.shape as Record<string, z.ZodType>;
+    const problems: string[] = [];
+    for (const r of theirs.required ?? []) if (!(r in shape) || shape[r] instanceof z.ZodOptional) problems.push(`${at}.${r}: the spec requires it`);
+    for (const [k, field] of Object.entries(shape)) {
+      const theirField = theirs.properties?.[k];
+      if (!theirField) problems.push(`${at}.${k}: not in the spec`);
+      else problems.push(...schemaDisagreements(spec, field instanceof z.ZodOptional ? field.unwrap() as z.ZodType : field, theirField, `${at}.${k}`));
     }
-  } else if (t === 'string') { if (typeof value !== 'string') problems.push(`${at}: expected a string`); }
-  else if (t === 'integer') { if (!Number.isInteger(value)) problems.push(`${at}: expected an integer`); }
-  else if (t === 'boolean') { if (typeof value !== 'boolean') problems.push(`${at}: expected a boolean`); }
-  else if (t === 'array') { if (!Array.isArray(value)) problems.push(`${at}: expected an array`); else value.forEach((x, i) => problems.push(...validate(spec, schema.items!, x, `${at}[${i}]`))); }
-  if (schema.enum && !schema.enum.includes(value)) problems.push(`${at}: ${JSON.stringify(value)} not one of ${JSON.stringify(schema.enum)}`);
-  if (typeof value === 'number' && schema.minimum !== undefined && value < schema.minimum) problems.push(`${at}: below ${schema.minimum}`);
-  if (typeof value === 'number' && schema.maximum !== undefined && value > schema.maximum) problems.push(`${at}: above ${schema.maximum}`);
-  return problems;
+    return problems;
+  }
+  if (ours instanceof z.ZodEnum) {
+    if (theirType !== 'string') return [`${at}: ours is a string enum, the spec's ${theirType}`];
+    const extra = ours.options.filter((o) => !(theirs.enum ?? ours.options).includes(o));
+    return extra.length ? [`${at}: ${JSON.stringify(extra)} not among the spec's values`] : [];
+  }
+  if (ours instanceof z.ZodNumber) {
+    const ourType = ours.isInt ? 'integer' : 'number';
+    if (theirType !== ourType) return [`${at}: ours is ${ourType}, the spec's ${theirType}`];
+    const problems: string[] = [];
+    if (theirs.minimum !== undefined && (ours.minValue === null || ours.minValue < theirs.minimum)) problems.push(`${at}: ours admits values below the spec's minimum ${theirs.minimum}`);
+    if (theirs.maximum !== undefined && (ours.maxValue === null || ours.maxValue > theirs.maximum)) problems.push(`${at}: ours admits values above the spec's maximum ${theirs.maximum}`);
+    return problems;
+  }
+  const ourType = ours instanceof z.ZodString ? 'string' : ours instanceof z.ZodBoolean ? 'boolean' : `unsupported (${ours.def.type})`;
+  return theirType === ourType ? [] : [`${at}: ours is ${ourType}, the spec's ${theirType}`];
 }
 
-function checkRequest(spec: Spec, r: Recorded): string[] {
-  const entry = Object.entries(spec.paths).find(([p]) => new RegExp(`^${p.replace(/\{[^}]+\}/g, '[^/]+')}$`).test(r.path.split('?')[0]!));
-  if (!entry) return [`${r.method} ${r.path}: path not in the spec`];
-  const op = entry[1][r.method.toLowerCase()];
-  if (!op) return [`${r.method} ${r.path}: method not in the spec`];
-  const bodyParam = op.parameters?.find((p) => p.in === 'body');
-  if (!bodyParam) return r.body === undefined ? [] : [`${r.method} ${r.path}: the spec takes no body`];
-  if (r.body === undefined) return [`${r.method} ${r.path}: body required`];
-  return validate(spec, bodyParam.schema!, r.body).map((p) => `${r.method} ${r.path}: ${p}`);
+/** Where `contract` disagrees with the spec: a path or method the spec lacks, a body it does not take, a field. */
+function specDisagreements(spec: Spec, contract: readonly ContractRequest[]): string[] {
+  return contract.flatMap((c) => {
+    const at = `${c.method} ${c.path}`;
+    const op = spec.paths[c.path]?.[c.method.toLowerCase()];
+    if (!spec.paths[c.path]) return [`${at}: path not in the spec`];
+    if (!op) return [`${at}: method not in the spec`];
+    const bodyParam = op.parameters?.find((p) => p.in === 'body');
+    if (c.body === null) return bodyParam?.required ? [`${at}: the spec requires a body`] : [];
+    if (!bodyParam?.schema) return [`${at}: the spec takes no body`];
+    return schemaDisagreements(spec, c.body, bodyParam.schema, `${at}: body`);
+  });
 }
 
-describe('firecracker driver contract (against firecracker.yaml)', function () {
-  let spec: Spec;
+describe('firecracker driver contract (against our contract, fixtures/firecracker-contract.ts)', function () {
   let home: string;
   let log: string;
 
   before(function () {
-    assert.ok(existsSync(SPEC), `Firecracker's API spec is missing at ${SPEC} (see fixtures/firecracker/README.md)`);
     if (!existsSync(AGENT)) { console.log(`      SKIPPED: ${AGENT} not built (npm run build)`); this.skip(); }
-    spec = parse(readFileSync(SPEC, 'utf8')) as Spec;
     home = mkdtempSync(path.join(os.tmpdir(), 'fc-contract-'));
     log = path.join(home, 'requests.jsonl');
     // a minimal template: the fake never boots it, but the driver links its files into each VM directory
@@ -84,7 +96,7 @@ describe('firecracker driver contract (against firecracker.yaml)', function () {
   });
   after(() => { if (home) rmSync(home, { recursive: true, force: true }); });
 
-  it('builds the snapshot and restores working sandboxes with spec-conformant requests only', async () => {
+  it('builds the snapshot and restores working sandboxes, sending only requests the contract allows', async () => {
     const launcher = path.join(home, 'firecracker.mjs');
     const config = loadConfig({ home, sandbox: { firecrackerBinary: launcher, poolSize: 0 } });
     const driver = new FirecrackerDriver(config);
@@ -99,24 +111,30 @@ describe('firecracker driver contract (against firecracker.yaml)', function () {
       await s2.destroy();
     } finally { await driver.close(); }
 
-    const requests = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Recorded);
+    const requests = readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as SentRequest);
     const calls = requests.map((r) => `${r.method} ${r.path}`);
     for (const expected of ['PUT /machine-config', 'PUT /boot-source', 'PUT /drives/rootfs', 'PUT /vsock', 'PUT /actions', 'PATCH /vm', 'PUT /snapshot/create', 'PUT /snapshot/load']) {
       assert.ok(calls.includes(expected), `${expected} was sent`);
     }
     assert.equal(calls.filter((c) => c === 'PUT /snapshot/load').length, 2, 'one snapshot load per sandbox');
-    const problems = requests.flatMap((r) => checkRequest(spec, r));
-    assert.deepEqual(problems, []);
+    assert.deepEqual(requests.flatMap((r) => contractBreaches(r)), []);
     const load = requests.find((r) => r.path === '/snapshot/load')!.body as Record<string, unknown>;
     assert.deepEqual(load.mem_backend, { backend_type: 'File', backend_path: 'mem.bin' });
     assert.equal(load.resume_vm, true);
   });
 
-  it('catches a request that breaks the spec (the checker can fail)', () => {
-    assert.notDeepEqual(checkRequest(spec, { method: 'PUT', path: '/machine-config', body: { vcpu_count: 0, mem_size_mib: 256, bogus: 1 } }), []);
-    assert.notDeepEqual(checkRequest(spec, { method: 'PUT', path: '/actions', body: { action_type: 'Reboot' } }), []);
-    assert.notDeepEqual(checkRequest(spec, { method: 'POST', path: '/vm', body: {} }), []);
-    assert.notDeepEqual(checkRequest(spec, { method: 'PUT', path: '/snapshot/load', body: { mem_backend: { backend_type: 'File', backend_path: 'm' } } }), []);
+  it('the contract refuses unknown paths, methods and fields, missing fields, wrong types and values', () => {
+    const breaches = (r: SentRequest) => contractBreaches(r).join('\n');
+    assert.match(breaches({ method: 'PUT', path: '/machine-config', body: { vcpu_count: 1, mem_size_mib: 256, bogus: 1 } }), /Unrecognized key: "bogus"/);
+    assert.match(breaches({ method: 'PUT', path: '/machine-config', body: { vcpu_count: '1', mem_size_mib: 256 } }), /body\.vcpu_count/);
+    assert.match(breaches({ method: 'PUT', path: '/machine-config', body: { vcpu_count: 0, mem_size_mib: 256 } }), /body\.vcpu_count/);
+    assert.match(breaches({ method: 'PUT', path: '/actions', body: { action_type: 'Reboot' } }), /body\.action_type/);
+    assert.match(breaches({ method: 'POST', path: '/vm', body: { state: 'Paused' } }), /method not in the contract/);
+    assert.match(breaches({ method: 'PUT', path: '/network-interfaces/eth0', body: {} }), /path not in the contract/);
+    assert.match(breaches({ method: 'PUT', path: '/snapshot/load', body: { mem_backend: { backend_type: 'File', backend_path: 'm' } } }), /body\.snapshot_path/);
+    assert.match(breaches({ method: 'PUT', path: '/drives/a', body: { drive_id: 'b', path_on_host: 'r', is_root_device: false, is_read_only: true } }), /differs from the path's "a"/);
+    assert.match(breaches({ method: 'GET', path: '/version', body: {} }), /takes no body/);
+    assert.deepEqual(contractBreaches({ method: 'PUT', path: '/drives/rootfs', body: { drive_id: 'rootfs', path_on_host: 'r', is_root_device: false, is_read_only: true } }), []);
   });
 
   it('surfaces Firecracker fault messages as errors', async () => {
@@ -132,5 +150,39 @@ describe('firecracker driver contract (against firecracker.yaml)', function () {
   it('builds jailer argv with an explicit id, uid/gid, chroot base and the API socket inside the jail', () => {
     assert.deepEqual(jailerArgs({ binary: '/usr/bin/jailer', uid: 1234, gid: 1234, chrootBase: '/srv/jail' }, '/usr/bin/firecracker', 'fc-1'),
       ['--id', 'fc-1', '--exec-file', '/usr/bin/firecracker', '--uid', '1234', '--gid', '1234', '--chroot-base-dir', '/srv/jail', '--', '--api-sock', '/fc.sock']);
+  });
+});
+
+const specPresent = existsSync(SPEC);
+describe(specPresent
+  ? `our Firecracker contract agrees with Firecracker's API spec (${SPEC})`
+  : `our Firecracker contract vs Firecracker's API spec: SKIPPED, the spec is absent at ${SPEC}`, function () {
+  let spec: Spec;
+  before(function () {
+    if (!specPresent) { console.log(`      SKIPPED: Firecracker's API spec is absent at ${SPEC}; the driver's requests were checked against our contract only`); this.skip(); }
+    spec = parse(readFileSync(SPEC, 'utf8')) as Spec;
+  });
+
+  it('every contracted path and method exists in the spec, and every field exists there with the same type and values', () => {
+    assert.deepEqual(specDisagreements(spec, FIRECRACKER_CONTRACT), []);
+  });
+
+  it('a contract that strays from the spec is caught (the comparison can fail)', () => {
+    const strayed: ContractRequest[] = [
+      { method: 'PUT', path: '/machine-config', body: z.strictObject({ vcpu_count: z.string(), mem_size_mib: z.int(), bogus: z.boolean() }) },
+      { method: 'PUT', path: '/vsock', body: z.strictObject({ guest_cid: z.int(), uds_path: z.string().optional() }) },
+      { method: 'PUT', path: '/actions', body: z.strictObject({ action_type: z.enum(['Reboot']) }) },
+      { method: 'GET', path: '/vm', body: null },
+      { method: 'PUT', path: '/no-such-path', body: null },
+    ];
+    assert.deepEqual(specDisagreements(spec, strayed), [
+      'PUT /machine-config: body.vcpu_count: ours is string, the spec\'s integer',
+      'PUT /machine-config: body.bogus: not in the spec',
+      'PUT /vsock: body.uds_path: the spec requires it',
+      'PUT /vsock: body.guest_cid: ours admits values below the spec\'s minimum 3',
+      'PUT /actions: body.action_type: ["Reboot"] not among the spec\'s values',
+      'GET /vm: method not in the spec',
+      'PUT /no-such-path: path not in the spec',
+    ]);
   });
 });

@@ -1,8 +1,8 @@
 // Firecracker's REST API (HTTP/1.1 over its Unix API socket) and the vsock CONNECT handshake. Request bodies follow
 // the published swagger definitions (BootSource, Drive, MachineConfiguration, Vsock, InstanceActionInfo, Vm,
 // SnapshotCreateParams, SnapshotLoadParams); test/unit/firecracker-contract.test.ts checks every request this module
-// sends against firecracker.yaml. Invariants: every call has a deadline; a non-2xx answer becomes an error carrying
-// Firecracker's `fault_message`; answers are size-capped.
+// sends against our contract of that API (test/unit/fixtures/firecracker-contract.ts). Invariants: every call has a
+// deadline; a non-2xx answer becomes an error carrying Firecracker's `fault_message`; answers are size-capped.
 import http from 'node:http';
 import net from 'node:net';
 import { z } from 'zod';
