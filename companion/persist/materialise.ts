@@ -2,7 +2,7 @@
 // store and only ever exist in the guest), and files larger than one agent message (sent as parts, joined here).
 // Fixed bash scripts read NUL-separated records from stdin, so no persisted name or target is ever parsed by a shell
 // or placed on a command line.
-import type { ExecResult, GuestOps } from '../sandbox/types';
+import { GuestError, type ExecResult, type GuestOps } from '../sandbox/types';
 import { logger } from '../log';
 import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 
@@ -50,20 +50,27 @@ export async function materialise(sandbox: GuestOps, records: MaterialiseRecord[
   if (res.exitCode !== 0) log.warn(`copy-in: some directories or symlinks could not be recreated (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 500)}`);
 }
 
-/** Joins parts already placed in the guest into `target` (then removes them), applies mode and mtime, renames. */
+/** Joins parts already placed in the guest into `target` (then removes them), applies mode and mtime, renames. On
+ *  failure (no space left) it removes the partial file and the parts, so the space is free again. */
 export const JOIN_SCRIPT = [
   'P="${PERIMETER_GUEST_PREFIX:-}"',
   'IFS= read -r -d "" t && IFS= read -r -d "" m && IFS= read -r -d "" s && IFS= read -r -d "" n || exit 2',
-  'tmp="$P$t.perimeter-join"',
-  ': > "$tmp" || exit 1',
-  'for ((i = 0; i < n; i++)); do IFS= read -r -d "" part || exit 2; cat -- "$P$part" >> "$tmp" && rm -f -- "$P$part" || exit 1; done',
-  'chmod -- "$m" "$tmp" || exit 1',
+  'tmp="$P$t.perimeter-join"; parts=()',
+  'for ((i = 0; i < n; i++)); do IFS= read -r -d "" part || exit 2; parts+=("$P$part"); done',
+  'fail() { rm -f -- "$tmp" "${parts[@]}"; exit 1; }',
+  ': > "$tmp" || fail',
+  'for part in "${parts[@]}"; do cat -- "$part" >> "$tmp" && rm -f -- "$part" || fail; done',
+  'chmod -- "$m" "$tmp" || fail',
   'touch -m -d "@$s" -- "$tmp" 2>/dev/null',
-  'mv -f -- "$tmp" "$P$t"',
+  'mv -f -- "$tmp" "$P$t" || fail',
 ].join('\n');
 
+/** Joins `parts` into `target`; a failure is a GuestError (ENOSPC when the guest ran out of space). */
 export async function joinParts(sandbox: GuestOps, target: string, mode: number, mtimeMs: number, parts: string[]): Promise<void> {
   const fields = [target, mode.toString(8), (mtimeMs / 1000).toFixed(3), String(parts.length), ...parts];
   const res = await runScript(sandbox, JOIN_SCRIPT, fields);
-  if (res.exitCode !== 0) throw new Error(`could not assemble ${target} in the sandbox (exit ${res.exitCode}): ${res.output.toString('utf8').slice(0, 300)}`);
+  if (res.exitCode === 0) return;
+  const output = res.output.toString('utf8').slice(0, 300);
+  const code = /No space left on device/i.test(output) ? 'ENOSPC' : 'EIO';
+  throw new GuestError(code, `could not assemble ${target} in the sandbox (exit ${res.exitCode}): ${output}`);
 }

@@ -9,6 +9,11 @@
 // - Quotas (bytes, files) are checked on the walk before any data is fetched, and again on every byte received;
 //   an overrun commits nothing and the previous generation stays CURRENT.
 // - A sandbox that fails mid-copy rejects the commit; nothing half-done becomes visible.
+// - No persisted state makes a session unusable: a generation a fresh sandbox cannot hold (its writable space, when
+//   the driver reports one) is refused at commit with a note, and files the guest refuses at copy-in (no space left,
+//   a damaged blob) are left out of that sandbox with a note saying what is missing and how to drop it; the call
+//   runs, and those files stay saved unchanged until the model replaces them or removes their directory.
+// - Nothing for the model names a host path: host-side failures are described in guest terms (details in the log).
 // - mtime policy: a file's mtime is recorded when its content or mode changes and restored on copy-in; a change of
 //   mtime alone (touch) is not a change. Modes are normalised to 0644/0755; owners are not kept.
 // - Calls of one session are serialised around the store; concurrent calls merge by three-way diff against the
@@ -43,6 +48,11 @@ const BATCH_BYTES = 32 * 1024 * 1024;
 const LARGE_FILE = 16 * 1024 * 1024;
 const CHUNK_BYTES = 8 * 1024 * 1024;
 const BATCH_FILES = 1000;
+/** The guest's writable layer (tmpfs) allocates whole pages. */
+const PAGE_BYTES = 4096;
+/** Writable space a fresh sandbox keeps free for the call itself, beyond the persisted files (at least this much,
+ *  or an eighth of the space when that is more). */
+const WORKING_ROOM_BYTES = 16 * 1024 * 1024;
 /** Files listed in a PersistState (events and the control API); `fileCount` says how many there are. */
 const STATE_FILES_LIMIT = 5000;
 
@@ -59,7 +69,20 @@ export interface PersistenceOptions {
   memoryMounts?: MemoryMountResolver;
 }
 
-interface Base { sessionId: string; manifest: Manifest; mirror: MemoryMirror | null }
+interface Base {
+  sessionId: string;
+  manifest: Manifest;
+  mirror: MemoryMirror | null;
+  /** False when the memory stores could not be placed whole: the guest's view of them is then not written back. */
+  mirrorPlaced: boolean;
+  /** Files of `manifest` that could not be placed in this sandbox: their absence from it is not a deletion. */
+  missing: Map<string, FileEntry>;
+  /** Placement notes for the model, reported with the next commit. */
+  notes: string[];
+}
+
+/** Files left out of a sandbox at copy-in, and why (in the guest's terms). */
+interface Placement { missing: Map<string, FileEntry>; reasons: Map<string, string[]> }
 
 type WalkedFile = Extract<Admitted, { type: 'file' }>;
 
@@ -122,13 +145,23 @@ export class Persistence implements CallPersistence {
       const patterns = await this.effectivePatterns(sessionId);
       const mirror = await this.mirror(sessionId);
       const inScope = (p: string) => patterns.some((pat) => pat.matches(p)) && !(mirror?.covers(p) ?? false);
+      const notes: string[] = [];
+      let placement: Placement;
+      let mirrorPlaced = true;
       try {
-        await this.copyIn(store, sandbox, [...manifest.entries.values()].filter((e) => inScope(e.path)));
-        if (mirror) await mirror.copyIn(sandbox);
+        placement = await this.copyIn(store, sandbox, [...manifest.entries.values()].filter((e) => inScope(e.path)));
+        if (mirror) {
+          try { await mirror.copyIn(sandbox); } catch (err) {
+            if (!(err instanceof GuestError)) throw err;
+            mirrorPlaced = false;
+            notes.push(`Memory stores could not be placed whole in this sandbox (${guestReason(err)}); what this call changes under ${ALWAYS_PERSISTED[1]} is not saved.`);
+          }
+        }
       } catch (err) {
         throw asSandboxFailure('copy-in', err);
       }
-      this.bases.set(sandbox, { sessionId, manifest, mirror });
+      if (placement.missing.size > 0) notes.unshift(missingNote(placement));
+      this.bases.set(sandbox, { sessionId, manifest, mirror, mirrorPlaced, missing: placement.missing, notes });
       return manifest.shell ?? { cwd: DEFAULT_SHELL.cwd, env: {} };
     });
   }
@@ -136,9 +169,11 @@ export class Persistence implements CallPersistence {
   async commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport> {
     const store = await this.store(sessionId);
     return this.locked(sessionId, async () => {
-      const report = await this.commitStore(sessionId, store, sandbox, shell);
       const remembered = this.bases.get(sandbox);
-      const mirror = remembered?.sessionId === sessionId ? remembered.mirror : null;
+      const placementNotes = remembered?.sessionId === sessionId ? remembered.notes.splice(0) : [];
+      const report = await this.commitStore(sessionId, store, sandbox, shell);
+      report.notes.unshift(...placementNotes);
+      const mirror = remembered?.sessionId === sessionId && remembered.mirrorPlaced ? remembered.mirror : null;
       if (mirror) {
         // Memory stores go back to the host directories the SDK syncs (independently of the store's quota).
         try { report.notes.push(...await mirror.copyOut(sandbox, this.opts.persist)); } catch (err) { throw asSandboxFailure('memory copy-out', err); }
@@ -154,6 +189,8 @@ export class Persistence implements CallPersistence {
     const remembered = this.bases.get(sandbox);
     const base = remembered?.sessionId === sessionId ? remembered.manifest : current;
     const mirror = remembered?.sessionId === sessionId ? remembered.mirror : null;
+    const missing = remembered?.sessionId === sessionId ? remembered.missing : new Map<string, FileEntry>();
+    const room = roomFor(sandbox.writableBytes);
     const patterns = await this.effectivePatterns(sessionId);
     const inScope = (p: string) => patterns.some((pat) => pat.matches(p)) && !(mirror?.covers(p) ?? false);
     const { maxBytes, maxFiles } = this.opts.persist;
@@ -168,13 +205,16 @@ export class Persistence implements CallPersistence {
       const sizes = await this.scan(sandbox, patterns, inScope, false);
       const overQuota = quotaProblem(sizes, maxBytes, maxFiles);
       if (overQuota) return keep([overQuota]);
+      const kept = [...missing.values()].filter((e) => !sizes.entries.has(e.path));
+      const tooBig = room === null ? null : roomProblem([...sizes.entries.values(), ...kept], current, room);
+      if (tooBig) return keep([tooBig]);
       // 2. The walk with content hashes (or, with changeDetection 'mtime', the stat walk and a size/mtime/mode quick
       //    check), and the diff against the generation this sandbox started from.
       const byHash = (this.opts.persist.changeDetection ?? 'hash') === 'hash';
       scan = byHash ? await this.scan(sandbox, patterns, inScope, true) : sizes;
       const again = quotaProblem(scan, maxBytes, maxFiles);
       if (again) return keep([again]);
-      ({ changes, toFetch } = diff(base, scan, inScope));
+      ({ changes, toFetch } = diff(base, scan, inScope, missing));
       // A metadata-only change reuses the base's blob; if a concurrent commit pruned it meanwhile, fetch the data.
       const fetching = new Set(toFetch.map((f) => f.path));
       for (const [p, e] of changes) {
@@ -246,6 +286,11 @@ export class Persistence implements CallPersistence {
         await txn.abort();
         return keep([quotaMessage(count, bytes, maxFiles, maxBytes, current.generation)]);
       }
+      const wontFit = room === null ? null : roomProblem([...entries.values()], current, room);
+      if (wontFit) {
+        await txn.abort();
+        return keep([wontFit]);
+      }
 
       let generation = current.generation;
       if (changed) {
@@ -256,8 +301,13 @@ export class Persistence implements CallPersistence {
         await txn.abort();
       }
 
-      // In per-session mode the same sandbox serves the next call: its base is now what was just committed.
-      if (remembered?.sessionId === sessionId) this.bases.set(sandbox, { ...remembered, manifest: await store.current() });
+      // In per-session mode the same sandbox serves the next call: its base is now what was just committed, and a
+      // file still missing from it is one the call left alone.
+      if (remembered?.sessionId === sessionId) {
+        const next = await store.current();
+        const stillMissing = new Map([...missing].filter(([p, e]) => !scan.entries.has(p) && sameEntry(next.entries.get(p), e)));
+        this.bases.set(sandbox, { ...remembered, manifest: next, missing: stillMissing });
+      }
       if (changed) this.opts.hub?.publish({ type: 'persist.changed', persist: await this.state(sessionId) });
       return { generation, notes };
     } catch (err) {
@@ -398,35 +448,72 @@ export class Persistence implements CallPersistence {
 
   // ---- copy-in ---------------------------------------------------------------------------------------------------
 
-  private async copyIn(store: SessionStore, sandbox: GuestOps, entries: ManifestEntry[]): Promise<void> {
+  /** Places `entries` in the guest: small files in batches, then large ones in parts, smallest first, then empty
+   *  directories and symlinks. A file the guest refuses (GuestError: no space left…) or the store cannot give back
+   *  (a damaged blob) is left out and reported; any other failure means the sandbox is broken and is thrown. */
+  private async copyIn(store: SessionStore, sandbox: GuestOps, entries: ManifestEntry[]): Promise<Placement> {
+    const placement: Placement = { missing: new Map(), reasons: new Map() };
+    const leaveOut = (f: FileEntry, reason: string) => {
+      placement.missing.set(f.path, f);
+      placement.reasons.set(reason, [...placement.reasons.get(reason) ?? [], f.path]);
+    };
     const files = entries.filter((e): e is FileEntry => e.type === 'file');
-    for (const f of files.filter((e) => e.size > LARGE_FILE)) {
+    for (const batch of batches(files.filter((e) => e.size <= LARGE_FILE))) {
+      const put: PutFile[] = [];
+      await forEachLimit(batch, IO_PARALLEL, async (f) => {
+        try { put.push({ path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs }); } catch (err) {
+          log.error(`session ${store.sessionId}: blob of ${showPath(f.path)} unreadable: ${errorMessage(err)}`);
+          leaveOut(f, 'damaged in the companion\'s store');
+        }
+      });
+      put.sort((a, b) => (a.path < b.path ? -1 : 1));
+      try { await sandbox.putFiles(put, []); } catch (err) {
+        if (!(err instanceof GuestError)) throw err;
+        // Retried one by one: the files that fit are placed, the others reported.
+        for (const one of put) {
+          try { await sandbox.putFiles([one], []); } catch (e) {
+            if (!(e instanceof GuestError)) throw e;
+            leaveOut(batch.find((f) => f.path === one.path)!, guestReason(e));
+          }
+        }
+      }
+    }
+    for (const f of files.filter((e) => e.size > LARGE_FILE).sort((a, b) => a.size - b.size)) {
       // Larger than one agent message: placed as parts next to the target, joined in the guest.
       const parts: string[] = [];
       const tag = randomBytes(6).toString('hex');
-      for await (const chunk of store.readBlobChunks(f.sha256, CHUNK_BYTES)) {
-        const part = `${parentOf(f.path)}/.perimeter-part-${tag}-${parts.length}`;
-        await sandbox.putFiles([{ path: part, data: chunk, mode: 0o600 }], []);
-        parts.push(part);
+      let reading = true;
+      try {
+        for await (const chunk of store.readBlobChunks(f.sha256, CHUNK_BYTES)) {
+          reading = false;
+          const part = `${parentOf(f.path)}/.perimeter-part-${tag}-${parts.length}`;
+          parts.push(part);
+          await sandbox.putFiles([{ path: part, data: chunk, mode: 0o600 }], []);
+          reading = true;
+        }
+        reading = false;
+        await joinParts(sandbox, f.path, f.mode, f.mtimeMs, parts);
+      } catch (err) {
+        if (!(err instanceof GuestError) && !reading) throw err;
+        // The parts already placed go, so the space they took is free for the call.
+        await sandbox.putFiles([], parts).catch((e) => { if (!(e instanceof GuestError)) throw e; });
+        if (err instanceof GuestError) leaveOut(f, guestReason(err));
+        else {
+          log.error(`session ${store.sessionId}: blob of ${showPath(f.path)} unreadable: ${errorMessage(err)}`);
+          leaveOut(f, 'damaged in the companion\'s store');
+        }
       }
-      await joinParts(sandbox, f.path, f.mode, f.mtimeMs, parts);
     }
-    for (const batch of batches(files.filter((e) => e.size <= LARGE_FILE))) {
-      const put: PutFile[] = new Array(batch.length);
-      await forEachLimit(batch.map((f, i) => [f, i] as const), IO_PARALLEL, async ([f, i]) => {
-        put[i] = { path: f.path, data: await store.readBlob(f.sha256), mode: f.mode, mtimeMs: f.mtimeMs };
-      });
-      await sandbox.putFiles(put, []);
-    }
-    // Directories that contain nothing persisted would not exist otherwise; symlinks are recreated as data.
+    // Directories that contain nothing placed would not exist otherwise; symlinks are recreated as data.
     const parents = new Set<string>();
-    for (const e of entries) parents.add(parentOf(e.path));
+    for (const e of entries) if (!placement.missing.has(e.path)) parents.add(parentOf(e.path));
     const records: MaterialiseRecord[] = [];
     for (const e of entries) {
       if (e.type === 'dir' && !parents.has(e.path)) records.push({ dir: e.path });
       if (e.type === 'symlink') records.push({ link: e.path, target: e.target });
     }
     await materialise(sandbox, records);
+    return placement;
   }
 
   // ---- helpers ---------------------------------------------------------------------------------------------------
@@ -471,8 +558,9 @@ export class Persistence implements CallPersistence {
   }
 }
 
-/** The changes a scan makes to the base generation: entry = added or modified, null = deleted. */
-function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean): { changes: Map<string, ManifestEntry | null>; toFetch: WalkedFile[] } {
+/** The changes a scan makes to the base generation: entry = added or modified, null = deleted. A file `missing` from
+ *  the sandbox (never placed) is not deleted by its absence, only with its directory. */
+function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean, missing: ReadonlyMap<string, FileEntry>): { changes: Map<string, ManifestEntry | null>; toFetch: WalkedFile[] } {
   const changes = new Map<string, ManifestEntry | null>();
   const toFetch: WalkedFile[] = [];
   for (const [p, e] of scan.entries) {
@@ -500,6 +588,8 @@ function diff(base: Manifest, scan: Scan, inScope: (p: string) => boolean): { ch
   }
   for (const p of base.entries.keys()) {
     if (scan.entries.has(p) || !inScope(p)) continue;
+    const parent = parentOf(p);
+    if (missing.has(p) && !(base.entries.get(parent)?.type === 'dir' && !scan.entries.has(parent))) continue;
     if (scan.scannedRoots.some((r) => isWithin(p, r))) changes.set(p, null);
   }
   return { changes, toFetch };
@@ -557,7 +647,64 @@ export function formatBytes(n: number): string {
   return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
+/** What a fresh sandbox with `writableBytes` of writable space can give the persisted files (null: no limit known). */
+function roomFor(writableBytes: number | undefined): { limit: number; writable: number } | null {
+  if (writableBytes === undefined || !Number.isFinite(writableBytes) || writableBytes <= 0) return null;
+  return { limit: Math.max(0, writableBytes - Math.max(WORKING_ROOM_BYTES, Math.floor(writableBytes / 8))), writable: writableBytes };
+}
+
+type Sized = { type: string; path: string; size?: number };
+
+/** The writable space placing `entries` takes in a fresh guest: whole pages per file and symlink, plus one chunk for
+ *  the join of a file copied in parts (its parts and the growing file exist together). */
+function footprint(entries: readonly Sized[]): number {
+  let bytes = 0;
+  let parts = false;
+  for (const e of entries) {
+    if (e.type === 'file') { bytes += Math.ceil((e.size ?? 0) / PAGE_BYTES) * PAGE_BYTES; if ((e.size ?? 0) > LARGE_FILE) parts = true; }
+    else if (e.type === 'symlink') bytes += PAGE_BYTES;
+  }
+  return bytes + (parts ? CHUNK_BYTES : 0);
+}
+
+/** A note refusing a generation that a fresh sandbox could not hold, unless it is no larger than the current one. */
+function roomProblem(entries: readonly Sized[], current: Manifest, room: { limit: number; writable: number }): string | null {
+  const need = footprint(entries);
+  if (need <= room.limit || need <= footprint([...current.entries.values()])) return null;
+  const files = entries.filter((e) => e.type === 'file').sort((a, b) => (b.size ?? 0) - (a.size ?? 0)).slice(0, 3);
+  const largest = files.length ? ` Largest: ${files.map((f) => `${showPath(f.path)} (${formatBytes(f.size ?? 0)})`).join(', ')}.` : '';
+  return `not persisted: the persisted paths would need ${formatBytes(need)} in a sandbox, more than a fresh one can hold `
+    + `(${formatBytes(room.limit)} of its ${formatBytes(room.writable)} writable space; the rest stays free for the call itself); `
+    + `nothing from this call was persisted and the previous state (generation ${current.generation}) is kept.${largest} `
+    + 'Delete files or narrow the persisted paths.';
+}
+
+/** Tells the model which saved files this sandbox lacks, why, and how to drop them. */
+function missingNote(placement: Placement): string {
+  const parts = [...placement.reasons].map(([reason, paths]) => {
+    const shown = paths.slice(0, 10).map((p) => `${showPath(p)} (${formatBytes(placement.missing.get(p)?.size ?? 0)})`).join(', ');
+    return `${reason}: ${shown}${paths.length > 10 ? ` and ${paths.length - 10} more` : ''}`;
+  });
+  return `Saved files missing from this sandbox (${parts.join('; ')}). They stay saved unchanged; to drop one, `
+    + 'overwrite it (e.g. `: > FILE`) and delete it in a later call, or delete its directory. '
+    + 'A larger sandbox (sandbox.diskMiB and sandbox.memoryMiB in the companion\'s configuration) would hold them.';
+}
+
+/** A guest error in the model's terms: the errno's meaning, never a host detail. */
+function guestReason(err: GuestError): string {
+  const known: Record<string, string> = { ENOSPC: 'no space left on device', EDQUOT: 'disk quota exceeded', EFBIG: 'file too large', ENOMEM: 'out of memory' };
+  return known[err.code] ?? err.code;
+}
+
+/** Wraps a failure of a copy step. Host-side failures (the store's files) are described without host paths; their
+ *  details go to the companion's log. */
 function asSandboxFailure(step: string, err: unknown): PerimeterError {
   if (err instanceof PerimeterError) return err;
-  return transient('persist_sandbox_failed', `persisted files: ${step} failed (${errorMessage(err)}); the previous state is kept`, err);
+  let what = errorMessage(err);
+  const host = err as NodeJS.ErrnoException;
+  if (!(err instanceof GuestError) && typeof host?.syscall === 'string') {
+    log.error(`persisted files: ${step}: ${errorMessage(err)}`);
+    what = `the companion's file store on the host failed: ${host.code ?? 'EIO'}`;
+  }
+  return transient('persist_sandbox_failed', `persisted files: ${step} failed (${what}); the previous state is kept`, err);
 }

@@ -7,7 +7,8 @@
 // Invariants: no guest name is ever a host path here (blobs are named by their host-computed hash); every file is
 // created with O_CREAT|O_EXCL|O_NOFOLLOW inside a fresh mkdtemp directory, fsynced, then renamed into place; CURRENT
 // changes only after the manifest and all its blobs are durable, so a crash at any point leaves the previous
-// generation intact. The store's own directories must be real directories (a planted symlink is refused).
+// generation intact. The store's own directories must be real directories (a planted symlink is refused). Errors
+// name the store's files relative to the state directory (`<state dir>/sessions/…`), never by their host path.
 import { constants as C, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
@@ -27,12 +28,13 @@ async function fsyncDir(dir: string): Promise<void> {
   try { await h.sync(); } finally { await h.close(); }
 }
 
-/** Creates `dir` (mode 0700) if missing and checks it is a real directory of ours, not a planted symlink. */
-async function ensureRealDir(dir: string): Promise<void> {
+/** Creates `dir` (mode 0700) if missing and checks it is a real directory of ours, not a planted symlink; `shown`
+ *  names it in errors. */
+async function ensureRealDir(dir: string, shown: string): Promise<void> {
   try { await fsp.mkdir(dir, { mode: 0o700 }); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err; }
   const st = await fsp.lstat(dir);
-  if (!st.isDirectory() || st.isSymbolicLink()) throw fatal('persist_store_tampered', `persist store: ${dir} is not a directory (refusing to use it)`);
-  if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw fatal('persist_store_tampered', `persist store: ${dir} is owned by another user (refusing to use it)`);
+  if (!st.isDirectory() || st.isSymbolicLink()) throw fatal('persist_store_tampered', `persist store: ${shown} is not a directory (refusing to use it)`);
+  if (typeof process.getuid === 'function' && st.uid !== process.getuid()) throw fatal('persist_store_tampered', `persist store: ${shown} is owned by another user (refusing to use it)`);
 }
 
 /** Writes a new file exclusively (never through a symlink, never over an existing file); fsyncs it unless the
@@ -64,7 +66,7 @@ async function readNoFollow(file: string): Promise<Buffer> {
   const h = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW);
   try {
     const st = await h.stat();
-    if (!st.isFile()) throw new Error(`${file} is not a regular file`);
+    if (!st.isFile()) throw Object.assign(new Error('not a regular file'), { code: 'EINVAL' });
     return await h.readFile();
   } finally { await h.close(); }
 }
@@ -151,6 +153,8 @@ export class CommitTxn {
 
 export class SessionStore {
   readonly dir: string;
+  /** The state directory the store lives under (`<state dir>/sessions/<id>`). */
+  private readonly stateDir: string;
   private readonly blobsDir: string;
   private readonly gensDir: string;
   private readonly stagingRoot: string;
@@ -160,6 +164,7 @@ export class SessionStore {
 
   private constructor(sessionsDir: string, readonly sessionId: string) {
     this.dir = path.join(sessionsDir, sessionId);
+    this.stateDir = path.dirname(sessionsDir);
     this.blobsDir = path.join(this.dir, 'blobs');
     this.gensDir = path.join(this.dir, 'gens');
     this.stagingRoot = path.join(this.dir, 'staging');
@@ -172,7 +177,7 @@ export class SessionStore {
     if (bad) throw fatal('persist_session_invalid', bad);
     await fsp.mkdir(sessionsDir, { recursive: true, mode: 0o700 });
     const store = new SessionStore(sessionsDir, sessionId);
-    for (const d of [store.dir, store.blobsDir, store.gensDir, store.stagingRoot]) await ensureRealDir(d);
+    for (const d of [store.dir, store.blobsDir, store.gensDir, store.stagingRoot]) await ensureRealDir(d, store.shown(d));
     await store.recover(keepGenerations);
     return store;
   }
@@ -183,7 +188,7 @@ export class SessionStore {
   }
 
   async begin(): Promise<CommitTxn> {
-    await ensureRealDir(this.stagingRoot);
+    await ensureRealDir(this.stagingRoot, this.shown(this.stagingRoot));
     const dir = await fsp.mkdtemp(path.join(this.stagingRoot, 'commit-'));
     return new CommitTxn(this, dir);
   }
@@ -221,12 +226,13 @@ export class SessionStore {
 
   async readPatterns(): Promise<string[] | null> {
     let raw: Buffer;
-    try { raw = await readNoFollow(path.join(this.dir, 'patterns.json')); } catch (err) {
+    const file = path.join(this.dir, 'patterns.json');
+    try { raw = await readNoFollow(file); } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw err;
+      throw this.unreadable(file, err);
     }
     const parsed = JSON.parse(raw.toString('utf8')) as { patterns?: unknown };
-    if (!Array.isArray(parsed.patterns) || !parsed.patterns.every((p) => typeof p === 'string')) throw fatal('persist_store_corrupt', `${this.dir}/patterns.json is damaged`);
+    if (!Array.isArray(parsed.patterns) || !parsed.patterns.every((p) => typeof p === 'string')) throw fatal('persist_store_corrupt', `persist store: ${this.shown(file)} is damaged`);
     return parsed.patterns as string[];
   }
 
@@ -265,7 +271,7 @@ export class SessionStore {
     // Blob data is durable before any name points at it; then the renames, then the directories.
     await syncFiles([...staged.values()]);
     const shards = [...new Set([...staged.keys()].map((h) => h.slice(0, 2)))].map((x) => path.join(this.blobsDir, x));
-    await forEachLimit(shards, IO_PARALLEL, (d) => ensureRealDir(d));
+    await forEachLimit(shards, IO_PARALLEL, (d) => ensureRealDir(d, this.shown(d)));
     await forEachLimit([...staged], IO_PARALLEL, ([hash, file]) => fsp.rename(file, path.join(this.blobsDir, hash.slice(0, 2), hash)));
     await forEachLimit(shards, IO_PARALLEL, (d) => fsyncDir(d));
     if (shards.length > 0) await fsyncDir(this.blobsDir);
@@ -286,16 +292,22 @@ export class SessionStore {
   // ---- internals ---------------------------------------------------------------------------------------------------
 
   private blobPath(hash: string): string { return path.join(this.blobsDir, hash.slice(0, 2), hash); }
+  /** A store path as errors name it: relative to the state directory. */
+  private shown(p: string): string { return `<state dir>/${path.relative(this.stateDir, p)}`; }
+  private unreadable(file: string, err: unknown): Error {
+    return fatal('persist_store_corrupt', `persist store: ${this.shown(file)} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`, err);
+  }
   private genPath(gen: number): string { return path.join(this.gensDir, `gen-${gen}.json`); }
 
   private async currentGeneration(): Promise<number> {
     let raw: Buffer;
-    try { raw = await readNoFollow(path.join(this.dir, 'CURRENT')); } catch (err) {
+    const file = path.join(this.dir, 'CURRENT');
+    try { raw = await readNoFollow(file); } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0;
-      throw err;
+      throw this.unreadable(file, err);
     }
     const text = raw.toString('utf8').trim();
-    if (!/^\d{1,15}$/.test(text)) throw fatal('persist_store_corrupt', `${this.dir}/CURRENT is damaged`);
+    if (!/^\d{1,15}$/.test(text)) throw fatal('persist_store_corrupt', `persist store: ${this.shown(file)} is damaged`);
     return Number(text);
   }
 
@@ -303,7 +315,7 @@ export class SessionStore {
     if (gen === 0) return emptyManifest();
     let raw: Buffer;
     try { raw = await readNoFollow(this.genPath(gen)); } catch (err) {
-      throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is missing (${(err as Error).message})`);
+      throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is missing or unreadable (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`);
     }
     let json: unknown;
     try { json = JSON.parse(raw.toString('utf8')); } catch { throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is not valid JSON`); }

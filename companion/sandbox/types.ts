@@ -58,6 +58,9 @@ export class GuestError extends Error {
 
 /** The operations the guest agent serves (and the process driver imitates). */
 export interface GuestOps {
+  /** Bytes the guest's writable layer holds (every file written anywhere in the guest); absent when the driver sets
+   *  no such limit. Persistence refuses a generation a fresh sandbox could not hold. */
+  readonly writableBytes?: number;
   exec(req: ExecRequest, onOutput?: (chunk: Buffer) => void): Promise<ExecResult>;
   readFile(path: string, opts?: { offset?: number; length?: number }): Promise<{ data: Buffer; size: number }>;
   /** Atomic (temp file + rename in the same directory); creates parent directories. */

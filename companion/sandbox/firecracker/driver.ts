@@ -131,7 +131,8 @@ function linkInto(src: string, dst: string): void {
 class FirecrackerSandbox implements Sandbox {
   readonly driver = 'firecracker' as const;
   private destroyed: Promise<void> | null = null;
-  constructor(readonly vm: FirecrackerVm, private readonly callTimeoutMs: number, private readonly onGone: (s: FirecrackerSandbox) => void) {}
+  constructor(readonly vm: FirecrackerVm, private readonly callTimeoutMs: number, private readonly onGone: (s: FirecrackerSandbox) => void,
+    readonly writableBytes: number) {}
   get id(): string { return this.vm.id; }
   exec(req: ExecRequest, onOutput?: (c: Buffer) => void): Promise<ExecResult> { return this.vm.agent.exec({ ...req, timeoutMs: Math.min(req.timeoutMs, this.callTimeoutMs) }, onOutput); }
   readFile(p: string, o?: { offset?: number; length?: number }) { return this.vm.agent.readFile(p, o); }
@@ -233,7 +234,7 @@ export class FirecrackerDriver implements SandboxDriver {
     const snap = this.snapshot!;
     const files = { 'rootfs.ext4': t.image.rootfs, 'vm.state': snap.state, 'mem.bin': snap.mem };
     const vm = await FirecrackerVm.spawn({ binary: this.config.sandbox.firecrackerBinary, vmsDir: this.vmsDir, jailer: this.jailer, files });
-    const sandbox = new FirecrackerSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s));
+    const sandbox = new FirecrackerSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), guestLimits(this.config.sandbox, t.manifest.memoryMiB).writableBytes);
     try {
       await vm.api.loadSnapshot({
         snapshot_path: 'vm.state', mem_backend: { backend_type: 'File', backend_path: 'mem.bin' }, resume_vm: true,

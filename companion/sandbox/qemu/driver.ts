@@ -48,7 +48,8 @@ export class QemuSandbox implements Sandbox {
   readonly driver = 'qemu' as const;
   private destroyed: Promise<void> | null = null;
 
-  constructor(readonly vm: QemuVm, private readonly callTimeoutMs: number, private readonly onGone: (s: QemuSandbox) => void) {}
+  constructor(readonly vm: QemuVm, private readonly callTimeoutMs: number, private readonly onGone: (s: QemuSandbox) => void,
+    readonly writableBytes: number) {}
 
   get id(): string { return this.vm.id; }
 
@@ -190,7 +191,7 @@ export class QemuDriver implements SandboxDriver {
     if (!t) throw fatal('template_missing', 'driver not started');
     if (!existsSync(t.memFile)) throw fatal('template_invalid', `template ${t.dir} lost its memory file`);
     const vm = await this.takeEmulator(t);
-    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s));
+    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), this.limits(t).writableBytes);
     vm.onAgentFatal = (err) => {
       log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`);
       void sandbox.destroy();
