@@ -45,7 +45,10 @@ const ExecTrailerSchema = z.object({
   timedOut: z.boolean(),
   droppedBytes: z.number().int().nonnegative(),
   durationMs: z.number().int().nonnegative(),
-});
+  /** Absent from an agent older than these fields (a template built before them). */
+  headBytes: z.number().int().nonnegative().optional(),
+  droppedNewlines: z.number().int().nonnegative().optional(),
+}).refine((t) => t.droppedNewlines === undefined || t.droppedNewlines <= t.droppedBytes, 'more dropped newlines than dropped bytes');
 
 /** Why the agent cut a tunnel off (its 'x' frame carried a reason). */
 export class TunnelClosedError extends Error {
@@ -190,9 +193,11 @@ export class GuestClient implements GuestOps {
     const output: Buffer[] = [];
     let kept = 0;
     let hostDropped = 0;
+    let hostDroppedNewlines = 0;
     const collect = (chunk: Buffer) => {
       const room = Math.max(0, req.maxOutputBytes - kept);
       const part = chunk.length <= room ? chunk : chunk.subarray(0, room);
+      for (let i = part.length; i < chunk.length; i++) if (chunk[i] === 0x0a) hostDroppedNewlines++;
       hostDropped += chunk.length - part.length;
       if (part.length) { output.push(part); kept += part.length; onOutput?.(part); }
     };
@@ -201,14 +206,25 @@ export class GuestClient implements GuestOps {
       trailer = await this.request(T.exec, w.finish(), { deadlineMs: req.timeoutMs + EXEC_GRACE_MS, maxBytes: 64, onOutput: collect });
     } catch (err) {
       if (err instanceof DeadlineError) {
-        return { exitCode: 137, timedOut: true, output: Buffer.concat(output), droppedBytes: hostDropped, durationMs: Date.now() - started };
+        return { exitCode: 137, timedOut: true, output: Buffer.concat(output), droppedBytes: hostDropped, droppedAt: kept, droppedNewlines: hostDroppedNewlines, durationMs: Date.now() - started };
       }
       throw err;
     }
     const r = new BodyReader(trailer);
-    const t = ExecTrailerSchema.parse({ exitCode: r.u32(), timedOut: r.u8() === 1, droppedBytes: r.u64(), durationMs: r.u32() });
+    const t = ExecTrailerSchema.parse({
+      exitCode: r.u32(), timedOut: r.u8() === 1, droppedBytes: r.u64(), durationMs: r.u32(),
+      ...(r.atEnd() ? {} : { headBytes: r.u64(), droppedNewlines: r.u64() }),
+    });
     r.done();
-    return { exitCode: t.exitCode, timedOut: t.timedOut, output: Buffer.concat(output), droppedBytes: t.droppedBytes + hostDropped, durationMs: Date.now() - started };
+    // An older agent kept the first ceil(cap/2) bytes as its head. What the host dropped itself (a guest ignoring
+    // the cap) is counted as if it were in the guest's gap: its output is untrusted either way.
+    const headBytes = t.droppedBytes === 0 ? kept : Math.min(kept, t.headBytes ?? req.maxOutputBytes - Math.floor(req.maxOutputBytes / 2));
+    return {
+      exitCode: t.exitCode, timedOut: t.timedOut, output: Buffer.concat(output),
+      droppedBytes: t.droppedBytes + hostDropped, droppedAt: headBytes,
+      droppedNewlines: t.droppedNewlines === undefined ? null : t.droppedNewlines + hostDroppedNewlines,
+      durationMs: Date.now() - started,
+    };
   }
 
   async readFile(path: string, opts: { offset?: number; length?: number } = {}): Promise<{ data: Buffer; size: number }> {

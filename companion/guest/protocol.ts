@@ -152,5 +152,6 @@ export class BodyReader {
     if (b.includes(0)) throw new ProtocolError('string contains NUL');
     return b.toString('utf8');
   }
+  atEnd(): boolean { return this.off === this.buf.length; }
   done(): void { if (this.off !== this.buf.length) throw new ProtocolError(`${this.buf.length - this.off} unexpected trailing bytes`); }
 }

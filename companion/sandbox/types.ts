@@ -28,6 +28,10 @@ export interface ExecResult {
   /** stdout and stderr merged in arrival order, capped: head and tail kept, middle dropped. */
   output: Buffer;
   droppedBytes: number;
+  /** Where the dropped bytes were: `output.subarray(0, droppedAt)` came before them (output.length when none were). */
+  droppedAt: number;
+  /** Newlines among the dropped bytes; null when the sandbox cannot count them (an agent older than this field). */
+  droppedNewlines: number | null;
   durationMs: number;
 }
 

@@ -11,8 +11,10 @@ import { GuestError, type GuestOps } from '../sandbox/types';
 import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 import type { ShellState } from '../persist/types';
 import { parseToolInput, type ToolInputs, type ToolName } from './schemas';
-import { cleanOutput, nonEmpty, trimTrailingNewlines, truncateUtf8 } from './text';
+import { cleanOutput, nonEmpty, trimTrailingNewlines } from './text';
 import { globToRegExp } from './glob';
+import { execGap, keepFirstLines, keepHeadAndTail } from './truncate';
+import { searchWithoutRipgrep } from './grep-fallback';
 
 export const WORKDIR = '/workspace';
 /** Where the session's memory stores are mounted; the file tools may reach them too (as the reference's allowedRoots). */
@@ -119,17 +121,19 @@ async function guestCall<T>(tool: string, file: string, fn: () => Promise<T>): P
 
 function shQuote(s: string): string { return `'${s.replace(/'/g, `'\\''`)}'`; }
 
-/** Commands longer than this travel on the shell's stdin instead of inside its `-c` script (an exec argument, and
- *  an agent protocol string, are bounded; a model may well send a 200 KB heredoc). */
+/** Commands whose quoted form is longer than this travel on the shell's stdin instead of inside its `-c` script (an
+ *  exec argument, and an agent protocol string, are bounded; a model may well send a 200 KB heredoc). */
 export const BASH_INLINE_COMMAND_MAX = 32 * 1024;
 /** The longest command the bash tool accepts. */
 export const BASH_COMMAND_MAX = 4 * 1024 * 1024;
-/** The script line that reads a long command from stdin (`$(cat)`: one fork, instead of bash's byte-at-a-time
- *  `read` from a pipe) and runs it with stdin at /dev/null, as an inline command would find it. */
+/** Runs a long command read from stdin (`$(cat)`: one fork, instead of bash's byte-at-a-time `read` from a pipe)
+ *  with stdin at /dev/null, as an inline command would find it. */
 const COMMAND_FROM_STDIN = '__perimeter_cmd="$(cat)"; exec 0</dev/null; builtin eval "$__perimeter_cmd"';
 
 /**
- * The script run by `/bin/bash -c`: restores cwd, arms the state-saving EXIT trap, then runs the command.
+ * The script run by `/bin/bash -c`, all on its first line: restores cwd, arms the state-saving EXIT trap, then runs
+ * the command with `builtin eval`. Because that eval starts on line 1, the command's own lines are numbered from 1
+ * ($LINENO, and `line N:` in bash's messages), as if the command were the whole script.
  * The trap saves `<cwd>\0NAME=VALUE\0…` (the exported, set, scalar variables, without PWD, OLDPWD, SHLVL and `_`;
  * under the process driver also without PERIMETER_GUEST_PREFIX and TMPDIR, and with HOME and cwd mapped back to
  * guest paths). It uses shell builtins only: under TCG every fork+exec in the guest costs 30-100 ms, so the only
@@ -139,34 +143,33 @@ const COMMAND_FROM_STDIN = '__perimeter_cmd="$(cat)"; exec 0</dev/null; builtin 
  */
 export function bashScript(command: string, cwd: string, commandOnStdin = false): string {
   return [
-    '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}"',
+    '__perimeter_p="${PERIMETER_GUEST_PREFIX:-}";',
     '__perimeter_save() {',
-    `  local __perimeter_d __perimeter_n __perimeter_a __perimeter_f="$__perimeter_p${SHELL_STATE_FILE}"`,
-    '  local -a __perimeter_names',
+    `local __perimeter_d __perimeter_n __perimeter_a __perimeter_f="$__perimeter_p${SHELL_STATE_FILE}";`,
+    'local -a __perimeter_names;',
     // $PWD is what `pwd` prints, unless the command broke it (unset, assigned): then ask the kernel via `cd -P .`.
-    '  if ! [[ "$PWD" == /* && "$PWD" -ef . ]]; then builtin cd -P . 2>/dev/null; fi',
-    '  __perimeter_d="${PWD#"$__perimeter_p"}"',
+    'if ! [[ "$PWD" == /* && "$PWD" -ef . ]]; then builtin cd -P . 2>/dev/null; fi;',
+    '__perimeter_d="${PWD#"$__perimeter_p"}";',
     // The names of the exported variables, passed through the state file itself (`$(compgen -e)` would fork a
     // subshell); `>|` because the command may have set noclobber.
-    '  builtin compgen -e >| "$__perimeter_f" 2>/dev/null && builtin mapfile -t __perimeter_names < "$__perimeter_f"',
-    '  {',
-    "    builtin printf '%s\\0' \"${__perimeter_d:-/}\"",
-    '    for __perimeter_n in "${__perimeter_names[@]}"; do',
-    '      case "$__perimeter_n" in PWD|OLDPWD|SHLVL|_|__perimeter_*) continue ;; esac',
-    '      if [[ -n "$__perimeter_p" ]]; then case "$__perimeter_n" in PERIMETER_GUEST_PREFIX|TMPDIR|HOME) continue ;; esac; fi',
-    '      __perimeter_a="${!__perimeter_n@a}"',
-    '      if [[ "$__perimeter_a" == *x* && "$__perimeter_a" != *[aA]* && -n "${!__perimeter_n+set}" ]]; then',
-    "        builtin printf '%s=%s\\0' \"$__perimeter_n\" \"${!__perimeter_n}\"",
-    '      fi',
-    '    done',
-    "    if [[ -n \"$__perimeter_p\" ]]; then builtin printf 'HOME=%s\\0' \"${HOME#\"$__perimeter_p\"}\"; fi",
-    '  } >| "$__perimeter_f" 2>/dev/null',
-    '}',
-    'trap __perimeter_save EXIT',
-    `builtin cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || builtin cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null`,
-    commandOnStdin ? COMMAND_FROM_STDIN : command,
-    '',
-  ].join('\n');
+    'builtin compgen -e >| "$__perimeter_f" 2>/dev/null && builtin mapfile -t __perimeter_names < "$__perimeter_f";',
+    '{',
+    "builtin printf '%s\\0' \"${__perimeter_d:-/}\";",
+    'for __perimeter_n in "${__perimeter_names[@]}"; do',
+    'case "$__perimeter_n" in PWD|OLDPWD|SHLVL|_|__perimeter_*) continue ;; esac;',
+    'if [[ -n "$__perimeter_p" ]]; then case "$__perimeter_n" in PERIMETER_GUEST_PREFIX|TMPDIR|HOME) continue ;; esac; fi;',
+    '__perimeter_a="${!__perimeter_n@a}";',
+    'if [[ "$__perimeter_a" == *x* && "$__perimeter_a" != *[aA]* && -n "${!__perimeter_n+set}" ]]; then',
+    "builtin printf '%s=%s\\0' \"$__perimeter_n\" \"${!__perimeter_n}\";",
+    'fi;',
+    'done;',
+    "if [[ -n \"$__perimeter_p\" ]]; then builtin printf 'HOME=%s\\0' \"${HOME#\"$__perimeter_p\"}\"; fi;",
+    '} >| "$__perimeter_f" 2>/dev/null;',
+    '};',
+    'trap __perimeter_save EXIT;',
+    `builtin cd -- "$__perimeter_p"${shQuote(cwd)} 2>/dev/null || builtin cd -- "$__perimeter_p${WORKDIR}" 2>/dev/null;`,
+    commandOnStdin ? COMMAND_FROM_STDIN : `builtin eval ${shQuote(command)}`,
+  ].join(' ') + '\n';
 }
 
 export function parseShellState(data: Buffer): ShellState | null {
@@ -195,7 +198,7 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
   const env = { ...SHELL_BASE_ENV, ...shell.env };
   const commandBytes = Buffer.byteLength(input.command);
   if (commandBytes > BASH_COMMAND_MAX) return fail(`bash: the command is ${commandBytes} bytes; the limit is ${BASH_COMMAND_MAX} (write large content with the write tool)`);
-  const onStdin = commandBytes > BASH_INLINE_COMMAND_MAX;
+  const onStdin = Buffer.byteLength(shQuote(input.command)) > BASH_INLINE_COMMAND_MAX;
   // A stale state file from an earlier call in the same sandbox must not be mistaken for this call's state.
   await ctx.sandbox.putFiles([], [SHELL_STATE_FILE]).catch(() => {});
   const res = await ctx.sandbox.exec(
@@ -210,8 +213,7 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
     const { data } = await ctx.sandbox.readFile(SHELL_STATE_FILE);
     next = parseShellState(data) ?? shell;
   } catch { /* the shell was killed or exec'd away: keep the previous state */ }
-  let text = trimTrailingNewlines(cleanOutput(res.output));
-  if (res.droppedBytes > 0) text = `[output truncated: ${res.droppedBytes} bytes omitted]\n${text}`;
+  const text = trimTrailingNewlines(keepHeadAndTail(res.output, execGap(res), BASH_OUTPUT_LIMIT));
   if (res.timedOut) {
     const note = `bash: command timed out after ${timeoutMs} ms and was killed`;
     return fail(text ? `${text}\n${note}` : note, { exitCode: res.exitCode, shell: next });
@@ -330,24 +332,37 @@ async function grep(input: ToolInputs['grep'], ctx: ToolRunContext): Promise<Too
   const root = input.path ? resolveToolPath('grep', input.path) : WORKDIR;
   const st = await guestCall('grep', input.path ?? root, () => ctx.sandbox.stat(root));
   if (!st) throw new ToolError(`grep: ${input.path ?? root}: no such file or directory`);
+  const timeoutMs = Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs);
   // Run from `/` with a relative path so the process driver (which maps `/` onto its root) and VMs behave alike.
   const rel = root.slice(1) || '.';
   const res = await ctx.sandbox.exec({
     argv: ['rg', '--no-config', '-n', '--no-heading', '-e', input.pattern, '--', rel],
     cwd: '/', env: { PATH: SHELL_BASE_ENV.PATH!, LANG: 'C.UTF-8' },
-    timeoutMs: Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs),
+    timeoutMs,
     maxOutputBytes: GREP_OUTPUT_LIMIT * 2,
   });
-  if (res.timedOut) return fail(`grep: timed out after ${Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs) / 1000}s`);
-  if (res.exitCode === 1) return ok('no matches', { exitCode: 1 });
-  if (res.exitCode === 127) return fail('grep: rg (ripgrep) is not installed in the sandbox', { exitCode: 127 });
-  let text = cleanOutput(res.output);
-  if (res.exitCode !== 0) return fail(`grep: rg failed: ${trimTrailingNewlines(text) || `exit ${res.exitCode}`}`, { exitCode: res.exitCode });
-  if (st.type === 'dir') {
-    const from = rel === '.' ? './' : `${rel}/`;
-    text = text.split('\n').map((l) => (l.startsWith(from) ? `/${rel === '.' ? '' : `${rel}/`}${l.slice(from.length)}` : l)).join('\n');
+  if (res.timedOut) return fail(`grep: timed out after ${timeoutMs / 1000}s`);
+  if (res.exitCode === 127) {
+    // No rg in the sandbox: the tool's own search, in the same shape.
+    const found = await searchWithoutRipgrep(ctx.sandbox, { root, rootIsDir: st.type === 'dir', pattern: input.pattern, timeoutMs });
+    if (!found.ok) return fail(found.message);
+    if (found.lines.length === 0) return ok(['no matches', ...found.notes].join('\n'), { exitCode: 1 });
+    return ok([keepFirstLines(found.lines.map((l) => cleanOutput(l)), GREP_OUTPUT_LIMIT), ...found.notes].join('\n'), { exitCode: 0 });
   }
-  const cut = truncateUtf8(text, GREP_OUTPUT_LIMIT);
-  if (cut.truncated || res.droppedBytes > 0) return ok(`${cut.text}\n[output truncated at ${GREP_OUTPUT_LIMIT} bytes]`, { exitCode: 0 });
-  return ok(trimTrailingNewlines(text), { exitCode: 0 });
+  if (res.exitCode === 1) return ok('no matches', { exitCode: 1 });
+  if (res.exitCode !== 0) return fail(`grep: rg failed: ${trimTrailingNewlines(cleanOutput(res.output)) || `exit ${res.exitCode}`}`, { exitCode: res.exitCode });
+  // Whole lines received before any bytes the sandbox dropped are shown (as many as fit); the rest is counted.
+  const gap = execGap(res);
+  const received = gap ? res.output.subarray(0, gap.at > 0 ? res.output.lastIndexOf(0x0a, gap.at - 1) + 1 : 0) : res.output;
+  const unseenRaw = res.output.subarray(received.length);
+  const lines = cleanOutput(received).split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  let unseenNewlines: number | null = gap && gap.newlines === null ? null : (gap?.newlines ?? 0);
+  if (unseenNewlines !== null) for (let i = unseenRaw.indexOf(0x0a); i >= 0; i = unseenRaw.indexOf(0x0a, i + 1)) unseenNewlines++;
+  // rg names files relative to `/`; the tool shows them absolute (one more byte on each line it did not show, too).
+  const dirMode = st.type === 'dir';
+  const from = rel === '.' ? './' : `${rel}/`;
+  const shown = dirMode ? lines.map((l) => (l.startsWith(from) ? `/${rel === '.' ? '' : `${rel}/`}${l.slice(from.length)}` : l)) : lines;
+  const unseenBytes = unseenRaw.length + (gap?.bytes ?? 0) + (dirMode ? unseenNewlines ?? 0 : 0);
+  return ok(keepFirstLines(shown, GREP_OUTPUT_LIMIT, { bytes: unseenBytes, newlines: unseenNewlines }), { exitCode: 0 });
 }

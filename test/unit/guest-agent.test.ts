@@ -56,6 +56,22 @@ describe('guest agent binary (host test mode)', function () {
     assert.equal(r.output.length + r.droppedBytes, 'x-value\nin\n'.length + Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('').length);
   });
 
+  it('says where it dropped output and how many newlines it dropped, so the host can cut on whole lines', async () => {
+    const all = Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('');
+    for (const cap of [1000, 1001, 65_537]) {
+      const r = await client.exec({ argv: ['seq', '1', '20000'], cwd: dir, timeoutMs: 10_000, maxOutputBytes: cap });
+      const out = r.output.toString();
+      assert.equal(r.output.length, cap);
+      assert.ok(all.startsWith(out.slice(0, r.droppedAt)), 'the head is the start of the output');
+      assert.ok(all.endsWith(out.slice(r.droppedAt)), 'the tail is its end');
+      const dropped = all.slice(r.droppedAt, all.length - (cap - r.droppedAt));
+      assert.equal(r.droppedBytes, dropped.length);
+      assert.equal(r.droppedNewlines, dropped.split('\n').length - 1);
+    }
+    const small = await client.exec({ argv: ['seq', '1', '3'], cwd: dir, timeoutMs: 10_000, maxOutputBytes: 1000 });
+    assert.deepEqual([small.droppedBytes, small.droppedAt, small.droppedNewlines], [0, 6, 0]);
+  });
+
   it('kills a command at its timeout and reports timedOut', async () => {
     const r = await client.exec({ argv: ['/bin/sh', '-c', 'echo before; sleep 30'], timeoutMs: 300, maxOutputBytes: 1000 });
     assert.equal(r.timedOut, true);

@@ -99,6 +99,24 @@ describe('guest client against a hostile guest', () => {
     assert.equal(Buffer.concat(chunks).length, 10);
   });
 
+  it('reads where the guest dropped output and the newlines dropped; an older agent\'s reply has neither', async () => {
+    const { channel, send, sent } = fakeChannel();
+    const c = new GuestClient(channel);
+    const exec = async (trailer: BodyWriter) => {
+      const p = c.exec({ argv: ['x'], timeoutMs: 5000, maxOutputBytes: 11 });
+      await new Promise((r) => setImmediate(r));
+      const id = sent[sent.length - 1]!.id;
+      send(encodeFrame(T.output, id, Buffer.from('head\ntail\n')));
+      send(encodeFrame(T.ok, id, trailer.finish()));
+      return p;
+    };
+    const current = await exec(new BodyWriter().u32(0).u8(0).u64(40).u32(5).u64(5).u64(7));
+    assert.deepEqual([current.droppedBytes, current.droppedAt, current.droppedNewlines], [40, 5, 7]);
+    const older = await exec(new BodyWriter().u32(0).u8(0).u64(40).u32(5));
+    assert.deepEqual([older.droppedBytes, older.droppedAt, older.droppedNewlines], [40, 6, null], 'an older agent kept ceil(cap/2) bytes as its head');
+    await assert.rejects(exec(new BodyWriter().u32(0).u8(0).u64(4).u32(5).u64(5).u64(7)), /newlines/, 'more newlines than bytes dropped');
+  });
+
   it('fails every pending request when the channel closes', async () => {
     const { channel } = fakeChannel();
     let fatal: Error | null = null;

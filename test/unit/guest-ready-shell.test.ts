@@ -10,6 +10,7 @@ import type { GuestClient } from '../../companion/guest/client';
 import { startHostAgent, type HostAgent } from './host-agent';
 import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
 import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
+import { bashScript } from '../../companion/tools/tools';
 
 /** What differs between any two shells, so it is no evidence either way. */
 const VOLATILE = /^(declare -[-a-zA-Z]+ )?(BASHPID|RANDOM|SRANDOM|EPOCHREALTIME|EPOCHSECONDS|SECONDS|_|BASH_ARGV0)(=|$)/;
@@ -79,6 +80,23 @@ describe('guest ready shell (host test mode)', function () {
       assert.equal(observable(r.output), reference[i]!.out, c.name);
       assert.equal(r.exitCode, reference[i]!.code, `${c.name}: exit status`);
     }
+  });
+
+  it('numbers a bash tool command\'s lines from 1 through fork/exec and through the ready shell alike', async () => {
+    const command = 'echo "pid=$$"\necho "$LINENO"\nnosuchcmd\nf() {\n  echo "in f $LINENO"\n}\nf\nfoo(';
+    const expected = [
+      '2', '/bin/bash: line 3: nosuchcmd: command not found', 'in f 5',
+      "/bin/bash: eval: line 8: syntax error near unexpected token `newline'", "/bin/bash: eval: line 8: `foo('", '',
+    ].join('\n');
+    const script = bashScript(command, dir);
+    const pid = await readyPid();
+    const ready = await client.exec({ argv: shellArgv(script), timeoutMs: 10_000, maxOutputBytes: 1 << 20, env: ENV });
+    assert.equal(ready.output.toString(), `pid=${pid}\n${expected}`, 'through the ready shell');
+    // A name the ready shell leaves to fork/exec (it is not an identifier bash would export).
+    const forked = await client.exec({ argv: shellArgv(script), timeoutMs: 10_000, maxOutputBytes: 1 << 20, env: { ...ENV, 'NOT-AN-IDENT': '1' } });
+    assert.match(forked.output.toString(), /^pid=\d+\n/);
+    assert.doesNotMatch(forked.output.toString(), new RegExp(`^pid=${pid}\\n`), 'through fork/exec');
+    assert.equal(forked.output.toString().replace(/^pid=\d+\n/, ''), expected, 'through fork/exec');
   });
 
   it('reseeds RANDOM and restarts SECONDS in every ready shell', async () => {

@@ -4,7 +4,9 @@ import assert from 'node:assert/strict';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import type { Sandbox } from '../../companion/sandbox/types';
 import type { ShellState } from '../../companion/persist/types';
-import { runTool, INITIAL_SHELL, type ToolOutcome } from '../../companion/tools/tools';
+import { runTool, INITIAL_SHELL, BASH_OUTPUT_LIMIT, type ToolOutcome } from '../../companion/tools/tools';
+import { assertNumberedWithOneGap } from './numbered-output';
+import { assertGrepSameWithoutRipgrep, GREP_TREE_SCRIPT } from './grep-cases';
 import type { ToolName } from '../../companion/tools/schemas';
 import { setStderrLogging } from '../../companion/log';
 
@@ -76,17 +78,30 @@ describe('tools on the process driver', () => {
     }
   });
 
-  it('bash: exit codes, stderr merged, empty output, ANSI stripped, output cap keeps the tail', async () => {
+  it('bash: exit codes, stderr merged, empty output, ANSI stripped', async () => {
     const fail = await run('bash', { command: 'echo out; echo err >&2; exit 7' });
     assert.deepEqual([fail.isError, fail.exitCode, fail.text], [true, 7, 'out\nerr']);
     assert.equal((await run('bash', { command: 'exit 3' })).text, 'exit 3');
     assert.equal((await run('bash', { command: 'true' })).text, '(no output)');
     assert.equal((await run('bash', { command: 'printf "\\033[31mred\\033[0m\\n\\n"' })).text, 'red');
-    const big = await run('bash', { command: 'seq 1 100000' });
-    assert.equal(big.isError, false);
-    assert.match(big.text, /^\[output truncated: \d+ bytes omitted\]\n1\n2\n/);
-    assert.ok(big.text.endsWith('\n100000'));
-    assert.ok(Buffer.byteLength(big.text) <= 100 * 1024 + 100);
+  });
+
+  it('bash: output over the cap keeps whole lines of head and tail, the marker where lines are missing', async () => {
+    for (const last of [100_000, 200_000]) {
+      const big = await run('bash', { command: `seq 1 ${last}` });
+      assert.equal(big.isError, false);
+      assertNumberedWithOneGap(big.text, last);
+      assert.ok(Buffer.byteLength(big.text) <= BASH_OUTPUT_LIMIT, `${Buffer.byteLength(big.text)} bytes`);
+    }
+  });
+
+  it('bash: line numbers are the command\'s own ($LINENO and bash\'s messages count from its first line)', async () => {
+    assert.equal((await run('bash', { command: 'nosuchcmd' })).text, '/bin/bash: line 1: nosuchcmd: command not found');
+    assert.equal((await run('bash', { command: 'echo $LINENO\necho "$LINENO"\nnosuchcmd' })).text, '1\n2\n/bin/bash: line 3: nosuchcmd: command not found');
+    assert.match((await run('bash', { command: 'echo a\nfoo(' })).text, /^a\n\/bin\/bash: eval: line 2: syntax error near unexpected token/);
+    assert.equal((await run('bash', { command: 'f() {\n  echo "$LINENO"\n}\nf' })).text, '2');
+    const long = await run('bash', { command: `# ${'x'.repeat(40_000)}\necho $LINENO\nnosuchcmd` }); // travels on stdin
+    assert.equal(long.text, '2\n/bin/bash: line 3: nosuchcmd: command not found');
   });
 
   it('bash: timeout kills the command (and background jobs do not hold the call open)', async () => {
@@ -173,5 +188,11 @@ describe('tools on the process driver', () => {
     const bad = await run('grep', { pattern: '(' });
     assert.equal(bad.isError, true);
     assert.match(bad.text, /grep: rg failed/);
+  });
+
+  it('grep: without rg in the sandbox, the tool\'s own search gives the same answers (paths, binary, hidden, cap)', async () => {
+    const tree = await run('bash', { command: GREP_TREE_SCRIPT });
+    assert.equal(tree.isError, false, tree.text);
+    await assertGrepSameWithoutRipgrep(sb);
   });
 });

@@ -17,7 +17,8 @@
  *   (u32 argc, argc x str, u32 envc, envc x str: keep one such process started ahead of need; argc 0: answer once
  *   it is ready).
  *   guest -> host: 'H' hello, 'p' pong, 'O' exec output chunk, 'r' success (body per request), 'e' error (str code,
- *   str message).
+ *   str message). An exec's 'r': u32 exit status, u8 timed out, u64 bytes dropped, u32 ms, u64 bytes sent before the
+ *   dropped ones (the head), u64 newlines among the dropped bytes.
  *   tunnel (egress), id = connection: guest 'c' open (u16 port, u32 window = CONN_WINDOW), both 'd' data, both 'w'
  *   credit (u32 bytes consumed: the peer may send that many more), both 'x' close (optional reason text); guest 'q'
  *   DNS query (id = query), host 'a' answer (empty = drop).
@@ -28,7 +29,8 @@
  *   writer) slows the sender down instead of overflowing a buffer; a host that overruns the window is cut off with
  *   the reason in the 'x'.
  * Invariants: every host frame is bounds-checked before use; one exec at a time; the agent never blocks on a user
- * process; output beyond the cap keeps head + tail and counts the rest; every process an exec leaves behind is killed
+ * process; output beyond the cap keeps head + tail and counts the rest (bytes and newlines, reported with the head's
+ * length in the exec's reply, so the host can cut on whole lines); every process an exec leaves behind is killed
  * (cgroup.kill) when the exec ends; with no 'N' frame the agent opens no socket at all.
  */
 #define _GNU_SOURCE
@@ -350,7 +352,7 @@ typedef struct {
     unsigned char *stdin_data; size_t stdin_len, stdin_off;
     uint64_t started, deadline; int timed_out, exited, status;
     uint64_t exited_at;
-    size_t head_cap, head_sent, tail_cap, tail_len, tail_pos; unsigned char *tail; uint64_t dropped;
+    size_t head_cap, head_sent, tail_cap, tail_len, tail_pos; unsigned char *tail; uint64_t dropped, dropped_nl;
 } exec_t;
 static exec_t ex;
 static int cgroup_ok;
@@ -550,9 +552,9 @@ static void exec_output(const unsigned char *d, size_t n) {
         send_frame('O', ex.id, d, (uint32_t)k);
         ex.head_sent += k; d += k; n -= k;
     }
-    for (size_t i = 0; i < n; i++) { /* tail ring */
-        if (ex.tail_cap == 0) { ex.dropped++; continue; }
-        if (ex.tail_len == ex.tail_cap) ex.dropped++; else ex.tail_len++;
+    for (size_t i = 0; i < n; i++) { /* tail ring; what falls out of it is counted (bytes and newlines) */
+        if (ex.tail_cap == 0) { ex.dropped++; ex.dropped_nl += d[i] == '\n'; continue; }
+        if (ex.tail_len == ex.tail_cap) { ex.dropped++; ex.dropped_nl += ex.tail[ex.tail_pos] == '\n'; } else ex.tail_len++;
         ex.tail[ex.tail_pos] = d[i];
         ex.tail_pos = (ex.tail_pos + 1) % ex.tail_cap;
     }
@@ -575,6 +577,7 @@ static void exec_finish(void) {
     int32_t code = ex.exited ? (WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st)) : 137;
     buf_t b = {0};
     b_u32(&b, (uint32_t)code); b_u8(&b, ex.timed_out); b_u64(&b, ex.dropped); b_u32(&b, (uint32_t)(now_ms() - ex.started));
+    b_u64(&b, ex.head_sent); b_u64(&b, ex.dropped_nl);
     send_message('r', ex.id, b.p, b.len);
     b_free(&b);
     free(ex.tail); free(ex.stdin_data);

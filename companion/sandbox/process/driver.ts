@@ -148,7 +148,12 @@ class ProcessSandbox implements Sandbox {
         killGroup();
         if (pid) this.groups.delete(pid);
         child.stdout!.destroy(); child.stderr!.destroy();
-        resolve({ exitCode, timedOut, output: cap.result(), droppedBytes: cap.dropped, durationMs: Date.now() - started });
+        const [head, tail] = [cap.headBytes(), cap.tailBytes()];
+        resolve({
+          exitCode, timedOut, output: Buffer.concat([head, tail]),
+          droppedBytes: cap.dropped, droppedAt: cap.dropped > 0 ? head.length : head.length + tail.length, droppedNewlines: cap.droppedNewlines,
+          durationMs: Date.now() - started,
+        });
       };
       child.on('error', (err) => { cap.push(Buffer.from(`${cmd}: ${err.message}\n`)); finish(127); });
       const exitCodeOf = (code: number | null, signal: NodeJS.Signals | null) => code ?? (signal ? 128 + (os.constants.signals[signal] ?? 9) : 1);
@@ -273,13 +278,14 @@ class ProcessSandbox implements Sandbox {
   }
 }
 
-/** Keeps the first and last `cap/2` bytes of a stream and counts what was dropped in between. */
+/** Keeps the first and last `cap/2` bytes of a stream and counts what was dropped in between (bytes, newlines). */
 export class HeadTailBuffer {
   private head: Buffer[] = [];
   private headLen = 0;
   private tail: Buffer[] = [];
   private tailLen = 0;
   dropped = 0;
+  droppedNewlines = 0;
   private readonly headCap: number;
   private readonly tailCap: number;
 
@@ -301,10 +307,16 @@ export class HeadTailBuffer {
     while (this.tailLen > this.tailCap && this.tail.length > 0) {
       const over = this.tailLen - this.tailCap;
       const first = this.tail[0]!;
-      if (first.length <= over) { this.tail.shift(); this.tailLen -= first.length; this.dropped += first.length; }
-      else { this.tail[0] = first.subarray(over); this.tailLen -= over; this.dropped += over; }
+      const gone = first.subarray(0, Math.min(over, first.length));
+      this.dropped += gone.length;
+      for (let i = gone.indexOf(0x0a); i >= 0; i = gone.indexOf(0x0a, i + 1)) this.droppedNewlines++;
+      if (gone.length === first.length) this.tail.shift(); else this.tail[0] = first.subarray(gone.length);
+      this.tailLen -= gone.length;
     }
   }
 
-  result(): Buffer { return Buffer.concat([...this.head, ...this.tail]); }
+  /** The kept bytes that came before the dropped ones. */
+  headBytes(): Buffer { return Buffer.concat(this.head); }
+  /** The kept bytes that came after the dropped ones (or after the head, when nothing was dropped). */
+  tailBytes(): Buffer { return Buffer.concat(this.tail); }
 }
