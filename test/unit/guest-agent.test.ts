@@ -72,6 +72,14 @@ describe('guest agent binary (host test mode)', function () {
     assert.deepEqual([small.droppedBytes, small.droppedAt, small.droppedNewlines], [0, 6, 0]);
   });
 
+  it('looks a bare program name up in the request\'s PATH, not its own', async () => {
+    const missing = await client.exec({ argv: ['seq', '1', '2'], env: { PATH: '/nonexistent' }, cwd: dir, timeoutMs: 10_000, maxOutputBytes: 1000 });
+    assert.equal(missing.exitCode, 127);
+    assert.match(missing.output.toString(), /exec seq: No such file or directory/);
+    const found = await client.exec({ argv: ['seq', '1', '2'], env: { PATH: '/nonexistent:/usr/bin:/bin' }, cwd: dir, timeoutMs: 10_000, maxOutputBytes: 1000 });
+    assert.deepEqual([found.exitCode, found.output.toString()], [0, '1\n2\n']);
+  });
+
   it('kills a command at its timeout and reports timedOut', async () => {
     const r = await client.exec({ argv: ['/bin/sh', '-c', 'echo before; sleep 30'], timeoutMs: 300, maxOutputBytes: 1000 });
     assert.equal(r.timedOut, true);

@@ -618,7 +618,8 @@ static void handle_exec(uint32_t id, rd_t *r) {
             child_reset();
             dup2(pin[0], 0); dup2(pout[1], 1); dup2(pout[1], 2);
             if (cwd && *cwd && chdir(cwd) < 0) child_fail(2, "cwd", cwd);
-            execvpe(argv[0], argv, envp);
+            environ = envp; /* a bare program name is looked up in the request's PATH, as a shell would */
+            execvp(argv[0], argv);
             child_fail(2, "exec", argv[0]);
         }
         if (pid < 0 && r->bad != 2) send_errno(id, errno, "fork", "");
