@@ -74,7 +74,7 @@ export const TOOL_DEFINITIONS: Record<ToolName, { description: string; input_sch
     },
   },
   grep: {
-    description: 'Search file contents for a regex with ripgrep.',
+    description: 'Search file contents for a regex. Uses ripgrep if available, otherwise a built-in search.',
     input_schema: { type: 'object', properties: { pattern: { type: 'string' }, path: { type: 'string' } }, required: ['pattern'] },
   },
 };

@@ -2,7 +2,10 @@
 // the GuestOps interface so every sandbox driver behaves the same. Mirrors the reference toolset (SDK
 // tools/agent-toolset/node.ts) in field names, caps, messages and error rules. Invariants:
 // - Every outcome is a result, never a throw: bad input, guest errors and timeouts become `isError: true` text.
-// - Result text is never empty ("(no output)") and never larger than the caps below.
+// - Result text is never empty ("(no output)") and never larger than the caps below; output over a cap keeps whole
+//   lines and says, where it left text out, how many bytes and lines (truncate.ts).
+// - grep runs the sandbox's rg, or where there is none, a search of the tool's own with the same output
+//   (grep-fallback.ts).
 // - File tools are confined (lexically) to WORKDIR and MEMORY_ROOT; the sandbox, not this check, is the security boundary.
 // - bash runs in a fresh shell per call; cwd and exported variables carry over through `ShellState`, captured by an
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).

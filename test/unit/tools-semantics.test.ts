@@ -6,7 +6,7 @@ import type { Sandbox } from '../../companion/sandbox/types';
 import type { ShellState } from '../../companion/persist/types';
 import { runTool, INITIAL_SHELL, BASH_OUTPUT_LIMIT, type ToolOutcome } from '../../companion/tools/tools';
 import { assertNumberedWithOneGap } from './numbered-output';
-import { assertGrepSameWithoutRipgrep, GREP_TREE_SCRIPT } from './grep-cases';
+import { assertGrepSameWithoutRipgrep, GREP_TREE_SCRIPT, withoutRipgrep } from './grep-cases';
 import type { ToolName } from '../../companion/tools/schemas';
 import { setStderrLogging } from '../../companion/log';
 
@@ -194,5 +194,16 @@ describe('tools on the process driver', () => {
     const tree = await run('bash', { command: GREP_TREE_SCRIPT });
     assert.equal(tree.isError, false, tree.text);
     await assertGrepSameWithoutRipgrep(sb);
+  });
+
+  it('grep: without rg, a catastrophic pattern ends at the time limit and never blocks the companion', async () => {
+    await run('write', { file_path: 'redos.txt', content: `${'a'.repeat(40)}!\n` });
+    let ticks = 0;
+    const ticker = setInterval(() => { ticks++; }, 10);
+    try {
+      const o = await runTool('grep', { pattern: '^(a+)+$', path: 'redos.txt' }, { sandbox: withoutRipgrep(sb), shell, callTimeoutMs: 1000 });
+      assert.deepEqual([o.isError, o.text], [true, 'grep: timed out after 1s']);
+    } finally { clearInterval(ticker); }
+    assert.ok(ticks > 0, 'the event loop kept running during the search');
   });
 });

@@ -34,7 +34,7 @@ describe('bash and grep tools (real VMs)', function () {
     ].join('\n');
     // The first call of a fresh VM takes the snapshot's ready shell; a variable named BASH* is one the ready shell
     // leaves to fork/exec.
-    const ways = [{ way: 'ready shell', env: {} }, { way: 'fork/exec', env: { BASH_PERIMETER_TEST: '1' } }];
+    const ways: { way: string; env: Record<string, string> }[] = [{ way: 'ready shell', env: {} }, { way: 'fork/exec', env: { BASH_PERIMETER_TEST: '1' } }];
     for (const { way, env } of ways) {
       const r = await runTool('bash', { command }, { sandbox: s, shell: { ...INITIAL_SHELL, env }, callTimeoutMs: 60_000 });
       assert.deepEqual([r.isError, r.text], [true, expected], way);
