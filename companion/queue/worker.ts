@@ -115,6 +115,7 @@ export class Worker implements WorkerControl {
     this.calls = new CallRunner({
       driver: opts.driver, journal: opts.journal, hub: opts.hub, mode: opts.config.sandbox.mode,
       callTimeoutMs: opts.config.sandbox.callTimeoutMs, persistence: opts.persistence, egressFor: opts.egressFor,
+      stateDir: opts.config.home,
     });
   }
 

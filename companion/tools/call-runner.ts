@@ -9,6 +9,7 @@
 // - The result is durable (journal fsync) and the persisted generation committed before the result is returned.
 // - Nothing but the tool input (and the session's skills and persisted files) enters the sandbox.
 // - Failures of the sandbox, persistence or the tool are results with `isError: true`, never exceptions.
+// - No result names a host path: every text passes through one HostPathScrubber before it is journaled.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { EventHub } from '../events';
@@ -21,6 +22,7 @@ import { errorMessage } from '../errors';
 import { isToolName, parseToolInput } from './schemas';
 import { runTool, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './tools';
 import { NO_OUTPUT } from './text';
+import { HostPathScrubber } from './host-paths';
 
 const log = logger('calls');
 /** Stands in for a sandbox where none may be used (input validation fails before any guest operation). */
@@ -44,6 +46,8 @@ export interface CallRunnerOptions {
   persistence?: CallPersistence;
   /** The egress attachment for a session's sandboxes (helper D); absent = no network. */
   egressFor?: (sessionId: string) => EgressAttachment | undefined;
+  /** The companion's state directory, kept out of results like every host path. */
+  stateDir?: string;
 }
 
 export interface SessionCallOptions {
@@ -55,9 +59,11 @@ export class CallRunner {
   private readonly inFlight = new Map<string, Promise<CallResult>>();
   /** Shell state per session when no persistence keeps it. */
   private readonly shells = new Map<string, ShellState>();
+  /** @internal */ readonly hostPaths: HostPathScrubber;
 
   constructor(readonly opts: CallRunnerOptions) {
     opts.driver.setWarmup?.(warmUpSandbox);
+    this.hostPaths = new HostPathScrubber({ stateDir: opts.stateDir });
   }
 
   openSession(sessionId: string, workId: string, opts: SessionCallOptions = {}): SessionCalls {
@@ -129,7 +135,7 @@ export class SessionCalls {
     try {
       entry = journal.callStarted({ toolUseId: toolUse.id, sessionId: this.sessionId, workId: this.workId, name: toolUse.name, input: toolUse.input });
     } catch (err) {
-      return { text: `not run: ${errorMessage(err)}`, isError: true };
+      return { text: this.runner.hostPaths.scrub(`not run: ${errorMessage(err)}`), isError: true };
     }
     this.publishCall('call.started', entry);
     let outcome: { text: string; isError: boolean; exitCode: number | null; state?: 'interrupted' };
@@ -143,7 +149,7 @@ export class SessionCalls {
     } else {
       outcome = await this.runInSandbox(toolUse, toolUse.name, signal);
     }
-    const text = outcome.text || NO_OUTPUT;
+    const text = this.runner.hostPaths.scrub(outcome.text || NO_OUTPUT);
     try {
       entry = journal.callFinished(toolUse.id, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state });
     } catch (err) {

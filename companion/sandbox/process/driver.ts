@@ -11,11 +11,14 @@
 //   is killed, so a background job holding the pipe can never hang a call.
 // - Commands see host paths. Absolute guest paths inside a command are NOT translated; the driver exports
 //   PERIMETER_GUEST_PREFIX=<root> so the tools' shell prelude can map its cwd (VM drivers leave it unset).
+// - No host path leaves the driver: errors name guest paths and the system's own text for the errno (as the guest
+//   agent's do), and the root is mapped back to `/` in command output.
 import { spawn } from 'node:child_process';
 import { createHash, randomUUID } from 'node:crypto';
 import { promises as fs, constants as fsc } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { getSystemErrorMap } from 'node:util';
 import { logger } from '../../log';
 import {
   GuestError, type AcquireOptions, type DriverInfo, type DriverProbe, type ExecRequest, type ExecResult, type GotFile,
@@ -74,10 +77,11 @@ export function normaliseGuestPath(p: string): string {
 function errnoCode(err: unknown): string {
   return (err as NodeJS.ErrnoException)?.code ?? 'EIO';
 }
-function guestErr(err: unknown, guestPath: string): GuestError {
-  if (err instanceof GuestError) return err;
-  const code = errnoCode(err);
-  return new GuestError(code, `${guestPath}: ${(err as Error)?.message ?? String(err)}`);
+/** The system's description of an errno ("Not a directory"), as strerror words it in the guest. */
+function describeErrno(err: NodeJS.ErrnoException | undefined, code: string): string {
+  const known = typeof err?.errno === 'number' ? getSystemErrorMap().get(err.errno) : undefined;
+  const text = known?.[1] ?? code;
+  return text.charAt(0).toUpperCase() + text.slice(1);
 }
 function typeOf(st: import('node:fs').Stats): EntryType {
   return st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other';
@@ -90,6 +94,30 @@ class ProcessSandbox implements Sandbox {
   private readonly groups = new Set<number>();
 
   constructor(readonly root: string, readonly sessionId: string, private readonly onDestroy: () => void) {}
+
+  /** The guest path of a host path under the root (`<root>/workspace/a` -> `/workspace/a`). */
+  private guestPathOf(hostPath: string): string {
+    if (hostPath === this.root) return '/';
+    if (hostPath.startsWith(this.root + path.sep)) return hostPath.slice(this.root.length);
+    return '(a path outside the sandbox)';
+  }
+
+  /** A host file-system error in guest terms: `<syscall> <guest path>: <description>`, never a host path. */
+  private guestErr(err: unknown, guestPath: string): GuestError {
+    if (err instanceof GuestError) return err;
+    const e = err as NodeJS.ErrnoException | undefined;
+    const code = errnoCode(err);
+    const where = typeof e?.path === 'string' ? this.guestPathOf(e.path) : guestPath;
+    return new GuestError(code, `${e?.syscall ? `${e.syscall} ` : ''}${where}: ${describeErrno(e, code)}`);
+  }
+
+  /** Command output with the root mapped back to `/` (commands run on the host and may print host paths). */
+  private guestOutput(out: Buffer): Buffer {
+    const root = Buffer.from(this.root, 'utf8').toString('latin1');
+    const text = out.toString('latin1');
+    if (!text.includes(root)) return out;
+    return Buffer.from(text.split(`${root}/`).join('/').split(root).join('/'), 'latin1');
+  }
 
   /** Host path for a guest path; parents are resolved so a symlink cannot lead the operation out of the root. */
   private async host(guestPath: string, opts: { followLeaf?: boolean } = {}): Promise<string> {
@@ -105,7 +133,7 @@ class ProcessSandbox implements Sandbox {
         return rest ? path.join(real, rest) : real;
       } catch (err) {
         if (err instanceof GuestError) throw err;
-        if (errnoCode(err) !== 'ENOENT' || probe === this.root) throw guestErr(err, g);
+        if (errnoCode(err) !== 'ENOENT' || probe === this.root) throw this.guestErr(err, g);
         rest = rest ? path.join(path.basename(probe), rest) : path.basename(probe);
         probe = path.dirname(probe);
       }
@@ -136,7 +164,7 @@ class ProcessSandbox implements Sandbox {
       let timedOut = false;
       let finished = false;
       const killGroup = () => { if (pid) { try { process.kill(-pid, 'SIGKILL'); } catch { /* gone */ } } };
-      const onData = (chunk: Buffer) => { cap.push(chunk); onOutput?.(chunk); };
+      const onData = (chunk: Buffer) => { cap.push(chunk); onOutput?.(this.guestOutput(chunk)); };
       child.stdout!.on('data', onData);
       child.stderr!.on('data', onData);
       if (req.stdin && child.stdin) { child.stdin.on('error', () => {}); child.stdin.end(req.stdin); }
@@ -148,7 +176,7 @@ class ProcessSandbox implements Sandbox {
         killGroup();
         if (pid) this.groups.delete(pid);
         child.stdout!.destroy(); child.stderr!.destroy();
-        const [head, tail] = [cap.headBytes(), cap.tailBytes()];
+        const [head, tail] = [this.guestOutput(cap.headBytes()), this.guestOutput(cap.tailBytes())];
         resolve({
           exitCode, timedOut, output: Buffer.concat([head, tail]),
           droppedBytes: cap.dropped, droppedAt: cap.dropped > 0 ? head.length : head.length + tail.length, droppedNewlines: cap.droppedNewlines,
@@ -183,18 +211,30 @@ class ProcessSandbox implements Sandbox {
         read += r.bytesRead;
       }
       return { data: data.subarray(0, read), size: st.size };
-    } catch (err) { throw guestErr(err, p); } finally { await fh?.close(); }
+    } catch (err) { throw this.guestErr(err, p); } finally { await fh?.close(); }
   }
 
   async writeFile(p: string, data: Buffer, opts: { mode?: number } = {}): Promise<void> {
     this.live();
     const h = await this.host(p);
+    const tmp = path.join(path.dirname(h), `.perimeter-tmp-${randomUUID()}`);
     try {
-      await fs.mkdir(path.dirname(h), { recursive: true, mode: 0o755 });
-      const tmp = path.join(path.dirname(h), `.perimeter-tmp-${randomUUID()}`);
+      await this.mkdirs(path.dirname(h));
       await fs.writeFile(tmp, data, { mode: opts.mode ?? 0o644, flag: 'wx' });
       await fs.rename(tmp, h);
-    } catch (err) { throw guestErr(err, p); }
+    } catch (err) {
+      await fs.rm(tmp, { force: true }).catch(() => {});
+      throw this.guestErr(err, p);
+    }
+  }
+
+  /** `mkdir -p` with the guest's answer when a component is not a directory (ENOTDIR, where Node says EEXIST). */
+  private async mkdirs(hostDir: string): Promise<void> {
+    try { await fs.mkdir(hostDir, { recursive: true, mode: 0o755 }); } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      if (e.code !== 'EEXIST') throw err;
+      throw new GuestError('ENOTDIR', `mkdir ${this.guestPathOf(e.path ?? hostDir)}: Not a directory`);
+    }
   }
 
   async stat(p: string): Promise<GuestStat | null> {
@@ -205,7 +245,7 @@ class ProcessSandbox implements Sandbox {
       return { path: g, type: typeOf(st), size: st.size, mode: st.mode & 0o7777, mtimeMs: st.mtimeMs };
     } catch (err) {
       if (errnoCode(err) === 'ENOENT' || errnoCode(err) === 'ENOTDIR') return null;
-      throw guestErr(err, g);
+      throw this.guestErr(err, g);
     }
   }
 
@@ -242,7 +282,7 @@ class ProcessSandbox implements Sandbox {
     this.live();
     for (const d of deletes) {
       const h = await this.host(d);
-      await fs.rm(h, { recursive: true, force: true });
+      try { await fs.rm(h, { recursive: true, force: true }); } catch (err) { throw this.guestErr(err, d); }
     }
     for (const f of files) {
       await this.writeFile(f.path, f.data, { mode: f.mode & 0o777 });
