@@ -8,7 +8,10 @@ import assert from 'node:assert/strict';
 import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { EventHub } from '../../companion/events';
+import { Journal } from '../../companion/journal/journal';
 import { MemoryMountRegistry } from '../../companion/persist/memory';
+import { CallRunner } from '../../companion/tools/call-runner';
 import { GuestError, type AcquireOptions, type PutFile, type Sandbox, type SandboxDriver } from '../../companion/sandbox/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, skipWithoutVms } from '../vm/helpers';
@@ -104,6 +107,28 @@ describe('persist: a session stays usable whatever its persisted files (process 
     const after = await runCall(sbx.driver, p, s, 'bash', { command: 'find . -type f | sort' });
     assert.equal(after.outcome.text.trim(), './data/more.txt\n./data/small.txt');
     assert.deepEqual(after.report.notes, []);
+  });
+
+  it('per-session mode: the sandbox prepared once reports missing files once, keeps them saved, and lets them be dropped', async () => {
+    const p = newPersistence(home);
+    const s = 'sesn_space_session';
+    await runCall(sbx.driver, p, s, 'bash', { command: 'echo small > small.txt && head -c 3000000 /dev/zero > big.bin' });
+    const session = new CallRunner({
+      driver: smallSandboxes(sbx.driver, { refuseAbove: 1_000_000 }), journal: Journal.open(path.join(home, 'journal')), hub: new EventHub(),
+      mode: 'per-session', callTimeoutMs: 60_000, persistence: p, stateDir: home,
+    }).openSession(s, 'work_1');
+    let n = 0;
+    const bash = (command: string) => session.run({ id: `toolu_space_${n++}`, name: 'bash', input: { command } });
+    try {
+      const first = await bash('echo small.txt; ls');
+      assert.match(first.text, /^small\.txt\nsmall\.txt\n\[persisted files\] Saved files missing from this sandbox \(no space left on device: "\/workspace\/big\.bin" \(2\.9 MiB\)\)/);
+      const second = await bash('echo more > more.txt && ls');
+      assert.equal(second.text.trim(), 'more.txt\nsmall.txt', 'the note is given once per sandbox');
+      assert.deepEqual((await p.state(s)).files.map((f) => f.path), ['/workspace/big.bin', '/workspace/more.txt', '/workspace/small.txt']);
+      await bash(': > big.bin');
+      await bash('rm big.bin');
+      assert.deepEqual((await p.state(s)).files.map((f) => f.path), ['/workspace/more.txt', '/workspace/small.txt']);
+    } finally { await session.close(); }
   });
 
   it('a damaged blob in the store leaves that file out with a note instead of failing every call', async () => {
