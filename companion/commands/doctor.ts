@@ -82,7 +82,7 @@ export const doctorCommand: Command = {
     const vm = checks.filter((c) => c.name.startsWith('driver:') && c.name !== 'driver:process');
     const usable = vm.filter((c) => c.ok).map((c) => c.name.slice(7));
     add({ name: 'vm-sandbox', ok: usable.length > 0, severity: 'error',
-      detail: usable.length ? `tool calls run in microVMs (${usable.join(', ')})` : 'no microVM driver can run here: `perimeter worker` would fall back to the process driver (no isolation)',
+      detail: usable.length ? `tool calls run in microVMs (${usable.join(', ')})` : 'no microVM driver can run here: `perimeter worker` refuses to start (it never runs tool calls without isolation unless `--driver process` is named)',
       fix: usable.length ? null : 'fix one of the driver checks above (usually: install QEMU and run `perimeter template build`)' });
 
     const tdir = config.sandbox.template ?? statePaths(config.home).templates;

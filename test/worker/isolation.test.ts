@@ -1,0 +1,105 @@
+// The built CLI on a host where no microVM can run: `perimeter worker` refuses to start (reason and fix on stderr,
+// no request to the control plane), the process driver runs only when named and serves a remote control plane only
+// with --allow-no-isolation (after a banner); the environment key does not stay readable in /proc/<pid>/environ;
+// and the README's first command, `npm run demo`, passes on a fresh machine (node on PATH, no QEMU, no ripgrep, a
+// fresh state directory), saying in one line that there is no VM isolation and how to get it.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { DevQueue } from '../../companion/devqueue/server';
+import { CLI, ROOT, rmDir, runCli, scenario, startDevQueue, tmpDir, type Child } from './helpers';
+
+describe('worker isolation: no silent fallback to no isolation', function () {
+  this.timeout(180_000);
+  let dq: DevQueue | undefined;
+  const dirs: string[] = [];
+  const children: Child[] = [];
+  const tmp = () => { const d = tmpDir(); dirs.push(d); return d; };
+  const cli = (args: string[], env: Record<string, string> = {}, stdin?: string) => { const c = runCli(args, env, stdin); children.push(c); return c; };
+  afterEach(async () => {
+    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await dq?.close();
+    dq = undefined;
+    for (const d of dirs.splice(0)) rmDir(d);
+  });
+
+  /** A state directory where QEMU "is not installed" (the configured binary does not exist) and no template exists. */
+  const homeWithoutQemu = () => {
+    const home = tmp();
+    writeFileSync(path.join(home, 'config.json'), JSON.stringify({ sandbox: { qemuBinary: path.join(home, 'qemu-system-x86_64') } }));
+    return home;
+  };
+
+  it('worker with the default driver refuses to start when no VM can run, naming the reason and the fix', async () => {
+    dq = await startDevQueue();
+    for (const home of [tmp(), homeWithoutQemu()]) {
+      const w = cli(['worker', '--home', home, '--base-url', dq.baseUrl, '--environment-id', dq.environmentId, '--no-control'], { ANTHROPIC_ENVIRONMENT_KEY: dq.environmentKey });
+      assert.equal((await w.exit).code, 1, w.stderr());
+      const last = w.stderr().trim().split('\n').pop()!;
+      assert.match(last, /^perimeter worker: no microVM sandbox can run here, and the worker does not run tool calls without isolation\. qemu: /);
+      assert.match(last, /no template built yet|qemu-system-x86_64 is not installed/);
+      assert.match(last, /fix: sudo apt-get install qemu-system-x86 .*perimeter template build/);
+      assert.doesNotMatch(w.stderr(), /NO ISOLATION|state: polling/);
+    }
+    assert.equal(dq.requests.length, 0, 'the worker never polled');
+  });
+
+  it('the process driver, named, serves a remote control plane only with --allow-no-isolation, after a banner', async () => {
+    const remote = ['--base-url', 'http://192.0.2.1:9', '--environment-id', 'env_remote', '--no-control', '--driver', 'process'];
+    const refused = cli(['worker', '--home', tmp(), ...remote], { ANTHROPIC_ENVIRONMENT_KEY: 'sk-ant-env01-remote-remote-remote' });
+    assert.equal((await refused.exit).code, 1);
+    assert.match(refused.stderr(), /perimeter worker: the process driver has no isolation and serves only a control plane on this machine .* not http:\/\/192\.0\.2\.1:9\/?\..*--allow-no-isolation/);
+
+    const allowed = cli(['worker', '--home', tmp(), ...remote, '--allow-no-isolation'], { ANTHROPIC_ENVIRONMENT_KEY: 'sk-ant-env01-remote-remote-remote' });
+    for (const deadline = Date.now() + 60_000; !/state: polling/.test(allowed.stderr()) && allowed.proc.exitCode === null && Date.now() < deadline;) await new Promise((r) => setTimeout(r, 100));
+    assert.match(allowed.stderr(), /NO ISOLATION: sandbox driver "process"/);
+    assert.match(allowed.stderr(), /state: polling/);
+    allowed.proc.kill('SIGTERM');
+    await allowed.exit;
+  });
+
+  it('the environment key is not readable in /proc/<pid>/environ of a started worker', async () => {
+    dq = await startDevQueue();
+    const sid = dq.createSession(scenario([{ tool: 'bash', input: { command: 'echo ran' }, expectIncludes: ['ran'] }]));
+    const w = cli(['worker', '--home', tmp(), '--base-url', dq.baseUrl, '--environment-id', dq.environmentId, '--driver', 'process', '--no-control', '--max-idle-ms', '60000'],
+      { ANTHROPIC_ENVIRONMENT_KEY: dq.environmentKey, PERIMETER_ENVIRON_MARKER: 'still-here' });
+    await dq.waitFor(() => dq!.report(sid).finished, 60_000, 'the worker to serve the session with the key');
+    assert.equal(dq.report(sid).steps[0]!.status, 'passed');
+    const environ = readFileSync(`/proc/${w.proc.pid}/environ`).toString('latin1');
+    assert.match(environ, /PERIMETER_ENVIRON_MARKER=still-here/, 'the rest of the environment is untouched');
+    assert.ok(!environ.includes(dq.environmentKey), 'the environment key is readable in /proc/<pid>/environ');
+    assert.ok(!environ.includes('ANTHROPIC_ENVIRONMENT_KEY='), 'the variable itself is gone');
+    w.proc.kill('SIGTERM');
+    assert.equal((await w.exit).code, 0);
+  });
+
+  it('`npm run demo` on a fresh machine (node, no QEMU, no ripgrep, fresh state) exits 0 and says in one line how to get VMs', async () => {
+    // The programs of a Debian 12 system (tar, coreutils...) and node, without QEMU and ripgrep.
+    const bin = path.join(tmp(), 'bin');
+    mkdirSync(bin);
+    symlinkSync(process.execPath, path.join(bin, 'node'));
+    for (const dir of ['/usr/local/bin', '/usr/bin', '/bin', '/usr/sbin', '/sbin']) {
+      for (const name of existsSync(dir) ? readdirSync(dir) : []) {
+        if (/^(qemu|rg$|node$|firecracker)/.test(name) || existsSync(path.join(bin, name))) continue;
+        symlinkSync(path.join(dir, name), path.join(bin, name));
+      }
+    }
+    const home = tmp();
+    const demo = spawn(path.join(bin, 'node'), [path.relative(ROOT, CLI), 'demo'], {
+      cwd: ROOT, env: { PATH: bin, HOME: tmp(), PERIMETER_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let err = '';
+    demo.stdout.on('data', (d) => { out += d; });
+    demo.stderr.on('data', (d) => { err += d; });
+    const code = await new Promise<number | null>((resolve) => demo.on('exit', resolve));
+    assert.equal(code, 0, `${out}\n${err}`);
+    const lines = out.split('\n');
+    const notes = lines.filter((l) => /isolation/i.test(l));
+    assert.equal(notes.length, 1, out);
+    assert.match(notes[0]!, /^no VM isolation available \(qemu: no template built yet .*\): these calls run as host processes \(process driver, no isolation\)\. For microVMs: sudo apt-get install qemu-system-x86 .*, then as root: node dist\/perimeter\.js template build .*; then the demo uses them automatically$/);
+    assert.match(lines[0]!, /sandbox driver process/);
+    assert.match(out, /\n(\d+)\/\1 calls answered as expected\n/);
+  });
+});
