@@ -3,7 +3,7 @@
 // Commands run as host processes (`/bin/bash` in a detached process group), so they can read and change anything
 // the companion's user can. It exists so the worker, the tools and the dev queue can be developed and tested on a
 // machine without KVM. Invariants:
-// - Every start prints a loud warning; `select.ts` never picks it by default while a VM driver can run.
+// - Every start prints a loud warning; `select.ts` picks it only when named (or for the demo's own embedded queue).
 // - File operations never leave the sandbox root: guest paths are normalised lexically, and the resolved host path
 //   (symlinks followed for every parent component) must stay under the root.
 // - Commands get only the environment the caller passes (plus PERIMETER_GUEST_PREFIX, see below), stdin from

@@ -373,13 +373,13 @@ async function bootAndSnapshot(o: SnapshotRun): Promise<{ bootMs: number; snapsh
  * manifest last and renames `work` to <templates>/<hash>. A template another process sealed under the same hash
  * first is kept (same inputs, same template). `setCurrent` makes it the one `findTemplate` returns.
  */
-async function sealTemplate(work: string, m: Omit<TemplateManifest, 'files'>, o: { setCurrent: boolean; progress: (line: string) => void }): Promise<Template> {
+async function sealTemplate(work: string, m: Omit<TemplateManifest, 'files'>, o: { setCurrent: boolean; progress: (line: string) => void; known?: TemplateManifest['files'] }): Promise<Template> {
   const tdir = path.dirname(work);
   const final = path.join(tdir, m.hash);
   const files: TemplateManifest['files'] = {};
   for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4', 'mem.bin', 'state.bin']) {
     const full = path.join(work, f);
-    files[f] = { bytes: statSync(full).size, sha256: await sha256File(full) };
+    files[f] = o.known?.[f] ?? { bytes: statSync(full).size, sha256: await sha256File(full) };
     chmodSync(full, 0o444);
   }
   // Root companions run clones as `nobody` when the files are reachable (qemu/user.ts); QEMU 7.2 opens the RAM
@@ -394,6 +394,9 @@ async function sealTemplate(work: string, m: Omit<TemplateManifest, 'files'>, o:
   o.progress(`template: ready at ${final}`);
   return loadTemplate(final);
 }
+
+/** The files a template boots from (the rest, mem.bin and state.bin, is its snapshot). */
+const IMAGE_FILES = ['vmlinux', 'initramfs.cpio', 'rootfs.ext4'] as const;
 
 export interface RemakeOptions {
   home: string;
@@ -421,7 +424,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
   mkdirSync(work, { recursive: true });
   try {
     p(`template: remaking the snapshot of ${t.manifest.hash} for ${qver} (it was made with ${t.manifest.qemuVersion}) from its kernel and root filesystem`);
-    for (const f of ['vmlinux', 'initramfs.cpio', 'rootfs.ext4']) hardlinkOrCopy(path.join(t.dir, f), path.join(work, f));
+    for (const f of IMAGE_FILES) hardlinkOrCopy(path.join(t.dir, f), path.join(work, f));
     const baseAppend = t.manifest.append.split(' ').filter((w) => w !== 'norandmaps').join(' ');
     const image: VmImage = { ...t.image, kernel: path.join(work, 'vmlinux'), initrd: path.join(work, 'initramfs.cpio'), rootfs: path.join(work, 'rootfs.ext4'), append: baseAppend };
     const files = t.manifest.files;
@@ -439,7 +442,10 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
       home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
       fullRootfs: t.manifest.rootfsSource.startsWith('debootstrap '), warmup: o.warmup, limits: o.limits,
     });
-    return await sealTemplate(work, { ...t.manifest, hash, createdAt: new Date().toISOString(), accel: accel.accel, qemuVersion: qver, append, bootMs, snapshotMs }, { setCurrent: o.setCurrent, progress: p });
+    return await sealTemplate(work, { ...t.manifest, hash, createdAt: new Date().toISOString(), accel: accel.accel, qemuVersion: qver, append, bootMs, snapshotMs }, {
+      setCurrent: o.setCurrent, progress: p,
+      known: Object.fromEntries(IMAGE_FILES.filter((f) => files[f]).map((f) => [f, files[f]!])),   // the same files, linked
+    });
   } finally {
     rmSync(work, { recursive: true, force: true });
   }
