@@ -11,7 +11,7 @@ import { remoteConfig } from '../../extension/companion/sshHost';
 import { defaultHome } from '../../companion/config';
 import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
 import { readDoctor } from '../../extension/companion/doctor';
-import type { WorkerSettings } from '../../extension/companion/workerHost';
+import { workerStartFailure, type WorkerSettings } from '../../extension/companion/workerHost';
 
 const target = { host: 'box', remoteDir: '.perimeter' };
 
@@ -118,26 +118,50 @@ describe('remote scripts, run through sh', () => {
       const fs = require('fs'); const path = require('path');
       const home = process.argv[process.argv.indexOf('--home') + 1];
       let stdin = ''; process.stdin.on('data', (d) => stdin += d).on('end', () => {
-        fs.writeFileSync(path.join(home, 'record.json'), JSON.stringify({ argv: process.argv.slice(2), stdin }));
+        fs.writeFileSync(path.join(home, 'record.json'), JSON.stringify({ argv: process.argv.slice(2), stdin, env: process.env }));
         fs.writeFileSync(path.join(home, 'control.json'), JSON.stringify({ port: 4242, token: 'a'.repeat(43), pid: process.pid, version: 't' }));
       });
       setInterval(() => {}, 1000);`);
     assert.equal(runRemote(home, 'endpoint').status, 3, 'no worker yet');
     const key = 'sk-ant-test-' + 'k'.repeat(30);
-    const r = runRemote(home, 'startEnvironment', `${key}\n`);
+    const r = runRemote(home, 'startEnvironment', `${key}\n`, { ANTHROPIC_ENVIRONMENT_KEY: 'sk-ant-from-the-login-environment' });
     assert.equal(r.status, 0, r.stderr.toString());
+    assert.match(r.stdout.toString(), /^started \d+$/m, 'the worker\'s PID is printed');
     const record = path.join(stateDir(home), 'record.json');
     const control = path.join(stateDir(home), 'control.json');
     for (let i = 0; i < 100 && !existsSync(control); i++) await new Promise((res) => setTimeout(res, 50));
     const rec = JSON.parse(readFileSync(record, 'utf8'));
     assert.equal(rec.stdin, `${key}\n`);
     assert.deepEqual(rec.argv, ['worker', '--home', stateDir(home), '--key-stdin']);
+    assert.ok(!JSON.stringify(rec.env).includes(key), 'the key is not in the worker\'s environment');
     const ep = runRemote(home, 'endpoint');
     assert.equal(ep.status, 0);
     const pid = JSON.parse(ep.stdout.toString()).pid as number;
     process.kill(pid, 'SIGTERM');
     for (let i = 0; i < 100 && runRemote(home, 'endpoint').status !== 3; i++) await new Promise((res) => setTimeout(res, 50));
     assert.equal(runRemote(home, 'endpoint').status, 3, 'a stale control.json (dead pid) is no worker');
+  });
+});
+
+describe('remote worker that refuses to start', () => {
+  let home: string;
+  beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-remote-')); });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  it('is seen to exit (alive by PID) and its log gives the reason the extension shows', async () => {
+    const bin = path.join(home, '.perimeter', 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'perimeter.js'), 'console.error("INFO  [cli] starting"); console.error("perimeter worker: no microVM sandbox can run here (fix: perimeter template build)"); process.exit(1);');
+    const r = runRemote(home, 'startLocalQueue');
+    assert.equal(r.status, 0, r.stderr.toString());
+    const pid = /^started (\d+)$/m.exec(r.stdout.toString())![1]!;
+    let alive = 0;
+    for (let i = 0; i < 100 && (alive = runRemote(home, 'alive', `${pid}\n`).status ?? -1) === 0; i++) await new Promise((res) => setTimeout(res, 50));
+    assert.equal(alive, 3, 'a worker that exited is reported gone');
+    assert.equal(runRemote(home, 'alive', '1; touch /tmp/x\n').status, 2, 'anything but digits is refused');
+    const log = runRemote(home, 'log').stdout.toString();
+    assert.equal(workerStartFailure(log), 'no microVM sandbox can run here (fix: perimeter template build)');
+    assert.equal(workerStartFailure('INFO  [cli] starting\nsomething else'), null);
   });
 });
 

@@ -179,6 +179,22 @@ describe('local host', () => {
     assert.ok(lines.some((l) => /no KVM/.test(l)));
   });
 
+  it('a worker that refuses to start (no microVM sandbox here) shows its reason and fix in the toast text and the panel', async function () {
+    this.timeout(60_000);
+    const cli = path.join(__dirname, '..', '..', 'dist', 'perimeter.js');
+    const home = path.join(dir, 'home');
+    const local = new LocalHost({ home, bundle: cli, nodePath: process.execPath });
+    const model = new PerimeterModel(() => Date.now());
+    const sup = new HostSupervisor(local, model, { getKey: async () => 'sk-ant-env01-' + 'r'.repeat(30) });
+    const settings: WorkerSettings = { ...SETTINGS, mode: 'environment', environmentId: 'env_refused', driver: 'auto' };
+    const err = await sup.start(settings).then(() => null, (e: Error) => e);
+    sup.dispose();
+    assert.ok(err, 'the start failed');
+    assert.match(err.message, /^the worker refused to start: no microVM sandbox can run here, .*qemu: no template built yet.*fix: .*perimeter template build/);
+    assert.equal(status(model), 'stopped');
+    assert.equal(model.host('local')!.problem, err.message, 'the panel shows the same reason');
+  });
+
   it('refuses to start an environment worker without a key', async () => {
     const local = new LocalHost({ home: path.join(dir, 'home'), bundle: '/nonexistent', nodePath: process.execPath });
     await assert.rejects(local.startWorker({ ...SETTINGS, mode: 'environment' }, undefined), /Connect Environment/);
