@@ -29,7 +29,13 @@ mkdirSync(guestDir, { recursive: true });
 copyFileSync(path.join(root, 'companion/sandbox/template/microvm.config.fragment'), path.join(guestDir, 'microvm.config.fragment'));
 
 const agentSrc = path.join(root, 'companion/guest/agent/perimeter-agent.c');
+const hasCompiler = () => { try { execFileSync('gcc', ['--version'], { stdio: 'ignore' }); return true; } catch { return false; } };
 if (!process.argv.includes('--no-agent') && existsSync(agentSrc)) {
-  execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-o', path.join(guestDir, 'perimeter-agent'), agentSrc], { stdio: 'inherit' });
-  execFileSync('strip', [path.join(guestDir, 'perimeter-agent')]);
+  if (hasCompiler()) {
+    execFileSync('gcc', ['-static', '-Os', '-Wall', '-Wextra', '-o', path.join(guestDir, 'perimeter-agent'), agentSrc], { stdio: 'inherit' });
+    execFileSync('strip', [path.join(guestDir, 'perimeter-agent')]);
+  } else {
+    // A fresh machine (Node only) can still run the demo; only building a VM template needs the guest agent.
+    console.log('build: no C compiler (gcc), so the guest agent for VM templates was not built: sudo apt-get install build-essential, then npm run build');
+  }
 }

@@ -5,11 +5,13 @@
 // embedded queue, the demo uses the process driver (no isolation) and says so in one line with how to get VMs.
 // `--json` prints {scenario, driver, mode, ok, noVm?, calls:[{label, tool, ok, ms, callMs, isError, reason}]}. Exit
 // code 0 only when every call passed.
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';
 import { assembleRuntime } from '../queue/assemble';
+import { agentBinary } from '../sandbox/template/build';
 import { setStderrLogging } from '../log';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
@@ -66,13 +68,20 @@ export const demoCommand: Command = {
   },
 };
 
-/** A fix as the user can type it here: `perimeter …` becomes the command that runs this CLI (e.g. node dist/perimeter.js). */
+/**
+ * A fix as the user can type it here: `perimeter …` becomes the command that runs this CLI (e.g. node
+ * dist/perimeter.js), and a template build is preceded by `npm run build` when the guest agent it needs was not built
+ * (a machine without a C compiler when `npm run demo` built the bundles).
+ */
 function withThisCli(fix: string): string {
   const script = process.argv[1];
   if (!script) return fix;
   const rel = path.relative(process.cwd(), script);
   const cli = `node ${rel && !rel.startsWith('..') ? rel : script}`;
-  return fix.replace(/\bperimeter (?=template|doctor)/g, `${cli} `);
+  let agentBuilt: boolean;
+  try { agentBuilt = existsSync(agentBinary()); } catch { agentBuilt = false; }
+  return fix.replace(/\bperimeter (?=template|doctor)/g, `${cli} `)
+    .replace(`${cli} template build`, agentBuilt ? `${cli} template build` : `npm run build && ${cli} template build`);
 }
 
 function table(rows: DemoRow[]): string {
