@@ -1,0 +1,37 @@
+// The architecture's boundaries as lint rules (`npm run lint`, part of `npm test`). Each room lists what it may not
+// import; a rule bites on the import text, so rooms are named so that their paths cannot be confused:
+//   companion/            never `vscode`, never the extension
+//   companion/queue/      Anthropic through the SDK only: no sandbox, no dev queue
+//   companion/devqueue/   the stand-in service: shares nothing with queue/ but companion/protocol/
+//   companion/guest/      the guest agent's host side: knows nothing of the sandbox drivers that use it
+//   extension/            talks to the companion only through companion/protocol/
+// test/lint/boundaries.test.ts proves each rule fails on a forbidden import.
+import tseslint from 'typescript-eslint';
+
+const NO_VSCODE = { name: 'vscode', message: 'companion/ runs without VS Code: keep `vscode` in extension/.' };
+const NO_EXTENSION = { group: ['**/extension', '**/extension/**'], message: 'companion/ never imports extension code.' };
+const NO_SANDBOX = (who) => ({ group: ['**/sandbox', '**/sandbox/**'], message: `${who} may not import the sandbox.` });
+
+/** One `no-restricted-imports` entry per room (a later matching block replaces the rule, so each room lists all). */
+function restrict(files, paths, patterns) {
+  return { files, rules: { 'no-restricted-imports': ['error', { paths, patterns }] } };
+}
+
+export default tseslint.config(
+  { ignores: ['dist/**', 'node_modules/**', '.tools/**', 'test-results/**'] },
+  {
+    files: ['**/*.ts'],
+    languageOptions: { parser: tseslint.parser, sourceType: 'module' },
+    linterOptions: { reportUnusedDisableDirectives: 'error' },
+  },
+  restrict(['companion/**/*.ts'], [NO_VSCODE], [NO_EXTENSION]),
+  restrict(['companion/queue/**/*.ts'], [NO_VSCODE], [NO_EXTENSION, NO_SANDBOX('queue/ (Anthropic through the SDK)'),
+    { group: ['**/devqueue', '**/devqueue/**'], message: 'queue/ and devqueue/ share only companion/protocol/.' }]),
+  restrict(['companion/devqueue/**/*.ts'], [NO_VSCODE], [NO_EXTENSION,
+    { group: ['**/queue', '**/queue/**'], message: 'devqueue/ and queue/ share only companion/protocol/.' }]),
+  restrict(['companion/guest/**/*.ts'], [NO_VSCODE], [NO_EXTENSION, NO_SANDBOX('guest/ (the agent protocol)')]),
+  restrict(['extension/**/*.ts'], [], [{
+    group: ['**/companion/**', '!**/companion/protocol', '!**/companion/protocol/**'],
+    message: 'extension/ reaches the companion only through companion/protocol/.',
+  }]),
+);
