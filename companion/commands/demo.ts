@@ -10,7 +10,7 @@ import path from 'node:path';
 import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';
-import { assembleRuntime } from '../queue/assemble';
+import { assembleRuntime } from '../runtime';
 import { agentBinary } from '../sandbox/template/build';
 import { setStderrLogging } from '../log';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';

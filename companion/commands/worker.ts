@@ -6,7 +6,7 @@
 // driver (no isolation) runs only when named, and serves a remote control plane only with --allow-no-isolation.
 import { loadEnvironmentKey, refuseApiKey, SECRET_ENV_NAMES } from '../queue/credentials';
 import { scrubEnviron } from '../queue/environ';
-import { assembleRuntime } from '../queue/assemble';
+import { assembleRuntime } from '../runtime';
 import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';

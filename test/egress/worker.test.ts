@@ -1,10 +1,10 @@
 // Egress through the whole product path: dev queue -> worker -> bash tool -> QEMU sandbox acquired with the
-// session's gateway (companion/queue/assemble.ts wiring) -> the host's own resolver -> an origin on 127.0.0.1.
+// session's gateway (companion/runtime.ts wiring) -> the host's own resolver -> an origin on 127.0.0.1.
 // Skips (saying why) only when QEMU or the template is absent.
 import assert from 'node:assert/strict';
 import { loadConfig } from '../../companion/config';
 import { EventHub } from '../../companion/events';
-import { assembleRuntime } from '../../companion/queue/assemble';
+import { assembleRuntime } from '../../companion/runtime';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import type { EgressDecision } from '../../companion/protocol/control';
 import { setStderrLogging } from '../../companion/log';

@@ -1,11 +1,11 @@
-// A session's egress gateway lives as long as the session is served: the runtime (companion/queue/assemble.ts)
+// A session's egress gateway lives as long as the session is served: the runtime (companion/runtime.ts)
 // makes it for the session's first sandbox, closes it when the session's work item ends (a gateway of an ended
 // session refuses new connections), and closes any left at shutdown. Real gateways, process driver, dev queue.
 import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { loadConfig } from '../../companion/config';
 import { EventHub } from '../../companion/events';
-import { assembleRuntime } from '../../companion/queue/assemble';
+import { assembleRuntime } from '../../companion/runtime';
 import { createEgressGateway, type EgressGateway } from '../../companion/egress/proxy';
 import type { EgressDecision } from '../../companion/protocol/control';
 import { setStderrLogging } from '../../companion/log';

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { DevQueue, type DevQueueOptions } from '../../companion/devqueue/server';
 import { parseScenario, type Scenario } from '../../companion/devqueue/scenario';
 import { loadConfig } from '../../companion/config';
-import { assembleRuntime, type Runtime } from '../../companion/queue/assemble';
+import { assembleRuntime, type Runtime } from '../../companion/runtime';
 import { setStderrLogging } from '../../companion/log';
 
 export const ROOT = path.resolve(__dirname, '..', '..');

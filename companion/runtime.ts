@@ -3,17 +3,17 @@
 // by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
 // preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it. Invariant: an egress gateway lives exactly as long as its session is served
 // here (created by the first sandbox that needs it, closed when the session's last work item ends, and on close()).
-import type { Config } from '../config';
-import { statePaths } from '../config';
-import { EventHub } from '../events';
-import { Journal } from '../journal/journal';
-import { selectDriver, type DriverSelection } from '../sandbox/select';
-import { Persistence } from '../persist/persistence';
-import { MemoryMountRegistry } from '../persist/memory';
-import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from '../egress/proxy';
-import { startControlServer, type ControlServer } from '../control/server';
-import { Worker } from './worker';
-import { logger } from '../log';
+import type { Config } from './config';
+import { statePaths } from './config';
+import { EventHub } from './events';
+import { Journal } from './journal/journal';
+import { selectDriver, type DriverSelection } from './sandbox/select';
+import { Persistence } from './persist/persistence';
+import { MemoryMountRegistry } from './persist/memory';
+import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from './egress/proxy';
+import { startControlServer, type ControlServer } from './control/server';
+import { Worker } from './queue/worker';
+import { logger } from './log';
 
 const log = logger('runtime');
 
