@@ -8,9 +8,9 @@ import { statusBarText } from './views/statusText';
 import { CallDocumentProvider } from './documents/provider';
 import { CALL_SCHEME } from './documents/callDocument';
 import { HostRegistry } from './hosts';
-import { registerWorkerCommands } from './commands/worker';
-import { registerPersistCommands } from './commands/persist';
-import { registerToolCommands, applyDoctorContext } from './commands/tools';
+import { registerWorkerCommands } from './commands/workerCommands';
+import { registerPersistCommands } from './commands/persistCommands';
+import { registerToolCommands, applyDoctorContext } from './commands/toolCommands';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
 

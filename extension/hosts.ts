@@ -4,11 +4,11 @@
 // kept until it is stopped.
 import * as vscode from 'vscode';
 import path from 'node:path';
-import { HostSupervisor } from './companion/supervisor';
-import { LocalHost } from './companion/localHost';
-import { SshHost } from './companion/sshHost';
-import { readCompanionBundle } from './companion/bundle';
-import { validateHost, validateRemoteDir } from './companion/ssh';
+import { HostSupervisor } from './launcher/supervisor';
+import { LocalHost } from './launcher/localHost';
+import { SshHost } from './launcher/sshHost';
+import { readCompanionBundle } from './launcher/bundle';
+import { validateHost, validateRemoteDir } from './launcher/ssh';
 import type { PerimeterModel } from './views/model';
 import * as settings from './settings';
 import { getEnvironmentKey } from './secrets';

@@ -4,7 +4,7 @@
 import * as vscode from 'vscode';
 import os from 'node:os';
 import path from 'node:path';
-import type { WorkerSettings, SandboxDriverSetting, LogLevelSetting } from './companion/workerHost';
+import type { WorkerSettings, SandboxDriverSetting, LogLevelSetting } from './launcher/workerHost';
 
 const SECTION = 'perimeter';
 const cfg = () => vscode.workspace.getConfiguration(SECTION);

@@ -4,7 +4,7 @@
 import * as vscode from 'vscode';
 import { CALL_SCHEME, callUriPath, parseCallUriPath, renderCallDocument, type CallRef } from './callDocument';
 import type { PerimeterModel } from '../views/model';
-import type { ControlClient } from '../companion/controlClient';
+import type { ControlClient } from '../launcher/controlClient';
 
 const FOLLOW_MS = 150;
 

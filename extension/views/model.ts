@@ -10,7 +10,7 @@
 import type {
   ControlEvent, HelloMessage, HostFacts, PersistState, SessionSummary, ToolCallSummary, WorkerState,
 } from '../../companion/protocol/control';
-import { Emitter } from '../companion/emitter';
+import { Emitter } from '../launcher/emitter';
 
 export const MAX_LIVE_OUTPUT = 1_000_000;
 const KEEP_FINISHED_OUTPUTS = 20;

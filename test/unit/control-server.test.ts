@@ -11,7 +11,7 @@ import type { WorkerControl } from '../../companion/control/types';
 import type { SessionSummary, ToolCallSummary, WorkerState, PersistState } from '../../companion/protocol/control';
 import type { JournalReader, Page } from '../../companion/journal/types';
 import type { CallPersistence } from '../../companion/persist/types';
-import { ControlClient, ControlRequestError } from '../../extension/companion/controlClient';
+import { ControlClient, ControlRequestError } from '../../extension/launcher/controlClient';
 import { facts, session, call } from './control-fixtures';
 
 class FakeWorker implements WorkerControl {

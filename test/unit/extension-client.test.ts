@@ -2,7 +2,7 @@
 // results that do not match their method's schema, and pending requests when the connection drops.
 import assert from 'node:assert/strict';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { ControlClient, ControlRequestError } from '../../extension/companion/controlClient';
+import { ControlClient, ControlRequestError } from '../../extension/launcher/controlClient';
 import { facts } from './control-fixtures';
 
 /** A server that sends a valid hello, then lets `onRequest` answer (or not). */

@@ -8,9 +8,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { ControlClient } from '../../extension/companion/controlClient';
-import { parseEndpointFile, delay } from '../../extension/companion/workerHost';
-import { WORKER_LOG } from '../../extension/companion/localHost';
+import { ControlClient } from '../../extension/launcher/controlClient';
+import { parseEndpointFile, delay } from '../../extension/launcher/workerHost';
+import { WORKER_LOG } from '../../extension/launcher/localHost';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const LAUNCHER = path.join(__dirname, 'fixtures', 'local-launcher.ts');

@@ -5,13 +5,13 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync, mkdirSync, statSync, rmSync, existsSync, lstatSync, realpathSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts, REMOTE_SCRIPTS, type RemoteScript } from '../../extension/companion/ssh';
-import { packTar, readCompanionBundle, needsInstall } from '../../extension/companion/bundle';
-import { remoteConfig } from '../../extension/companion/sshHost';
+import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts, REMOTE_SCRIPTS, type RemoteScript } from '../../extension/launcher/ssh';
+import { packTar, readCompanionBundle, needsInstall } from '../../extension/launcher/bundle';
+import { remoteConfig } from '../../extension/launcher/sshHost';
 import { defaultHome } from '../../companion/config';
 import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
-import { readDoctor } from '../../extension/companion/doctor';
-import { workerStartFailure, type WorkerSettings } from '../../extension/companion/workerHost';
+import { readDoctor } from '../../extension/launcher/doctor';
+import { workerStartFailure, type WorkerSettings } from '../../extension/launcher/workerHost';
 
 const target = { host: 'box', remoteDir: '.perimeter' };
 

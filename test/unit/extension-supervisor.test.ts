@@ -9,10 +9,10 @@ import { EventHub } from '../../companion/events';
 import type { WorkerControl } from '../../companion/control/types';
 import type { JournalReader } from '../../companion/journal/types';
 import type { WorkerState } from '../../companion/protocol/control';
-import { HostSupervisor } from '../../extension/companion/supervisor';
-import { LocalHost } from '../../extension/companion/localHost';
-import { Emitter } from '../../extension/companion/emitter';
-import type { WorkerHost, WorkerSettings, ConnectTarget } from '../../extension/companion/workerHost';
+import { HostSupervisor } from '../../extension/launcher/supervisor';
+import { LocalHost } from '../../extension/launcher/localHost';
+import { Emitter } from '../../extension/launcher/emitter';
+import type { WorkerHost, WorkerSettings, ConnectTarget } from '../../extension/launcher/workerHost';
 import { PerimeterModel, type ConnectionStatus } from '../../extension/views/model';
 import { facts, session, call } from './control-fixtures';
 

@@ -8,7 +8,7 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:f
 import os from 'node:os';
 import path from 'node:path';
 import { TEMPLATE_ASSETS } from '../../companion/sandbox/template/build';
-import { readCompanionBundle } from '../../extension/companion/bundle';
+import { readCompanionBundle } from '../../extension/launcher/bundle';
 
 const root = path.resolve(__dirname, '../..');
 

@@ -11,7 +11,7 @@ import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readFileSync, rmSync
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
-import type { SshHost } from '../../../extension/companion/sshHost';
+import type { SshHost } from '../../../extension/launcher/sshHost';
 import { until } from './helpers';
 
 const ALIAS = 'perimeter-test-host';

@@ -9,8 +9,8 @@ import type { PerimeterNode } from '../views/trees';
 import * as settings from '../settings';
 import { storeEnvironmentKey, getEnvironmentKey } from '../secrets';
 import { validateKeyInput, validateEnvironmentId } from '../validation';
-import { readSshConfigHosts, validateHost, SshInputError } from '../companion/ssh';
-import type { WorkerSettings } from '../companion/workerHost';
+import { readSshConfigHosts, validateHost, SshInputError } from '../launcher/ssh';
+import type { WorkerSettings } from '../launcher/workerHost';
 
 export interface WorkerCommandDeps {
   context: vscode.ExtensionContext;

@@ -6,8 +6,8 @@ import type { HostRegistry } from '../hosts';
 import type { PerimeterModel } from '../views/model';
 import type { PerimeterNode } from '../views/trees';
 import { callUri } from '../documents/provider';
-import { readDoctor } from '../companion/doctor';
-import { requireTrust } from './worker';
+import { readDoctor } from '../launcher/doctor';
+import { requireTrust } from './workerCommands';
 
 export async function applyDoctorContext(json: unknown): Promise<void> {
   const facts = readDoctor(json);
