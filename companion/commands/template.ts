@@ -3,7 +3,7 @@
 // 0 on success, 1 on failure with a one-line reason on stderr.
 import type { Config } from '../config';
 import { buildTemplate, checkTemplate } from '../sandbox/template/build';
-import { warmUpSandbox } from '../tools/tools';
+import { warmUpSandbox } from '../tools/semantics';
 import { guestLimits } from '../sandbox/limits';
 import { errorMessage } from '../errors';
 

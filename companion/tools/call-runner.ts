@@ -20,7 +20,7 @@ import type { EgressAttachment, GuestOps, Sandbox, SandboxDriver, PutFile } from
 import { logger } from '../log';
 import { errorMessage } from '../errors';
 import { isToolName, parseToolInput } from './schemas';
-import { runTool, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './tools';
+import { runTool, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './semantics';
 import { NO_OUTPUT } from './text';
 import { HostPathScrubber } from './host-paths';
 

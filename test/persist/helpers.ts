@@ -9,7 +9,7 @@ import path from 'node:path';
 import { Persistence, type PersistenceOptions, type PersistSettings } from '../../companion/persist/persistence';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import type { Sandbox, SandboxDriver } from '../../companion/sandbox/types';
-import { runTool, type ToolOutcome } from '../../companion/tools/tools';
+import { runTool, type ToolOutcome } from '../../companion/tools/semantics';
 import type { ToolName } from '../../companion/tools/schemas';
 import type { CommitReport, ShellState } from '../../companion/persist/types';
 

@@ -3,7 +3,7 @@
 // driver or the guest agent fails to start it, exactly as on a machine or template without ripgrep.
 import assert from 'node:assert/strict';
 import type { GuestOps } from '../../companion/sandbox/types';
-import { runTool, type ToolOutcome } from '../../companion/tools/tools';
+import { runTool, type ToolOutcome } from '../../companion/tools/semantics';
 
 /** A tree with what rg treats specially: hidden entries, a binary file, a symlink, CRLF, no final newline, Unicode. */
 export const GREP_TREE_SCRIPT = [

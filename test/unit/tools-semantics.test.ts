@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import type { Sandbox } from '../../companion/sandbox/types';
 import type { ShellState } from '../../companion/persist/types';
-import { runTool, INITIAL_SHELL, BASH_OUTPUT_LIMIT, type ToolOutcome } from '../../companion/tools/tools';
+import { runTool, INITIAL_SHELL, BASH_OUTPUT_LIMIT, type ToolOutcome } from '../../companion/tools/semantics';
 import { assertNumberedWithOneGap } from './numbered-output';
 import { assertGrepSameWithoutRipgrep, GREP_TREE_SCRIPT, withoutRipgrep } from './grep-cases';
 import type { ToolName } from '../../companion/tools/schemas';

@@ -6,7 +6,7 @@ import type { Sandbox } from '../../companion/sandbox/types';
 import { GuestError } from '../../companion/sandbox/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, sh, skipWithoutVms, text } from './helpers';
-import { INITIAL_SHELL, runTool } from '../../companion/tools/tools';
+import { INITIAL_SHELL, runTool } from '../../companion/tools/semantics';
 
 describe('qemu sandbox (real VMs)', function () {
   let driver: QemuDriver;

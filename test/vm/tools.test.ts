@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import type { Sandbox } from '../../companion/sandbox/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, skipWithoutVms } from './helpers';
-import { BASH_OUTPUT_LIMIT, INITIAL_SHELL, runTool } from '../../companion/tools/tools';
+import { BASH_OUTPUT_LIMIT, INITIAL_SHELL, runTool } from '../../companion/tools/semantics';
 import { assertNumberedWithOneGap } from '../unit/numbered-output';
 import { assertGrepSameWithoutRipgrep, GREP_TREE_SCRIPT } from '../unit/grep-cases';
 
