@@ -4,7 +4,7 @@
 // 70 after an uncaught exception or unhandled rejection (process-guards.ts).
 import type { Command } from './commands/types';
 import { UsageError } from './commands/options';
-import { workerCommand } from './commands/worker';
+import { workerCommand } from './commands/run-worker';
 import { devQueueCommand } from './commands/dev-queue';
 import { demoCommand } from './commands/demo';
 import { doctorCommand } from './commands/doctor';

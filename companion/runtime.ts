@@ -12,7 +12,7 @@ import { Persistence } from './persist/persistence';
 import { MemoryMountRegistry } from './persist/memory';
 import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from './egress/proxy';
 import { startControlServer, type ControlServer } from './control/server';
-import { Worker } from './queue/worker';
+import { Worker } from './queue/environment-worker';
 import { logger } from './log';
 
 const log = logger('runtime');
