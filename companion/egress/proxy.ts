@@ -34,7 +34,7 @@
 import net from 'node:net';
 import { promises as dnsPromises } from 'node:dns';
 import type { Duplex } from 'node:stream';
-import type { EgressAttachment } from '../sandbox/types';
+import type { EgressAttachment } from '../guest/types';
 import type { EventHub } from '../events';
 import type { EgressDecision } from '../protocol/control';
 import { logger } from '../log';

@@ -15,7 +15,7 @@ import {
 } from './protocol';
 import {
   GuestError, type EgressAttachment, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestOps, type GuestStat, type PutFile,
-} from '../sandbox/types';
+} from './types';
 
 /** Deadline for file operations (they are native in the agent: milliseconds, even under TCG). */
 const FILE_OP_DEADLINE_MS = 60_000;

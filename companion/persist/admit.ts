@@ -1,6 +1,6 @@
 // Admission of guest walk entries: every name, type, size, mode and hash the guest reports is checked here before
 // anything else looks at it, and refusals are collected as notes the model can read. Pure functions, no I/O.
-import type { GuestEntry } from '../sandbox/types';
+import type { GuestEntry } from '../guest/types';
 import { normaliseMode, SHA256_HEX } from './manifest';
 import { checkGuestPath, checkLinkTarget, isWithin, showPath } from './paths';
 

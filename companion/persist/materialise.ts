@@ -2,7 +2,7 @@
 // store and only ever exist in the guest), and files larger than one agent message (sent as parts, joined here).
 // Fixed bash scripts read NUL-separated records from stdin, so no persisted name or target is ever parsed by a shell
 // or placed on a command line.
-import { GuestError, type ExecResult, type GuestOps } from '../sandbox/types';
+import { GuestError, type ExecResult, type GuestOps } from '../guest/types';
 import { logger } from '../log';
 import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 

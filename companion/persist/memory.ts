@@ -10,7 +10,7 @@
 import { constants as C, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { GuestError, type GuestOps, type PutFile } from '../sandbox/types';
+import { GuestError, type GuestOps, type PutFile } from '../guest/types';
 import { logger } from '../log';
 import { Refusals, admitEntry } from './admit';
 import { checkGuestPath, isWithin } from './paths';

@@ -22,7 +22,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
-import { GuestError, type GuestOps, type PutFile } from '../sandbox/types';
+import { GuestError, type GuestOps, type PutFile } from '../guest/types';
 import type { Config } from '../config';
 import { statePaths } from '../config';
 import type { EventHub } from '../events';

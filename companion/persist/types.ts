@@ -1,7 +1,7 @@
 // The contract between the call orchestrator (companion/tools) and the persisted-file store (companion/persist).
 // The orchestrator calls `prepare` on every fresh sandbox before a tool runs and `commit` after it, and posts the
 // tool result only after `commit` resolved: a generation is durable before the model hears about it.
-import type { GuestOps } from '../sandbox/types';
+import type { GuestOps } from '../guest/types';
 import type { PersistState } from '../protocol/control';
 
 /** Shell continuity for `bash` in per-call mode: the previous call's working directory and exported variables. */

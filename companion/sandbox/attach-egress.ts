@@ -1,7 +1,7 @@
 // Shared by the VM drivers: gives a sandbox just taken from the warm pool its path to the egress gateway. A sandbox
 // whose attachment fails is destroyed, never handed out: a call must not run with a half-configured network path.
 import { transient } from '../errors';
-import type { EgressAttachment } from './types';
+import type { EgressAttachment } from '../guest/types';
 
 interface AttachableSandbox {
   destroy(): Promise<void>;

@@ -17,7 +17,7 @@
 // - Memory is bounded: files are read in READ_CHUNK_BYTES pieces and a line is carried between pieces only while it
 //   can still be short enough to be searched.
 import { Worker } from 'node:worker_threads';
-import type { GuestOps } from '../sandbox/types';
+import type { GuestOps } from '../guest/types';
 
 export const GREP_MAX_LINE_CHARS = 2000;
 const WALK_MAX_ENTRIES = 50_000;

@@ -10,7 +10,7 @@
 // - bash runs in a fresh shell per call; cwd and exported variables carry over through `ShellState`, captured by an
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
 import path from 'node:path';
-import { GuestError, type GuestOps } from '../sandbox/types';
+import { GuestError, type GuestOps } from '../guest/types';
 import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 import type { ShellState } from '../persist/types';
 import { parseToolInput, type ToolInputs, type ToolName } from './schemas';

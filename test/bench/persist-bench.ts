@@ -14,7 +14,8 @@ import { Persistence, type PersistSettings } from '../../companion/persist/persi
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
-import type { PutFile, SandboxDriver } from '../../companion/sandbox/types';
+import type { SandboxDriver } from '../../companion/sandbox/types';
+import type { PutFile } from '../../companion/guest/types';
 
 export interface PersistBenchRow {
   driver: string;

@@ -7,7 +7,8 @@ import assert from 'node:assert/strict';
 import { lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { PerimeterError } from '../../companion/errors';
-import type { GotFile, GuestEntry, Sandbox } from '../../companion/sandbox/types';
+import type { Sandbox } from '../../companion/sandbox/types';
+import type { GotFile, GuestEntry } from '../../companion/guest/types';
 import { sha256 } from '../../companion/persist/store';
 import { fingerprint, newPersistence, processDriver, runCall, tempDir } from './helpers';
 

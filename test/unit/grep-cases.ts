@@ -2,7 +2,7 @@
 // real-VM suites share them. Without rg means for real: rg is started with a PATH where it does not exist, so the
 // driver or the guest agent fails to start it, exactly as on a machine or template without ripgrep.
 import assert from 'node:assert/strict';
-import type { GuestOps } from '../../companion/sandbox/types';
+import type { GuestOps } from '../../companion/guest/types';
 import { runTool, type ToolOutcome } from '../../companion/tools/semantics';
 
 /** A tree with what rg treats specially: hidden entries, a binary file, a symlink, CRLF, no final newline, Unicode. */

@@ -6,7 +6,7 @@ import { readFileSync, symlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { GuestClient } from '../../companion/guest/client';
 import { startHostAgent, type HostAgent } from './host-agent';
-import { GuestError } from '../../companion/sandbox/types';
+import { GuestError } from '../../companion/guest/types';
 
 
 describe('guest agent binary (host test mode)', function () {

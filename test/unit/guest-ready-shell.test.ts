@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { GuestClient } from '../../companion/guest/client';
 import { startHostAgent, type HostAgent } from './host-agent';
 import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_ARGV_PREFIX, shellArgv } from '../../companion/guest/ready-shell';
-import { GuestError, type ExecRequest } from '../../companion/sandbox/types';
+import { GuestError, type ExecRequest } from '../../companion/guest/types';
 import { bashScript } from '../../companion/tools/semantics';
 
 /** What differs between any two shells, so it is no evidence either way. */

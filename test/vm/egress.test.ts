@@ -2,7 +2,8 @@
 // and UDP 127.0.0.1:53 and relays each connection / DNS query to the host; without one, nothing listens.
 import assert from 'node:assert/strict';
 import type { Duplex } from 'node:stream';
-import type { EgressAttachment, Sandbox } from '../../companion/sandbox/types';
+import type { Sandbox } from '../../companion/sandbox/types';
+import type { EgressAttachment } from '../../companion/guest/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, sh, skipWithoutVms, text } from './helpers';
 

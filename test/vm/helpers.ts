@@ -5,7 +5,8 @@ import { execFileSync } from 'node:child_process';
 import { loadConfig, type Config } from '../../companion/config';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { QemuDriver } from '../../companion/sandbox/qemu/driver';
-import type { ExecResult, Sandbox } from '../../companion/sandbox/types';
+import type { Sandbox } from '../../companion/sandbox/types';
+import type { ExecResult } from '../../companion/guest/types';
 import { SHELL_BASE_ENV } from '../../companion/guest/ready-shell';
 
 export function vmConfig(sandbox: Record<string, unknown> = {}): Config {

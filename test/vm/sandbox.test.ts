@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import type { Sandbox } from '../../companion/sandbox/types';
-import { GuestError } from '../../companion/sandbox/types';
+import { GuestError } from '../../companion/guest/types';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { newDriver, sh, skipWithoutVms, text } from './helpers';
 import { INITIAL_SHELL, runTool } from '../../companion/tools/semantics';

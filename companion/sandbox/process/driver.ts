@@ -20,10 +20,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { getSystemErrorMap } from 'node:util';
 import { logger } from '../../log';
+import type { AcquireOptions, DriverInfo, DriverProbe, Sandbox, SandboxDriver } from '../types';
 import {
-  GuestError, type AcquireOptions, type DriverInfo, type DriverProbe, type ExecRequest, type ExecResult, type GotFile,
-  type GuestEntry, type GuestStat, type PutFile, type Sandbox, type SandboxDriver, type EntryType,
-} from '../types';
+  GuestError, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestStat, type PutFile, type EntryType,
+} from '../../guest/types';
 
 const log = logger('sandbox:process');
 /** After the main process exits while something (a background job) still holds its output pipe open, how long to

@@ -19,9 +19,8 @@ import type { EventHub } from '../../events';
 import { statePaths } from '../../config';
 import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
-import type {
-  AcquireOptions, DriverInfo, DriverProbe, ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile, Sandbox, SandboxDriver,
-} from '../types';
+import type { AcquireOptions, DriverInfo, DriverProbe, Sandbox, SandboxDriver } from '../types';
+import type { ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile } from '../../guest/types';
 import { SHELL_BASE_ENV, shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';

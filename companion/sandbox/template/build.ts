@@ -22,7 +22,7 @@ import { chooseAccel, qemuVersion } from '../qemu/accel';
 import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_BASE_ENV } from '../../guest/ready-shell';
 import { lookupUser } from '../qemu/user';
 import { fatal } from '../../errors';
-import type { GuestOps } from '../types';
+import type { GuestOps } from '../../guest/types';
 import type { GuestLimits } from '../../guest/client';
 
 export const ROOTFS_PACKAGES = ['bash', 'coreutils', 'ripgrep', 'git', 'python3', 'curl', 'ca-certificates', 'tar'];

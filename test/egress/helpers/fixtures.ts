@@ -7,7 +7,7 @@ import path from 'node:path';
 import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
-import type { EgressAttachment } from '../../../companion/sandbox/types';
+import type { EgressAttachment } from '../../../companion/guest/types';
 
 export interface TestPki { dir: string; caPem: string; key: string; cert: string; caFile: string }
 
