@@ -1,8 +1,9 @@
 // Wires one companion runtime from a Config: sandbox driver (selectDriver, first: a host that cannot isolate tool
 // calls stops here), journal, persistence, egress gateways, the Worker and (optionally) the control API server. Used
 // by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
-// preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it. Invariant: an egress gateway lives exactly as long as its session is served
-// here (created by the first sandbox that needs it, closed when the session's last work item ends, and on close()).
+// preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it.
+// Invariant: each session served gets its own egress gateway (egress/gateways.ts), released when the session's last
+// work item ends and on close().
 import type { Config } from './config';
 import { statePaths } from './config';
 import { EventHub } from './events';
@@ -11,6 +12,7 @@ import { selectDriver, type DriverSelection } from './sandbox/select';
 import { Persistence } from './persist/persistence';
 import { MemoryMountRegistry } from './persist/memory';
 import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from './egress/proxy';
+import { SessionEgressGateways } from './egress/gateways';
 import { startControlServer, type ControlServer } from './control/server';
 import { Worker } from './queue/environment-worker';
 import { logger } from './log';
@@ -34,32 +36,6 @@ export interface RuntimeOptions {
   createEgressGateway?: (opts: EgressGatewayOptions) => EgressGateway;
   /** When no VM driver can run under `auto`: refuse (default), or use the process driver (the demo's own queue). */
   whenNoVm?: 'refuse' | 'process';
-}
-
-/** One egress gateway per session served: made on first use, closed on the session's end or at shutdown. */
-export class SessionEgressGateways {
-  private readonly gateways = new Map<string, EgressGateway>();
-  constructor(private readonly create: (sessionId: string) => EgressGateway) {}
-
-  for(sessionId: string): EgressGateway {
-    let g = this.gateways.get(sessionId);
-    if (!g) { g = this.create(sessionId); this.gateways.set(sessionId, g); }
-    return g;
-  }
-
-  /** Closes the session's gateway (its live tunnels end); a later work item of the session gets a new one. */
-  release(sessionId: string): void {
-    const g = this.gateways.get(sessionId);
-    if (!g) return;
-    this.gateways.delete(sessionId);
-    g.close();
-    log.debug(`egress gateway of session ${sessionId} closed`);
-  }
-
-  closeAll(): void { for (const id of [...this.gateways.keys()]) this.release(id); }
-
-  /** Sessions that hold an open gateway. */
-  get sessions(): string[] { return [...this.gateways.keys()]; }
 }
 
 export interface Runtime {
