@@ -6,6 +6,7 @@ import { PersistPattern } from '../companion/protocol/control';
 export function validateKeyInput(value: string): string | undefined {
   const v = value.trim();
   if (!v) return 'Enter the environment key';
+  // eslint-disable-next-line no-control-regex
   if (/[\s\u0000-\u001f\u007f]/.test(v)) return 'The key must not contain spaces or control characters';
   if (v.length < 16 || v.length > 512) return 'That does not look like an environment key';
   return undefined;

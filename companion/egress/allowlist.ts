@@ -122,6 +122,7 @@ export function parseAllowEntry(source: string): AllowEntry {
   const wildcard = host.startsWith('*.');
   const bare = wildcard ? host.slice(2) : host;
   if (bare.includes('*')) throw new AllowListError(source, 'a wildcard is allowed only as a whole leading label: *.example.com');
+  // eslint-disable-next-line no-control-regex
   const ascii = /^[\x00-\x7f]*$/.test(bare) ? bare : domainToASCII(bare);
   if (!ascii) throw new AllowListError(source, 'not a valid internationalised domain name');
   const check = normaliseHostName(ascii);

@@ -1,7 +1,9 @@
 // Turning untrusted sandbox output into result text: valid UTF-8, no terminal escape sequences or other control
 // characters (newline and tab kept), trailing newlines removed, never empty. Pure functions.
+// eslint-disable-next-line no-control-regex
 const ANSI_RE = /\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]/g;
 // C0 controls except \t and \n, DEL, and C1 controls.
+// eslint-disable-next-line no-control-regex
 const CONTROL_RE = /[\x00-\x08\x0b-\x1f\x7f\x80-\x9f]/g;
 
 export const NO_OUTPUT = '(no output)';
