@@ -8,7 +8,7 @@
 //   slot is free. Newest work item per session wins: the older handler is aborted (its teardown force-stops it)
 //   before the newer one starts. Healthcheck items are force-stopped without running anything.
 // - The environment key lives only in this process (the SDK client). Sandboxes receive tool inputs only.
-// - Results are posted by the SDK; a wire observer on the client's fetch journals `posted` after a 2xx.
+// - Results are posted by the SDK; the wire observer on the client's fetch (wire-observer.ts) reports each 2xx post.
 // - drain(): stop claiming; in-flight calls finish (bounded by drainTimeoutMs) or are killed and answered with an
 //   explicit error; results are given a moment to post; then every held item is released (force-stopped).
 import os from 'node:os';
@@ -33,6 +33,7 @@ import { memoryMountsFromRoots, type MemoryMountRegistry } from '../persist/memo
 import { logger, registerSecret } from '../log';
 import { errorMessage } from '../errors';
 import { VERSION } from '../version';
+import { WireObserver, requestUrl } from './wire-observer';
 
 const log = logger('worker');
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
@@ -91,11 +92,15 @@ export class Worker implements WorkerControl {
   private readonly pollCtrl = new AbortController();
   private readonly sessions = new Map<string, SessionHandle>();
   private readonly handles = new Set<SessionHandle>();
-  private readonly workToSession = new Map<string, string>();
-  /** Live event-stream requests per session, so the stall watchdog can cut them. */
-  private readonly streams = new Map<string, Map<(reason: Error) => void, number>>();
   private slotWaiters: Array<() => void> = [];
   private readonly client: Anthropic;
+  private readonly wire = new WireObserver({
+    resultPosted: (toolUseId) => {
+      const c = this.opts.journal.callPosted(toolUseId);
+      if (c) this.opts.hub.publish({ type: 'call.finished', call: this.opts.journal.callSummary(c) });
+    },
+    leaseLost: (workId) => this.leaseLost(workId),
+  });
   private readonly calls: CallRunner;
   private drainPromise: Promise<void> | null = null;
   private factsTimer: NodeJS.Timeout | null = null;
@@ -109,7 +114,7 @@ export class Worker implements WorkerControl {
       authToken: opts.environmentKey,
       baseURL: opts.baseUrl ?? opts.config.baseUrl ?? 'https://api.anthropic.com',
       maxRetries: opts.maxRetries ?? 4,
-      fetch: this.observedFetch,
+      fetch: this.wire.fetch,
       logger: { debug: (...a) => sdkLog.debug(...a), info: (...a) => sdkLog.info(...a), warn: (...a) => sdkLog.warn(...a), error: (...a) => sdkLog.error(...a) },
       logLevel: opts.config.logLevel === 'debug' ? 'debug' : 'warn',
     });
@@ -223,10 +228,8 @@ export class Worker implements WorkerControl {
     if (previous && previous.workId === work.id) previous.suppressStop = true;
     this.sessions.set(sessionId, handle);
     this.handles.add(handle);
-    this.workToSession.set(work.id, sessionId);
     handle.done = this.serve(handle, work, previous).finally(() => {
       this.handles.delete(handle);
-      if (![...this.handles].some((x) => x.workId === work.id)) this.workToSession.delete(work.id);
       if (this.sessions.get(sessionId) === handle) this.sessions.delete(sessionId);
       this.wakeSlotWaiters();
     });
@@ -304,7 +307,7 @@ export class Worker implements WorkerControl {
         if (ids.length === 0 || h.ctrl.signal.aborted) return;
         log.warn(`session ${h.sessionId}: ${ids.length} call(s) of ours not dispatched yet (${ids.join(', ')}); making the SDK reconnect and reconcile`);
         // Cut only streams that had a full period to reconcile; a fresh one is still reconciling (or backing off).
-        for (const [cut, openedAt] of this.streams.get(h.sessionId) ?? []) if (Date.now() - openedAt >= every) cut(new Error('stall watchdog: reconnecting to reconcile'));
+        this.wire.cutStreams(h.sessionId, every, new Error('stall watchdog: reconnecting to reconcile'));
       }).catch((err) => log.debug(`stall check for ${h.sessionId} failed: ${errorMessage(err)}`)).finally(() => { checking = false; });
     }, every);
     t.unref();
@@ -375,113 +378,25 @@ export class Worker implements WorkerControl {
     await Promise.all([...this.handles].map((h) => h.done));
   }
 
-  /**
-   * Fetches an SSE stream and wraps its body so the stall watchdog can fail it: the SDK's reader then gets an
-   * ordinary stream error, logs it and reconnects (followed by a history reconcile). Erroring the wrapper, rather
-   * than aborting the request, works whatever the SDK is doing at that moment (an abort of a response whose buffered
-   * data was not read yet can leave the reader waiting forever).
-   */
-  private async watchedStream(sessionId: string, input: string | URL | Request, init?: RequestInit): Promise<Response> {
-    const res = await fetch(input, init);
-    if (!res.ok || !res.body) return res;
-    const reader = res.body.getReader();
-    let controller!: ReadableStreamDefaultController<Uint8Array>;
-    const set = this.streams.get(sessionId) ?? new Map<(reason: Error) => void, number>();
-    this.streams.set(sessionId, set);
-    const cut = (reason: Error) => {
-      set.delete(cut);
-      try { controller.error(reason); } catch { /* already closed */ }
-      reader.cancel(reason).catch(() => {});
-    };
-    set.set(cut, Date.now());
-    const body = new ReadableStream<Uint8Array>({
-      start: (c) => { controller = c; },
-      pull: async (c) => {
-        try {
-          const { done, value } = await reader.read();
-          if (done) { set.delete(cut); c.close(); } else c.enqueue(value);
-        } catch (err) { set.delete(cut); c.error(err); }
-      },
-      cancel: (reason) => { set.delete(cut); return reader.cancel(reason); },
-    });
-    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
-  }
-
   private handlerFetch(h: SessionHandle, input: string | URL | Request, init?: RequestInit): Promise<Response> {
-    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+    const url = requestUrl(input);
     if (h.suppressStop && init?.method === 'POST' && new URL(url).pathname.endsWith(`/work/${encodeURIComponent(h.workId)}/stop`)) {
       log.info(`not stopping ${h.workId} from its earlier claim: the item was claimed again`);
       return Promise.resolve(new Response(null, { status: 204 }));
     }
-    return this.observedFetch(input, init);
+    return this.wire.fetch(input, init);
   }
 
-  // ---- wire observer -------------------------------------------------------------------------------------------
-
-  /** Wraps fetch to learn what the SDK did: results posted (-> journal `posted`) and leases lost (412). */
-  private readonly observedFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-    const url = typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
-    const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
-    if (stream && (init?.method ?? 'GET') === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
-    const res = await fetch(input, init);
-    if ((init?.method ?? 'GET') === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(new URL(url).pathname)) {
-      return relocateMemoryStores(res);
-    }
-    try { this.observe(typeof input === 'string' ? input : input instanceof URL ? input.href : input.url, init?.method ?? 'GET', init?.body, res.status); } catch (err) {
-      log.debug(`wire observer: ${errorMessage(err)}`);
-    }
-    return res;
-  };
-
-  private observe(url: string, method: string, body: unknown, status: number): void {
-    const p = new URL(url).pathname;
-    let m = /^\/v1\/sessions\/([^/]+)\/events$/.exec(p);
-    if (m && method === 'POST' && status >= 200 && status < 300 && typeof body === 'string') {
-      const parsed = JSON.parse(body) as { events?: Array<{ type?: string; tool_use_id?: string; custom_tool_use_id?: string }> };
-      for (const ev of parsed.events ?? []) {
-        const id = ev.type === 'user.tool_result' ? ev.tool_use_id : ev.type === 'user.custom_tool_result' ? ev.custom_tool_use_id : undefined;
-        if (!id) continue;
-        const c = this.opts.journal.callPosted(id);
-        if (c) this.opts.hub.publish({ type: 'call.finished', call: this.opts.journal.callSummary(c) });
-      }
-      return;
-    }
-    m = /^\/v1\/environments\/[^/]+\/work\/([^/]+)\/heartbeat$/.exec(p);
-    if (m && status === 412) {
-      const sessionId = this.workToSession.get(m[1]!);
-      const h = sessionId ? [...this.handles].reverse().find((x) => x.workId === m![1]) : undefined;
-      if (h && !h.leaseLost) {
-        h.leaseLost = true;
-        log.warn(`session ${h.sessionId}: lease of ${h.workId} lost (412); stopping its calls, not stopping the item`);
-        h.calls?.refuseNew('the lease of this session was lost');
-        h.calls?.abortInFlight('the lease of this session was lost to another worker');
-      }
-    }
+  private leaseLost(workId: string): void {
+    const h = [...this.handles].reverse().find((x) => x.workId === workId);
+    if (!h || h.leaseLost) return;
+    h.leaseLost = true;
+    log.warn(`session ${h.sessionId}: lease of ${h.workId} lost (412); stopping its calls, not stopping the item`);
+    h.calls?.refuseNew('the lease of this session was lost');
+    h.calls?.abortInFlight('the lease of this session was lost to another worker');
   }
 }
 
 const OWN_TOOLS: ReadonlySet<string> = new Set(TOOL_NAMES);
-
-/**
- * The SDK downloads a memory store into its `mount_path` (e.g. /mnt/memory/notes) ON THIS HOST, which several
- * concurrent sessions would share and which needs root. Tools run in sandboxes, not here, so the worker moves each
- * store into the session's own host workdir instead: `mount_path` /mnt/memory/<name> is dropped and `name` set to
- * <name>, so the SDK uses <workdir>/memory/<name>; persistence mounts that at /mnt/memory/<name> in the guest,
- * which is exactly the path the agent's system prompt names. Other mount paths are left untouched.
- */
-async function relocateMemoryStores(res: Response): Promise<Response> {
-  const text = await res.text();
-  let body: { resources?: Array<Record<string, unknown>> };
-  try { body = JSON.parse(text) as typeof body; } catch { return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers }); }
-  let changed = false;
-  for (const r of body.resources ?? []) {
-    const m = r.type === 'memory_store' && typeof r.mount_path === 'string' ? /^\/mnt\/memory\/([A-Za-z0-9._-]+)\/?$/.exec(r.mount_path) : null;
-    if (m && m[1] !== '.' && m[1] !== '..') { r.name = m[1]; delete r.mount_path; changed = true; }
-  }
-  const headers = new Headers(res.headers);
-  headers.delete('content-length');
-  headers.delete('content-encoding');
-  return new Response(changed ? JSON.stringify(body) : text, { status: res.status, statusText: res.statusText, headers });
-}
 
 function sleep(ms: number): Promise<void> { return new Promise((r) => setTimeout(r, ms)); }

@@ -1,0 +1,121 @@
+// The worker's view of the SDK's HTTP traffic: the fetch the SDK client is given. It learns what the SDK did without
+// changing how it does it, and adapts one response. Invariants:
+// - A tool result counts as posted only after the service answered its POST with a 2xx (`resultPosted`).
+// - A heartbeat answered 412 means another worker holds the lease (`leaseLost`); nothing else is read into a status.
+// - Event streams are passed through unchanged, wrapped only so `cutStreams` can fail them: the SDK's reader then gets
+//   an ordinary stream error, reconnects and reconciles from history.
+// - A session's memory stores are moved from their host mount path into the session's own work directory
+//   (relocateMemoryStores); no other response is altered. An observer failure never fails the request.
+import { logger } from '../log';
+import { errorMessage } from '../errors';
+
+const log = logger('worker');
+
+export type Fetch = (input: string | URL | Request, init?: RequestInit) => Promise<Response>;
+
+export interface WireObserverHooks {
+  /** The service accepted the result of this tool call. */
+  resultPosted(toolUseId: string): void;
+  /** A heartbeat of this work item was refused with 412: the lease belongs to another worker now. */
+  leaseLost(workId: string): void;
+}
+
+export function requestUrl(input: string | URL | Request): string {
+  return typeof input === 'string' ? input : input instanceof URL ? input.href : input.url;
+}
+
+export class WireObserver {
+  /** Live event-stream requests per session (the function that fails one, and when it was opened). */
+  private readonly streams = new Map<string, Map<(reason: Error) => void, number>>();
+
+  constructor(private readonly hooks: WireObserverHooks) {}
+
+  /** The fetch given to the SDK client. */
+  readonly fetch: Fetch = async (input, init) => {
+    const url = requestUrl(input);
+    const method = init?.method ?? 'GET';
+    const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
+    if (stream && method === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
+    const res = await fetch(input, init);
+    if (method === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(new URL(url).pathname)) {
+      return relocateMemoryStores(res);
+    }
+    try { this.observe(url, method, init?.body, res.status); } catch (err) {
+      log.debug(`wire observer: ${errorMessage(err)}`);
+    }
+    return res;
+  };
+
+  /** Fails the session's event streams that have been open at least `minAgeMs` (younger ones are still reconciling). */
+  cutStreams(sessionId: string, minAgeMs: number, reason: Error): void {
+    for (const [cut, openedAt] of this.streams.get(sessionId) ?? []) if (Date.now() - openedAt >= minAgeMs) cut(reason);
+  }
+
+  private observe(url: string, method: string, body: unknown, status: number): void {
+    const p = new URL(url).pathname;
+    let m = /^\/v1\/sessions\/([^/]+)\/events$/.exec(p);
+    if (m && method === 'POST' && status >= 200 && status < 300 && typeof body === 'string') {
+      const parsed = JSON.parse(body) as { events?: Array<{ type?: string; tool_use_id?: string; custom_tool_use_id?: string }> };
+      for (const ev of parsed.events ?? []) {
+        const id = ev.type === 'user.tool_result' ? ev.tool_use_id : ev.type === 'user.custom_tool_result' ? ev.custom_tool_use_id : undefined;
+        if (id) this.hooks.resultPosted(id);
+      }
+      return;
+    }
+    m = /^\/v1\/environments\/[^/]+\/work\/([^/]+)\/heartbeat$/.exec(p);
+    if (m && status === 412) this.hooks.leaseLost(decodeURIComponent(m[1]!));
+  }
+
+  /**
+   * Fetches an SSE stream and wraps its body so cutStreams can fail it. Erroring the wrapper, rather than aborting
+   * the request, works whatever the SDK is doing at that moment (an abort of a response whose buffered data was not
+   * read yet can leave the reader waiting forever).
+   */
+  private async watchedStream(sessionId: string, input: string | URL | Request, init?: RequestInit): Promise<Response> {
+    const res = await fetch(input, init);
+    if (!res.ok || !res.body) return res;
+    const reader = res.body.getReader();
+    let controller!: ReadableStreamDefaultController<Uint8Array>;
+    const set = this.streams.get(sessionId) ?? new Map<(reason: Error) => void, number>();
+    this.streams.set(sessionId, set);
+    const cut = (reason: Error) => {
+      set.delete(cut);
+      try { controller.error(reason); } catch { /* already closed */ }
+      reader.cancel(reason).catch(() => {});
+    };
+    set.set(cut, Date.now());
+    const body = new ReadableStream<Uint8Array>({
+      start: (c) => { controller = c; },
+      pull: async (c) => {
+        try {
+          const { done, value } = await reader.read();
+          if (done) { set.delete(cut); c.close(); } else c.enqueue(value);
+        } catch (err) { set.delete(cut); c.error(err); }
+      },
+      cancel: (reason) => { set.delete(cut); return reader.cancel(reason); },
+    });
+    return new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+  }
+}
+
+/**
+ * The SDK downloads a memory store into its `mount_path` (e.g. /mnt/memory/notes) ON THIS HOST, which several
+ * concurrent sessions would share and which needs root. Tools run in sandboxes, not here, so the worker moves each
+ * store into the session's own host workdir instead: `mount_path` /mnt/memory/<name> is dropped and `name` set to
+ * <name>, so the SDK uses <workdir>/memory/<name>; persistence mounts that at /mnt/memory/<name> in the guest,
+ * which is exactly the path the agent's system prompt names. Other mount paths are left untouched.
+ */
+async function relocateMemoryStores(res: Response): Promise<Response> {
+  const text = await res.text();
+  let body: { resources?: Array<Record<string, unknown>> };
+  try { body = JSON.parse(text) as typeof body; } catch { return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers }); }
+  let changed = false;
+  for (const r of body.resources ?? []) {
+    const m = r.type === 'memory_store' && typeof r.mount_path === 'string' ? /^\/mnt\/memory\/([A-Za-z0-9._-]+)\/?$/.exec(r.mount_path) : null;
+    if (m && m[1] !== '.' && m[1] !== '..') { r.name = m[1]; delete r.mount_path; changed = true; }
+  }
+  const headers = new Headers(res.headers);
+  headers.delete('content-length');
+  headers.delete('content-encoding');
+  return new Response(changed ? JSON.stringify(body) : text, { status: res.status, statusText: res.statusText, headers });
+}
