@@ -5,7 +5,7 @@
 //   companion/devqueue/   the stand-in service: shares nothing with queue/ but companion/protocol/
 //   companion/guest/      the guest agent's host side: knows nothing of the sandbox drivers that use it
 //   extension/            talks to the companion only through companion/protocol/
-//   extension/'s plain modules (launcher/, the view model, validation) never `vscode`: unit tests load them in Node
+//   extension/'s plain modules (launcher/, common/, the view model, validation) never `vscode`: unit tests load them
 // `no-control-regex` is on, so a control character in a pattern is either a mistake or marked as meant.
 // test/unit/lint-boundaries.test.ts proves each rule fails on a forbidden import.
 import tseslint from 'typescript-eslint';
@@ -19,7 +19,7 @@ const ONLY_PROTOCOL = {
   message: 'extension/ reaches the companion only through companion/protocol/.',
 };
 const PLAIN_NO_VSCODE = { name: 'vscode', message: 'unit tests load this module in plain Node: keep `vscode` out of it.' };
-const EXTENSION_PLAIN = ['extension/launcher/**/*.ts', 'extension/views/model.ts', 'extension/views/items.ts',
+const EXTENSION_PLAIN = ['extension/launcher/**/*.ts', 'extension/common/**/*.ts', 'extension/views/model.ts', 'extension/views/items.ts',
   'extension/views/statusText.ts', 'extension/documents/callDocument.ts', 'extension/validation.ts'];
 
 /** One `no-restricted-imports` entry per room (a later matching block replaces the rule, so each room lists all). */

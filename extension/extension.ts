@@ -1,6 +1,7 @@
 // The Perimeter extension's entry point: wires the plain modules (model, supervisors, control client) to VS Code's
 // views, commands, documents and status bar. It holds no logic of its own beyond wiring; every disposable it creates
-// is registered in context.subscriptions. `activate` returns a small API the integration tests use.
+// is registered in context.subscriptions. The Worker Log is a LogOutputChannel: VS Code timestamps its lines and
+// writes them to `logFile`. `activate` returns a small API the integration tests use.
 import * as vscode from 'vscode';
 import { PerimeterModel } from './views/model';
 import { WorkerTree, SessionsTree, PersistTree } from './views/trees';
@@ -13,8 +14,10 @@ import { registerPersistCommands } from './commands/persistCommands';
 import { registerToolCommands, applyDoctorContext } from './commands/toolCommands';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
+import { toDisposable } from './common/lifecycle';
 
 const TICK_MS = 5_000;
+const WORKER_LOG_CHANNEL = 'Perimeter Worker';
 
 export interface PerimeterApi {
   model: PerimeterModel;
@@ -23,18 +26,13 @@ export interface PerimeterApi {
   workerTree: WorkerTree;
   persistTree: PersistTree;
   statusBar: vscode.StatusBarItem;
-  outputLines: string[];
+  /** Where VS Code writes the Worker Log channel (`<context.logUri>/<channel name>.log`). */
+  logFile: vscode.Uri;
 }
 
 export function activate(context: vscode.ExtensionContext): PerimeterApi {
-  const output = vscode.window.createOutputChannel('Perimeter Worker');
-  const outputLines: string[] = [];
-  const log = (label: string, line: string) => {
-    const text = `[${label}] ${line}`;
-    output.appendLine(text);
-    outputLines.push(text);
-    if (outputLines.length > 2000) outputLines.splice(0, outputLines.length - 2000);
-  };
+  const output = vscode.window.createOutputChannel(WORKER_LOG_CHANNEL, { log: true });
+  const log = (label: string, line: string) => output.info(`[${label}] ${line}`);
   const model = new PerimeterModel();
   const registry = new HostRegistry(context, model, log);
 
@@ -91,9 +89,9 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
 
   context.subscriptions.push(
     output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,
-    { dispose: () => clearInterval(ticker) },
-    { dispose: () => model.dispose() },
-    { dispose: model.onDidChange(() => { updateStatus(); announceTrouble(); }) },
+    toDisposable(() => clearInterval(ticker)),
+    model,
+    model.onDidChange(() => { updateStatus(); announceTrouble(); }),
     vscode.window.createTreeView('perimeter.worker', { treeDataProvider: workerTree, showCollapseAll: false }),
     vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true }),
     vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
@@ -111,7 +109,8 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   if (vscode.workspace.isTrusted) whenTrusted();
   else context.subscriptions.push(vscode.workspace.onDidGrantWorkspaceTrust(whenTrusted));
 
-  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, outputLines };
+  const logFile = vscode.Uri.joinPath(context.logUri, `${WORKER_LOG_CHANNEL}.log`);
+  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile };
 }
 
 /** Runs `perimeter doctor --json` on this machine once, so the welcome views can explain a missing KVM or template. */

@@ -12,12 +12,13 @@ import { validateHost, validateRemoteDir } from './launcher/ssh';
 import type { PerimeterModel } from './views/model';
 import * as settings from './settings';
 import { getEnvironmentKey } from './secrets';
+import { Disposable, toDisposable } from './common/lifecycle';
 
 const SELECTED_HOST = 'perimeter.selectedHost';
 
-export class HostRegistry implements vscode.Disposable {
+export class HostRegistry extends Disposable {
   private readonly supervisors = new Map<string, HostSupervisor>();
-  private readonly changed = new vscode.EventEmitter<void>();
+  private readonly changed = this._register(new vscode.EventEmitter<void>());
   readonly onDidChange = this.changed.event;
 
   constructor(
@@ -25,6 +26,11 @@ export class HostRegistry implements vscode.Disposable {
     private readonly model: PerimeterModel,
     private readonly log: (hostLabel: string, line: string) => void,
   ) {
+    super();
+    this._register(toDisposable(() => {
+      for (const s of this.supervisors.values()) s.dispose();
+      this.supervisors.clear();
+    }));
     this.sync();
   }
 
@@ -78,11 +84,5 @@ export class HostRegistry implements vscode.Disposable {
   /** Attaches to workers that already run (started by an earlier window or left running on a remote host). */
   async attachAll(): Promise<void> {
     await Promise.all(this.all().map((s) => s.attach().catch(() => false)));
-  }
-
-  dispose(): void {
-    for (const s of this.supervisors.values()) s.dispose();
-    this.supervisors.clear();
-    this.changed.dispose();
   }
 }

@@ -15,7 +15,7 @@ export async function applyDoctorContext(json: unknown): Promise<void> {
   await vscode.commands.executeCommand('setContext', 'perimeter.templateMissing', facts.template === false);
 }
 
-export function registerToolCommands(registry: HostRegistry, model: PerimeterModel, output: vscode.OutputChannel, log: (hostLabel: string, line: string) => void): vscode.Disposable[] {
+export function registerToolCommands(registry: HostRegistry, model: PerimeterModel, output: vscode.LogOutputChannel, log: (hostLabel: string, line: string) => void): vscode.Disposable[] {
   const hostOf = (node?: PerimeterNode | string) => registry.get(typeof node === 'string' ? node : node && 'hostId' in node ? node.hostId : registry.selectedHostId());
   return [
     vscode.commands.registerCommand('perimeter.buildTemplate', async (node?: PerimeterNode | string) => {

@@ -15,7 +15,7 @@ import type { WorkerSettings } from '../launcher/workerHost';
 export interface WorkerCommandDeps {
   context: vscode.ExtensionContext;
   registry: HostRegistry;
-  output: vscode.OutputChannel;
+  output: vscode.LogOutputChannel;
 }
 
 function hostIdOf(registry: HostRegistry, node?: PerimeterNode | string): string {
@@ -38,7 +38,7 @@ async function startOn(deps: WorkerCommandDeps, hostId: string, mode: WorkerSett
       () => sup.start(settings.workerSettings(mode)));
     return true;
   } catch (err) {
-    deps.output.appendLine(`[${sup.host.label}] start failed: ${(err as Error).message}`);
+    deps.output.error(`[${sup.host.label}] start failed: ${(err as Error).message}`);
     void vscode.window.showErrorMessage(`Perimeter: could not start the worker on ${sup.host.label}: ${(err as Error).message}`, 'Show Worker Log')
       .then((c) => { if (c) deps.output.show(true); });
     return false;

@@ -5,6 +5,7 @@ import * as vscode from 'vscode';
 import { CALL_SCHEME, callUriPath, parseCallUriPath, renderCallDocument, type CallRef } from './callDocument';
 import type { PerimeterModel } from '../views/model';
 import type { ControlClient } from '../launcher/controlClient';
+import { Disposable, toDisposable } from '../common/lifecycle';
 
 const FOLLOW_MS = 150;
 
@@ -12,24 +13,24 @@ export function callUri(ref: CallRef, toolName: string): vscode.Uri {
   return vscode.Uri.from({ scheme: CALL_SCHEME, path: callUriPath(ref, toolName) });
 }
 
-export class CallDocumentProvider implements vscode.TextDocumentContentProvider, vscode.Disposable {
-  private readonly changed = new vscode.EventEmitter<vscode.Uri>();
+export class CallDocumentProvider extends Disposable implements vscode.TextDocumentContentProvider {
+  private readonly changed = this._register(new vscode.EventEmitter<vscode.Uri>());
   readonly onDidChange = this.changed.event;
   /** Full outputs of finished calls, fetched once per open document. */
   private readonly fullOutput = new Map<string, string>();
   private readonly pending = new Map<string, NodeJS.Timeout>();
   private readonly open = new Map<string, vscode.Uri>();
-  private readonly unsubscribe: () => void;
-  private readonly closeSub: vscode.Disposable;
 
   constructor(private readonly model: PerimeterModel, private readonly clientFor: (hostId: string) => ControlClient | null) {
-    this.unsubscribe = model.onDidAppendOutput(({ hostId, toolUseId }) => this.follow(hostId, toolUseId));
-    this.closeSub = vscode.workspace.onDidCloseTextDocument((doc) => {
+    super();
+    this._register(model.onDidAppendOutput(({ hostId, toolUseId }) => this.follow(hostId, toolUseId)));
+    this._register(vscode.workspace.onDidCloseTextDocument((doc) => {
       if (doc.uri.scheme !== CALL_SCHEME) return;
       this.open.delete(doc.uri.toString());
       const ref = parseCallUriPath(doc.uri.path);
       if (ref) this.fullOutput.delete(`${ref.hostId}\u0000${ref.toolUseId}`);
-    });
+    }));
+    this._register(toDisposable(() => { for (const t of this.pending.values()) clearTimeout(t); }));
   }
 
   async provideTextDocumentContent(uri: vscode.Uri): Promise<string> {
@@ -64,12 +65,5 @@ export class CallDocumentProvider implements vscode.TextDocumentContentProvider,
       if (this.pending.has(k)) continue;
       this.pending.set(k, setTimeout(() => { this.pending.delete(k); this.changed.fire(uri); }, FOLLOW_MS));
     }
-  }
-
-  dispose(): void {
-    this.unsubscribe();
-    this.closeSub.dispose();
-    for (const t of this.pending.values()) clearTimeout(t);
-    this.changed.dispose();
   }
 }

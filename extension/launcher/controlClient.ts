@@ -12,7 +12,7 @@ import {
   type HelloMessage, ControlRequest,
 } from '../../companion/protocol/control';
 import type { z } from 'zod';
-import { Emitter } from './emitter';
+import { Emitter } from '../common/emitter';
 
 export class ControlRequestError extends Error {
   constructor(readonly code: ControlErrorCode | 'closed' | 'timeout', message: string) {

@@ -10,7 +10,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, watch, type FSWatcher, mkdirSync, openSync, closeSync, statSync, renameSync } from 'node:fs';
 import path from 'node:path';
-import { Emitter } from './emitter';
+import { Emitter } from '../common/emitter';
+import { Disposable, toDisposable } from '../common/lifecycle';
 import { LogFollower, tailLines } from './logFollower';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
@@ -32,17 +33,21 @@ export interface LocalHostOptions {
   nodePath?: string;
 }
 
-export class LocalHost implements WorkerHost {
+export class LocalHost extends Disposable implements WorkerHost {
   readonly hostId = 'local';
   readonly label = 'This machine';
   private child: ChildProcess | null = null;
   private follower: LogFollower | null = null;
-  private readonly linkDown = new Emitter<string>();
-  private readonly logs = new Emitter<string>();
+  private readonly linkDown = this._register(new Emitter<string>());
+  private readonly logs = this._register(new Emitter<string>());
   readonly onLinkDown = this.linkDown.event;
   readonly onLog = this.logs.event;
 
-  constructor(private readonly opts: LocalHostOptions) {}
+  constructor(private readonly opts: LocalHostOptions) {
+    super();
+    // The worker keeps running on its own (stop it with Stop Worker); disposing only stops listening.
+    this._register(toDisposable(() => { this.follower?.stop(); this.follower = null; }));
+  }
 
   private get controlFile() { return path.join(this.opts.home, 'control.json'); }
   get logFile(): string { return path.join(this.opts.home, WORKER_LOG); }
@@ -153,13 +158,6 @@ export class LocalHost implements WorkerHost {
   }
 
   async logTail(): Promise<string> { return tailLines(this.logFile, 200); }
-
-  dispose(): void {
-    // The worker keeps running on its own (stop it with Stop Worker); we only stop listening.
-    this.follower?.stop();
-    this.follower = null;
-    this.linkDown.dispose(); this.logs.dispose();
-  }
 }
 
 function rotateLog(file: string): void {

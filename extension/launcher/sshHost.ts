@@ -8,7 +8,8 @@
 // - The environment key is written to ssh's stdin (first line), never to argv, the remote command or a file.
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
-import { Emitter } from './emitter';
+import { Emitter } from '../common/emitter';
+import { Disposable, toDisposable } from '../common/lifecycle';
 import { scriptArgs, tunnelArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
@@ -23,16 +24,19 @@ export interface SshHostOptions {
   sshPath?: string;
 }
 
-export class SshHost implements WorkerHost {
+export class SshHost extends Disposable implements WorkerHost {
   readonly hostId: string;
   readonly label: string;
   private tunnel: ChildProcess | null = null;
-  private readonly linkDown = new Emitter<string>();
-  private readonly logs = new Emitter<string>();
+  private readonly linkDown = this._register(new Emitter<string>());
+  private readonly logs = this._register(new Emitter<string>());
   readonly onLinkDown = this.linkDown.event;
   readonly onLog = this.logs.event;
 
   constructor(private readonly opts: SshHostOptions) {
+    super();
+    // The remote worker keeps running (nohup); disposing closes only the tunnel.
+    this._register(toDisposable(() => this.closeTunnel()));
     this.hostId = `ssh:${opts.target.host}`;
     this.label = opts.target.host;
   }
@@ -156,10 +160,6 @@ export class SshHost implements WorkerHost {
     return this.ssh(command, undefined, 30 * 60_000, onOutput);
   }
 
-  dispose(): void {
-    this.closeTunnel();
-    this.linkDown.dispose(); this.logs.dispose();
-  }
 }
 
 /** The remote worker's config.json: the non-secret settings (the key never goes here). */

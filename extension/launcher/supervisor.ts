@@ -11,8 +11,8 @@ import { ControlClient, ControlRequestError } from './controlClient';
 import type { WorkerHost, WorkerSettings, ConnectTarget } from './workerHost';
 import type { PerimeterModel } from '../views/model';
 import type { SessionSummary } from '../../companion/protocol/control';
-import type { Unsubscribe } from './emitter';
-import { Emitter } from './emitter';
+import { Emitter } from '../common/emitter';
+import { Disposable } from '../common/lifecycle';
 
 export const BACKOFF_MS = [1_000, 2_000, 4_000, 8_000, 15_000, 30_000];
 const HISTORY_SESSIONS = 200;
@@ -25,21 +25,22 @@ export interface SupervisorOptions {
   getKey: () => Promise<string | undefined>;
 }
 
-export class HostSupervisor {
+export class HostSupervisor extends Disposable {
   private client: ControlClient | null = null;
   private desired: 'running' | 'stopped' = 'stopped';
   private settings: WorkerSettings | null = null;
   private attempts = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private recovering = false;
-  private readonly subs: Unsubscribe[] = [];
-  private readonly logs = new Emitter<string>();
+  private readonly logs = this._register(new Emitter<string>());
   readonly onLog = this.logs.event;
 
   constructor(readonly host: WorkerHost, private readonly model: PerimeterModel, private readonly opts: SupervisorOptions) {
+    super();
     model.ensureHost(host.hostId, host.label);
-    this.subs.push(host.onLog((l) => this.logs.fire(l)));
-    this.subs.push(host.onLinkDown((detail) => this.lost(detail)));
+    this._register(host.onLog((l) => this.logs.fire(l)));
+    this._register(host.onLinkDown((detail) => this.lost(detail)));
+    this._register(host);
   }
 
   get hostId(): string { return this.host.hostId; }
@@ -222,13 +223,12 @@ export class HostSupervisor {
     this.retryTimer = null;
   }
 
-  dispose(): void {
+  /** Stops retrying and closes the control connection; the worker itself keeps running (the host decides). */
+  override dispose(): void {
     this.clearRetry();
     this.desired = 'stopped';
-    for (const u of this.subs) u();
     this.client?.close();
     this.client = null;
-    this.host.dispose();
-    this.logs.dispose();
+    super.dispose();
   }
 }

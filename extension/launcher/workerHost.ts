@@ -4,7 +4,7 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { ControlEndpointFile } from '../../companion/protocol/control';
-import type { Unsubscribe } from './emitter';
+import type { IDisposable } from '../common/lifecycle';
 
 export type SandboxDriverSetting = 'auto' | 'qemu' | 'firecracker' | 'process';
 export type LogLevelSetting = 'debug' | 'info' | 'warn' | 'error';
@@ -27,7 +27,7 @@ export interface ConnectTarget { port: number; token: string; pid: number; versi
 
 export interface CommandResult { code: number | null; stdout: string; stderr: string }
 
-export interface WorkerHost {
+export interface WorkerHost extends IDisposable {
   readonly hostId: string;
   readonly label: string;
   /** The running worker for this host, or null when none runs (a stale control.json does not count). */
@@ -35,9 +35,9 @@ export interface WorkerHost {
   /** Starts a worker and resolves once its control API is up. `key` is required for mode `environment`. */
   startWorker(settings: WorkerSettings, key: string | undefined): Promise<void>;
   /** Fires when the link to the worker ends (our local worker process exited, or the SSH tunnel closed). */
-  onLinkDown(listener: (detail: string) => void): Unsubscribe;
+  onLinkDown(listener: (detail: string) => void): IDisposable;
   /** Lines the worker (or ssh) wrote to stderr, for the Worker Log. */
-  onLog(listener: (line: string) => void): Unsubscribe;
+  onLog(listener: (line: string) => void): IDisposable;
   /** Resolves once no worker runs any more (after a shutdown request), or rejects after `timeoutMs`. */
   waitStopped(timeoutMs: number): Promise<void>;
   /** Last resort after a shutdown request went unanswered: kill what we can reach. */

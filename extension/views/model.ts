@@ -10,7 +10,8 @@
 import type {
   ControlEvent, HelloMessage, HostFacts, PersistState, SessionSummary, ToolCallSummary, WorkerState,
 } from '../../companion/protocol/control';
-import { Emitter } from '../launcher/emitter';
+import { Emitter } from '../common/emitter';
+import { Disposable } from '../common/lifecycle';
 
 export const MAX_LIVE_OUTPUT = 1_000_000;
 const KEEP_FINISHED_OUTPUTS = 20;
@@ -47,18 +48,18 @@ export type ModelChange =
 
 export const sessionKey = (hostId: string, sessionId: string) => `${hostId}\u0000${sessionId}`;
 
-export class PerimeterModel {
+export class PerimeterModel extends Disposable {
   private readonly hosts = new Map<string, HostEntry>();
   private readonly sessions = new Map<string, SessionEntry>();
   private readonly persist = new Map<string, PersistState>();
   private readonly liveOutput = new Map<string, string>();
-  private readonly changes = new Emitter<ModelChange>();
-  private readonly outputs = new Emitter<{ hostId: string; toolUseId: string }>();
+  private readonly changes = this._register(new Emitter<ModelChange>());
+  private readonly outputs = this._register(new Emitter<{ hostId: string; toolUseId: string }>());
   readonly onDidChange = this.changes.event;
   /** Fires when a call's live output grew (the call document follows it). */
   readonly onDidAppendOutput = this.outputs.event;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(private readonly now: () => number = Date.now) { super(); }
 
   // ---- hosts ------------------------------------------------------------------------------------------------------
   ensureHost(hostId: string, label: string): HostEntry {
@@ -224,8 +225,6 @@ export class PerimeterModel {
     const hosts = this.hostList();
     return { hosts: hosts.length, connected: hosts.filter((h) => h.connection === 'connected').length, activeSessions, runningCalls, stuck };
   }
-
-  dispose(): void { this.changes.dispose(); this.outputs.dispose(); }
 
   /** Finished calls keep their live output only for the last KEEP_FINISHED_OUTPUTS (their full output is in the journal). */
   private readonly finishedOutputs: string[] = [];

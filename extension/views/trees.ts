@@ -9,6 +9,7 @@ import {
   describePattern, describePersistedFile,
 } from './items';
 import { callUri } from '../documents/provider';
+import { Disposable } from '../common/lifecycle';
 
 export type PerimeterNode =
   | { kind: 'host'; hostId: string }
@@ -31,19 +32,18 @@ export function toTreeItem(d: ItemDescriptor): vscode.TreeItem {
   return item;
 }
 
-abstract class BaseTree implements vscode.TreeDataProvider<PerimeterNode>, vscode.Disposable {
-  protected readonly changed = new vscode.EventEmitter<PerimeterNode | undefined>();
+abstract class BaseTree extends Disposable implements vscode.TreeDataProvider<PerimeterNode> {
+  protected readonly changed = this._register(new vscode.EventEmitter<PerimeterNode | undefined>());
   readonly onDidChangeTreeData = this.changed.event;
-  private readonly unsubscribe: () => void;
   constructor(protected readonly model: PerimeterModel, protected readonly stuckAfterMs: () => number) {
-    this.unsubscribe = model.onDidChange((c) => this.onModelChange(c));
+    super();
+    this._register(model.onDidChange((c) => this.onModelChange(c)));
   }
   protected onModelChange(_c: ModelChange): void { this.changed.fire(undefined); }
   refresh(): void { this.changed.fire(undefined); }
   abstract getTreeItem(node: PerimeterNode): vscode.TreeItem;
   abstract getChildren(node?: PerimeterNode): PerimeterNode[];
   protected get multiHost(): boolean { return this.model.hostList().length > 1; }
-  dispose(): void { this.unsubscribe(); this.changed.dispose(); }
 }
 
 export class WorkerTree extends BaseTree {

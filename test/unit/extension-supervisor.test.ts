@@ -11,7 +11,7 @@ import type { JournalReader } from '../../companion/journal/types';
 import type { WorkerState } from '../../companion/protocol/control';
 import { HostSupervisor } from '../../extension/launcher/supervisor';
 import { LocalHost } from '../../extension/launcher/localHost';
-import { Emitter } from '../../extension/launcher/emitter';
+import { Emitter } from '../../extension/common/emitter';
 import type { WorkerHost, WorkerSettings, ConnectTarget } from '../../extension/launcher/workerHost';
 import { PerimeterModel, type ConnectionStatus } from '../../extension/views/model';
 import { facts, session, call } from './control-fixtures';
@@ -54,7 +54,7 @@ class ScriptedHost implements WorkerHost {
 
 function until(model: PerimeterModel, pred: () => boolean): Promise<void> {
   if (pred()) return Promise.resolve();
-  return new Promise((resolve) => { const off = model.onDidChange(() => { if (pred()) { off(); resolve(); } }); });
+  return new Promise((resolve) => { const off = model.onDidChange(() => { if (pred()) { off.dispose(); resolve(); } }); });
 }
 const status = (m: PerimeterModel): ConnectionStatus => m.host('local')!.connection;
 

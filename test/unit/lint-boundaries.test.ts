@@ -22,6 +22,7 @@ const FORBIDDEN: Case[] = [
   { file: 'companion/guest/client.ts', code: "import type { Sandbox } from '../sandbox/types';\n", rule: 'no-restricted-imports' },
   { file: 'extension/launcher/supervisor.ts', code: "import * as vscode from 'vscode';\n", rule: 'no-restricted-imports' },
   { file: 'extension/views/model.ts', code: "import { window } from 'vscode';\n", rule: 'no-restricted-imports' },
+  { file: 'extension/common/lifecycle.ts', code: "import { Disposable } from 'vscode';\n", rule: 'no-restricted-imports' },
   { file: 'extension/validation.ts', code: "import type { Uri } from 'vscode';\n", rule: 'no-restricted-imports' },
   { file: 'companion/persist/paths.ts', code: 'export const NUL = /\\x00/;\n', rule: 'no-control-regex' },
 ];
@@ -30,7 +31,7 @@ const ALLOWED: Case[] = [
   { file: 'extension/views/trees.ts', code: "import type { ToolCallSummary } from '../../companion/protocol/control';\n", rule: '' },
   { file: 'extension/validation.ts', code: "import { PersistPattern } from '../companion/protocol/control';\n", rule: '' },
   { file: 'extension/views/trees.ts', code: "import * as vscode from 'vscode';\n", rule: '' },
-  { file: 'extension/launcher/supervisor.ts', code: "import { Emitter } from './emitter';\n", rule: '' },
+  { file: 'extension/launcher/supervisor.ts', code: "import { Emitter } from '../common/emitter';\n", rule: '' },
   { file: 'companion/queue/credentials.ts', code: "import { ControlEvent } from '../protocol/control';\n", rule: '' },
 ];
 

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
 import type { PerimeterNode } from '../../../extension/views/trees';
-import { until } from './helpers';
+import { until, untilLogged, workerLog } from './helpers';
 
 const EXTENSION_ID = 'perimeter.perimeter';
 /** The fixture scenario's live-output call prints until this host file exists (see persist-scenario.json). */
@@ -62,7 +62,7 @@ describe('Perimeter in the VS Code extension host', function () {
   });
 
   it('Try Locally starts the companion; the scenario\'s session appears in the Sessions tree', async () => {
-    assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally'), true, api.outputLines.slice(-15).join('\n'));
+    assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally'), true, workerLog(api).slice(-15).join('\n'));
     assert.equal(api.model.host('local')!.connection, 'connected');
     const endpoint = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8'));
     assert.ok(pidAlive(endpoint.pid), 'the companion runs');
@@ -85,7 +85,7 @@ describe('Perimeter in the VS Code extension host', function () {
     assert.equal(readlinkSync(`/proc/${pid}/fd/2`), log);
     const polling = /\[worker\] state: polling/;
     assert.match(readFileSync(log, 'utf8'), polling);
-    while (!api.outputLines.some((l) => polling.test(l))) await new Promise((r) => setTimeout(r, 100));
+    await untilLogged(api, (l) => polling.test(l));
   });
 
   it('adds a persisted path that the next call uses', async () => {
@@ -158,7 +158,7 @@ describe('Perimeter in the VS Code extension host', function () {
     const after = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
     assert.notEqual(after, before);
     assert.equal(api.model.host('local')!.restarts, 1);
-    assert.ok(api.outputLines.some((l) => /lost the worker/.test(l)), 'the Worker Log tells what happened');
+    await untilLogged(api, (l) => /lost the worker/.test(l));   // the Worker Log tells what happened
   });
 
   it('Stop Worker stops the companion and keeps the sessions listed', async () => {

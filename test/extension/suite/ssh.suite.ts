@@ -12,7 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
 import type { SshHost } from '../../../extension/launcher/sshHost';
-import { until } from './helpers';
+import { until, untilLogged } from './helpers';
 
 const ALIAS = 'perimeter-test-host';
 const HOST_ID = `ssh:${ALIAS}`;
@@ -74,7 +74,7 @@ describe('Perimeter on an SSH host', function () {
     assert.match(readFileSync(path.join(os.homedir(), remoteDir, 'bin', 'VERSION'), 'utf8'), /^\d+\.\d+\.\d+ [0-9a-f]{16}\n$/);
     assert.equal(api.model.host(HOST_ID)!.connection, 'connected');
     await until(api, () => api.model.sessionList(HOST_ID).length > 0 && api.model.sessionList(HOST_ID)[0]!.calls.size >= 3);
-    assert.ok(api.outputLines.some((l) => l.includes(`[${ALIAS}] installing the companion`) && l.includes('remote had: 0.0.1')));
+    await untilLogged(api, (l) => l.includes(`[${ALIAS}] installing the companion`) && l.includes('remote had: 0.0.1'));
   });
 
   it('survives the SSH connection being cut: it reconnects to the same remote worker', async () => {

@@ -10,6 +10,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
+import { untilLogged, workerLog } from './helpers';
 
 const ALIAS = 'perimeter-template-host';
 const HOST_ID = `ssh:${ALIAS}`;
@@ -29,7 +30,7 @@ describe('Build Template from the installed .vsix', function () {
   let sshConfig: string;
   const remoteDir = `.perimeter-test-template-${process.pid}`;
   const cfg = () => vscode.workspace.getConfiguration('perimeter');
-  const tail = () => api.outputLines.slice(-20).join('\n');
+  const tail = () => workerLog(api).slice(-20).join('\n');
 
   before(async function () {
     if (!env.PERIMETER_TEST_INSTALLED_EXTENSION) { this.skip(); return; }   // set by test/extension/template.test.ts
@@ -63,7 +64,7 @@ describe('Build Template from the installed .vsix', function () {
     assert.equal(await vscode.commands.executeCommand('perimeter.buildTemplate', 'local'), true, tail());
     const built = currentTemplate(home);
     assert.ok(built, `a template in ${home}`);
-    assert.ok(api.outputLines.some((l) => l.includes(`template: ready at ${built}`)), tail());
+    await untilLogged(api, (l) => l.includes(`template: ready at ${built}`));
   });
 
   it('builds the template on an SSH host, through the companion bundle it installs there', async function () {
@@ -77,6 +78,6 @@ describe('Build Template from the installed .vsix', function () {
     assert.ok(existsSync(path.join(os.homedir(), remoteDir, 'bin', 'perimeter.js')), 'the bundle was installed over ssh');
     const built = currentTemplate(home);
     assert.ok(built, `a template in the remote state directory ${home}`);
-    assert.ok(api.outputLines.some((l) => l.includes(`[${ALIAS}] template: ready at ${built}`)), tail());
+    await untilLogged(api, (l) => l.includes(`[${ALIAS}] template: ready at ${built}`));
   });
 });

@@ -1,13 +1,14 @@
 // A minimal typed event emitter for the extension's plain modules (they must not import `vscode`, so they cannot use
-// vscode.EventEmitter). `event(listener)` returns an unsubscribe function; a throwing listener does not stop others.
-export type Unsubscribe = () => void;
+// vscode.EventEmitter). Like a `vscode.Event`, `event(listener)` returns a disposable that removes the listener; a
+// throwing listener does not stop the others.
+import type { IDisposable } from './lifecycle';
 
-export class Emitter<T> {
+export class Emitter<T> implements IDisposable {
   private readonly listeners = new Set<(value: T) => void>();
 
-  event = (listener: (value: T) => void): Unsubscribe => {
+  event = (listener: (value: T) => void): IDisposable => {
     this.listeners.add(listener);
-    return () => { this.listeners.delete(listener); };
+    return { dispose: () => { this.listeners.delete(listener); } };
   };
 
   fire(value: T): void {
