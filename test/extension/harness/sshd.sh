@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Throw-away sshd on 127.0.0.1:<port> with its own host key, client key and authorized_keys, for the extension's SSH
-# tests (adapted from the shared reference harness). Never reads or changes /etc/ssh/sshd_config. It accepts
-# PERIMETER_HOME from the client (ssh_config `SetEnv`), so a test gives the remote companion a throw-away state
-# directory. Usage:
+# tests. Never reads or changes /etc/ssh/sshd_config. It accepts PERIMETER_HOME from the client (ssh_config
+# `SetEnv`), so a test gives the remote companion a throw-away state directory. Usage:
 #   sshd.sh start DIR [PORT]   -> prints env lines (SSH_TEST_*) and writes DIR/env
 #   sshd.sh stop DIR
 set -euo pipefail
