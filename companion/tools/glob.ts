@@ -1,45 +1,24 @@
-// A small doublestar glob matcher for the glob tool (Node 20 has no fs.glob): `*` and `?` stay within one path
-// segment, `**` spans segments, `[...]` classes and `{a,b}` alternatives are supported. Patterns are relative
-// POSIX paths; `..` segments are rejected by the tool before matching.
-function escapeRe(c: string): string { return /[\\^$.*+?()[\]{}|/]/.test(c) ? `\\${c}` : c; }
+// The glob tool's matcher: picomatch in the doublestar dialect of the reference glob tool: `*` and `?` stay within
+// one path segment, `**` spans segments, `[...]` classes (`[!...]`, `[^...]`, POSIX `[[:alpha:]]`), `{a,b}`
+// alternatives and `{1..3}` ranges; dotfiles match. Invariants: a pattern is glob syntax only, never a regular
+// expression: extglobs and a leading `!` are off, and `(`, `)` and `|` (which picomatch would pass into the regular
+// expression) are escaped, so they match themselves as they do in file names. Patterns are relative POSIX paths;
+// the tool rejects `..` segments before matching.
+import picomatch from 'picomatch';
+
+const OPTIONS: picomatch.PicomatchOptions = { dot: true, noextglob: true, nonegate: true, posix: true, strictSlashes: true, fastpaths: false };
+
+/** `pattern` with `(`, `)` and `|` escaped (characters already escaped stay as they are). */
+function literalRegexChars(pattern: string): string {
+  let out = '';
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    if (c === '\\' && i + 1 < pattern.length) { out += c + pattern[++i]!; continue; }
+    out += c === '(' || c === ')' || c === '|' ? `\\${c}` : c;
+  }
+  return out;
+}
 
 export function globToRegExp(pattern: string): RegExp {
-  let re = '';
-  let i = 0;
-  let braceDepth = 0;
-  while (i < pattern.length) {
-    const c = pattern[i]!;
-    if (c === '*') {
-      if (pattern[i + 1] === '*') {
-        const atSegStart = i === 0 || pattern[i - 1] === '/';
-        const atSegEnd = i + 2 === pattern.length || pattern[i + 2] === '/';
-        if (atSegStart && atSegEnd) {
-          if (pattern[i + 2] === '/') { re += '(?:[^/]*/)*'; i += 3; } else { re += '.*'; i += 2; }
-          continue;
-        }
-        re += '[^/]*'; i += 2; continue;
-      }
-      re += '[^/]*'; i++; continue;
-    }
-    if (c === '?') { re += '[^/]'; i++; continue; }
-    if (c === '[') {
-      const close = pattern.indexOf(']', i + 2);
-      if (close > 0) {
-        let body = pattern.slice(i + 1, close);
-        if (body.startsWith('!')) body = `^${body.slice(1)}`;
-        re += `[${body.replace(/\\/g, '\\\\')}]`;
-        i = close + 1;
-        continue;
-      }
-      re += '\\['; i++; continue;
-    }
-    if (c === '{') { braceDepth++; re += '(?:'; i++; continue; }
-    if (c === '}' && braceDepth > 0) { braceDepth--; re += ')'; i++; continue; }
-    if (c === ',' && braceDepth > 0) { re += '|'; i++; continue; }
-    if (c === '\\' && i + 1 < pattern.length) { re += escapeRe(pattern[i + 1]!); i += 2; continue; }
-    re += escapeRe(c);
-    i++;
-  }
-  while (braceDepth-- > 0) re += ')';
-  return new RegExp(`^${re}$`);
+  return picomatch.makeRe(literalRegexChars(pattern), OPTIONS);
 }
