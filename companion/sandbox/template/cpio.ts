@@ -1,5 +1,12 @@
-// Writes an uncompressed `newc` cpio archive (the initramfs format the kernel unpacks), so building the initramfs
-// needs no external tool. Invariant: entries are written in the given order; parents must precede children.
+// Writes an uncompressed `newc` cpio archive (the initramfs format the kernel unpacks). Invariants: entries are
+// written in the given order (parents must precede children); the bytes depend on the entries alone (inode numbers
+// in entry order, owner, group and mtime 0), because the template is content-addressed by them (build.ts).
+// Kept instead of Debian's cpio(1) for a measured reason (agent initramfs, 733 KB): `cpio -o -H newc` over a staged
+// tree writes the staging files' inode, device and mtime, so each build gets a new template hash and the "already
+// built" path never hits; with zeroed mtimes and `--reproducible -R 0:0` it repeats itself, but its bytes still
+// differ from these (inode 0, directory nlink 2, 512-byte padding), so every existing template would be rebuilt once,
+// and it adds a host package `template build` does not need now (25–33 ms with staging vs 0.7 ms here).
+// test/unit/template-build.test.ts checks the output with cpio(1).
 export interface CpioEntry { name: string; mode: number; data?: Buffer }
 
 const S_IFDIR = 0o040000;
