@@ -10,6 +10,11 @@
 //   before the hello is complete are errors (an error means deny).
 // - Missing SNI and ECH are not parse errors: they are reported (`serverName: null`, `ech: true`) for the policy to
 //   deny with its own reason.
+// Hand-written on purpose, unlike the other formats in the companion: it reads bytes a guest controls and decides
+// whether they leave the machine, so it is a security boundary. It needs exactly these caps (reassembly limit,
+// strict vectors, one name, refusal of duplicates) and a total function that can be fuzzed and compared as a unit
+// (test/egress/clienthello-fuzz.test.ts, clienthello-differential.test.ts against read-tls-client-hello, which
+// is lenient where this parser must refuse and so serves only as the test's reference).
 
 export const MAX_HANDSHAKE_BYTES = 16 * 1024;
 const RECORD_HEADER = 5;
