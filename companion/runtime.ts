@@ -1,5 +1,6 @@
 // Wires one companion runtime from a Config: sandbox driver (selectDriver, first: a host that cannot isolate tool
-// calls stops here), journal, persistence, egress gateways, the Worker and (optionally) the control API server. Used
+// calls stops here), journal, persistence, egress gateways, the call runner over the sandbox, the Worker (which sees
+// the call runner and the sandbox's facts, never the sandbox) and (optionally) the control API server. Used
 // by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
 // preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it.
 // Invariant: each session served gets its own egress gateway (egress/gateways.ts), released when the session's last
@@ -14,7 +15,8 @@ import { MemoryMountRegistry } from './persist/memory';
 import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from './egress/proxy';
 import { SessionEgressGateways } from './egress/gateways';
 import { startControlServer, type ControlServer } from './control/server';
-import { Worker } from './queue/environment-worker';
+import { Worker, type SandboxFacts } from './queue/environment-worker';
+import { CallRunner } from './tools/call-runner';
 import { logger } from './log';
 
 const log = logger('runtime');
@@ -62,9 +64,20 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const egress = config.egress.mode === 'allow'
     ? new SessionEgressGateways((sessionId) => (o.createEgressGateway ?? createEgressGateway)({ policy: config.egress, hub, sessionId }))
     : null;
+  const { driver, probe } = selection;
+  const calls = new CallRunner({
+    driver, journal, hub, mode: config.sandbox.mode, callTimeoutMs: config.sandbox.callTimeoutMs, persistence,
+    egressFor: egress ? (id) => egress.for(id) : undefined, stateDir: config.home,
+  });
+  const sandboxFacts = (): SandboxFacts => {
+    const info = driver.info();
+    return {
+      driver: info.kind, accel: info.accel === 'none' ? probe.accel : info.accel, vmsRunning: info.running, vmsPooled: info.pooled,
+      ...(info.note ? { sandboxNote: info.note } : {}),
+    };
+  };
   const worker = new Worker({
-    config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub,
-    driver: selection.driver, driverProbe: selection.probe, journal, persistence, egressFor: egress ? (id) => egress.for(id) : undefined,
+    config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub, journal, calls, sandboxFacts,
     memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
     onSessionEnd: (id) => egress?.release(id),
   });

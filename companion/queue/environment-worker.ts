@@ -23,10 +23,7 @@ import type { EventHub } from '../events';
 import type { WorkerControl } from '../control/types';
 import type { HostFacts, WorkerState } from '../protocol/control';
 import type { Journal } from '../journal/journal';
-import type { CallPersistence } from '../persist/types';
-import type { DriverProbe, SandboxDriver } from '../sandbox/types';
-import type { EgressAttachment } from '../guest/types';
-import { CallRunner, type SessionCalls } from '../tools/call-runner';
+import type { SessionCallOptions, SessionCalls } from '../tools/call-runner';
 import { sessionTools } from '../tools/runnable';
 import { TOOL_NAMES } from '../tools/schemas';
 import { memoryMountsFromRoots, type MemoryMountRegistry } from '../persist/memory';
@@ -44,17 +41,25 @@ const DEFAULT_STALL_CHECK_MS = 15_000;
 /** A finished call whose result is still unposted after this long was given up by the SDK's send loop. */
 const UNPOSTED_GRACE_MS = 120_000;
 
+/** Runs the tool calls of the sessions the worker serves (the call runner, wired to a sandbox in runtime.ts). */
+export interface CallExecutor {
+  openSession(sessionId: string, workId: string, opts?: SessionCallOptions): SessionCalls;
+  /** The service accepted a call's result. */
+  resultPosted(toolUseId: string): void;
+}
+
+/** The sandbox's part of the host facts, as it is right now. */
+export type SandboxFacts = Pick<HostFacts, 'driver' | 'accel' | 'vmsRunning' | 'vmsPooled' | 'sandboxNote'>;
+
 export interface WorkerOptions {
   config: Config;
   environmentId: string;
   environmentKey: string;
   baseUrl?: string;
   hub: EventHub;
-  driver: SandboxDriver;
-  driverProbe: DriverProbe;
   journal: Journal;
-  persistence?: CallPersistence;
-  egressFor?: (sessionId: string) => EgressAttachment | undefined;
+  calls: CallExecutor;
+  sandboxFacts: () => SandboxFacts;
   /** Idle time after an `end_turn` before a session's item is released (SDK default 60 s). */
   maxIdleMs?: number;
   drainTimeoutMs?: number;
@@ -95,13 +100,9 @@ export class Worker implements WorkerControl {
   private slotWaiters: Array<() => void> = [];
   private readonly client: Anthropic;
   private readonly wire = new WireObserver({
-    resultPosted: (toolUseId) => {
-      const c = this.opts.journal.callPosted(toolUseId);
-      if (c) this.opts.hub.publish({ type: 'call.finished', call: this.opts.journal.callSummary(c) });
-    },
+    resultPosted: (toolUseId) => this.opts.calls.resultPosted(toolUseId),
     leaseLost: (workId) => this.leaseLost(workId),
   });
-  private readonly calls: CallRunner;
   private drainPromise: Promise<void> | null = null;
   private factsTimer: NodeJS.Timeout | null = null;
   readonly workerId: string;
@@ -118,11 +119,6 @@ export class Worker implements WorkerControl {
       logger: { debug: (...a) => sdkLog.debug(...a), info: (...a) => sdkLog.info(...a), warn: (...a) => sdkLog.warn(...a), error: (...a) => sdkLog.error(...a) },
       logLevel: opts.config.logLevel === 'debug' ? 'debug' : 'warn',
     });
-    this.calls = new CallRunner({
-      driver: opts.driver, journal: opts.journal, hub: opts.hub, mode: opts.config.sandbox.mode,
-      callTimeoutMs: opts.config.sandbox.callTimeoutMs, persistence: opts.persistence, egressFor: opts.egressFor,
-      stateDir: opts.config.home,
-    });
   }
 
   // ---- WorkerControl -----------------------------------------------------------------------------------------------
@@ -130,12 +126,12 @@ export class Worker implements WorkerControl {
   state(): WorkerState { return this.current; }
 
   hostFacts(): HostFacts {
-    const info = this.opts.driver.info();
+    const sandbox = this.opts.sandboxFacts();
     return {
-      hostname: os.hostname(), driver: info.kind, accel: info.accel === 'none' ? this.opts.driverProbe.accel : info.accel,
-      vmsRunning: info.running, vmsPooled: info.pooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
+      hostname: os.hostname(), driver: sandbox.driver, accel: sandbox.accel,
+      vmsRunning: sandbox.vmsRunning, vmsPooled: sandbox.vmsPooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
       concurrency: this.opts.config.concurrency, version: VERSION, pid: process.pid, startedAt: this.startedAt,
-      ...(info.note ? { sandboxNote: info.note } : {}),
+      ...(sandbox.sandboxNote ? { sandboxNote: sandbox.sandboxNote } : {}),
     };
   }
 
@@ -258,7 +254,7 @@ export class Worker implements WorkerControl {
     let watchdog: NodeJS.Timeout | null = null;
     try {
       await fs.mkdir(workdir, { recursive: true, mode: 0o700 });
-      h.calls = this.calls.openSession(h.sessionId, h.workId, { skillsDir: path.join(workdir, 'skills') });
+      h.calls = this.opts.calls.openSession(h.sessionId, h.workId, { skillsDir: path.join(workdir, 'skills') });
       if (this.drainPromise) h.calls.refuseNew('the companion is shutting down');
       const calls = h.calls;
       const mounts = this.opts.memoryMounts;

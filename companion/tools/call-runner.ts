@@ -1,33 +1,31 @@
 // The tool-call orchestrator: one entry point per call, driver-agnostic. For each `agent.tool_use` it
-//   journal `running` -> acquire a Sandbox (per-call: fresh, destroyed after; per-session: one per session)
-//   -> persistence.prepare -> copy the session's skills in -> run the tool -> persistence.commit
-//   -> journal `done`/`failed` -> return the result (the SDK posts it; the worker journals `posted`).
+//   journal `running` -> parse the input (once) -> acquire a Sandbox (per-call: fresh, destroyed after;
+//   per-session: one per session) -> persistence.prepare -> copy the session's skills in -> run the tool
+//   -> persistence.commit -> journal `done`/`failed` -> return the result (the SDK posts it; `resultPosted` records
+//   `posted`). The journal and the panel events are the CallRecorder's (call-record.ts).
 // Invariants:
 // - A tool_use_id runs at most once per journal: a re-dispatched call with a stored result gets that result again;
 //   one left running by a crash was already turned into an explicit `interrupted` error by the journal; the same
 //   id with a different input is refused loudly. Concurrent duplicate dispatches share one execution.
 // - The result is durable (journal fsync) and the persisted generation committed before the result is returned.
-// - Nothing but the tool input (and the session's skills and persisted files) enters the sandbox.
+// - Nothing but the tool input (and the session's skills and persisted files) enters the sandbox; an input that does
+//   not parse never starts one.
 // - Failures of the sandbox, persistence or the tool are results with `isError: true`, never exceptions.
-// - No result names a host path: every text passes through one HostPathScrubber before it is journaled.
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { EventHub } from '../events';
-import type { Journal, CallEntry } from '../journal/journal';
-import { hasResult, inputDigest } from '../journal/journal';
+import type { Journal } from '../journal/journal';
 import type { CallPersistence, ShellState } from '../persist/types';
 import type { Sandbox, SandboxDriver } from '../sandbox/types';
-import type { EgressAttachment, GuestOps, PutFile } from '../guest/types';
+import type { EgressAttachment, PutFile } from '../guest/types';
 import { logger } from '../log';
 import { errorMessage } from '../errors';
-import { isToolName, parseToolInput } from './schemas';
-import { runTool, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './semantics';
+import { parseToolCall, type ToolCall } from './schemas';
+import { runToolCall, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './semantics';
 import { NO_OUTPUT } from './text';
-import { HostPathScrubber } from './host-paths';
+import { CallRecorder, type CallOutcome, type CallResult, type ToolUse } from './call-record';
 
 const log = logger('calls');
-/** Stands in for a sandbox where none may be used (input validation fails before any guest operation). */
-const NO_SANDBOX: GuestOps = new Proxy({} as GuestOps, { get: () => () => Promise.reject(new Error('no sandbox for an invalid call')) });
 /** Guest directory the session's skills are copied to (persistence should not treat it as user data). */
 export const SKILLS_GUEST_DIR = `${WORKDIR}/skills`;
 const MAX_SKILL_BYTES = 64 * 1024 * 1024;
@@ -36,8 +34,6 @@ const OUTPUT_EVENT_CHARS = 16 * 1024;
 /** ...or this long after the oldest pending character arrived, so slow, small output reaches the panel live. */
 const OUTPUT_EVENT_MAX_DELAY_MS = 100;
 
-export interface CallResult { text: string; isError: boolean }
-
 export interface CallRunnerOptions {
   driver: SandboxDriver;
   journal: Journal;
@@ -45,7 +41,7 @@ export interface CallRunnerOptions {
   mode: 'per-call' | 'per-session';
   callTimeoutMs: number;
   persistence?: CallPersistence;
-  /** The egress attachment for a session's sandboxes (helper D); absent = no network. */
+  /** The egress attachment for a session's sandboxes; absent = no network. */
   egressFor?: (sessionId: string) => EgressAttachment | undefined;
   /** The companion's state directory, kept out of results like every host path. */
   stateDir?: string;
@@ -60,16 +56,19 @@ export class CallRunner {
   private readonly inFlight = new Map<string, Promise<CallResult>>();
   /** Shell state per session when no persistence keeps it. */
   private readonly shells = new Map<string, ShellState>();
-  /** @internal */ readonly hostPaths: HostPathScrubber;
+  /** @internal */ readonly record: CallRecorder;
 
   constructor(readonly opts: CallRunnerOptions) {
     opts.driver.setWarmup?.(warmUpSandbox);
-    this.hostPaths = new HostPathScrubber({ stateDir: opts.stateDir });
+    this.record = new CallRecorder(opts.journal, opts.hub, { stateDir: opts.stateDir });
   }
 
   openSession(sessionId: string, workId: string, opts: SessionCallOptions = {}): SessionCalls {
     return new SessionCalls(this, sessionId, workId, opts);
   }
+
+  /** The service accepted a call's result (the worker's wire observer saw the post succeed). */
+  resultPosted(toolUseId: string): void { this.record.posted(toolUseId); }
 
   /** @internal */ shellFor(sessionId: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, env: {} }; }
   /** @internal */ setShell(sessionId: string, s: ShellState): void { this.shells.set(sessionId, s); }
@@ -103,21 +102,13 @@ export class SessionCalls {
   /** Kills every running call's sandbox; those calls return `interrupted` error results. */
   abortInFlight(reason: string): void { for (const r of this.running.values()) r.abort(reason); }
 
-  async run(toolUse: { id: string; name: string; input: unknown }, signal?: AbortSignal | null): Promise<CallResult> {
-    const { journal } = this.runner.opts;
-    const existing = journal.getCall(toolUse.id);
-    if (existing) {
-      if (existing.inputSha256 && existing.inputSha256 !== inputDigest(toolUse.input)) {
-        log.error(`tool_use_id ${toolUse.id} was delivered again with a different input; refusing it`);
-        return { text: `refused: tool_use_id ${toolUse.id} was already executed with a different input`, isError: true };
-      }
+  async run(toolUse: ToolUse, signal?: AbortSignal | null): Promise<CallResult> {
+    const prior = this.runner.record.prior(toolUse);
+    if (prior.kind === 'refused') return prior.result;
+    if (prior.kind === 'known') {
       const shared = this.runner.inFlightCall(toolUse.id);
       if (shared) return shared;
-      if (hasResult(existing)) {
-        journal.callReplayed(toolUse.id);
-        log.info(`call ${toolUse.id} (${existing.name}) re-dispatched: answering from the journal, not running it again`);
-        return { text: existing.result || NO_OUTPUT, isError: existing.isError ?? false };
-      }
+      if (prior.stored) return this.runner.record.replay(toolUse.id, prior.stored);
     }
     this.active++;
     const p = this.execute(toolUse, signal ?? undefined).finally(() => { this.active--; });
@@ -125,46 +116,20 @@ export class SessionCalls {
     return p;
   }
 
-  private publishCall(type: 'call.started' | 'call.finished', c: CallEntry): void {
-    const { journal, hub } = this.runner.opts;
-    hub.publish({ type, call: journal.callSummary(c) });
-  }
-
-  private async execute(toolUse: { id: string; name: string; input: unknown }, signal?: AbortSignal): Promise<CallResult> {
-    const { journal, hub } = this.runner.opts;
-    let entry: CallEntry;
-    try {
-      entry = journal.callStarted({ toolUseId: toolUse.id, sessionId: this.sessionId, workId: this.workId, name: toolUse.name, input: toolUse.input });
-    } catch (err) {
-      return { text: this.runner.hostPaths.scrub(`not run: ${errorMessage(err)}`), isError: true };
-    }
-    this.publishCall('call.started', entry);
-    let outcome: { text: string; isError: boolean; exitCode: number | null; state?: 'interrupted' };
+  private async execute(toolUse: ToolUse, signal?: AbortSignal): Promise<CallResult> {
+    const started = this.runner.record.start(this.sessionId, this.workId, toolUse);
+    if (!started.ok) return started.result;
+    let outcome: CallOutcome;
     if (this.refuseReason) {
       outcome = { text: `not run: ${this.refuseReason}`, isError: true, exitCode: null };
-    } else if (!isToolName(toolUse.name)) {
-      outcome = { text: `unknown tool ${JSON.stringify(toolUse.name)}`, isError: true, exitCode: null };
-    } else if (!parseToolInput(toolUse.name, toolUse.input).ok) {
-      // A malformed input never needs a sandbox: answer it without starting one.
-      outcome = await runTool(toolUse.name, toolUse.input, { sandbox: NO_SANDBOX, shell: this.runner.shellFor(this.sessionId), callTimeoutMs: 1 });
     } else {
-      outcome = await this.runInSandbox(toolUse, toolUse.name, signal);
+      const parsed = parseToolCall(toolUse.name, toolUse.input);
+      outcome = parsed.ok ? await this.runInSandbox(toolUse.id, parsed.call, signal) : { text: parsed.message, isError: true, exitCode: null };
     }
-    const text = this.runner.hostPaths.scrub(outcome.text || NO_OUTPUT);
-    try {
-      entry = journal.callFinished(toolUse.id, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state });
-    } catch (err) {
-      log.error(`could not journal the result of ${toolUse.id}: ${errorMessage(err)}`);
-    }
-    this.publishCall('call.finished', entry);
-    // Fault injection for the crash-recovery tests: die right after the result became durable, before it is posted.
-    if (process.env.PERIMETER_FAULT_KILL_AFTER_RESULT && process.env.PERIMETER_FAULT_KILL_AFTER_RESULT === toolUse.name) process.kill(process.pid, 'SIGKILL');
-    const s = journal.getSession(this.sessionId);
-    if (s) hub.publish({ type: 'session.updated', session: journal.sessionSummary(s) });
-    return { text, isError: outcome.isError };
+    return started.call.finish(outcome);
   }
 
-  private async runInSandbox(toolUse: { id: string; input: unknown }, name: import('./schemas').ToolName, signal?: AbortSignal) {
+  private async runInSandbox(toolUseId: string, call: ToolCall, signal?: AbortSignal): Promise<CallOutcome> {
     const { driver, persistence, mode, callTimeoutMs, hub, egressFor } = this.runner.opts;
     const started = Date.now();
     let abortReason: string | null = null;
@@ -180,12 +145,12 @@ export class SessionCalls {
     };
     const onAbort = () => { if (!this.ignoreRunnerAbort) slot.abort(signal?.reason instanceof Error ? signal.reason.message : 'the call was cancelled'); };
     if (signal?.aborted) onAbort(); else signal?.addEventListener('abort', onAbort, { once: true });
-    this.running.set(toolUse.id, slot);
+    this.running.set(toolUseId, slot);
     let pending = '';
     let flushTimer: NodeJS.Timeout | null = null;
     const flush = () => {
       if (flushTimer) { clearTimeout(flushTimer); flushTimer = null; }
-      if (pending) { hub.publish({ type: 'call.output', sessionId: this.sessionId, toolUseId: toolUse.id, chunk: pending }); pending = ''; }
+      if (pending) { hub.publish({ type: 'call.output', sessionId: this.sessionId, toolUseId: toolUseId, chunk: pending }); pending = ''; }
     };
     const onOutput = (chunk: string) => {
       pending += chunk;
@@ -212,21 +177,18 @@ export class SessionCalls {
         }
         shell = this.runner.shellFor(this.sessionId);
       } catch (err) {
-        if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' as const };
-        log.error(`sandbox for ${toolUse.id} failed: ${errorMessage(err)}`);
+        if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' };
+        log.error(`sandbox for ${toolUseId} failed: ${errorMessage(err)}`);
         if (slot.sandbox && mode === 'per-call') await slot.sandbox.destroy().catch(() => {});
         if (mode === 'per-session') this.dropSessionSandbox();
         return { text: `sandbox unavailable: ${errorMessage(err)}`, isError: true, exitCode: null };
       }
-      const outcome = await runTool(name, toolUse.input, {
-        sandbox, shell, callTimeoutMs,
-        onOutput,
-      });
+      const outcome = await runToolCall(call, { sandbox, shell, callTimeoutMs, onOutput });
       flush();
       if (abortReason) {
         const secs = Math.round((Date.now() - started) / 1000);
         const partial = outcome.text && outcome.text !== NO_OUTPUT ? `${outcome.text}\n` : '';
-        return { text: `${partial}interrupted: ${abortReason}; the command was killed after ${secs} s`, isError: true, exitCode: outcome.exitCode, state: 'interrupted' as const };
+        return { text: `${partial}interrupted: ${abortReason}; the command was killed after ${secs} s`, isError: true, exitCode: outcome.exitCode, state: 'interrupted' };
       }
       const nextShell = outcome.shell ?? shell;
       this.runner.setShell(this.sessionId, nextShell);
@@ -237,7 +199,7 @@ export class SessionCalls {
           const report = await persistence.commit(this.sessionId, sandbox, nextShell);
           if (report.notes.length) text = `${text}\n[persisted files] ${report.notes.join('; ')}`;
         } catch (err) {
-          log.error(`persist commit for ${toolUse.id} failed: ${errorMessage(err)}`);
+          log.error(`persist commit for ${toolUseId} failed: ${errorMessage(err)}`);
           text = `${text}\n[persisted files] not saved: ${errorMessage(err)}`;
           isError = true;
         }
@@ -246,7 +208,7 @@ export class SessionCalls {
     } finally {
       flush();
       signal?.removeEventListener('abort', onAbort);
-      this.running.delete(toolUse.id);
+      this.running.delete(toolUseId);
       if (mode === 'per-call' && slot.sandbox) await slot.sandbox.destroy().catch((err) => log.warn(`destroy failed: ${errorMessage(err)}`));
     }
   }

@@ -1,8 +1,9 @@
 // Adapts one session's CallRunner to the SDK's BetaRunnableTool shape: the six tools with the reference names and
 // input schemas, whose `run` delegates to SessionCalls (journal, sandbox, persistence). The SDK's
 // SessionToolRunner owns everything around them: confirmations, unknown names, posting, never-empty text.
-// `parse` passes the raw input through: validation happens in the tools so a bad input becomes a journaled,
-// clear `is_error` result rather than an SDK-side exception.
+// `parse` passes the raw input through: the call runner parses it (once), so a bad input becomes a journaled, clear
+// `is_error` result rather than an SDK-side exception. The SDK's ToolError is how a result reaches the SDK as
+// `is_error: true`; it is thrown only here.
 import { ToolError } from '@anthropic-ai/sdk/lib/tools/ToolError';
 import type { BetaRunnableTool } from '@anthropic-ai/sdk/lib/tools/BetaRunnableTool';
 import type { SessionCalls } from './call-runner';

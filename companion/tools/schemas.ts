@@ -79,10 +79,14 @@ export const TOOL_DEFINITIONS: Record<ToolName, { description: string; input_sch
   },
 };
 
-/** Parses a tool input; a failure message names the tool and each bad field. */
-export function parseToolInput<K extends ToolName>(name: K, input: unknown): { ok: true; value: ToolInputs[K] } | { ok: false; message: string } {
+/** A tool call whose input passed its schema: the name selects the input's type. */
+export type ToolCall = { [K in ToolName]: { name: K; input: ToolInputs[K] } }[ToolName];
+
+/** Parses a call of one of the six tools; a failure message names the tool and each bad field (or the unknown name). */
+export function parseToolCall(name: string, input: unknown): { ok: true; call: ToolCall } | { ok: false; message: string } {
+  if (!isToolName(name)) return { ok: false, message: `unknown tool ${JSON.stringify(name)}` };
   const r = INPUT_SCHEMAS[name].safeParse(input ?? {});
-  if (r.success) return { ok: true, value: r.data as ToolInputs[K] };
+  if (r.success) return { ok: true, call: { name, input: r.data } as ToolCall };
   const issues = r.error.issues.map((i) => (i.path.length ? `${i.path.join('.')}: ${i.message}` : i.message)).join('; ');
   return { ok: false, message: `${name}: invalid input: ${issues}` };
 }

@@ -11,9 +11,10 @@
 //   EXIT trap into a state file inside the sandbox (the VM never receives anything but the tool input).
 import path from 'node:path';
 import { GuestError, type GuestOps } from '../guest/types';
+import { ToolFailure } from '../errors';
 import { SHELL_BASE_ENV, shellArgv } from '../guest/ready-shell';
 import type { ShellState } from '../persist/types';
-import { parseToolInput, type ToolInputs, type ToolName } from './schemas';
+import { parseToolCall, type ToolCall, type ToolInputs, type ToolName } from './schemas';
 import { cleanOutput, nonEmpty, trimTrailingNewlines } from './text';
 import { globToRegExp } from './glob';
 import { execGap, keepFirstLines, keepHeadAndTail } from './truncate';
@@ -52,28 +53,31 @@ export interface ToolOutcome {
   shell: ShellState | null;
 }
 
-class ToolError extends Error {}
-
 const ok = (text: string, extra: Partial<ToolOutcome> = {}): ToolOutcome => ({ text: nonEmpty(text), isError: false, exitCode: null, shell: null, ...extra });
 const fail = (text: string, extra: Partial<ToolOutcome> = {}): ToolOutcome => ({ text: nonEmpty(text), isError: true, exitCode: null, shell: null, ...extra });
 
-/** Runs one tool call. Never throws for anything the model or the guest can cause. */
+/** Runs one tool call from its raw input (parsed here; a bad input is an error result). Never throws for anything
+ *  the model or the guest can cause. */
 export async function runTool(name: ToolName, input: unknown, ctx: ToolRunContext): Promise<ToolOutcome> {
-  const parsed = parseToolInput(name, input);
-  if (!parsed.ok) return fail(parsed.message);
+  const parsed = parseToolCall(name, input);
+  return parsed.ok ? runToolCall(parsed.call, ctx) : fail(parsed.message);
+}
+
+/** Runs one tool call whose input was already parsed. Never throws for anything the model or the guest can cause. */
+export async function runToolCall(call: ToolCall, ctx: ToolRunContext): Promise<ToolOutcome> {
   try {
-    switch (name) {
-      case 'bash': return await bash(parsed.value as ToolInputs['bash'], ctx);
-      case 'read': return ok(await read(parsed.value as ToolInputs['read'], ctx));
-      case 'write': return ok(await write(parsed.value as ToolInputs['write'], ctx));
-      case 'edit': return ok(await edit(parsed.value as ToolInputs['edit'], ctx));
-      case 'glob': return ok(await glob(parsed.value as ToolInputs['glob'], ctx));
-      case 'grep': return await grep(parsed.value as ToolInputs['grep'], ctx);
+    switch (call.name) {
+      case 'bash': return await bash(call.input, ctx);
+      case 'read': return ok(await read(call.input, ctx));
+      case 'write': return ok(await write(call.input, ctx));
+      case 'edit': return ok(await edit(call.input, ctx));
+      case 'glob': return ok(await glob(call.input, ctx));
+      case 'grep': return await grep(call.input, ctx);
     }
   } catch (err) {
-    if (err instanceof ToolError) return fail(err.message);
-    if (err instanceof GuestError) return fail(`${name}: ${err.message}`);
-    return fail(`${name}: ${(err as Error)?.message ?? String(err)}`);
+    if (err instanceof ToolFailure) return fail(err.message);
+    if (err instanceof GuestError) return fail(`${call.name}: ${err.message}`);
+    return fail(`${call.name}: ${(err as Error)?.message ?? String(err)}`);
   }
 }
 
@@ -96,11 +100,11 @@ export async function warmUpSandbox(sandbox: GuestOps): Promise<void> {
 
 /** Resolves a tool path against the workdir; it must stay inside it. */
 export function resolveToolPath(tool: string, p: string): string {
-  if (p.includes('\0')) throw new ToolError(`${tool}: path ${JSON.stringify(p)} contains a NUL byte`);
+  if (p.includes('\0')) throw new ToolFailure(`${tool}: path ${JSON.stringify(p)} contains a NUL byte`);
   const abs = path.posix.normalize(p.startsWith('/') ? p : path.posix.join(WORKDIR, p));
   const clean = abs.length > 1 && abs.endsWith('/') ? abs.slice(0, -1) : abs;
   const inside = (root: string) => clean === root || clean.startsWith(`${root}/`);
-  if (!inside(WORKDIR) && !inside(MEMORY_ROOT)) throw new ToolError(`${tool}: path ${JSON.stringify(p)} is outside ${WORKDIR} (and the memory stores under ${MEMORY_ROOT})`);
+  if (!inside(WORKDIR) && !inside(MEMORY_ROOT)) throw new ToolFailure(`${tool}: path ${JSON.stringify(p)} is outside ${WORKDIR} (and the memory stores under ${MEMORY_ROOT})`);
   return clean;
 }
 
@@ -115,8 +119,8 @@ function guestMessage(tool: string, err: unknown, file: string): string {
 
 async function guestCall<T>(tool: string, file: string, fn: () => Promise<T>): Promise<T> {
   try { return await fn(); } catch (err) {
-    if (err instanceof ToolError) throw err;
-    throw new ToolError(guestMessage(tool, err, file));
+    if (err instanceof ToolFailure) throw err;
+    throw new ToolFailure(guestMessage(tool, err, file));
   }
 }
 
@@ -229,22 +233,22 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
 
 async function regularFile(tool: string, sandbox: GuestOps, abs: string, shown: string) {
   const st = await guestCall(tool, shown, () => sandbox.stat(abs));
-  if (!st) throw new ToolError(`${tool}: ${shown}: no such file or directory`);
-  if (st.type === 'dir') throw new ToolError(`${tool}: ${shown} is not a regular file`);
+  if (!st) throw new ToolFailure(`${tool}: ${shown}: no such file or directory`);
+  if (st.type === 'dir') throw new ToolFailure(`${tool}: ${shown} is not a regular file`);
   return st;
 }
 
 async function read(input: ToolInputs['read'], ctx: ToolRunContext): Promise<string> {
   const abs = resolveToolPath('read', input.file_path);
   const range = input.view_range;
-  if (range?.length && range.length !== 2) throw new ToolError('read: view_range must be [start_line, end_line]');
+  if (range?.length && range.length !== 2) throw new ToolFailure('read: view_range must be [start_line, end_line]');
   const st = await regularFile('read', ctx.sandbox, abs, input.file_path);
   if (!range?.length) {
     if (st.size > MAX_FILE_BYTES) {
-      throw new ToolError(`read: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
+      throw new ToolFailure(`read: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
     }
     const { data, size } = await guestCall('read', input.file_path, () => ctx.sandbox.readFile(abs, { length: MAX_FILE_BYTES + 1 }));
-    if (size > MAX_FILE_BYTES) throw new ToolError(`read: ${input.file_path} is ${size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
+    if (size > MAX_FILE_BYTES) throw new ToolFailure(`read: ${input.file_path} is ${size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. Use the view_range parameter to read specific line ranges, e.g. view_range: [1, 500].`);
     return data.toString('utf8');
   }
   const [startLine, endLine] = range as [number, number];
@@ -267,7 +271,7 @@ async function read(input: ToolInputs['read'], ctx: ToolRunContext): Promise<str
         collectedBytes += lineEnd - pos;
         if (nl >= 0 && line + 1 < end) { collected.push(Buffer.from('\n')); collectedBytes += 1; }
         if (collectedBytes > MAX_FILE_BYTES) {
-          throw new ToolError(end - start === 1
+          throw new ToolFailure(end - start === 1
             ? `read: line ${start + 1} of ${input.file_path} alone exceeds ${MAX_FILE_BYTES}-byte limit. The read tool cannot return part of a line, so view_range cannot narrow this further.`
             : `read: view_range [${startLine}, ${endLine}] of ${input.file_path} exceeds ${MAX_FILE_BYTES}-byte limit. Narrow the view_range to read a smaller portion.`);
         }
@@ -284,9 +288,9 @@ async function read(input: ToolInputs['read'], ctx: ToolRunContext): Promise<str
 
 async function write(input: ToolInputs['write'], ctx: ToolRunContext): Promise<string> {
   const abs = resolveToolPath('write', input.file_path);
-  if (abs === WORKDIR) throw new ToolError(`write: ${input.file_path}: is a directory`);
+  if (abs === WORKDIR) throw new ToolFailure(`write: ${input.file_path}: is a directory`);
   const st = await guestCall('write', input.file_path, () => ctx.sandbox.stat(abs));
-  if (st?.type === 'dir') throw new ToolError(`write: ${input.file_path}: is a directory`);
+  if (st?.type === 'dir') throw new ToolFailure(`write: ${input.file_path}: is a directory`);
   const data = Buffer.from(input.content, 'utf8');
   await guestCall('write', input.file_path, () => ctx.sandbox.writeFile(abs, data, { mode: st?.type === 'file' ? st.mode & 0o777 : 0o644 }));
   return `wrote ${data.length} bytes to ${input.file_path}`;
@@ -296,16 +300,16 @@ async function edit(input: ToolInputs['edit'], ctx: ToolRunContext): Promise<str
   const abs = resolveToolPath('edit', input.file_path);
   const st = await regularFile('edit', ctx.sandbox, abs, input.file_path);
   if (st.size > MAX_FILE_BYTES) {
-    throw new ToolError(`edit: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. The edit tool loads the whole file and cannot modify a file this large.`);
+    throw new ToolFailure(`edit: ${input.file_path} is ${st.size} bytes, exceeds ${MAX_FILE_BYTES}-byte limit. The edit tool loads the whole file and cannot modify a file this large.`);
   }
   const { data } = await guestCall('edit', input.file_path, () => ctx.sandbox.readFile(abs, { length: MAX_FILE_BYTES + 1 }));
   const text = data.toString('utf8');
   const count = text.split(input.old_string).length - 1;
-  if (count === 0) throw new ToolError(`edit: old_string not found in ${input.file_path}`);
+  if (count === 0) throw new ToolFailure(`edit: old_string not found in ${input.file_path}`);
   let updated: string;
   if (input.replace_all) updated = text.split(input.old_string).join(input.new_string);
   else {
-    if (count > 1) throw new ToolError(`edit: old_string appears ${count} times in ${input.file_path} (must be unique)`);
+    if (count > 1) throw new ToolFailure(`edit: old_string appears ${count} times in ${input.file_path} (must be unique)`);
     updated = text.replace(input.old_string, () => input.new_string);
   }
   await guestCall('edit', input.file_path, () => ctx.sandbox.writeFile(abs, Buffer.from(updated, 'utf8'), { mode: st.type === 'file' ? st.mode & 0o777 : 0o644 }));
@@ -315,12 +319,12 @@ async function edit(input: ToolInputs['edit'], ctx: ToolRunContext): Promise<str
 // ---- glob / grep ----------------------------------------------------------------------------------------------
 
 async function glob(input: ToolInputs['glob'], ctx: ToolRunContext): Promise<string> {
-  if (input.pattern.startsWith('/')) throw new ToolError('glob: absolute pattern not permitted; pass a relative pattern (and optionally path)');
-  if (input.pattern.split(/[\\/{},]/).includes('..')) throw new ToolError('glob: ".." is not permitted in the pattern');
+  if (input.pattern.startsWith('/')) throw new ToolFailure('glob: absolute pattern not permitted; pass a relative pattern (and optionally path)');
+  if (input.pattern.split(/[\\/{},]/).includes('..')) throw new ToolFailure('glob: ".." is not permitted in the pattern');
   const root = input.path ? resolveToolPath('glob', input.path) : WORKDIR;
   const st = await guestCall('glob', input.path ?? root, () => ctx.sandbox.stat(root));
-  if (!st) throw new ToolError(`glob: ${input.path ?? root}: no such file or directory`);
-  if (st.type !== 'dir') throw new ToolError(`glob: ${input.path ?? root}: not a directory`);
+  if (!st) throw new ToolFailure(`glob: ${input.path ?? root}: no such file or directory`);
+  if (st.type !== 'dir') throw new ToolFailure(`glob: ${input.path ?? root}: not a directory`);
   const re = globToRegExp(input.pattern);
   const { entries } = await guestCall('glob', input.path ?? root, () => ctx.sandbox.walk(root, { hash: false, maxEntries: GLOB_WALK_MAX_ENTRIES, skipNames: ['.git', 'node_modules'] }));
   const prefix = root === '/' ? '/' : `${root}/`;
@@ -334,7 +338,7 @@ async function glob(input: ToolInputs['glob'], ctx: ToolRunContext): Promise<str
 async function grep(input: ToolInputs['grep'], ctx: ToolRunContext): Promise<ToolOutcome> {
   const root = input.path ? resolveToolPath('grep', input.path) : WORKDIR;
   const st = await guestCall('grep', input.path ?? root, () => ctx.sandbox.stat(root));
-  if (!st) throw new ToolError(`grep: ${input.path ?? root}: no such file or directory`);
+  if (!st) throw new ToolFailure(`grep: ${input.path ?? root}: no such file or directory`);
   const timeoutMs = Math.min(GREP_TIMEOUT_MS, ctx.callTimeoutMs);
   // Run from `/` with a relative path so the process driver (which maps `/` onto its root) and VMs behave alike.
   const rel = root.slice(1) || '.';

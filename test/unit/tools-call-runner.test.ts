@@ -74,6 +74,29 @@ describe('call orchestrator', () => {
     assert.match((await calls.run({ id: 't4', name: 'launch', input: {} })).text, /unknown tool/);
   });
 
+  it('the journal life of a call is announced in order: started, finished with its result, posted once the service took it', async () => {
+    const events: string[] = [];
+    const unsubscribe = hub.subscribe((e) => {
+      if (e.type === 'call.started' || e.type === 'call.finished') events.push(`${e.type}:${e.call.toolUseId}:${e.call.state}`);
+    });
+    try {
+      journal.updateSession('s1', { workId: 'w1', state: 'running' });
+      const r = runner();
+      const calls = r.openSession('s1', 'w1');
+      assert.deepEqual(await calls.run({ id: 'j1', name: 'bash', input: { command: 'echo one' } }), { text: 'one', isError: false });
+      assert.equal((await calls.run({ id: 'j2', name: 'read', input: {} })).isError, true);
+      r.resultPosted('j1');
+      await calls.run({ id: 'j1', name: 'bash', input: { command: 'echo one' } });
+      assert.deepEqual(events, [
+        'call.started:j1:running', 'call.finished:j1:done',
+        'call.started:j2:running', 'call.finished:j2:failed',
+        'call.finished:j1:posted',
+      ]);
+      assert.equal(journal.getCall('j1')!.state, 'posted');
+      assert.equal(journal.getCall('j1')!.replays, 1, 'the re-dispatch was answered from the journal, not announced as a new call');
+    } finally { unsubscribe(); }
+  });
+
   it('per-session mode keeps one sandbox; files and shell state carry over; close destroys it', async () => {
     const calls = runner('per-session').openSession('s1', 'w1');
     await calls.run({ id: 'a', name: 'write', input: { file_path: 'k.txt', content: 'kept' } });
