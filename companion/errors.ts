@@ -1,6 +1,12 @@
-// Typed errors. `fatal` errors stop the component that raised them (bad configuration, a key the server rejects);
-// `transient` ones are retried with backoff (network, 429/5xx, a VM that failed to restore). Tool failures are not
-// errors of the worker at all: they become `is_error` tool results (see companion/tools).
+// The companion's typed errors, for callers to branch on:
+// - PerimeterError: a component failed. Its `kind` says whether trying again can help: `fatal` (bad configuration, a
+//   missing template, a damaged store, a journal that cannot be written: the same attempt fails until a person acts)
+//   or `transient` (a VM that failed to start or restore, a sandbox that failed mid-copy: a later attempt may work).
+//   The warm pool (sandbox/pool.ts) retries transient creation failures with backoff and stops on fatal ones; the
+//   CLI prints a PerimeterError's message alone. HTTP retries (429/5xx) are the SDK's, not ours.
+// - ToolFailure: a tool call the model asked for cannot be done (bad path, missing file, ambiguous edit). It becomes
+//   the call's `is_error` result (companion/tools), never an error of the worker.
+// Errors from inside the sandbox carry an errno-like code instead (GuestError, guest/types.ts).
 export type ErrorKind = 'fatal' | 'transient';
 
 export class PerimeterError extends Error {
@@ -14,7 +20,7 @@ export class PerimeterError extends Error {
 export const fatal = (code: string, message: string, cause?: unknown) => new PerimeterError(message, 'fatal', code, { cause });
 export const transient = (code: string, message: string, cause?: unknown) => new PerimeterError(message, 'transient', code, { cause });
 
-/** A failure the model should see as the tool call's result (`is_error: true`), never a crash. */
+/** A failure the model sees as the tool call's result (`is_error: true`), never a crash. */
 export class ToolFailure extends Error {
   constructor(message: string) { super(message); this.name = 'ToolFailure'; }
 }

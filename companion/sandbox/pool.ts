@@ -1,8 +1,10 @@
 // Warm pool: keeps `size` ready items (restored VMs) ahead of need. `take()` hands out a ready item when one is
 // there (checked with `healthy` first) and otherwise creates one on the spot; every take triggers a refill behind
-// it (optionally a little later while other items are still ready). Invariants: at most `size` items are being created or waiting at any time; a failed creation is logged and
-// retried on the next take (with a short backoff), never thrown at an idle pool; after close() nothing is created and
-// every pooled item is destroyed.
+// it (optionally a little later while other items are still ready). Invariants: at most `size` items are being
+// created or waiting at any time; a failed creation is logged, never thrown at an idle pool: a transient one is
+// retried with backoff, a fatal one (a PerimeterError of kind `fatal`, e.g. no template) only when the next take
+// asks again; after close() nothing is created and every pooled item is destroyed.
+import { PerimeterError } from '../errors';
 import { logger } from '../log';
 
 const log = logger('sandbox:pool');
@@ -27,6 +29,8 @@ export class WarmPool<T> {
 
   get readyCount(): number { return this.ready.length; }
   get fillingCount(): number { return this.filling; }
+  /** A failed creation is waiting for its backoff to end before the pool tries again. */
+  get retryPending(): boolean { return this.retryTimer !== null; }
 
   /** Starts filling the pool (idempotent). */
   start(): void { this.refill(); }
@@ -85,6 +89,10 @@ export class WarmPool<T> {
         },
         (err: Error) => {
           this.filling--;
+          if (err instanceof PerimeterError && err.fatal) {
+            log.error(`warm pool: cannot create a sandbox (${err.message}); trying again at the next call`);
+            return;
+          }
           this.failures++;
           log.warn(`warm pool: creating a sandbox failed (${err.message}); retrying`);
           if (!this.closed && !this.retryTimer) {

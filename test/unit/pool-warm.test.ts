@@ -2,14 +2,16 @@
 // back off instead of throwing at an idle pool, close() destroys what it holds.
 import assert from 'node:assert/strict';
 import { WarmPool } from '../../companion/sandbox/pool';
+import { fatal, transient, type PerimeterError } from '../../companion/errors';
+import { setStderrLogging } from '../../companion/log';
 
-function harness(o: { failFirst?: number; refillDelayMs?: number } = {}) {
+function harness(o: { failFirst?: number; refillDelayMs?: number; failure?: () => Error } = {}) {
   let n = 0;
   let failures = o.failFirst ?? 0;
   const destroyed: number[] = [];
   const unhealthy = new Set<number>();
   const pool = new WarmPool<number>(2, {
-    create: async () => { if (failures > 0) { failures--; throw new Error('boom'); } return ++n; },
+    create: async () => { if (failures > 0) { failures--; throw o.failure?.() ?? new Error('boom'); } return ++n; },
     destroy: async (i) => { destroyed.push(i); },
     healthy: async (i) => !unhealthy.has(i),
   }, o.refillDelayMs ?? 0);
@@ -46,6 +48,27 @@ describe('warm pool', () => {
     assert.equal(h.pool.readyCount, 2);
     await h.pool.close();
     await assert.rejects(h.pool.take(), /closed/);
+  });
+
+  it('retries a transient creation failure by itself; a fatal one only when the next take asks again', async () => {
+    setStderrLogging(false);
+    try {
+      const settle = async (pool: WarmPool<number>) => { while (pool.fillingCount > 0) await new Promise((r) => setImmediate(r)); };
+      const flaky = harness({ failFirst: 1, failure: () => transient('restore_failed', 'the VM did not start') });
+      flaky.pool.start();
+      await settle(flaky.pool);
+      assert.equal(flaky.pool.retryPending, true, 'a transient failure is retried with backoff');
+      await flaky.pool.close();
+
+      const broken = harness({ failFirst: 2, failure: (): PerimeterError => fatal('template_missing', 'no sandbox template') });
+      broken.pool.start();
+      await settle(broken.pool);
+      assert.equal(broken.pool.retryPending, false, 'a fatal failure is not retried on its own');
+      assert.equal(broken.pool.readyCount, 0);
+      assert.equal(typeof await broken.pool.take(), 'number', 'the next take tries again');
+      await broken.pool.waitFull(1000);
+      await broken.pool.close();
+    } finally { setStderrLogging(true); }
   });
 
   it('delays the refill after a take while another item is ready, but not when the pool ran dry', async () => {
