@@ -27,6 +27,7 @@ import type { Config } from '../config';
 import { statePaths } from '../config';
 import type { EventHub } from '../events';
 import { PerimeterError, fatal, transient, errorMessage } from '../errors';
+import { formatBytes } from '../protocol/format';
 import { logger } from '../log';
 import type { PersistState } from '../protocol/control';
 import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
@@ -636,15 +637,6 @@ function quotaMessage(count: number, bytes: number, maxFiles: number, maxBytes: 
   const what = count > maxFiles ? `${count} files and directories (limit ${maxFiles})` : `${formatBytes(bytes)} (limit ${formatBytes(maxBytes)})`;
   const kept = generation === null ? 'the previous state is kept' : `the previous state (generation ${generation}) is kept`;
   return `persist quota exceeded: the persisted paths hold ${what}; nothing from this call was persisted and ${kept}.${detail} Delete files or narrow the persisted paths.`;
-}
-
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  const units = ['KiB', 'MiB', 'GiB', 'TiB'];
-  let v = n / 1024;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) { v /= 1024; i += 1; }
-  return `${v.toFixed(v < 10 ? 1 : 0)} ${units[i]}`;
 }
 
 /** What a fresh sandbox with `writableBytes` of writable space can give the persisted files (null: no limit known). */

@@ -3,6 +3,7 @@
 // user reads in the trees is unit-tested here without VS Code. contextValues are space-separated words that the
 // manifest's menus match with regexes (`viewItem =~ /\bhost\b/ && viewItem =~ /\brunning\b/`).
 import type { PersistState, ToolCallSummary } from '../../companion/protocol/control';
+import { formatBytes } from '../../companion/protocol/format';
 import type { HostEntry, SessionEntry } from './model';
 
 export interface ItemDescriptor {
@@ -23,12 +24,6 @@ export function formatDuration(ms: number | null | undefined): string {
   const s = Math.floor(ms / 1000);
   if (s < 3600) return `${Math.floor(s / 60)}m ${String(s % 60).padStart(2, '0')}s`;
   return `${Math.floor(s / 3600)}h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
-}
-
-export function formatBytes(n: number): string {
-  if (n < 1024) return `${n} B`;
-  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
-  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
 }
 
 // ---- Worker view --------------------------------------------------------------------------------------------------
