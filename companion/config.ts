@@ -1,11 +1,13 @@
 // The companion's one typed configuration. Sources, later wins: defaults < `$PERIMETER_HOME/config.json` <
-// environment (`PERIMETER_*`) < command-line flags. Validated with zod; an invalid value is a fatal error that names
-// the field. Secrets (the environment key) are never part of the configuration: see companion/queue/credentials.ts.
+// environment (`PERIMETER_*`) < a launcher's launch file (`--launch`, protocol/launch.ts) < command-line flags.
+// Validated with zod; an invalid value is a fatal error that names the field. Secrets (the environment key) are never
+// part of the configuration: see companion/queue/credentials.ts.
 import { z } from 'zod';
 import os from 'node:os';
 import path from 'node:path';
 import { readFileSync, existsSync } from 'node:fs';
 import { fatal } from './errors';
+import { Concurrency, LogLevel, SandboxDriver, WorkerLaunch } from './protocol/launch';
 
 export const SandboxMode = z.enum(['per-call', 'per-session']);
 
@@ -14,11 +16,11 @@ export const ConfigSchema = z.object({
   environmentId: z.string().optional(),
   baseUrl: z.string().url().optional(),
   workerId: z.string().optional(),
-  concurrency: z.number().int().min(1).max(64).default(4),
-  logLevel: z.enum(['debug', 'info', 'warn', 'error']).default('info'),
+  concurrency: Concurrency.default(4),
+  logLevel: LogLevel.default('info'),
   sandbox: z.object({
     /** `auto` picks a VM driver that can run (never `process`); `process` (no isolation) runs only when named. */
-    driver: z.enum(['auto', 'qemu', 'firecracker', 'process']).default('auto'),
+    driver: SandboxDriver.default('auto'),
     /** Lets the `process` driver serve a control plane that is not on this machine (a real environment). */
     allowNoIsolation: z.boolean().default(false),
     mode: SandboxMode.default('per-call'),
@@ -98,15 +100,40 @@ function fromEnv(env: NodeJS.ProcessEnv): Plain {
   };
 }
 
+/** Reads and checks a launch file (protocol/launch.ts); a file that does not parse is a fatal error naming the field. */
+export function readLaunch(file: string): WorkerLaunch {
+  let json: unknown;
+  try { json = JSON.parse(readFileSync(file, 'utf8')); } catch (err) { throw fatal('config_invalid', `launch file ${file} is not readable JSON: ${(err as Error).message}`); }
+  const parsed = WorkerLaunch.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw fatal('config_invalid', `invalid launch file ${file}: ${issues}`);
+  }
+  return parsed.data;
+}
+
+/** The configuration a launch sets (its queue is the worker command's business: see commands/run-worker.ts). */
+export function launchSettings(launch: WorkerLaunch): Omit<ConfigInput, 'home'> {
+  return {
+    environmentId: launch.queue.kind === 'environment' ? launch.queue.environmentId : undefined,
+    concurrency: launch.concurrency,
+    logLevel: launch.logLevel,
+    sandbox: { driver: launch.sandboxDriver },
+    persist: { defaults: launch.persistDefaults },
+    egress: { mode: launch.egressAllow.length ? 'allow' : 'none', allow: launch.egressAllow },
+  };
+}
+
 /** Loads the configuration; `overrides` are the command-line flags, already shaped like the schema. */
-export function loadConfig(overrides: Plain = {}, env: NodeJS.ProcessEnv = process.env): Config {
+export function loadConfig(overrides: Plain = {}, env: NodeJS.ProcessEnv = process.env, launch?: WorkerLaunch): Config {
   const home = typeof overrides.home === 'string' ? path.resolve(overrides.home) : defaultHome(env);
   const file = path.join(home, 'config.json');
   let fromFile: Plain = {};
   if (existsSync(file)) {
     try { fromFile = JSON.parse(readFileSync(file, 'utf8')) as Plain; } catch (err) { throw fatal('config_invalid', `${file} is not valid JSON: ${(err as Error).message}`); }
   }
-  const merged = merge(merge(merge({ home }, fromFile), fromEnv(env)), overrides);
+  const fromLaunch: Plain = launch ? launchSettings(launch) : {};
+  const merged = merge(merge(merge(merge({ home }, fromFile), fromEnv(env)), fromLaunch), overrides);
   const parsed = ConfigSchema.safeParse(merged);
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');

@@ -2,6 +2,7 @@
 // (--home, --log-level, --driver, --mode, --concurrency), and the mapping of those flags onto the typed Config.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { loadConfig, type Config } from '../config';
+import type { WorkerLaunch } from '../protocol/launch';
 import { fatal } from '../errors';
 import { setLogLevel, type LogLevel } from '../log';
 
@@ -32,8 +33,8 @@ function intFlag(name: string, v: string | undefined): number | undefined {
 }
 export { intFlag };
 
-/** Builds the Config from the shared flags plus command-specific overrides. */
-export function configFromFlags(values: Record<string, unknown>, extra: Record<string, unknown> = {}): Config {
+/** Builds the Config from the shared flags plus command-specific overrides (and a launcher's launch, if any). */
+export function configFromFlags(values: Record<string, unknown>, extra: Record<string, unknown> = {}, launch?: WorkerLaunch): Config {
   const sandbox: Record<string, unknown> = {};
   if (values.driver !== undefined) sandbox.driver = values.driver;
   if (values.mode !== undefined) sandbox.mode = values.mode;
@@ -44,7 +45,7 @@ export function configFromFlags(values: Record<string, unknown>, extra: Record<s
     concurrency: intFlag('concurrency', values.concurrency as string | undefined),
     ...(Object.keys(sandbox).length ? { sandbox } : {}),
     ...extra,
-  });
+  }, process.env, launch);
   setLogLevel(config.logLevel as LogLevel);
   return config;
 }

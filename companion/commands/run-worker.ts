@@ -5,6 +5,7 @@
 // It refuses to start when no microVM sandbox can run (sandbox/select.ts says why and how to fix it); the `process`
 // driver (no isolation) runs only when named, and serves a remote control plane only with --allow-no-isolation.
 import { loadEnvironmentKey, refuseApiKey, SECRET_ENV_NAMES } from '../queue/credentials';
+import { readLaunch } from '../config';
 import { scrubEnviron } from '../queue/environ';
 import { assembleRuntime } from '../runtime';
 import { DevQueue } from '../devqueue/server';
@@ -19,9 +20,11 @@ const log = logger('cli');
 const USAGE = `usage: perimeter worker [--environment-id ID] [--key-file FILE | --key-stdin] [--base-url URL]
                         [--home DIR] [--concurrency N] [--driver auto|qemu|firecracker|process]
                         [--mode per-call|per-session] [--max-idle-ms MS] [--drain-timeout-ms MS] [--no-control]
-                        [--allow-no-isolation]
+                        [--allow-no-isolation] [--launch FILE]
        perimeter worker --local [--scenario FILE] [...]
 The environment key comes from --key-file (mode 0600), --key-stdin or ANTHROPIC_ENVIRONMENT_KEY.
+--launch FILE: a launcher's launch file (companion/protocol/launch.ts: queue, concurrency, log level, driver,
+persist list, egress allow-list); flags override it.
 ANTHROPIC_API_KEY must not be set.
 --driver auto (the default) uses a microVM driver or refuses to start. --driver process has NO isolation and serves
 only the embedded dev queue or one on loopback, unless --allow-no-isolation is also given.`;
@@ -43,19 +46,23 @@ export const workerCommand: Command = {
       'allow-no-isolation': { type: 'boolean' },
       local: { type: 'boolean' },
       scenario: { type: 'string' },
+      launch: { type: 'string' },
     });
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     refuseApiKey();
+    const launch = values.launch ? readLaunch(values.launch) : undefined;
     const config = configFromFlags(values, {
       environmentId: values['environment-id'], baseUrl: values['base-url'], workerId: values['worker-id'],
       ...(values['no-control'] ? { control: { enabled: false } } : {}),
-    });
+    }, launch);
+    const launchedLocal = launch?.queue.kind === 'local' ? launch.queue : null;
     let devQueue: DevQueue | null = null;
     let environmentId: string;
     let environmentKey: string;
     let baseUrl = config.baseUrl;
-    if (values.local) {
-      const scenario = values.scenario ? loadScenario(values.scenario) : parseScenario(demoScenario, 'the bundled demo scenario');
+    if (values.local || launchedLocal) {
+      const scenarioFile = values.scenario ?? launchedLocal?.scenario;
+      const scenario = scenarioFile ? loadScenario(scenarioFile) : parseScenario(demoScenario, 'the bundled demo scenario');
       devQueue = new DevQueue();
       baseUrl = await devQueue.start();
       environmentId = devQueue.environmentId;

@@ -1,21 +1,23 @@
 // A worker on this machine: `node dist/perimeter.js worker --home <home> ...` spawned from an argv array. Plain
 // Node, no `vscode`. Invariants:
 // - The environment key is written to the worker's stdin (`--key-stdin`) and never appears in argv or the
-//   environment; non-secret settings go as flags and PERIMETER_* variables.
+//   environment; non-secret settings go in `<home>/launch.json` (mode 0600, checked by launchFor against
+//   companion/protocol/launch.ts), which the worker reads through `--launch`.
 // - The worker outlives the window that started it: it runs detached (its own session and process group), its stdout
 //   and stderr go to `<home>/worker.log` (never a pipe a closed window would break), and it stops only when asked
 //   (Stop Worker). The Worker Log follows that file.
 // - The worker is found again through `<home>/control.json` and its pid, so a worker started by an earlier window is
 //   attached to, not duplicated.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, watch, type FSWatcher, mkdirSync, openSync, closeSync, statSync, renameSync } from 'node:fs';
+import { readFileSync, watch, type FSWatcher, mkdirSync, openSync, closeSync, statSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { LAUNCH_FILE, type WorkerLaunch } from '../../companion/protocol/launch';
 import { Emitter } from '../common/emitter';
 import { Disposable, toDisposable } from '../common/lifecycle';
 import { LogFollower, tailLines } from './logFollower';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  parseEndpointFile, pidAlive, delay, runProgram, workerStartFailure,
+  launchFor, parseEndpointFile, pidAlive, delay, runProgram, workerStartFailure,
 } from './workerHost';
 
 /** The worker's log in its state directory; moved to `worker.log.1` at the next start once it exceeds LOG_ROTATE_BYTES. */
@@ -68,8 +70,10 @@ export class LocalHost extends Disposable implements WorkerHost {
   async startWorker(settings: WorkerSettings, key: string | undefined): Promise<void> {
     if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
     mkdirSync(this.opts.home, { recursive: true, mode: 0o700 });
-    const args = workerArgs(this.opts.bundle, this.opts.home, settings, settings.mode === 'environment');
-    const env: NodeJS.ProcessEnv = { ...process.env, ...workerEnv(settings), ELECTRON_RUN_AS_NODE: '1' };
+    const launchFile = path.join(this.opts.home, LAUNCH_FILE);
+    writeLaunch(launchFile, launchFor(settings, true));
+    const args = [this.opts.bundle, 'worker', '--home', this.opts.home, '--launch', launchFile, ...(settings.mode === 'environment' ? ['--key-stdin'] : [])];
+    const env: NodeJS.ProcessEnv = { ...process.env, ELECTRON_RUN_AS_NODE: '1' };
     delete env.ANTHROPIC_API_KEY;            // the worker refuses to start with an API key in its environment
     delete env.ANTHROPIC_ENVIRONMENT_KEY;    // the key travels on stdin only
     rotateLog(this.logFile);
@@ -164,22 +168,8 @@ function rotateLog(file: string): void {
   try { if (statSync(file).size > LOG_ROTATE_BYTES) renameSync(file, `${file}.1`); } catch { /* no log yet */ }
 }
 
-export function workerArgs(bundle: string, home: string, s: WorkerSettings, withKey: boolean): string[] {
-  const args = [bundle, 'worker', '--home', home, '--concurrency', String(s.concurrency), '--driver', s.driver];
-  if (s.mode === 'localQueue') {
-    args.push('--local');
-    if (s.scenario) args.push('--scenario', s.scenario);
-  } else if (s.environmentId) args.push('--environment-id', s.environmentId);
-  if (withKey) args.push('--key-stdin');
-  return args;
-}
-
-/** Non-secret settings the worker's configuration reads from PERIMETER_* variables. */
-export function workerEnv(s: WorkerSettings): Record<string, string> {
-  return {
-    PERIMETER_LOG_LEVEL: s.logLevel,
-    PERIMETER_PERSIST: s.persistDefaults.join(','),
-    PERIMETER_EGRESS: s.egressAllow.length ? 'allow' : 'none',
-    PERIMETER_EGRESS_ALLOW: s.egressAllow.join(','),
-  };
+/** Writes the launch file (0600) beside and then over the previous one, so a worker never reads half a file. */
+function writeLaunch(file: string, launch: WorkerLaunch): void {
+  writeFileSync(`${file}.new`, `${JSON.stringify(launch)}\n`, { mode: 0o600 });
+  renameSync(`${file}.new`, file);
 }

@@ -6,7 +6,7 @@
 // - The remote command is one of the fixed scripts in REMOTE_SCRIPTS. The only variable part is the remote base
 //   directory, which must match REMOTE_DIR_PATTERN (relative to $HOME, no `..`), so it needs no quoting. The state
 //   directory is the companion's own default on that host (what a command typed there uses), never a setting.
-//   Everything else (the environment key, configuration, the companion bundle) travels on stdin.
+//   Everything else (the environment key, the launch file, the companion bundle) travels on stdin.
 // - Options: -T (no tty), BatchMode (never prompt), keepalives, a connect timeout; host keys are checked as the
 //   user's ssh configuration says (we never pass StrictHostKeyChecking=no).
 import { readFileSync } from 'node:fs';
@@ -64,16 +64,16 @@ const SCRIPTS = {
   /** Replaces $D/bin with the tar archive on stdin (atomically: unpack beside it, then swap). */
   install: 'set -e; mkdir -p "$D"; rm -rf "$D/bin.new"; mkdir "$D/bin.new"; tar -xf - -C "$D/bin.new"; ' +
     'rm -rf "$D/bin.old"; if [ -d "$D/bin" ]; then mv "$D/bin" "$D/bin.old"; fi; mv "$D/bin.new" "$D/bin"; rm -rf "$D/bin.old"; cat "$D/bin/VERSION"',
-  /** Writes the worker configuration (JSON on stdin) to $H/config.json with mode 0600. */
-  configure: 'set -e; umask 077; mkdir -p "$H"; cat > "$H/config.json.new"; mv "$H/config.json.new" "$H/config.json"',
+  /** Writes the worker's launch file (JSON on stdin, companion/protocol/launch.ts) to $H/launch.json with mode 0600. */
+  writeLaunch: 'set -e; umask 077; mkdir -p "$H"; cat > "$H/launch.json.new"; mv "$H/launch.json.new" "$H/launch.json"',
   /** Starts a detached worker for a real environment; the first stdin line is the environment key. The key stays in
    *  the shell's memory and reaches the worker through a pipe (printf is a shell builtin: no argv exposure), never
    *  its environment. Prints the worker's PID. */
   startEnvironment: 'umask 077; mkdir -p "$H"; IFS= read -r KEY; cd "$H"; ' +
-    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$H" --key-stdin >> "$H/worker.log" 2>&1 & KEY=; echo "started $!"',
-  /** Starts a detached worker against the embedded dev queue and bundled scenario (no account). Prints its PID. */
+    'printf "%s\\n" "$KEY" | nohup node "$D/bin/perimeter.js" worker --home "$H" --launch "$H/launch.json" --key-stdin >> "$H/worker.log" 2>&1 & KEY=; echo "started $!"',
+  /** Starts a detached worker for a launch that needs no key (the embedded dev queue: no account). Prints its PID. */
   startLocalQueue: 'umask 077; mkdir -p "$H"; cd "$H"; ' +
-    'nohup node "$D/bin/perimeter.js" worker --home "$H" --local < /dev/null >> "$H/worker.log" 2>&1 & echo "started $!"',
+    'nohup node "$D/bin/perimeter.js" worker --home "$H" --launch "$H/launch.json" < /dev/null >> "$H/worker.log" 2>&1 & echo "started $!"',
   /** Exit 0 while the process whose PID is the first stdin line runs, 3 once it is gone; the PID must be all digits. */
   alive: 'IFS= read -r P; case "$P" in ""|*[!0-9]*) exit 2;; esac; kill -0 "$P" 2>/dev/null || exit 3',
   /** Prints control.json when its worker process is alive; exit 3 = no worker. */

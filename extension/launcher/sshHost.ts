@@ -5,7 +5,9 @@
 //   stream on stdin); nothing is downloaded on the remote host.
 // - The remote worker runs detached under `nohup`, so a dropped connection does not kill in-flight tool calls; the
 //   control socket comes back through `ssh -N -L` to a free local port, and a cut tunnel is simply re-opened.
-// - The environment key is written to ssh's stdin (first line), never to argv, the remote command or a file.
+// - The environment key is written to ssh's stdin (first line), never to argv, the remote command or a file. The
+//   non-secret settings go as the launch file (launchFor, companion/protocol/launch.ts) to `$H/launch.json`, which
+//   the worker reads through `--launch`; the user's own config.json on the host is never written.
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { Emitter } from '../common/emitter';
@@ -14,7 +16,7 @@ import { scriptArgs, tunnelArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
   type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  parseEndpointFile, delay, freePort, runProgram, lineSplitter, workerStartFailure,
+  launchFor, parseEndpointFile, delay, freePort, runProgram, lineSplitter, workerStartFailure,
 } from './workerHost';
 
 export interface SshHostOptions {
@@ -111,8 +113,8 @@ export class SshHost extends Disposable implements WorkerHost {
   async startWorker(settings: WorkerSettings, key: string | undefined): Promise<void> {
     if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
     await this.ensureInstalled();
-    const cfg = await this.ssh('configure', JSON.stringify(remoteConfig(settings)), 30_000);
-    if (cfg.code !== 0) throw this.fail('writing the worker configuration', cfg);
+    const written = await this.ssh('writeLaunch', JSON.stringify(launchFor(settings, false)), 30_000);
+    if (written.code !== 0) throw this.fail('writing the worker\'s launch file', written);
     const started = settings.mode === 'environment'
       ? await this.ssh('startEnvironment', `${key}\n`, 30_000)
       : await this.ssh('startLocalQueue', undefined, 30_000);
@@ -160,18 +162,6 @@ export class SshHost extends Disposable implements WorkerHost {
     return this.ssh(command, undefined, 30 * 60_000, onOutput);
   }
 
-}
-
-/** The remote worker's config.json: the non-secret settings (the key never goes here). */
-export function remoteConfig(s: WorkerSettings): Record<string, unknown> {
-  return {
-    ...(s.mode === 'environment' && s.environmentId ? { environmentId: s.environmentId } : {}),
-    concurrency: s.concurrency,
-    logLevel: s.logLevel,
-    sandbox: { driver: s.driver },
-    persist: { defaults: s.persistDefaults },
-    egress: { mode: s.egressAllow.length ? 'allow' : 'none', allow: s.egressAllow },
-  };
 }
 
 function canConnect(port: number): Promise<boolean> {

@@ -1,13 +1,15 @@
 // What the supervisor needs from a machine that runs a companion worker: this machine (localHost.ts) or an SSH host
-// (sshHost.ts). Plain Node, no `vscode`. The settings here are non-secret; the environment key is passed separately
-// and only ever written to the worker's stdin.
+// (sshHost.ts). Plain Node, no `vscode`. The settings here are non-secret; both hosts hand them to the worker as one
+// launch file (companion/protocol/launch.ts, built by `launchFor`); the environment key is passed separately and only
+// ever written to the worker's stdin.
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { ControlEndpointFile } from '../../companion/protocol/control';
+import { WorkerLaunch, type LogLevel, type SandboxDriver } from '../../companion/protocol/launch';
 import type { IDisposable } from '../common/lifecycle';
 
-export type SandboxDriverSetting = 'auto' | 'qemu' | 'firecracker' | 'process';
-export type LogLevelSetting = 'debug' | 'info' | 'warn' | 'error';
+export type SandboxDriverSetting = SandboxDriver;
+export type LogLevelSetting = LogLevel;
 
 export interface WorkerSettings {
   /** `environment` serves a real self_hosted environment; `localQueue` plays the bundled scenario (Try Locally). */
@@ -20,6 +22,26 @@ export interface WorkerSettings {
   logLevel: LogLevelSetting;
   /** A scenario file for the local queue (this machine only); the bundled one when absent. */
   scenario?: string;
+}
+
+/**
+ * The launch a host hands its worker, checked against the companion's schema (a setting out of range throws here,
+ * before anything starts). `scenarioHere`: the scenario file is on the worker's machine (false for an SSH host).
+ */
+export function launchFor(s: WorkerSettings, scenarioHere: boolean): WorkerLaunch {
+  const list = (values: string[]) => values.map((v) => v.trim()).filter(Boolean);
+  const parsed = WorkerLaunch.safeParse({
+    queue: s.mode === 'environment'
+      ? { kind: 'environment', ...(s.environmentId ? { environmentId: s.environmentId } : {}) }
+      : { kind: 'local', ...(scenarioHere && s.scenario ? { scenario: s.scenario } : {}) },
+    concurrency: s.concurrency,
+    logLevel: s.logLevel,
+    sandboxDriver: s.driver,
+    persistDefaults: list(s.persistDefaults),
+    egressAllow: list(s.egressAllow),
+  } satisfies WorkerLaunch);
+  if (!parsed.success) throw new Error(`invalid Perimeter settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return parsed.data;
 }
 
 /** Where a running worker's control API can be reached from this machine. */

@@ -177,8 +177,10 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     // The worker process got the key on stdin: not in its command line, not in its environment.
     const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
     const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    assert.ok(cmdline.includes('--key-stdin') && cmdline.includes(queue.environmentId), cmdline.join(' '));
+    assert.ok(cmdline.includes('--key-stdin') && cmdline.includes(path.join(home, 'launch.json')), cmdline.join(' '));
     assert.ok(!cmdline.some((a) => a.includes(queue.key)), 'key not in argv');
+    const launch = readFileSync(path.join(home, 'launch.json'), 'utf8');
+    assert.ok(launch.includes(queue.environmentId) && !launch.includes(queue.key), 'the ID is in the launch file, the key is not');
     assert.ok(!readFileSync(`/proc/${pid}/environ`, 'utf8').includes(queue.key), 'key not in the environment');
     // Machine-scoped settings of a remote (server-side) window go to the server's Machine settings.
     const settings = ['User', 'Machine'].map((d) => { try { return readFileSync(path.join(profileRoot, 'ud', d, 'settings.json'), 'utf8'); } catch { return ''; } }).join('\n');

@@ -7,11 +7,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts, REMOTE_SCRIPTS, type RemoteScript } from '../../extension/launcher/ssh';
 import { packTar, readCompanionBundle, needsInstall } from '../../extension/launcher/bundle';
-import { remoteConfig } from '../../extension/launcher/sshHost';
 import { defaultHome } from '../../companion/config';
 import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
 import { readDoctor } from '../../extension/launcher/doctor';
-import { workerStartFailure, type WorkerSettings } from '../../extension/launcher/workerHost';
+import { launchFor, workerStartFailure, type WorkerSettings } from '../../extension/launcher/workerHost';
 
 const target = { host: 'box', remoteDir: '.perimeter' };
 
@@ -100,14 +99,18 @@ describe('remote scripts, run through sh', () => {
     assert.equal(runRemote(home, 'waitExit', '\n').status, 2);
   });
 
-  it('writes the worker configuration from stdin with mode 0600', () => {
+  it('writes the worker\'s launch file from stdin with mode 0600, leaving config.json alone', () => {
     const settings: WorkerSettings = { mode: 'environment', environmentId: 'env_1', concurrency: 3, driver: 'qemu', persistDefaults: ['/workspace'], egressAllow: ['pypi.org'], logLevel: 'debug' };
-    const r = runRemote(home, 'configure', JSON.stringify(remoteConfig(settings)));
+    mkdirSync(stateDir(home), { recursive: true });
+    const userConfig = '{"sandbox":{"poolSize":5}}';
+    writeFileSync(path.join(stateDir(home), 'config.json'), userConfig);
+    const r = runRemote(home, 'writeLaunch', JSON.stringify(launchFor(settings, false)));
     assert.equal(r.status, 0, r.stderr.toString());
-    const file = path.join(stateDir(home), 'config.json');
-    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { environmentId: 'env_1', concurrency: 3, logLevel: 'debug', sandbox: { driver: 'qemu' }, persist: { defaults: ['/workspace'] }, egress: { mode: 'allow', allow: ['pypi.org'] } });
+    const file = path.join(stateDir(home), 'launch.json');
+    assert.deepEqual(JSON.parse(readFileSync(file, 'utf8')), { queue: { kind: 'environment', environmentId: 'env_1' }, concurrency: 3, logLevel: 'debug', sandboxDriver: 'qemu', persistDefaults: ['/workspace'], egressAllow: ['pypi.org'] });
     assert.equal(statSync(file).mode & 0o777, 0o600);
     assert.doesNotMatch(readFileSync(file, 'utf8'), /key/i);
+    assert.equal(readFileSync(path.join(stateDir(home), 'config.json'), 'utf8'), userConfig, 'the user\'s config.json is untouched');
   });
 
   it('starts the worker detached with the key on its stdin, not in argv, and finds it through control.json', async () => {
@@ -132,7 +135,7 @@ describe('remote scripts, run through sh', () => {
     for (let i = 0; i < 100 && !existsSync(control); i++) await new Promise((res) => setTimeout(res, 50));
     const rec = JSON.parse(readFileSync(record, 'utf8'));
     assert.equal(rec.stdin, `${key}\n`);
-    assert.deepEqual(rec.argv, ['worker', '--home', stateDir(home), '--key-stdin']);
+    assert.deepEqual(rec.argv, ['worker', '--home', stateDir(home), '--launch', path.join(stateDir(home), 'launch.json'), '--key-stdin']);
     assert.ok(!JSON.stringify(rec.env).includes(key), 'the key is not in the worker\'s environment');
     const ep = runRemote(home, 'endpoint');
     assert.equal(ep.status, 0);

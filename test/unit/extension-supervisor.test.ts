@@ -1,7 +1,7 @@
 // The host supervisor (start, history, reconnect, restart with bounded backoff, stop) against real control servers
 // on loopback behind a scripted WorkerHost, and LocalHost's process launch with a stand-in companion script.
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync, rmSync, existsSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startControlServer, type ControlServer } from '../../companion/control/server';
@@ -9,6 +9,7 @@ import { EventHub } from '../../companion/events';
 import type { WorkerControl } from '../../companion/control/types';
 import type { JournalReader } from '../../companion/journal/types';
 import type { WorkerState } from '../../companion/protocol/control';
+import { WorkerLaunch } from '../../companion/protocol/launch';
 import { HostSupervisor } from '../../extension/launcher/supervisor';
 import { LocalHost } from '../../extension/launcher/localHost';
 import { Emitter } from '../../extension/common/emitter';
@@ -140,7 +141,7 @@ describe('local host', () => {
   beforeEach(() => { dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-local-')); });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('spawns the companion with flags, the key only on stdin (V3), and finds it through control.json', async () => {
+  it('spawns the companion with its launch file, the key only on stdin (V3), and finds it through control.json', async () => {
     const fake = path.join(dir, 'fake-perimeter.js');
     writeFileSync(fake, `
       const fs = require('fs'); const path = require('path');
@@ -157,10 +158,16 @@ describe('local host', () => {
     const down = new Promise<string>((r) => local.onLinkDown(r));
     await local.startWorker({ ...SETTINGS, mode: 'environment', environmentId: 'env_9', persistDefaults: ['/workspace', '/data'] }, key);
     const rec = JSON.parse(readFileSync(path.join(home, 'record.json'), 'utf8'));
-    assert.deepEqual(rec.argv, ['worker', '--home', home, '--concurrency', '2', '--driver', 'process', '--environment-id', 'env_9', '--key-stdin']);
+    const launchFile = path.join(home, 'launch.json');
+    assert.deepEqual(rec.argv, ['worker', '--home', home, '--launch', launchFile, '--key-stdin']);
     assert.equal(rec.stdin, `${key}\n`);
     assert.ok(!JSON.stringify(rec.env).includes(key), 'the key is not in the environment');
-    assert.equal(rec.env.PERIMETER_PERSIST, '/workspace,/data');
+    const launch = WorkerLaunch.parse(JSON.parse(readFileSync(launchFile, 'utf8')));
+    assert.deepEqual(launch.queue, { kind: 'environment', environmentId: 'env_9' });
+    assert.deepEqual(launch.persistDefaults, ['/workspace', '/data']);
+    assert.equal(launch.concurrency, 2);
+    assert.equal(statSync(launchFile).mode & 0o777, 0o600);
+    assert.ok(!readFileSync(launchFile, 'utf8').includes(key), 'the key is not in the launch file');
     const found = await local.findWorker();
     assert.equal(found!.port, 4242);
     await local.forceStop();
