@@ -16,9 +16,13 @@ import {
 import {
   GuestError, type EgressAttachment, type ExecRequest, type ExecResult, type GotFile, type GuestEntry, type GuestOps, type GuestStat, type PutFile,
 } from './types';
+import { decodeMount, decodeSeal, encodeMount, encodeSeal, encodeThaw, type DiskRoot, type DiskUsage, type SessionDiskGuest } from './session-disk';
 
 /** Deadline for file operations (they are native in the agent: milliseconds, even under TCG). */
 const FILE_OP_DEADLINE_MS = 60_000;
+/** Deadline for mounting and sealing the session disk (a first mount copies a root onto the disk; a seal syncs what
+ *  the call wrote). */
+const DISK_OP_DEADLINE_MS = 300_000;
 /** Extra time the host grants past an exec's own timeout before it declares the guest dead. */
 const EXEC_GRACE_MS = 5_000;
 const MAX_TUNNELS = 64;
@@ -98,7 +102,7 @@ interface Pending {
   reject(err: Error): void;
 }
 
-export class GuestClient implements GuestOps {
+export class GuestClient implements GuestOps, SessionDiskGuest {
   private readonly decoder = new FrameDecoder();
   private readonly pending = new Map<number, Pending>();
   private readonly tunnels = new Map<number, Tunnel>();
@@ -294,6 +298,17 @@ export class GuestClient implements GuestOps {
     r.done();
     return out;
   }
+
+  async mountDisk(serial: string, roots: readonly string[], opts: { readOnly?: boolean } = {}): Promise<DiskRoot[]> {
+    const body = await this.request(T.disk, encodeMount(serial, roots, opts.readOnly ?? false), { deadlineMs: DISK_OP_DEADLINE_MS, maxBytes: 4 + roots.length });
+    return decodeMount(body, roots, opts.readOnly ?? false);
+  }
+
+  async sealDisk(roots: readonly DiskRoot[]): Promise<DiskUsage> {
+    return decodeSeal(await this.request(T.disk, encodeSeal(roots), { deadlineMs: DISK_OP_DEADLINE_MS, maxBytes: 32 }));
+  }
+
+  async thawDisk(): Promise<void> { await this.request(T.disk, encodeThaw(), { deadlineMs: 10_000, maxBytes: 0 }); }
 
   /** Asks the agent to kill the running exec (its result then reports timedOut). */
   async killExec(): Promise<void> { await this.request(T.kill, Buffer.alloc(0), { deadlineMs: 5_000, maxBytes: 0 }); }

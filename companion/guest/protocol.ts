@@ -32,7 +32,7 @@ export const TUNNEL_REASON_MAX = 256;
 export const T = {
   chunk: 'C',
   ping: 'P', init: 'T', exec: 'X', kill: 'K', readFile: 'R', writeFile: 'W', stat: 'S', walk: 'L', putFiles: 'U',
-  getFiles: 'G', egress: 'N', readyShell: 'Z',
+  getFiles: 'G', egress: 'N', readyShell: 'Z', disk: 'D',
   hello: 'H', pong: 'p', output: 'O', ok: 'r', error: 'e',
   tunnelOpen: 'c', tunnelData: 'd', tunnelCredit: 'w', tunnelClose: 'x', dnsQuery: 'q', dnsAnswer: 'a',
 } as const;

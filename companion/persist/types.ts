@@ -2,6 +2,7 @@
 // The orchestrator calls `prepare` on every fresh sandbox before a tool runs and `commit` after it, and posts the
 // tool result only after `commit` resolved: a generation is durable before the model hears about it.
 import type { GuestOps } from '../guest/types';
+import type { Sandbox } from '../sandbox/types';
 import type { PersistState } from '../protocol/control';
 
 /** Shell continuity for `bash` in per-call mode: the previous call's working directory and exported variables. */
@@ -17,8 +18,14 @@ export interface CallPersistence {
   /** Places the session's latest generation into a fresh sandbox and returns the shell state to start bash with. */
   prepare(sessionId: string, sandbox: GuestOps): Promise<ShellState>;
   /** Copies out what changed under the session's patterns and commits a new generation (atomically).
-   *  Rejects (a PerimeterError) when the sandbox fails during copy-out; the previous generation then stays CURRENT. */
-  commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null): Promise<CommitReport>;
+   *  Rejects (a PerimeterError) when the sandbox fails during copy-out; the previous generation then stays CURRENT.
+   *  `outcome.timedOut`: the tool was killed at its time limit (session disks then commit nothing). */
+  commit(sessionId: string, sandbox: GuestOps, shell: ShellState | null, outcome?: { timedOut?: boolean }): Promise<CommitReport>;
+  /** A sandbox for the session's next call, already prepared when the implementation keeps one ready between calls
+   *  (session disks in per-call mode); `open` restores a fresh one. Without it the orchestrator opens its own. */
+  acquire?(sessionId: string, open: () => Promise<Sandbox>): Promise<Sandbox>;
+  /** The session's work item ended: what is kept ready for its next call is released. */
+  endSession?(sessionId: string): Promise<void>;
   patterns(sessionId: string): Promise<string[]>;
   /** Replaces the session's persist list and publishes `persist.changed` on the hub. */
   setPatterns(sessionId: string, patterns: string[]): Promise<PersistState>;

@@ -5,6 +5,7 @@
 //   onto its private root directory.
 // - Every call has a host-side deadline; a driver kills its VM rather than wait on the guest.
 import type { EgressAttachment, GuestOps } from '../guest/types';
+import type { SessionDiskPort } from './session-disk';
 
 export type DriverKind = 'qemu' | 'firecracker' | 'process';
 export type Accel = 'kvm' | 'tcg' | 'none';
@@ -25,6 +26,8 @@ export interface AcquireOptions {
 export interface Sandbox extends GuestOps {
   readonly id: string;
   readonly driver: DriverKind;
+  /** Present when the sandbox has a session-disk device (a template built with one). */
+  readonly sessionDisk?: SessionDiskPort;
   /** Kills the VM (or removes the process driver's directory). Idempotent. */
   destroy(): Promise<void>;
 }

@@ -24,6 +24,8 @@ export const TemplateManifestSchema = z.object({
   files: z.record(z.string(), z.object({ bytes: z.number().int().nonnegative(), sha256: z.string() })),
   bootMs: z.number(),
   snapshotMs: z.number(),
+  /** The session-disk device's virtual size (sandbox/qemu/session-disk.ts); absent in templates built without one. */
+  sessionDisk: z.object({ bytes: z.number().int().positive() }).optional(),
 });
 export type TemplateManifest = z.infer<typeof TemplateManifestSchema>;
 
@@ -52,6 +54,7 @@ export function loadTemplate(dir: string): Template {
     image: {
       kernel: path.join(dir, 'vmlinux'), initrd: path.join(dir, 'initramfs.cpio'), rootfs: path.join(dir, 'rootfs.ext4'),
       append: manifest.append, memoryMiB: manifest.memoryMiB, vcpus: manifest.vcpus, machineOpts: manifest.machineOpts,
+      ...(manifest.sessionDisk ? { sessionDisk: manifest.sessionDisk } : {}),
     },
   };
 }

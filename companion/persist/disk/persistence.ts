@@ -1,0 +1,369 @@
+// CallPersistence on session disks (store.ts): a call's VM gets a fresh copy-on-write layer over the session's
+// CURRENT generation, the guest mounts the disk and finds every persisted root in place (directories bind-mounted, so
+// nothing is copied however large the workspace is), and at the end of the call the guest seals the filesystem, QEMU
+// is stopped (every write flushed into the layer), the VM is killed and the layer becomes the next generation.
+// Critical path: a session in per-call mode keeps its next call's VM prepared between calls (restored, layer
+// attached, disk mounted, seal path warmed up), so a call's persistence work is taking it and, at the end, seal +
+// stop + fsync + two renames. A call that arrives early, or for a session without a prepared VM, prepares one on the
+// spot (the cold path): the same steps, in the call.
+// Invariants:
+// - One writer per session disk (the store's writer slot): a session's calls run one after another in per-call mode;
+//   a prepared VM holds the slot until its call takes it, and gives it up when idle for `preparedIdleMs`.
+// - A call commits only when it ended normally and the guest sealed the filesystem: a timed-out call, a sandbox that
+//   died or cannot seal, a filesystem the kernel found errors in, commits nothing; the result says so in one line.
+// - No persisted state makes a session unusable: a generation whose filesystem cannot be mounted is left out of the
+//   VM (the call runs without persisted files and saves nothing), and every result names the generation to roll
+//   back to (`perimeter persist rollback --session ID --to N`); other sessions are never affected.
+// - The persist list keeps its meaning (paths.ts): each root of the list is a root on the disk; memory stores keep
+//   their host mirror (memory.ts) and are not put on the disk; the list itself, and sessions the file store still
+//   holds files for, live in the file store (`files`): such a session's files are copied onto its disk once.
+// - Nothing for the model names a host path.
+import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from '../types';
+import type { Sandbox } from '../../sandbox/types';
+import type { SessionDiskPort } from '../../sandbox/session-disk';
+import type { DiskRoot, DiskUsage } from '../../guest/session-disk';
+import { GuestError } from '../../guest/types';
+import type { EventHub } from '../../events';
+import type { PersistState } from '../../protocol/control';
+import { PerimeterError, errorMessage, fatal, transient } from '../../errors';
+import { logger } from '../../log';
+import { ALWAYS_PERSISTED, type Persistence, type PersistSettings } from '../persistence';
+import { formatBytes } from '../../protocol/format';
+import { MemoryMirror } from '../memory';
+import { isWithin, parsePatterns, walkRoots } from '../paths';
+import { DEFAULT_SHELL, sanitizeShell } from '../shell';
+import { DiskConflictError, DiskStore, type DiskGeneration, type PendingLayer } from './store';
+
+const log = logger('persist:disk');
+/** A prepared VM nobody took within this time is released (its layer discarded). */
+const PREPARED_IDLE_MS = 10 * 60_000;
+/** The session disk counts as full below this much free space. */
+const FULL_BYTES = 16 * 1024 * 1024;
+/** The guest agent's own directory (the disk is mounted below it): never a persisted root. */
+const AGENT_DIR = '/.perimeter';
+
+export interface DiskPersistenceOptions {
+  home: string;
+  persist: PersistSettings;
+  /** The file store: the persist list lives there, and files it holds for a session move onto the session's disk. */
+  files: Persistence;
+  hub?: EventHub;
+  memoryMounts?: MemoryMountResolver;
+  /** per-call: each call's VM is killed at commit and the session's next one prepared ahead; per-session: a
+   *  sandbox lives on across calls, each commit switching it to a new layer. */
+  mode: 'per-call' | 'per-session';
+  preparedIdleMs?: number;
+}
+
+/** A sandbox whose session disk is attached for one session. */
+interface Attached {
+  readonly sessionId: string;
+  readonly store: DiskStore;
+  readonly sandbox: Sandbox;
+  readonly port: SessionDiskPort;
+  /** The layer the VM writes, over the generation it started from. */
+  pending: PendingLayer;
+  readonly roots: DiskRoot[];
+  /** The roots asked for (what a prepared VM must match to be used). */
+  readonly rootPaths: string;
+  readonly release: () => void;
+  readonly mirror: MemoryMirror | null;
+  mirrorPlaced: boolean;
+  /** Set when the generation could not be mounted: the call runs without persisted files. */
+  damaged: string | null;
+  /** Notes for the model, reported with the commit. */
+  notes: string[];
+  /** The VM is gone or its layer was committed (per-call): nothing more to commit or discard. */
+  done: boolean;
+  /** Commits of a per-session sandbox, one after another. */
+  committing: Promise<unknown>;
+}
+
+interface SessionState {
+  /** The next call's VM, being prepared or ready. */
+  ready: Promise<Attached | null> | null;
+  idle: NodeJS.Timeout | null;
+  /** How the session's calls open a sandbox (the orchestrator's, with its egress); set while its work item runs. */
+  open: (() => Promise<Sandbox>) | null;
+}
+
+export class DiskPersistence implements CallPersistence {
+  private readonly stores = new Map<string, Promise<DiskStore>>();
+  private readonly attached = new WeakMap<Sandbox, Attached>();
+  private readonly sessions = new Map<string, SessionState>();
+  private closed = false;
+
+  constructor(private readonly opts: DiskPersistenceOptions) {}
+
+  patterns(sessionId: string): Promise<string[]> { return this.opts.files.patterns(sessionId); }
+
+  async setPatterns(sessionId: string, patterns: string[]): Promise<PersistState> {
+    await this.dropReady(sessionId);
+    return this.opts.files.setPatterns(sessionId, patterns).then((s) => this.withDisk(s));
+  }
+
+  async state(sessionId: string): Promise<PersistState> { return this.withDisk(await this.opts.files.state(sessionId)); }
+
+  /** The session's store (opened once per process). */
+  store(sessionId: string): Promise<DiskStore> {
+    let s = this.stores.get(sessionId);
+    if (!s) {
+      s = DiskStore.open(this.opts.home, sessionId, { bytes: this.opts.persist.maxBytes, keepGenerations: this.opts.persist.keepGenerations });
+      s.catch(() => this.stores.delete(sessionId));
+      this.stores.set(sessionId, s);
+    }
+    return s;
+  }
+
+  async acquire(sessionId: string, open: () => Promise<Sandbox>): Promise<Sandbox> {
+    if (this.closed) throw transient('persist_closed', 'the companion is shutting down');
+    const s = this.session(sessionId);
+    s.open = open;
+    const ready = this.takeReady(s);
+    const a = ready ? await ready.catch(() => null) : null;
+    if (a && await this.usable(a)) return a.sandbox;
+    if (a) await this.drop(a);
+    const sandbox = await open();
+    try { await this.attach(sessionId, sandbox); } catch (err) { await sandbox.destroy().catch(() => {}); throw err; }
+    return sandbox;
+  }
+
+  async prepare(sessionId: string, sandbox: Sandbox): Promise<ShellState> {
+    let a = this.attached.get(sandbox);
+    if (!a) a = await this.attach(sessionId, sandbox);
+    if (a.sessionId !== sessionId) throw fatal('persist_disk_session', 'this sandbox holds another session\'s disk');
+    if (a.mirror && !a.damaged) {
+      try { await a.mirror.copyIn(sandbox); } catch (err) {
+        if (!(err instanceof GuestError)) throw asFailure(a, 'placing the memory stores', err);
+        a.mirrorPlaced = false;
+        a.notes.push(`Memory stores could not be placed whole in this sandbox (${err.message}); what this call changes under ${ALWAYS_PERSISTED[1]} is not saved.`);
+      }
+    }
+    return a.pending.over.shell ?? { cwd: DEFAULT_SHELL.cwd, env: {} };
+  }
+
+  async commit(sessionId: string, sandbox: Sandbox, shell: ShellState | null, outcome: { timedOut?: boolean } = {}): Promise<CommitReport> {
+    const a = this.attached.get(sandbox);
+    if (!a || a.sessionId !== sessionId) throw fatal('persist_disk_session', 'commit on a sandbox that was not prepared for this session');
+    const run = a.committing.then(() => this.commitAttached(a, shell, outcome));
+    a.committing = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The session's work item ended: its prepared VM is released. */
+  async endSession(sessionId: string): Promise<void> {
+    const s = this.sessions.get(sessionId);
+    if (!s) return;
+    s.open = null;
+    await this.dropReady(sessionId);
+    this.sessions.delete(sessionId);
+  }
+
+  /** Makes generation `to`'s content the session's CURRENT again (as a new generation); waits for a running call. */
+  async rollback(sessionId: string, to: number): Promise<DiskGeneration> {
+    await this.dropReady(sessionId);
+    const store = await this.store(sessionId);
+    const release = await store.writer();
+    try { return await store.rollback(to); } finally { release(); }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.sessions.keys()].map((id) => this.dropReady(id)));
+    for (const s of this.stores.values()) await s.then((st) => st.idle(), () => {});
+  }
+
+  // ---- attach ------------------------------------------------------------------------------------------------------
+
+  /** Takes the session's writer slot and attaches a new layer over CURRENT to `sandbox`'s disk, mounted. */
+  private async attach(sessionId: string, sandbox: Sandbox): Promise<Attached> {
+    const port = sandbox.sessionDisk;
+    if (!port) throw fatal('persist_disk_unsupported', 'this sandbox has no session disk (rebuild the template: perimeter template build)');
+    const store = await this.store(sessionId);
+    if (port.bytes < store.bytes) {
+      throw fatal('persist_disk_size', `the session disk (${formatBytes(store.bytes)}) is larger than the template's disk device (${formatBytes(port.bytes)}): rebuild the template (perimeter template build)`);
+    }
+    const { rootPaths, mirror } = await this.roots(sessionId);
+    const release = await store.writer();
+    let pending: PendingLayer | null = null;
+    try {
+      const over = await store.current();
+      pending = await store.newLayer(over);
+      await port.attach({ top: pending.path, backing: store.chain(over) });
+      let roots: DiskRoot[] = [];
+      let damaged: string | null = null;
+      try { roots = await port.mount(rootPaths); } catch (err) {
+        if (!(err instanceof GuestError) || err.code !== 'EUCLEAN') throw err;
+        damaged = damagedNote(sessionId, over, err.message);
+        log.error(`session ${sessionId}: generation ${over.generation} of the session disk cannot be mounted: ${err.message}`);
+      }
+      const a: Attached = {
+        sessionId, store, sandbox, port, pending, roots, rootPaths: rootPaths.join('\0'), release, mirror, mirrorPlaced: true,
+        damaged, notes: damaged ? [] : await this.migrate(sessionId, sandbox, over), done: false, committing: Promise.resolve(),
+      };
+      this.attached.set(sandbox, a);
+      void port.closed.then(() => this.gone(a));
+      return a;
+    } catch (err) {
+      if (pending) await store.discard(pending).catch(() => {});
+      release();
+      throw asFailure(null, 'attaching the session disk', err);
+    }
+  }
+
+  /** The disk roots of the session's persist list, and its memory-store mirror (kept off the disk). */
+  private async roots(sessionId: string): Promise<{ rootPaths: string[]; mirror: MemoryMirror | null }> {
+    const mounts = this.opts.memoryMounts ? await this.opts.memoryMounts(sessionId) : [];
+    const mirror = mounts.length > 0 ? new MemoryMirror(mounts) : null;
+    const list = [...await this.opts.files.patterns(sessionId), ALWAYS_PERSISTED[0], ...(mirror ? [] : [ALWAYS_PERSISTED[1]])];
+    const rootPaths = walkRoots(parsePatterns(list))
+      .filter((r) => !isWithin(r, AGENT_DIR) && !mounts.some((m) => isWithin(r, m.guestPath) || isWithin(m.guestPath, r)));
+    return { rootPaths, mirror };
+  }
+
+  /** A session the file store holds files for starts its disk with them (generation 0 only). */
+  private async migrate(sessionId: string, sandbox: Sandbox, over: DiskGeneration): Promise<string[]> {
+    if (over.generation !== 0 || over.rolledBackTo !== undefined || (await this.opts.files.state(sessionId)).generation === 0) return [];
+    log.info(`session ${sessionId}: copying the file store's files onto the new session disk`);
+    await this.opts.files.prepare(sessionId, sandbox);
+    return [];
+  }
+
+  // ---- commit ------------------------------------------------------------------------------------------------------
+
+  private async commitAttached(a: Attached, shellIn: ShellState | null, outcome: { timedOut?: boolean }): Promise<CommitReport> {
+    const notes = a.notes.splice(0);
+    const kept = a.pending.over.generation;
+    const keep = (note: string): CommitReport => ({ generation: kept, notes: [...notes, note] });
+    if (a.done) throw transient('persist_sandbox_failed', `persisted files: not saved: the sandbox is gone; the session disk stays at generation ${kept}`);
+    if (a.damaged) return keep(a.damaged);
+    if (outcome.timedOut) return keep(`not saved: the call timed out, so nothing it changed under the persisted paths was kept; the session disk stays at generation ${kept}.`);
+    if (a.mirror && a.mirrorPlaced) {
+      try { notes.push(...await a.mirror.copyOut(a.sandbox, this.opts.persist)); } catch (err) { throw asFailure(a, 'saving the memory stores', err); }
+    }
+    const { shell, dropped } = shellIn ? sanitizeShell(shellIn) : { shell: null, dropped: [] };
+    if (dropped.length > 0) notes.push(`Not carried to the next call: exported ${dropped.join(', ')}.`);
+    let usage: DiskUsage;
+    try {
+      usage = await a.port.seal(a.roots);
+      await a.port.quiesce();
+      if (this.opts.mode === 'per-call') { a.done = true; await a.sandbox.destroy(); }
+    } catch (err) { throw asFailure(a, 'sealing the session disk', err); }
+    let gen: DiskGeneration;
+    try {
+      gen = await a.store.commit(a.pending, { shell: shell ?? a.pending.over.shell, usage });
+    } catch (err) {
+      if (this.opts.mode === 'per-call') { await a.store.discard(a.pending).catch(() => {}); a.release(); }
+      if (err instanceof DiskConflictError) return keep(`not saved: ${err.message}`);
+      throw asFailure(a, 'committing the session disk', err);
+    }
+    const full = fullNote(usage);
+    if (full) notes.push(full);
+    if (this.opts.mode === 'per-call') {
+      a.release();
+      this.prepareAhead(a.sessionId);
+    } else {
+      try {
+        a.pending = await a.store.newLayer(gen);
+        await a.port.continueOn(a.pending.path);
+      } catch (err) {
+        await a.sandbox.destroy().catch(() => {});
+        notes.push(`The sandbox could not go on with the saved disk (${errorMessage(err)}); the next call gets a fresh one.`);
+      }
+    }
+    return { generation: gen.generation, notes };
+  }
+
+  /** The sandbox is gone: an uncommitted layer is discarded and the writer slot freed. */
+  private async gone(a: Attached): Promise<void> {
+    if (a.done) return;
+    a.done = true;
+    await a.committing;
+    await a.store.discard(a.pending).catch((err: Error) => log.warn(`session ${a.sessionId}: discarding a layer failed: ${err.message}`));
+    a.release();
+  }
+
+  // ---- prepared VMs ------------------------------------------------------------------------------------------------
+
+  private session(sessionId: string): SessionState {
+    let s = this.sessions.get(sessionId);
+    if (!s) { s = { ready: null, idle: null, open: null }; this.sessions.set(sessionId, s); }
+    return s;
+  }
+
+  /** Prepares the session's next call's VM while the model thinks (per-call mode; not when a call already waits). */
+  private prepareAhead(sessionId: string): void {
+    const s = this.sessions.get(sessionId);
+    if (this.closed || this.opts.mode !== 'per-call' || !s?.open || s.ready) return;
+    const open = s.open;
+    s.ready = (async () => {
+      const store = await this.store(sessionId);
+      if (store.writerWanted) return null;
+      const sandbox = await open();
+      try { return await this.attach(sessionId, sandbox); } catch (err) { await sandbox.destroy().catch(() => {}); throw err; }
+    })();
+    s.ready.catch((err: Error) => log.warn(`session ${sessionId}: preparing the next call's sandbox failed: ${err.message}`));
+    s.idle = setTimeout(() => { void this.dropReady(sessionId); }, this.opts.preparedIdleMs ?? PREPARED_IDLE_MS);
+    s.idle.unref();
+  }
+
+  private takeReady(s: SessionState): Promise<Attached | null> | null {
+    const ready = s.ready;
+    s.ready = null;
+    if (s.idle) { clearTimeout(s.idle); s.idle = null; }
+    return ready;
+  }
+
+  private async dropReady(sessionId: string): Promise<void> {
+    const s = this.sessions.get(sessionId);
+    const ready = s ? this.takeReady(s) : null;
+    const a = ready ? await ready.catch(() => null) : null;
+    if (a) await this.drop(a);
+  }
+
+  /** A prepared VM can serve the next call: alive, over CURRENT, for the same persist list. */
+  private async usable(a: Attached): Promise<boolean> {
+    if (a.done) return false;
+    const current = await a.store.current();
+    return current.generation === a.pending.over.generation && (await this.roots(a.sessionId)).rootPaths.join('\0') === a.rootPaths;
+  }
+
+  private async drop(a: Attached): Promise<void> {
+    await a.sandbox.destroy().catch(() => {});
+    await this.gone(a);
+  }
+
+  /** The persist list with the disk's generation and usage (its files are read through a VM, not listed here). */
+  private async withDisk(state: PersistState): Promise<PersistState> {
+    const gen = this.stores.has(state.sessionId) ? await (await this.store(state.sessionId)).current() : await DiskStore.peek(this.opts.home, state.sessionId);
+    if (!gen) return { ...state, generation: 0, files: [], fileCount: 0, totalBytes: 0 };
+    return { ...state, generation: gen.generation, files: [], fileCount: 0, totalBytes: gen.usage ? gen.usage.bytes - gen.usage.availableBytes : 0 };
+  }
+}
+
+/** The note for a generation whose filesystem cannot be mounted: what happened and where to roll back to. */
+function damagedNote(sessionId: string, gen: DiskGeneration, why: string): string {
+  const to = gen.parent ?? 0;
+  return `the session disk's generation ${gen.generation} is damaged (${why.replace(/^the session disk's filesystem cannot be mounted: /, '')}), `
+    + 'so this call ran without the persisted files and nothing from it was saved. To go back to the last generation that '
+    + `worked: perimeter persist rollback --session ${sessionId} --to ${to}`;
+}
+
+function fullNote(u: DiskUsage): string | null {
+  if (u.freeInodes === 0) return `the session disk is full: no file can be created on it (all ${u.inodes} inodes used); delete files to make room.`;
+  if (u.availableBytes >= FULL_BYTES) return null;
+  return `the session disk is full (${formatBytes(u.bytes - u.availableBytes)} of ${formatBytes(u.bytes)} used); writes fail with "No space left on device" until files are deleted.`;
+}
+
+/** A failure of a step: the previous generation stays; the message names no host path. */
+function asFailure(a: Attached | null, step: string, err: unknown): PerimeterError {
+  if (err instanceof PerimeterError) return err;
+  const kept = a ? `; the session disk stays at generation ${a.pending.over.generation}` : '';
+  const host = err as NodeJS.ErrnoException;
+  let what = errorMessage(err);
+  if (!(err instanceof GuestError) && typeof host?.syscall === 'string') {
+    log.error(`session disk: ${step}: ${what}`);
+    what = `the companion's disk store on the host failed: ${host.code ?? 'EIO'}`;
+  }
+  return transient('persist_sandbox_failed', `persisted files: not saved: ${step} failed (${what})${kept}`, err);
+}
