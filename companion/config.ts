@@ -64,6 +64,14 @@ export const ConfigSchema = z.object({
     host: z.literal('127.0.0.1').default('127.0.0.1'),
     port: z.number().int().min(0).max(65535).default(0),
   }).prefault({}),   // prefault: an absent `control` is parsed, so its field defaults apply (zod 4 `.default` would not)
+  /** The Prometheus endpoint (`/metrics`, `/healthz`; companion/service/metrics-server.ts), off unless enabled. */
+  metrics: z.object({
+    enabled: z.boolean().default(false),
+    /** host:port; loopback unless another address is configured (port 0: any free port). */
+    listen: z.string().default('127.0.0.1:9464'),
+    /** /healthz fails below this much free space on the state directory's filesystem. */
+    minFreeDiskMiB: z.number().int().min(0).default(1024),
+  }).prefault({}),
 });
 export type Config = z.infer<typeof ConfigSchema>;
 export type ConfigInput = z.input<typeof ConfigSchema>;
@@ -96,6 +104,7 @@ function fromEnv(env: NodeJS.ProcessEnv): Plain {
     logLevel: env.PERIMETER_LOG_LEVEL,
     sandbox: { driver: env.PERIMETER_DRIVER, mode: env.PERIMETER_SANDBOX_MODE, poolSize: num(env.PERIMETER_POOL_SIZE), accel: env.PERIMETER_ACCEL, template: env.PERIMETER_TEMPLATE },
     persist: { defaults: list(env.PERIMETER_PERSIST) },
+    metrics: env.PERIMETER_METRICS ? { enabled: true, listen: env.PERIMETER_METRICS } : undefined,
     egress: { mode: env.PERIMETER_EGRESS, allow: list(env.PERIMETER_EGRESS_ALLOW), allowPrivate: list(env.PERIMETER_EGRESS_ALLOW_PRIVATE), ech: env.PERIMETER_EGRESS_ECH },
   };
 }

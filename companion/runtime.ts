@@ -3,6 +3,7 @@
 // the call runner and the sandbox's facts, never the sandbox) and (optionally) the control API server. Used
 // by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
 // preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it.
+// With `metrics.enabled` it also serves /metrics and /healthz (service/), fed from the hub and the runtime's status.
 // Invariant: each session served gets its own egress gateway (egress/gateways.ts), released when the session's last
 // work item ends and on close().
 import type { Config } from './config';
@@ -17,6 +18,10 @@ import { SessionEgressGateways } from './egress/gateways';
 import { startControlServer, type ControlServer } from './control/server';
 import { Worker, type SandboxFacts } from './queue/environment-worker';
 import { CallRunner } from './tools/call-runner';
+import { findTemplate } from './sandbox/template/manifest';
+import { CompanionMetrics, type RuntimeStatus } from './service/metrics';
+import { startMetricsServer, type MetricsServer } from './service/metrics-server';
+import { errorMessage } from './errors';
 import { logger } from './log';
 
 const log = logger('runtime');
@@ -48,6 +53,9 @@ export interface Runtime {
   control: ControlServer | null;
   /** The sessions' egress gateways (null when egress is off). */
   egress: SessionEgressGateways | null;
+  /** The metrics and health verdict (null unless `metrics.enabled`), served at `metricsServer.address`. */
+  metrics: CompanionMetrics | null;
+  metricsServer: MetricsServer | null;
   /** Runs the worker until drained; then closes everything. Resolves with the exit code. */
   run(): Promise<number>;
   close(): Promise<void>;
@@ -86,18 +94,40 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
     control = await startControlServer({ home: config.home, hub, journal, persistence, worker });
     log.info(`control API on 127.0.0.1:${control.endpoint.port} (details in ${statePaths(config.home).controlFile})`);
   }
-  selection.driver.prepare?.().catch((err: Error) => log.error(`the sandbox is not ready: ${err.message}`));
+  let sandboxProblem: string | null = null;
+  selection.driver.prepare?.().catch((err: Error) => { sandboxProblem = errorMessage(err); log.error(`the sandbox is not ready: ${err.message}`); });
+  let metrics: CompanionMetrics | null = null;
+  let metricsServer: MetricsServer | null = null;
+  if (config.metrics.enabled) {
+    const template = driver.kind === 'process' ? 'none' : templateId(config);
+    const status = (): RuntimeStatus => {
+      const info = driver.info();
+      return {
+        workerState: worker.state(), sessionsActive: worker.activeSessions().length, journalHealthy: journal.healthy, stateDir: config.home,
+        sandbox: { driver: info.kind, template, running: info.running, pooled: info.pooled, problem: sandboxProblem },
+      };
+    };
+    metrics = new CompanionMetrics({ hub, status, minFreeDiskBytes: config.metrics.minFreeDiskMiB * 2 ** 20 });
+    metricsServer = await startMetricsServer(metrics, config.metrics.listen);
+  }
   let closed = false;
   const close = async () => {
     if (closed) return;
     closed = true;
+    await metricsServer?.close().catch(() => {});
+    metrics?.close();
     await control?.close().catch(() => {});
     egress?.closeAll();
     await selection.driver.close().catch(() => {});
     journal.close();
   };
   return {
-    hub, journal, selection, worker, control, egress, close,
+    hub, journal, selection, worker, control, egress, metrics, metricsServer, close,
     run: async () => { try { return await worker.run(); } finally { await close(); } },
   };
+}
+
+/** The VM template's id as a metrics label (its content hash, shortened), or `none`. */
+function templateId(config: Config): string {
+  try { return findTemplate(config.home, config.sandbox.template)?.manifest.hash.slice(0, 16) ?? 'none'; } catch { return 'none'; }
 }

@@ -16,7 +16,7 @@ import { setStderrLogging } from '../log';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
 
-const USAGE = 'usage: perimeter demo [--scenario FILE] [--json] [--driver auto|qemu|firecracker|process] [--mode per-call|per-session] [--home DIR] [--verbose]';
+const USAGE = 'usage: perimeter demo [--scenario FILE] [--json] [--driver auto|qemu|firecracker|process] [--mode per-call|per-session] [--home DIR] [--metrics HOST:PORT] [--verbose]';
 const SCENARIO_TIMEOUT_MS = 15 * 60_000;
 
 export interface DemoRow { label: string; tool: string; ok: boolean; ms: number | null; callMs: number | null; isError: boolean | null; reason: string | null }
@@ -25,10 +25,10 @@ export const demoCommand: Command = {
   name: 'demo',
   summary: 'play the bundled scenario against the embedded dev queue and print a table of calls',
   async run(argv) {
-    const { values } = parse(argv, { ...CONFIG_FLAGS, scenario: { type: 'string' }, json: { type: 'boolean' }, verbose: { type: 'boolean', short: 'v' } });
+    const { values } = parse(argv, { ...CONFIG_FLAGS, scenario: { type: 'string' }, json: { type: 'boolean' }, verbose: { type: 'boolean', short: 'v' }, metrics: { type: 'string' } });
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     const scenario = values.scenario ? loadScenario(values.scenario) : parseScenario(demoScenario, 'the bundled demo scenario');
-    const config = configFromFlags(values, { control: { enabled: false } });
+    const config = configFromFlags(values, { control: { enabled: false }, ...(values.metrics ? { metrics: { enabled: true, listen: values.metrics } } : {}) });
     if (!values.verbose && !values['log-level']) setStderrLogging(false);
     const dq = new DevQueue({ unansweredWaitMs: 1500 });
     const baseUrl = await dq.start();

@@ -20,11 +20,13 @@ const log = logger('cli');
 const USAGE = `usage: perimeter worker [--environment-id ID] [--key-file FILE | --key-stdin] [--base-url URL]
                         [--home DIR] [--concurrency N] [--driver auto|qemu|firecracker|process]
                         [--mode per-call|per-session] [--max-idle-ms MS] [--drain-timeout-ms MS] [--no-control]
-                        [--allow-no-isolation] [--launch FILE]
+                        [--allow-no-isolation] [--launch FILE] [--metrics HOST:PORT]
        perimeter worker --local [--scenario FILE] [...]
 The environment key comes from --key-file (mode 0600), --key-stdin or ANTHROPIC_ENVIRONMENT_KEY.
 --launch FILE: a launcher's launch file (companion/protocol/launch.ts: queue, concurrency, log level, driver,
 persist list, egress allow-list); flags override it.
+Under systemd the key is the credential environment-key ($CREDENTIALS_DIRECTORY; perimeter service install).
+--metrics HOST:PORT serves /metrics (Prometheus) and /healthz there (or set metrics.enabled; default 127.0.0.1:9464).
 ANTHROPIC_API_KEY must not be set.
 --driver auto (the default) uses a microVM driver or refuses to start. --driver process has NO isolation and serves
 only the embedded dev queue or one on loopback, unless --allow-no-isolation is also given.`;
@@ -47,6 +49,7 @@ export const workerCommand: Command = {
       local: { type: 'boolean' },
       scenario: { type: 'string' },
       launch: { type: 'string' },
+      metrics: { type: 'string' },
     });
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     refuseApiKey();
@@ -54,6 +57,7 @@ export const workerCommand: Command = {
     const config = configFromFlags(values, {
       environmentId: values['environment-id'], baseUrl: values['base-url'], workerId: values['worker-id'],
       ...(values['no-control'] ? { control: { enabled: false } } : {}),
+      ...(values.metrics ? { metrics: { enabled: true, listen: values.metrics } } : {}),
     }, launch);
     const launchedLocal = launch?.queue.kind === 'local' ? launch.queue : null;
     let devQueue: DevQueue | null = null;

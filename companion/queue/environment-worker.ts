@@ -102,6 +102,7 @@ export class Worker implements WorkerControl {
   private readonly wire = new WireObserver({
     resultPosted: (toolUseId) => this.opts.calls.resultPosted(toolUseId),
     leaseLost: (workId) => this.leaseLost(workId),
+    exchanged: (operation, status) => this.opts.hub.observe({ type: 'queue.request', operation, status }),
   });
   private drainPromise: Promise<void> | null = null;
   private factsTimer: NodeJS.Timeout | null = null;

@@ -2,12 +2,14 @@
 // changing how it does it, and adapts one response. Invariants:
 // - A tool result counts as posted only after the service answered its POST with a 2xx (`resultPosted`).
 // - A heartbeat answered 412 means another worker holds the lease (`leaseLost`); nothing else is read into a status.
+// - Every exchange is reported with its operation and status (`exchanged`; status 0 when no response came).
 // - Event streams are passed through unchanged, wrapped only so `cutStreams` can fail them: the SDK's reader then gets
 //   an ordinary stream error, reconnects and reconciles from history.
 // - A session's memory stores are moved from their host mount path into the session's own work directory
 //   (relocateMemoryStores); no other response is altered. An observer failure never fails the request.
 import { logger } from '../log';
 import { errorMessage } from '../errors';
+import type { QueueOperation } from '../events';
 
 const log = logger('worker');
 
@@ -18,6 +20,20 @@ export interface WireObserverHooks {
   resultPosted(toolUseId: string): void;
   /** A heartbeat of this work item was refused with 412: the lease belongs to another worker now. */
   leaseLost(workId: string): void;
+  /** One HTTP exchange with the service finished (status 0: it failed before a response). */
+  exchanged?(operation: QueueOperation, status: number): void;
+}
+
+/** The queue operation a request URL names (for the metrics). */
+export function queueOperation(url: string): QueueOperation {
+  const p = new URL(url).pathname;
+  if (/\/work\/poll$/.test(p)) return 'poll';
+  const work = /\/work\/[^/]+\/(ack|heartbeat|stop)$/.exec(p);
+  if (work) return work[1] as QueueOperation;
+  if (/^\/v1\/sessions\/[^/]+\/events\/stream$/.test(p)) return 'stream';
+  if (/^\/v1\/sessions\/[^/]+\/events$/.test(p)) return 'events';
+  if (/^\/v1\/sessions\/[^/]+$/.test(p)) return 'session';
+  return 'other';
 }
 
 export function requestUrl(input: string | URL | Request): string {
@@ -33,6 +49,20 @@ export class WireObserver {
   /** The fetch given to the SDK client. */
   readonly fetch: Fetch = async (input, init) => {
     const url = requestUrl(input);
+    let status = 0;
+    try {
+      const res = await this.forward(url, input, init);
+      status = res.status;
+      return res;
+    } finally {
+      // A request the worker itself cancelled (drain, a superseded session) is no exchange with the service.
+      if (status !== 0 || !init?.signal?.aborted) {
+        try { this.hooks.exchanged?.(queueOperation(url), status); } catch (err) { log.debug(`wire observer: ${errorMessage(err)}`); }
+      }
+    }
+  };
+
+  private async forward(url: string, input: string | URL | Request, init?: RequestInit): Promise<Response> {
     const method = init?.method ?? 'GET';
     const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
     if (stream && method === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
@@ -44,7 +74,7 @@ export class WireObserver {
       log.debug(`wire observer: ${errorMessage(err)}`);
     }
     return res;
-  };
+  }
 
   /** Fails the session's event streams that have been open at least `minAgeMs` (younger ones are still reconciling). */
   cutStreams(sessionId: string, minAgeMs: number, reason: Error): void {

@@ -11,9 +11,10 @@
 // - Nothing but the tool input (and the session's skills and persisted files) enters the sandbox; an input that does
 //   not parse never starts one.
 // - Failures of the sandbox, persistence or the tool are results with `isError: true`, never exceptions.
+// - Each call run in a sandbox is observed once on the hub (`call.phases`: restore, copy-in, exec, copy-out times).
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { EventHub } from '../events';
+import type { CallPhases, EventHub } from '../events';
 import type { Journal } from '../journal/journal';
 import type { CallPersistence, ShellState } from '../persist/types';
 import type { Sandbox, SandboxDriver } from '../sandbox/types';
@@ -132,6 +133,9 @@ export class SessionCalls {
   private async runInSandbox(toolUseId: string, call: ToolCall, signal?: AbortSignal): Promise<CallOutcome> {
     const { driver, persistence, mode, callTimeoutMs, hub, egressFor } = this.runner.opts;
     const started = Date.now();
+    const phases: CallPhases = {};
+    let phaseStart = performance.now();
+    const phaseEnd = (name: keyof CallPhases) => { const t = performance.now(); phases[name] = t - phaseStart; phaseStart = t; };
     let abortReason: string | null = null;
     const slot: { sandbox: Sandbox | null; abort: (reason: string) => void } = {
       sandbox: null,
@@ -167,6 +171,7 @@ export class SessionCalls {
         } else {
           sandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) });
         }
+        phaseEnd('restore');
         slot.sandbox = sandbox;
         if (abortReason) throw new Error(abortReason);
         if (mode === 'per-call' || !this.sessionSandboxPrepared) {
@@ -175,6 +180,7 @@ export class SessionCalls {
           await this.copySkills(sandbox);
           if (mode === 'per-session') this.sessionSandboxPrepared = true;
         }
+        phaseEnd('copyIn');
         shell = this.runner.shellFor(this.sessionId);
       } catch (err) {
         if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' };
@@ -184,6 +190,7 @@ export class SessionCalls {
         return { text: `sandbox unavailable: ${errorMessage(err)}`, isError: true, exitCode: null };
       }
       const outcome = await runToolCall(call, { sandbox, shell, callTimeoutMs, onOutput });
+      phaseEnd('exec');
       flush();
       if (abortReason) {
         const secs = Math.round((Date.now() - started) / 1000);
@@ -203,10 +210,12 @@ export class SessionCalls {
           text = `${text}\n[persisted files] not saved: ${errorMessage(err)}`;
           isError = true;
         }
+        phaseEnd('copyOut');
       }
       return { text, isError, exitCode: outcome.exitCode };
     } finally {
       flush();
+      hub.observe({ type: 'call.phases', tool: call.name, phases });
       signal?.removeEventListener('abort', onAbort);
       this.running.delete(toolUseId);
       if (mode === 'per-call' && slot.sandbox) await slot.sandbox.destroy().catch((err) => log.warn(`destroy failed: ${errorMessage(err)}`));

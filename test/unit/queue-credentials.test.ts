@@ -1,7 +1,7 @@
 // The environment key's sources and refusals: ANTHROPIC_API_KEY present, key files readable by others, empty or
-// malformed keys; the key is scrubbed from the environment and redacted from logs once loaded.
+// malformed keys, the systemd credential; the key is scrubbed from the environment and redacted from logs once loaded.
 import assert from 'node:assert/strict';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -35,6 +35,20 @@ describe('environment key loading', () => {
     chmodSync(f, 0o600);
     assert.equal(await loadEnvironmentKey({ keyFile: f, env: {} }), 'sk-ant-env01-filekey-0123456789');
     await assert.rejects(loadEnvironmentKey({ keyFile: path.join(dir, 'missing'), env: {} }), /cannot read key file/);
+  });
+
+  it('systemd credential: $CREDENTIALS_DIRECTORY/environment-key wins over the environment variable, with the same checks', async () => {
+    const creds = path.join(dir, 'credentials');
+    mkdirSync(creds);
+    const f = path.join(creds, 'environment-key');
+    writeFileSync(f, 'sk-ant-env01-credential-0123456789\n', { mode: 0o400 });
+    const env: NodeJS.ProcessEnv = { CREDENTIALS_DIRECTORY: creds, ANTHROPIC_ENVIRONMENT_KEY: 'sk-ant-env01-variable-0123456789' };
+    assert.equal(await loadEnvironmentKey({ env }), 'sk-ant-env01-credential-0123456789');
+    assert.equal(env.ANTHROPIC_ENVIRONMENT_KEY, undefined);
+    chmodSync(f, 0o644);
+    await assert.rejects(loadEnvironmentKey({ env: { CREDENTIALS_DIRECTORY: creds } }), /systemd credential .* readable by group or others/);
+    rmSync(f);
+    await assert.rejects(loadEnvironmentKey({ env: { CREDENTIALS_DIRECTORY: creds } }), /cannot read systemd credential/);
   });
 
   it('stdin: first line; empty, short or spaced keys are refused; no source at all is a clear error', async () => {
