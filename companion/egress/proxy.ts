@@ -1,36 +1,17 @@
 // The egress gateway: the single place where a sandbox's outbound connections are decided, for every driver.
-//
-// Transport. A VM never gets a NIC. With `egress.mode: 'allow'` the driver receives the EgressAttachment built here:
-// the guest agent listens on the guest's 127.0.0.1 for each of `ports` (443 and 80 when an entry has no port, and
-// every explicit `host:port` of the allow-list) and on UDP 127.0.0.1:53; the guest's resolv.conf points at that stub, whose answers (dns.ts) send every
-// allowed name to 127.0.0.1. Each accepted TCP connection is tunnelled to the host and handed to `onConnection`, each
-// DNS query to `onDnsQuery`.
-// - QEMU: the tunnel is multiplexed over the existing agent channel (virtio-serial). Chosen over slirp
-//   (`-netdev user,restrict=on,guestfwd=...`) because slirp is a large parser with a CVE history running in the VMM,
-//   needs one spawned socat per connection (`-sandbox spawn=allow`), and a NIC gives guest code a routing table to
-//   probe; over TAP because that needs root and a netns per VM. With the tunnel, "no route" is literally true:
-//   the guest has only `lo`, and the only way out is a stream the agent opened on our behalf.
-// - Firecracker: the same tunnel frames, multiplexed on the agent's vsock connection (the host connects through
-//   Firecracker's Unix socket with the CONNECT handshake; companion/sandbox/firecracker/driver.ts calls the same
-//   `attachEgress`), so the gateway receives identical Duplex streams and applies the same policy. (Guest-initiated
-//   vsock connections to CID 2, which Firecracker hands to `<uds_path>_<port>` one host socket per connection, would
-//   also work and could feed `onConnection` directly.) Where a real NIC is required, the alternative is a TAP in a
-//   per-VM network namespace whose only route and DNS server is this gateway bound inside that namespace (nftables
-//   dropping all else, including UDP); it too would feed accepted sockets to `onConnection`. One policy function.
-//
-// Decisions (one per connection or DNS query): the target name comes only from the TLS SNI (clienthello.ts) or the
-// HTTP Host header (http.ts) — never from the address the guest dialed, which is always its own 127.0.0.1. The name
-// is checked against the allow-list and port (allowlist.ts), resolved HERE (node's resolver, or an injected one) and
-// every resolved address is checked (address.ts) before connect(); the gateway connects to that address. Each
-// decision is logged and published as an `egress.decision` ControlEvent.
-// ECH: the encrypted_client_hello extension (real or GREASE, indistinguishable on the wire) is refused by default
-// (`egress.ech: 'refuse'`). With `route-outer` it is routed by the outer SNI like any hello: the host still resolves
-// and connects to that outer name only, and the guest gets no HTTPS/SVCB records (dns.ts), so a real ECH reaches
-// only servers behind an allowed name, the same residual risk as domain fronting. Chromium sends GREASE ECH on every
-// connection (even with --disable-features=EncryptedClientHello), so it needs `route-outer`.
-// Invariants: bounded reads (byte cap + first-byte and hello deadlines) before a decision; no guest byte is forwarded before an allow;
-// at most `maxConnections` live tunnels; idle connections are closed; either side closing or failing tears down both;
-// nothing here throws into the driver. No UDP is forwarded anywhere (the DNS stub answers locally), so no QUIC.
+// A VM has no NIC: the guest agent listens on the guest's 127.0.0.1 (the allow-list's ports, and UDP 53 for the DNS
+// stub in dns.ts) and tunnels each accepted connection over the agent channel (virtio-serial on QEMU, vsock on
+// Firecracker) to `onConnection`, each DNS query to `onDnsQuery`. Why a tunnel rather than slirp or TAP, and how ECH is
+// treated: companion/egress/README.md.
+// Invariants:
+// - The target name comes only from the TLS SNI (clienthello.ts) or the HTTP Host header (http.ts), never from the
+//   address the guest dialed; it is checked against the allow-list and port (allowlist.ts), resolved here, and every
+//   resolved address is checked (address.ts) before connect(); the gateway connects to that address.
+// - Reads before a decision are bounded (byte cap, first-byte and hello deadlines); no guest byte is forwarded before
+//   an allow; ECH is refused unless `egress.ech: 'route-outer'`.
+// - At most `maxConnections` live tunnels; idle connections are closed; either side closing or failing tears down
+//   both; nothing here throws into the driver. No UDP is forwarded anywhere (the DNS stub answers locally), so no QUIC.
+// - Each decision is logged and published as an `egress.decision` ControlEvent.
 import net from 'node:net';
 import { promises as dnsPromises } from 'node:dns';
 import type { Duplex } from 'node:stream';
