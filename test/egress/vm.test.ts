@@ -1,4 +1,4 @@
-// Egress with real QEMU microVMs restored from the template (helper B's driver and guest agent tunnel), real curl in
+// Egress with real QEMU microVMs restored from the template (the QEMU driver and the guest agent's tunnel), real curl in
 // the guest, real TLS/HTTP origins on the host's 127.0.0.1 and the gateway in between. Skips (saying why) only
 // when QEMU or the template is absent.
 import assert from 'node:assert/strict';
