@@ -1,10 +1,13 @@
 // Leveled logger with component prefixes. Every line passes through `redact`, so an environment key, a sessions
 // token or a work secret never reaches a log sink, whichever component wrote it. Output goes to stderr (stdout is
-// reserved for command results such as `doctor --json`) and to any extra sinks (the control API's log stream).
+// reserved for command results such as `doctor --json`) and to any extra sinks (the control API's log stream, journald).
+// A line may carry structured context (`with({ session, call, tool })`), which sinks keep as fields.
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 
-export interface LogRecord { ts: number; level: LogLevel; component: string; message: string }
+/** The context a line is about: a session, a tool call and its tool. */
+export interface LogFields { session?: string; call?: string; tool?: string }
+export interface LogRecord { ts: number; level: LogLevel; component: string; message: string; fields?: LogFields }
 type Sink = (record: LogRecord) => void;
 
 const SECRET_PATTERNS: RegExp[] = [
@@ -45,12 +48,14 @@ export interface Logger {
   warn(...args: unknown[]): void;
   error(...args: unknown[]): void;
   child(sub: string): Logger;
+  /** The same logger, its lines about `fields` (merged with any it already has). */
+  with(fields: LogFields): Logger;
 }
 
-export function logger(component: string): Logger {
+export function logger(component: string, fields?: LogFields): Logger {
   const emit = (level: LogLevel, args: unknown[]) => {
     if (ORDER[level] < ORDER[threshold]) return;
-    const record: LogRecord = { ts: Date.now(), level, component, message: redact(format(args)) };
+    const record: LogRecord = { ts: Date.now(), level, component, message: redact(format(args)), ...(fields ? { fields } : {}) };
     if (stderrEnabled) process.stderr.write(`${new Date(record.ts).toISOString()} ${level.toUpperCase().padEnd(5)} [${component}] ${record.message}\n`);
     for (const sink of sinks) sink(record);
   };
@@ -59,6 +64,7 @@ export function logger(component: string): Logger {
     info: (...a) => emit('info', a),
     warn: (...a) => emit('warn', a),
     error: (...a) => emit('error', a),
-    child: (sub) => logger(`${component}:${sub}`),
+    child: (sub) => logger(`${component}:${sub}`, fields),
+    with: (more) => logger(component, { ...fields, ...more }),
   };
 }

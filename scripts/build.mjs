@@ -1,7 +1,7 @@
 // Bundles the companion CLI, the extension, the extension-host test suite and the benchmark with esbuild, compiles
-// the static guest agent and the confined QEMU's read-only RAM adapter with the host C compiler, and copies the
-// template build's other inputs (the kernel config fragment) beside them in dist/guest/, the folder the .vsix and
-// the bundle installed on SSH hosts carry whole.
+// the static guest agent, the confined QEMU's read-only RAM adapter and the journald sender with the host C compiler,
+// and copies the template build's other inputs (the kernel config fragment) beside them in dist/guest/, the folder
+// the .vsix and the bundle installed on SSH hosts carry whole.
 // Usage: node scripts/build.mjs [--no-agent]
 import * as esbuild from 'esbuild';
 import { existsSync, mkdirSync, chmodSync, copyFileSync } from 'node:fs';
@@ -37,6 +37,8 @@ if (!process.argv.includes('--no-agent') && existsSync(agentSrc)) {
     execFileSync('strip', [path.join(guestDir, 'perimeter-agent')]);
     // QEMU < 8.2 opens the template's memory file read-only only through this preload adapter (sandbox/qemu/confine.ts)
     execFileSync('gcc', ['-shared', '-fPIC', '-O2', '-Wall', '-Wextra', '-o', path.join(guestDir, 'perimeter-readonly-ram.so'), path.join(root, 'companion/sandbox/qemu/readonly-ram.c')], { stdio: 'inherit' });
+    // journald's native protocol needs a Unix datagram socket, which Node lacks (companion/service/journald.ts)
+    execFileSync('gcc', ['-O2', '-Wall', '-Wextra', '-o', path.join(guestDir, 'perimeter-journal-send'), path.join(root, 'companion/service/journal-send.c')], { stdio: 'inherit' });
   } else {
     // A fresh machine (Node only) can still run the demo; only building a VM template needs the guest agent.
     console.log('build: no C compiler (gcc), so the guest agent for VM templates was not built: sudo apt-get install build-essential, then npm run build');

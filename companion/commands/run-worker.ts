@@ -12,6 +12,7 @@ import { DevQueue } from '../devqueue/server';
 import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';
 import { logger } from '../log';
+import { logToJournal } from '../service/journald';
 import { CONFIG_FLAGS, configFromFlags, intFlag, parse, requireValue } from './options';
 import type { Command } from './types';
 
@@ -52,6 +53,8 @@ export const workerCommand: Command = {
       metrics: { type: 'string' },
     });
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
+    const journal = logToJournal();
+    if (journal) log.debug(`logging to journald (${journal === 'native' ? 'native protocol, with fields' : 'priority-prefixed stderr'})`);
     refuseApiKey();
     const launch = values.launch ? readLaunch(values.launch) : undefined;
     const config = configFromFlags(values, {

@@ -80,6 +80,8 @@ export class CallRecorder {
     } catch (err) {
       log.error(`could not journal the result of ${entry.toolUseId}: ${errorMessage(err)}`);
     }
+    log.with({ session: entry.sessionId, call: entry.toolUseId, tool: entry.name })
+      .info(`call ${entry.toolUseId} (${entry.name}) ${entry.state}${outcome.isError ? ' with an error result' : ''}${entry.durationMs !== null ? ` in ${entry.durationMs} ms` : ''}`);
     this.announce('call.finished', entry);
     // Fault injection for the crash-recovery tests: die right after the result became durable, before it is posted.
     if (process.env.PERIMETER_FAULT_KILL_AFTER_RESULT && process.env.PERIMETER_FAULT_KILL_AFTER_RESULT === entry.name) process.kill(process.pid, 'SIGKILL');

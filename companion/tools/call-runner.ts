@@ -184,7 +184,7 @@ export class SessionCalls {
         shell = this.runner.shellFor(this.sessionId);
       } catch (err) {
         if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' };
-        log.error(`sandbox for ${toolUseId} failed: ${errorMessage(err)}`);
+        log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`sandbox for ${toolUseId} failed: ${errorMessage(err)}`);
         if (slot.sandbox && mode === 'per-call') await slot.sandbox.destroy().catch(() => {});
         if (mode === 'per-session') this.dropSessionSandbox();
         return { text: `sandbox unavailable: ${errorMessage(err)}`, isError: true, exitCode: null };
@@ -206,7 +206,7 @@ export class SessionCalls {
           const report = await persistence.commit(this.sessionId, sandbox, nextShell);
           if (report.notes.length) text = `${text}\n[persisted files] ${report.notes.join('; ')}`;
         } catch (err) {
-          log.error(`persist commit for ${toolUseId} failed: ${errorMessage(err)}`);
+          log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`persist commit for ${toolUseId} failed: ${errorMessage(err)}`);
           text = `${text}\n[persisted files] not saved: ${errorMessage(err)}`;
           isError = true;
         }
