@@ -51,6 +51,8 @@ export interface ToolOutcome {
   exitCode: number | null;
   /** The shell state after a bash call (null when the tool does not touch the shell). */
   shell: ShellState | null;
+  /** The command was killed at its time limit (session disks then keep nothing of the call). */
+  timedOut?: boolean;
 }
 
 const ok = (text: string, extra: Partial<ToolOutcome> = {}): ToolOutcome => ({ text: nonEmpty(text), isError: false, exitCode: null, shell: null, ...extra });
@@ -223,7 +225,7 @@ async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<Too
   const text = trimTrailingNewlines(keepHeadAndTail(res.output, execGap(res), BASH_OUTPUT_LIMIT));
   if (res.timedOut) {
     const note = `bash: command timed out after ${timeoutMs} ms and was killed`;
-    return fail(text ? `${text}\n${note}` : note, { exitCode: res.exitCode, shell: next });
+    return fail(text ? `${text}\n${note}` : note, { exitCode: res.exitCode, shell: next, timedOut: true });
   }
   if (res.exitCode !== 0) return fail(text || `exit ${res.exitCode}`, { exitCode: res.exitCode, shell: next });
   return ok(text, { exitCode: 0, shell: next });

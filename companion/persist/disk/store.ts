@@ -212,11 +212,18 @@ export class DiskStore {
         version: 1, sessionId: this.sessionId, generation: base.generation + 1, layers: [pending.name, ...base.layers],
         parent: base.generation, createdAt: Date.now(), shell: meta.shell, usage: meta.usage,
       };
-      await this.publish(gen, fsyncPath(pending.path));
-      await fsp.chmod(pending.path, 0o444);
+      await this.publish(gen, this.seal(pending.path));
       this.compactSoon();
       return gen;
     });
+  }
+
+  /** A written layer becomes immutable: fsynced, owned by the companion again (a VM's user wrote it), read-only. */
+  private async seal(file: string): Promise<void> {
+    await fsyncPath(file);
+    const uid = process.getuid?.(), gid = process.getgid?.();
+    if (uid === 0 && gid !== undefined) await fsp.chown(file, uid, gid);
+    await fsp.chmod(file, 0o444);
   }
 
   /** A new generation whose content is generation `to`'s (the newer ones stay, as history). The caller holds the
