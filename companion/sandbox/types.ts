@@ -57,6 +57,8 @@ export interface SandboxDriver {
   prepare?(): Promise<void>;
   /** A fresh sandbox restored from the template (from the warm pool when one is ready). */
   acquire(opts: AcquireOptions): Promise<Sandbox>;
+  /** The virtual size of the session-disk device its sandboxes have, or null (persistence then copies files). */
+  sessionDiskBytes?(): number | null;
   /** Work a pooled sandbox runs before it is handed out, so the first real call finds its code paths warm (under
    *  TCG each VM translates guest code afresh). Drivers without a pool ignore it. */
   setWarmup?(warmup: (sandbox: GuestOps) => Promise<void>): void;
