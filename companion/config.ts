@@ -40,6 +40,16 @@ export const ConfigSchema = z.object({
     jailerBinary: z.string().optional(),
     /** A template directory to use instead of the newest built one. */
     template: z.string().optional(),
+    /** How each QEMU process is confined (companion/sandbox/qemu/confine.ts): `jail` (own mount, PID, IPC, network,
+     *  UTS and cgroup namespaces, own uid, no capabilities, rlimits, host cgroup where delegated) or `none` (only
+     *  when named: QEMU runs as the companion's user with its view of the filesystem; logged as a warning). */
+    confinement: z.enum(['jail', 'none']).default('jail'),
+    /** uids (and gids of the same number) a root companion gives its VMs, one per live VM: [vmUidBase, +vmUidCount). */
+    vmUidBase: z.number().int().min(1000).max(0xfffe0000).default(0x70000000),
+    vmUidCount: z.number().int().min(1).max(65536).default(4096),
+    /** Host cgroup per VM (cpu, memory, pids): `auto` uses one wherever this host lets the companion create it
+     *  (delegated cgroup v2, or writable v1 hierarchies) and says so when not; `required` refuses to start VMs without. */
+    hostCgroup: z.enum(['auto', 'required']).default('auto'),
   }).default({} as never),
   persist: z.object({
     defaults: z.array(z.string()).default(['/workspace']),

@@ -1,8 +1,9 @@
 // `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable:
 // /dev/kvm opens and the template booted under it; else why VMs run under TCG), QEMU, the sandbox drivers' own
-// probes (via select.ts), a built template, the template build's inputs in this installation, free disk space and a
-// writable state directory, ripgrep for the process driver. `--json` prints {ok, checks:[{name, ok, severity,
-// detail, fix}]}; the exit code is 1 when an error-severity check failed (warnings do not fail).
+// probes (via select.ts), how each VM is confined (namespaces, uid, host cgroup, seccomp), a built template, the
+// template build's inputs in this installation, free disk space and a writable state directory, ripgrep for the
+// process driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}; the exit code
+// is 1 when an error-severity check failed (warnings do not fail).
 import { execFile } from 'node:child_process';
 import { promises as fs, constants as fsc } from 'node:fs';
 import path from 'node:path';
@@ -11,6 +12,7 @@ import { findTemplate, type Template } from '../sandbox/template/manifest';
 import { TEMPLATE_ASSETS, findAsset } from '../sandbox/template/build';
 import { EventHub } from '../events';
 import { probeDrivers } from '../sandbox/select';
+import { Confinement, type ConfinementReport } from '../sandbox/qemu/confine';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
 
@@ -56,6 +58,14 @@ async function kvmCheck(config: Config): Promise<DoctorCheck> {
   };
 }
 
+/** What every VM gets on this host (qemu/confine.ts), QEMU's version deciding how the memory file is opened. */
+function confinementReport(config: Config): ConfinementReport {
+  const confinement = Confinement.fromConfig(config.sandbox);
+  let version: string | null = null;
+  try { version = confinement.qemuVersion(config.sandbox.qemuBinary); } catch { /* reported by the qemu check */ }
+  return confinement.report(version);
+}
+
 export const doctorCommand: Command = {
   name: 'doctor',
   summary: 'report what this host can run (KVM, QEMU, template, disk, state dir) and how to fix problems',
@@ -78,6 +88,14 @@ export const doctorCommand: Command = {
     for (const p of await probeDrivers(config, hub)) {
       add({ name: `driver:${p.kind}`, ok: p.probe.ok, severity: 'warning', detail: `${p.probe.detail}${p.probe.ok ? ` (accel ${p.probe.accel})` : ''}`, fix: p.probe.fixes.length ? p.probe.fixes.join('; ') : null });
     }
+
+    const confinement = confinementReport(config);
+    add({ name: 'confinement', ok: confinement.ok && confinement.mode === 'jail', severity: confinement.mode === 'jail' ? 'error' : 'warning',
+      detail: confinement.mode === 'jail'
+        ? (confinement.ok ? `each VM: ${confinement.namespaces.join('/')} namespaces, uid ${confinement.uid}, capabilities ${confinement.capabilities}, ${confinement.seccomp}` : confinement.problems.join('; '))
+        : confinement.problems.join('; '),
+      fix: confinement.ok && confinement.mode === 'jail' ? null : confinement.fixes.join('; ') });
+    add({ name: 'host-cgroup', ok: confinement.cgroup.limited, severity: 'warning', detail: confinement.cgroup.detail, fix: confinement.cgroup.fix });
 
     const vm = checks.filter((c) => c.name.startsWith('driver:') && c.name !== 'driver:process');
     const usable = vm.filter((c) => c.ok).map((c) => c.name.slice(7));
@@ -120,7 +138,7 @@ export const doctorCommand: Command = {
     add({ name: 'ripgrep', ok: rg.ok, severity: 'warning', detail: rg.ok ? rg.out.split('\n')[0]! : 'rg not found on this host (the process driver runs grep with the host rg)', fix: rg.ok ? null : 'sudo apt-get install ripgrep' });
 
     const ok = checks.every((c) => c.ok || c.severity === 'warning');
-    if (values.json) process.stdout.write(`${JSON.stringify({ ok, checks }, null, 2)}\n`);
+    if (values.json) process.stdout.write(`${JSON.stringify({ ok, checks, confinement }, null, 2)}\n`);
     else {
       for (const c of checks) {
         process.stdout.write(`${c.ok ? 'ok  ' : c.severity === 'error' ? 'FAIL' : 'warn'}  ${c.name.padEnd(20)} ${c.detail}\n`);

@@ -6,6 +6,7 @@ import { buildTemplate, checkTemplate } from '../sandbox/template/build';
 import { warmUpSandbox } from '../tools/semantics';
 import { guestLimits } from '../sandbox/limits';
 import { errorMessage } from '../errors';
+import { Confinement } from '../sandbox/qemu/confine';
 
 export interface TemplateArgs { action: 'build' | 'check'; kernel: 'tiny' | 'debian'; rootfs?: string; force: boolean; check: boolean }
 
@@ -30,18 +31,19 @@ export function parseTemplateArgs(argv: string[]): TemplateArgs {
 export async function templateCommand(argv: string[], config: Config, print: (line: string) => void = (l) => process.stdout.write(`${l}\n`)): Promise<number> {
   let args: TemplateArgs;
   try { args = parseTemplateArgs(argv); } catch (err) { process.stderr.write(`perimeter template: ${errorMessage(err)}\n`); return 2; }
+  const confinement = Confinement.fromConfig(config.sandbox, { warn: (m) => process.stderr.write(`perimeter template: ${m}\n`) });
   try {
     if (args.action === 'build') {
       const t = await buildTemplate({
         home: config.home, kernel: args.kernel, rootfsDir: args.rootfs, force: args.force,
         memoryMiB: config.sandbox.memoryMiB, vcpus: config.sandbox.vcpus, writableMiB: config.sandbox.diskMiB,
         accel: config.sandbox.accel, qemuBinary: config.sandbox.qemuBinary, progress: print, warmup: warmUpSandbox,
-        limits: guestLimits(config.sandbox, config.sandbox.memoryMiB),
+        limits: guestLimits(config.sandbox, config.sandbox.memoryMiB), confinement, sessionDiskBytes: config.persist.maxBytes,
       });
       if (t.manifest.accel === 'tcg') print('note: this template runs under TCG (software CPU): fine for testing, slow for real work');
     }
     if (args.check) {
-      const problems = await checkTemplate(config.home, config.sandbox.template, print, config.sandbox.qemuBinary);
+      const problems = await checkTemplate(config.home, config.sandbox.template, print, config.sandbox.qemuBinary, confinement);
       if (problems.length) { for (const p of problems) process.stderr.write(`template check: ${p}\n`); return 1; }
       print('template check: ok');
     }

@@ -15,6 +15,7 @@ import { CallRunner } from '../../companion/tools/call-runner';
 import { ProcessDriver } from '../../companion/sandbox/process/driver';
 import { QemuDriver, type QemuSandbox } from '../../companion/sandbox/qemu/driver';
 import { QemuVm } from '../../companion/sandbox/qemu/vm';
+import { Confinement } from '../../companion/sandbox/qemu/confine';
 import { findTemplate, type Template } from '../../companion/sandbox/template/manifest';
 import type { SandboxDriver } from '../../companion/sandbox/types';
 import type { ExecRequest } from '../../companion/guest/types';
@@ -66,31 +67,39 @@ async function toolCallTimes(ctx: BenchContext, driver: SandboxDriver, n: number
   return times;
 }
 
-/** N restores (no pool), each followed by three `echo hi`: first, back to back, and after the next ready shell. */
-async function restoreTimes(ctx: BenchContext, startEmulatorAhead: boolean) {
-  const driver = new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 0, startEmulatorAhead } }));
-  await driver.start();
-  const t = { ready: [] as number[], first: [] as number[], backToBack: [] as number[], next: [] as number[] };
+/**
+ * N restores (no pool) per variant, each followed by three `echo hi`: first, back to back, and after the next ready
+ * shell. Variants (e.g. confined and unconfined) take turns restore by restore, so they share the machine's load.
+ */
+async function restoreTimes(ctx: BenchContext, variants: Array<{ startEmulatorAhead: boolean; confinement: 'jail' | 'none' }>) {
+  const drivers = variants.map((v) => new QemuDriver(loadConfig({ ...ctx.config, sandbox: { ...ctx.config.sandbox, poolSize: 0, ...v } })));
+  const times = drivers.map(() => ({ ready: [] as number[], first: [] as number[], backToBack: [] as number[], next: [] as number[] }));
   try {
+    for (const d of drivers) await d.start();
     for (let i = 0; i < ctx.n; i++) {
-      const t0 = now();
-      const s = await driver.restore();
-      t.ready.push(now() - t0);
-      const r = await s.exec(ECHO_HI);
-      t.first.push(now() - t0);
-      if (r.output.toString() !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(r.output.toString())}`);
-      let t1 = now();
-      await s.exec(ECHO_HI); // issued at once: the agent has not started the next ready shell yet
-      t.backToBack.push(now() - t1);
-      await s.vm.agent.waitReadyShell(); // as between two calls of a session (the model thinks for seconds)
-      t1 = now();
-      await s.exec(ECHO_HI);
-      t.next.push(now() - t1);
-      await s.destroy();
-      await new Promise((res) => setTimeout(res, 100)); // the QEMU started ahead is ready, as between real calls
+      for (const [k, driver] of drivers.entries()) await restoreOnce(driver, times[k]!);
     }
-  } finally { await driver.close(); }
-  return t;
+  } finally { await Promise.all(drivers.map((d) => d.close())); }
+  return times;
+}
+
+/** One restore and its three `echo hi`, timed into `t`. */
+async function restoreOnce(driver: QemuDriver, t: { ready: number[]; first: number[]; backToBack: number[]; next: number[] }): Promise<void> {
+  const t0 = now();
+  const s = await driver.restore();
+  t.ready.push(now() - t0);
+  const r = await s.exec(ECHO_HI);
+  t.first.push(now() - t0);
+  if (r.output.toString() !== 'hi\n') throw new Error(`unexpected output ${JSON.stringify(r.output.toString())}`);
+  let t1 = now();
+  await s.exec(ECHO_HI); // issued at once: the agent has not started the next ready shell yet
+  t.backToBack.push(now() - t1);
+  await s.vm.agent.waitReadyShell(); // as between two calls of a session (the model thinks for seconds)
+  t1 = now();
+  await s.exec(ECHO_HI);
+  t.next.push(now() - t1);
+  await s.destroy();
+  await new Promise((res) => setTimeout(res, 100)); // the QEMU started ahead is ready, as between real calls
 }
 
 export const SECTIONS: Section[] = [
@@ -110,14 +119,17 @@ export const SECTIONS: Section[] = [
     },
   },
   {
-    name: 'restore', about: 'snapshot restore → ready (init answered) and → first `echo hi` answered (as the bash tool runs it), no pool; also without a QEMU started ahead', needsVm: true,
+    name: 'restore', about: 'snapshot restore → ready (init answered) and → first `echo hi` answered (as the bash tool runs it), no pool, confined VMs; also without a QEMU started ahead, and unconfined (sandbox.confinement "none") in the same run', needsVm: true,
     async run(ctx) {
-      const ahead = await restoreTimes(ctx, true);
-      const cold = await restoreTimes(ctx, false);
+      const [ahead, unconfined] = await restoreTimes(ctx, [{ startEmulatorAhead: true, confinement: 'jail' }, { startEmulatorAhead: true, confinement: 'none' }]);
+      const [cold, coldUnconfined] = await restoreTimes(ctx, [{ startEmulatorAhead: false, confinement: 'jail' }, { startEmulatorAhead: false, confinement: 'none' }]);
       return {
-        restoreReadyMsP50: p50(ahead.ready), restoreToReadyMsP50: p50(ahead.first),
-        backToBackExecMsP50: p50(ahead.backToBack), warmExecMsP50: p50(ahead.next),
-        restoreToReadyQemuStartMsP50: p50(cold.first), restoreRuns: ctx.n,
+        restoreReadyMsP50: p50(ahead!.ready), restoreToReadyMsP50: p50(ahead!.first),
+        backToBackExecMsP50: p50(ahead!.backToBack), warmExecMsP50: p50(ahead!.next),
+        restoreToReadyQemuStartMsP50: p50(cold!.first), restoreRuns: ctx.n,
+        unconfinedRestoreToReadyMsP50: p50(unconfined!.first),
+        confinedRestoreOverheadMs: round1(p50(ahead!.first) - p50(unconfined!.first)),
+        confinedQemuStartOverheadMs: round1(p50(cold!.first) - p50(coldUnconfined!.first)),
       };
     },
   },
@@ -168,7 +180,7 @@ export const SECTIONS: Section[] = [
       for (let i = 0; i < Math.min(3, ctx.n); i++) {
         const memDir = mkdtempSync(path.join(ctx.tmp, 'cold-'));
         const t0 = now();
-        const vm = await QemuVm.spawn(t.image, { binary: ctx.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: path.join(ctx.config.home, 'vms'), memFile: path.join(memDir, 'mem.bin'), role: 'template' }, () => {});
+        const vm = await QemuVm.spawn(t.image, { binary: ctx.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: path.join(ctx.config.home, 'vms'), memFile: path.join(memDir, 'mem.bin'), role: 'template', confinement: Confinement.fromConfig(ctx.config.sandbox) }, () => {});
         try {
           await vm.agent.waitHello(60_000);
           await vm.agent.exec({ argv: ['/bin/sh', '-c', 'echo hi'], timeoutMs: 30_000, maxOutputBytes: 1024 });

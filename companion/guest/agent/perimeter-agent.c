@@ -3,7 +3,8 @@
  *
  * Boot (as PID 1 from the initramfs): mount devtmpfs/proc/sysfs; mount the shared root image (agent.root=, default
  * /dev/vda) READ-ONLY as the lower layer of an overlay whose upper layer is a size-capped tmpfs (nothing per VM lives
- * on the host); switch root; mount cgroup2 and create the `call` cgroup (pids + memory limits for user commands);
+ * on the host); switch root; mount cgroup2 (nsdelegate) and create the `call` cgroup (pids + memory limits for user
+ * commands); make / a shared mount (user commands' own mount namespaces follow the agent's later mounts);
  * protect itself (oom_score_adj -1000); find the virtio-serial port named agent.port= (default agent0), or with
  * agent.vsock=PORT (Firecracker) listen on that vsock port and serve each host connection in turn (Firecracker resets
  * vsock connections at snapshot time, so the host reconnects after every restore); send HELLO.
@@ -53,7 +54,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <linux/capability.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -373,6 +376,41 @@ static pid_t spawn_into(int cgfd) {
     return fork();
 }
 
+/* ---------------------------------------------------------------- user confinement
+ * Every user command, and the ready shell that runs them, starts in its own mount and cgroup namespaces: cgroupfs,
+ * sysfs, /proc/sys and /proc/sysrq-trigger are read-only there; the cgroup it starts in is the root of the cgroups it
+ * can name (cgroup2 is mounted with nsdelegate, so even a writable view would not let it move itself out); and it
+ * keeps only the capabilities a container's root keeps by default (no SYS_ADMIN, SYS_PTRACE, SYS_RAWIO, SYS_MODULE,
+ * SYS_RESOURCE...), so it can neither remount those views writable, nor enter the agent's namespaces, nor trace or
+ * read the agent through /proc/1. Its copy of the mount tree is a slave of the agent's: what the agent mounts later
+ * (a session disk) still reaches it, nothing it could mount reaches the agent. Only in a VM (the agent is PID 1). */
+static int confine_users;
+static const int USER_CAPS[] = {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_KILL, CAP_SETGID, CAP_SETUID,
+    CAP_SETPCAP, CAP_NET_BIND_SERVICE, CAP_NET_RAW, CAP_SYS_CHROOT, CAP_MKNOD, CAP_AUDIT_WRITE, CAP_SETFCAP};
+
+/* `p` read-only in this mount namespace (bound onto itself first when it is not a mount of its own); a path this
+ * kernel does not have is skipped */
+static int remount_ro(const char *p, int bind_first) {
+    if (bind_first && mount(p, p, NULL, MS_BIND | MS_REC, NULL) < 0) return errno == ENOENT ? 0 : -1;
+    return mount(NULL, p, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+}
+
+static void child_fail(int fd, const char *what, const char *arg);
+static int user_confine(void) {
+    if (syscall(SYS_unshare, CLONE_NEWNS | (cgroup_ok ? CLONE_NEWCGROUP : 0)) < 0) return -1;
+    if (mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) < 0) return -1;
+    if (cgroup_ok && remount_ro("/sys/fs/cgroup", 0) < 0) return -1;
+    if (remount_ro("/sys", 0) < 0 || remount_ro("/proc/sys", 1) < 0 || remount_ro("/proc/sysrq-trigger", 1) < 0) return -1;
+    uint64_t keep = 0;
+    for (size_t i = 0; i < sizeof USER_CAPS / sizeof *USER_CAPS; i++) keep |= 1ull << USER_CAPS[i];
+    for (int c = 0; c < 64; c++) /* EINVAL: past this kernel's last capability */
+        if (!(keep & (1ull << c)) && prctl(PR_CAPBSET_DROP, c, 0, 0, 0) < 0 && errno != EINVAL) return -1;
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    struct __user_cap_data_struct d[2] = {{(uint32_t)keep, (uint32_t)keep, 0}, {(uint32_t)(keep >> 32), (uint32_t)(keep >> 32), 0}};
+    return (int)syscall(SYS_capset, &h, d);
+}
+
 /* in a child about to exec a user-facing program: its own session, a normal OOM score, no blocked signals, and the
  * default SIGPIPE (the agent ignores it) */
 static void child_reset(void) {
@@ -431,6 +469,7 @@ static void spare_spawn(void) {
         for (int i = 0; i < 6; i++) if ((hi[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) _exit(127);
         for (int i = 0; i < 6; i++) if (dup2(hi[i], i) < 0) _exit(127);
         if (chdir("/") < 0) _exit(127);
+        if (confine_users && user_confine() < 0) child_fail(2, "confine", "ready shell");
         execve(spare.argv[0], spare.argv, spare.envp);
         _exit(127);
     }
@@ -617,6 +656,7 @@ static void handle_exec(uint32_t id, rd_t *r) {
         if (pid == 0) {
             child_reset();
             dup2(pin[0], 0); dup2(pout[1], 1); dup2(pout[1], 2);
+            if (confine_users && user_confine() < 0) child_fail(2, "confine", "command");
             if (cwd && *cwd && chdir(cwd) < 0) child_fail(2, "cwd", cwd);
             environ = envp; /* a bare program name is looked up in the request's PATH, as a shell would */
             execvp(argv[0], argv);
@@ -1104,7 +1144,7 @@ static void mount_root(void) {
 
 static void setup_cgroup(void) {
     mkdir("/sys/fs/cgroup", 0755);
-    if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, NULL) < 0) { note("cgroup2: %s; ", strerror(errno)); return; }
+    if (mount("cgroup2", "/sys/fs/cgroup", "cgroup2", 0, "nsdelegate") < 0) { note("cgroup2: %s; ", strerror(errno)); return; }
     if (write_file_str("/sys/fs/cgroup/cgroup.subtree_control", "+pids +memory") < 0) { note("subtree_control: %s; ", strerror(errno)); return; }
     if (mkdir(CGROUP, 0755) < 0 && errno != EEXIST) { note("mkdir cgroup: %s; ", strerror(errno)); return; }
     write_file_str(CGROUP "/memory.oom.group", "1");
@@ -1123,7 +1163,11 @@ int main(void) {
     }
     int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
     if (fd >= 0) { ssize_t n = read(fd, cmdline, sizeof cmdline - 1); if (n > 0) cmdline[n] = 0; close(fd); }
-    if (getpid() == 1) { load_modules(); mount_root(); setup_cgroup(); }
+    if (getpid() == 1) {
+        load_modules(); mount_root(); setup_cgroup();
+        if (mount(NULL, "/", NULL, MS_REC | MS_SHARED, NULL) < 0) note("shared root: %s; ", strerror(errno));
+        confine_users = 1;
+    }
     write_file_str("/proc/self/oom_score_adj", "-1000");
     if (chdir("/") < 0) {}
     for (int i = 0; i < MAX_CONNS; i++) conns[i].fd = -1;

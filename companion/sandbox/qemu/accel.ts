@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { QemuVm, type VmImage } from './vm';
+import type { Confinement } from './confine';
 import { logger } from '../../log';
 
 const log = logger('qemu:accel');
@@ -27,7 +28,7 @@ export function qemuVersion(binary: string): string {
 
 export interface AccelVerdict { accel: 'kvm' | 'tcg'; detail: string }
 
-export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: string; image: VmImage; imageKey: string; home: string }): Promise<AccelVerdict> {
+export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: string; image: VmImage; imageKey: string; home: string; confinement: Confinement }): Promise<AccelVerdict> {
   if (o.wanted === 'tcg') return { accel: 'tcg', detail: 'TCG requested by configuration (software CPU: for testing only)' };
   if (!existsSync('/dev/kvm')) {
     if (o.wanted === 'kvm') throw new Error('accel=kvm requested but /dev/kvm does not exist');
@@ -39,7 +40,7 @@ export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: s
   try { cache = JSON.parse(readFileSync(cacheFile, 'utf8')) as Record<string, AccelVerdict>; } catch { /* no cache yet */ }
   let verdict = cache[key];
   if (!verdict) {
-    verdict = await probeKvm(o.binary, o.image, path.join(o.home, 'vms'));
+    verdict = await probeKvm(o.binary, o.image, path.join(o.home, 'vms'), o.confinement);
     cache[key] = verdict;
     mkdirSync(path.dirname(cacheFile), { recursive: true });
     writeFileSync(cacheFile, JSON.stringify(cache, null, 2));
@@ -49,13 +50,13 @@ export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: s
   return verdict;
 }
 
-async function probeKvm(binary: string, image: VmImage, vmsDir: string): Promise<AccelVerdict> {
+async function probeKvm(binary: string, image: VmImage, vmsDir: string, confinement: Confinement): Promise<AccelVerdict> {
   const t0 = Date.now();
   let vm: QemuVm | null = null;
   const memDir = path.join(vmsDir, `kvm-probe-${process.pid}`);
   mkdirSync(memDir, { recursive: true });
   try {
-    vm = await QemuVm.spawn(image, { binary, accel: 'kvm', vmsDir, memFile: path.join(memDir, 'mem.bin'), role: 'template' }, () => {});
+    vm = await QemuVm.spawn(image, { binary, accel: 'kvm', vmsDir, memFile: path.join(memDir, 'mem.bin'), role: 'template', confinement }, () => {});
     await vm.agent.waitHello(KVM_PROBE_TIMEOUT_MS);
     return { accel: 'kvm', detail: `KVM test boot reached the agent in ${Date.now() - t0} ms` };
   } catch (err) {

@@ -19,6 +19,7 @@
 //   "required"` refuses VMs without one.
 // - Fail closed: when any of this cannot be set up, `check()` and `enter()` throw a fatal error naming the reason and
 //   the fix. Only `sandbox.confinement: "none"` runs QEMU unconfined, and every driver start logs it as a warning.
+import { execFileSync } from 'node:child_process';
 import { accessSync, chownSync, closeSync, constants, existsSync, openSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
@@ -124,6 +125,20 @@ export function resolveBinary(binary: string): string {
   throw fatal('qemu_missing', `${binary} is not installed (apt-get install qemu-system-x86)`);
 }
 
+const toolChecks = new Map<string, string | null>();
+/** Why `tool` cannot run here (missing, not a program), or null when `tool args` answers; asked once per process. */
+function toolProblem(tool: string, args: string[]): string | null {
+  if (!toolChecks.has(tool)) {
+    let problem: string | null = null;
+    if (!existsSync(tool)) problem = `${tool} is missing`;
+    else {
+      try { execFileSync(tool, args, { stdio: 'ignore', timeout: 10_000, env: {} }); } catch (err) { problem = `${tool} does not run (${(err as Error).message.split('\n')[0]})`; }
+    }
+    toolChecks.set(tool, problem);
+  }
+  return toolChecks.get(tool)!;
+}
+
 /**
  * How a clone opens the template's memory file read-only: QEMU's own `readonly=on,rom=off`, or (older QEMU) the
  * preload adapter and the environment that names the file to it. A template boot writes its file: neither.
@@ -183,8 +198,10 @@ export class Confinement {
       problems.push('sandbox.confinement is "none": QEMU runs as the companion\'s user and sees the companion\'s whole filesystem');
       fixes.push('remove sandbox.confinement from the configuration (default "jail")');
     } else {
-      if (!existsSync(BWRAP)) { problems.push(`${BWRAP} is missing`); fixes.push('sudo apt-get install bubblewrap'); }
-      if (!existsSync(SETPRIV)) { problems.push(`${SETPRIV} is missing`); fixes.push('sudo apt-get install util-linux'); }
+      const bwrap = toolProblem(BWRAP, ['--version']);
+      if (bwrap) { problems.push(bwrap); fixes.push('sudo apt-get install bubblewrap'); }
+      const setpriv = toolProblem(SETPRIV, ['--version']);
+      if (setpriv) { problems.push(setpriv); fixes.push('sudo apt-get install util-linux'); }
       if (qemuVersion && !hasRomOff(qemuVersion) && !findReadonlyRamAdapter()) {
         problems.push(`${qemuVersion} cannot open the template's memory file read-only by itself and the read-only RAM adapter (${READONLY_RAM_ADAPTER}) is missing`);
         fixes.push('npm run build with a C compiler (sudo apt-get install build-essential), or install QEMU >= 8.2 (Debian bookworm-backports)');
@@ -324,7 +341,7 @@ export class Confinement {
       if (target.startsWith('/usr/')) a.push('--symlink', path.relative('/', target), d);
       else a.push('--ro-bind', d, d);
     }
-    if (existsSync('/etc/ld.so.cache')) a.push('--ro-bind', '/etc/ld.so.cache', '/etc/ld.so.cache');
+    if (existsSync('/etc/ld.so.cache')) a.push('--perms', '0755', '--dir', '/etc', '--ro-bind', '/etc/ld.so.cache', '/etc/ld.so.cache');
     a.push('--dev', '/dev');
     if (req.kvm && existsSync('/dev/kvm')) a.push('--dev-bind', '/dev/kvm', '/dev/kvm');
     const made = new Set<string>(['/', '/usr', '/dev', '/etc']);

@@ -9,11 +9,14 @@
 //   the host kills the VM if the agent misses its deadline), output cap (agent and host).
 // - Orphans never outlive the companion: startup sweep of <home>/vms, pidfile per VM, children killed on exit.
 // - No NIC ever. Egress only through the agent tunnel, when the caller attaches one.
+// - Every QEMU is confined (qemu/confine.ts); the driver refuses to start when it cannot be (probe: not ok, with the
+//   reason and the fix), unless `sandbox.confinement: "none"` is configured, which it logs as a warning. The
+//   template's memory file is sealed (owned by the companion, mode 0444) before the first clone maps it.
 // - A snapshot restores only under the QEMU that wrote it: when `qemu-system-x86_64 --version` differs from the
 //   template's, the snapshot is remade from the template's kernel and root filesystem before the first restore
 //   (prepare(); progress in the log, as `log` events on the hub and in DriverInfo.note), never used as is.
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import type { Config } from '../../config';
 import type { EventHub } from '../../events';
 import { statePaths } from '../../config';
@@ -28,7 +31,8 @@ import { remakeSnapshot } from '../template/build';
 import { QemuVm } from './vm';
 import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
-import { chooseQemuUser, type QemuUser } from './user';
+import { Confinement } from './confine';
+import { sweepCgroups, detectHostCgroup } from './cgroup';
 import type { GuestLimits } from '../../guest/client';
 import { guestLimits } from '../limits';
 import { attachEgress } from '../attach-egress';
@@ -77,7 +81,7 @@ export class QemuDriver implements SandboxDriver {
   private readonly active = new Set<QemuSandbox>();
   private readonly vmsDir: string;
   private closed = false;
-  private qemuUser: QemuUser | null = null;
+  readonly confinement: Confinement;
   private emulatorAhead: Promise<QemuVm> | null = null;
   private templateReady: Promise<Template> | null = null;
   /** What keeps the driver from restoring right now (a snapshot being remade), for the panel. */
@@ -88,6 +92,7 @@ export class QemuDriver implements SandboxDriver {
 
   constructor(private readonly config: Config, private readonly hub?: EventHub) {
     this.vmsDir = statePaths(config.home).vms;
+    this.confinement = Confinement.fromConfig(config.sandbox, log);
   }
 
   async probe(): Promise<DriverProbe> {
@@ -104,12 +109,15 @@ export class QemuDriver implements SandboxDriver {
     if (t.manifest.memoryMiB !== this.config.sandbox.memoryMiB || t.manifest.vcpus !== this.config.sandbox.vcpus) {
       fixes.push(`the template has ${t.manifest.memoryMiB} MiB / ${t.manifest.vcpus} vCPU but the configuration asks for ${this.config.sandbox.memoryMiB} MiB / ${this.config.sandbox.vcpus} vCPU: perimeter template build`);
     }
-    const user = chooseQemuUser({ readOnlyFiles: [t.image.kernel, t.image.initrd, t.image.rootfs, t.stateFile], memFile: t.memFile, vmsDir: this.vmsDir });
+    const confinement = this.confinement.report(version);
+    if (!confinement.ok) return { ok: false, accel: 'none', detail: `VMs cannot be confined here: ${confinement.problems.join('; ')}`, fixes: [...confinement.fixes, 'or, knowingly: sandbox.confinement "none"'] };
     const detail = [
       `${version}, template ${t.manifest.hash} (${t.manifest.kernel} kernel, ${t.manifest.memoryMiB} MiB, accel ${t.manifest.accel})`,
       t.manifest.qemuVersion !== version ? `the template's snapshot was made with ${t.manifest.qemuVersion}: it is remade from the template's kernel and root filesystem when the driver starts` : '',
       t.manifest.accel === 'tcg' ? TCG_WARNING : '',
-      user.reason,
+      this.confinement.enabled
+        ? `VMs confined: ${confinement.namespaces.join('/')} namespaces, uid ${confinement.uid}, ${confinement.cgroup.limited ? 'host cgroup per VM' : 'no host cgroup here'}`
+        : 'VMs are NOT confined (sandbox.confinement: "none")',
     ].filter(Boolean).join('; ');
     return { ok: true, accel: t.manifest.accel, detail, fixes };
   }
@@ -142,7 +150,7 @@ export class QemuDriver implements SandboxDriver {
     try {
       const remade = await remakeSnapshot(t, {
         home: this.config.home, qemuBinary: this.config.sandbox.qemuBinary, accel: this.config.sandbox.accel, progress,
-        warmup: this.warmup, limits: this.limits(t), setCurrent: !this.config.sandbox.template,
+        warmup: this.warmup, limits: this.limits(t), setCurrent: !this.config.sandbox.template, confinement: this.confinement,
       });
       log.info(`template snapshot remade for ${version} in ${Math.round((Date.now() - started) / 1000)} s: ${remade.dir}`);
       this.note = undefined;
@@ -158,15 +166,17 @@ export class QemuDriver implements SandboxDriver {
   /** Loads the template, sweeps orphans and starts the warm pool (idempotent; acquire() calls it). */
   async start(): Promise<void> {
     if (this.template) return;
+    this.confinement.check(this.confinement.qemuVersion(this.config.sandbox.qemuBinary)); // fail closed, before any VM
     const t = await this.readyTemplate();
     if (this.template || this.closed) return;
     mkdirSync(this.vmsDir, { recursive: true, mode: 0o711 });
     const killed = sweepOrphans(this.vmsDir);
     if (killed) log.warn(`killed ${killed} orphaned QEMU process(es) left by an earlier companion`);
+    if (this.confinement.enabled) sweepCgroups(detectHostCgroup(), companionAlive);
     if (t.manifest.accel === 'tcg') log.warn(TCG_WARNING);
-    const choice = chooseQemuUser({ readOnlyFiles: [t.image.kernel, t.image.initrd, t.image.rootfs, t.stateFile], memFile: t.memFile, vmsDir: this.vmsDir });
-    this.qemuUser = choice.user;
-    (choice.user || process.getuid?.() !== 0 ? log.info : log.warn)(choice.reason);
+    sealMemoryFile(t.memFile);
+    const report = this.confinement.report(this.confinement.qemuVersion(this.config.sandbox.qemuBinary));
+    if (this.confinement.enabled) log.info(`VMs confined: ${report.namespaces.join('/')} namespaces; uid ${report.uid}; memory file ${report.memoryFile}; ${report.cgroup.detail}`);
     this.template = t;
     this.pool = new WarmPool<QemuSandbox>(this.config.sandbox.poolSize, {
       create: () => this.restoreWarm(),
@@ -220,7 +230,7 @@ export class QemuDriver implements SandboxDriver {
   }
 
   private spawnEmulator(t: Template): Promise<QemuVm> {
-    return QemuVm.spawn(t.image, { binary: this.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: this.vmsDir, memFile: t.memFile, role: 'clone', user: this.qemuUser ?? undefined }, () => {});
+    return QemuVm.spawn(t.image, { binary: this.config.sandbox.qemuBinary, accel: t.manifest.accel, vmsDir: this.vmsDir, memFile: t.memFile, role: 'clone', confinement: this.confinement }, () => {});
   }
 
   /**
@@ -277,4 +287,19 @@ export class QemuDriver implements SandboxDriver {
     await ahead?.then((vm) => vm.kill(), () => {});
     await Promise.all([...this.active].map((s) => s.destroy()));
   }
+}
+
+/** Whether `pid` is a live companion (a VM cgroup named after it is then its business, not a leftover). */
+function companionAlive(pid: number): boolean {
+  try { return /node|perimeter/.test(readFileSync(`/proc/${pid}/cmdline`, 'utf8')); } catch { return false; }
+}
+
+/** The template's memory file belongs to the companion, read-only for everyone (templates built before VMs had their
+ *  own uids gave it to `nobody`): no VM uid may write what every clone starts from. */
+function sealMemoryFile(memFile: string): void {
+  const st = statSync(memFile);
+  const uid = process.getuid?.() ?? -1, gid = process.getgid?.() ?? -1;
+  if (uid === 0 && (st.uid !== 0 || st.gid !== gid)) chownSync(memFile, 0, gid);
+  if ((uid === 0 || st.uid === uid) && (st.mode & 0o777) !== 0o444) chmodSync(memFile, 0o444);
+  else if (st.uid !== uid && (st.mode & 0o022)) throw fatal('template_writable', `${memFile} is writable by others than its owner (mode ${(st.mode & 0o777).toString(8)}): chmod 0444 it (as its owner) or rebuild the template`);
 }

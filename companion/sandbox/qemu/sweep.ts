@@ -1,7 +1,8 @@
 // Startup sweep of VMs (QEMU or Firecracker) a previous companion left behind (it was SIGKILLed, crashed, or the machine lost power).
 // Invariants: a run directory whose owner process is still alive (another live companion using the same home) is
-// left alone; a QEMU is killed only if its pidfile names a live process whose command line is a QEMU started with
-// that very run directory, so a recycled pid is never killed by mistake.
+// left alone; a QEMU (or the jail around it, whose pid the launcher records in jail.pid: killing it takes the whole
+// PID namespace down) is killed only if its pidfile names a live process whose command line is a QEMU or jail started
+// with that very run directory, so a recycled pid is never killed by mistake.
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 
@@ -23,10 +24,10 @@ export function sweepOrphans(vmsDir: string): number {
     if (owner === process.pid) continue;
     const ownerCmd = owner ? cmdline(owner) : null;
     if (ownerCmd && /node|perimeter/.test(ownerCmd)) continue; // a live companion owns it
-    for (const pidFile of ['qemu.pid', 'vmm.pid']) {
+    for (const pidFile of ['qemu.pid', 'vmm.pid', 'jail.pid']) {
       const vmm = readPid(path.join(dir, pidFile));
       const vmmCmd = vmm ? cmdline(vmm) : null;
-      if (vmm && vmmCmd && /qemu-system|firecracker/.test(vmmCmd) && vmmCmd.includes(dir)) {
+      if (vmm && vmmCmd && /qemu-system|firecracker|bwrap/.test(vmmCmd) && vmmCmd.includes(dir)) {
         try { process.kill(vmm, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
       }
     }

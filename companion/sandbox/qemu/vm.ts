@@ -1,5 +1,7 @@
 // One QEMU `-M microvm` process: argv, spawn, agent channel, QMP, snapshot (template) and restore (clone), kill.
 // Invariants:
+// - Every QEMU starts through its Confinement (qemu/confine.ts): own namespaces, uid, cgroup and rlimits, seeing
+//   only its template files and its run directory; the jail is released (uid freed, cgroup removed) when it exits.
 // - Every VM has its own 0700 run directory under <home>/vms/<id>/ holding the agent and QMP sockets, the migration
 //   socket, QEMU's pidfile and an `owner` file (companion pid); nothing else of a VM lives on the host.
 // - QEMU is hardened: empty environment, -nodefaults, seccomp `-sandbox on,...,spawn=deny`, no NIC, the root image
@@ -9,12 +11,13 @@
 //   handles: the worker's SIGTERM drain lets in-flight calls finish in their VMs), gets a parent-death signal (setpriv
 //   --pdeathsig) so even a SIGKILLed companion takes its VMs down, and `sweepOrphans` removes whatever is left.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { GuestClient } from '../../guest/client';
 import { Qmp } from './qmp';
+import { parseJailInfo, QEMU_SECCOMP, type Confinement, type VmJail } from './confine';
 import { transient } from '../../errors';
 
 export interface VmImage {
@@ -33,14 +36,12 @@ export interface VmOptions {
   binary: string;
   accel: 'kvm' | 'tcg';
   vmsDir: string;
-  /** Guest RAM file; `share=on` for a template boot, MAP_PRIVATE for clones (QEMU 7.2 clones hang with readonly=on, so the file is opened read-write but never written). */
+  /** Guest RAM file; `share=on` for a template boot, MAP_PRIVATE for clones, which open it read-only when confined. */
   memFile: string;
   role: 'template' | 'clone';
-  /** Run QEMU as this uid/gid (when the companion runs as root and the files are reachable). */
-  user?: { uid: number; gid: number };
+  /** How this QEMU is confined (sandbox.confinement); `none` only when the configuration names it. */
+  confinement: Confinement;
 }
-
-const SETPRIV = '/usr/bin/setpriv';
 const live = new Set<ChildProcess>();
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 let exitHooked = false;
@@ -79,18 +80,19 @@ export const VM_RECIPE = 2;
 // Note: `pic=off` is deliberately absent: without the legacy PIC the PIT's IRQ 0 cannot be registered, the LAPIC
 // timer then fails verification, and the guest ends up with no working clock event (sleep never returns).
 
-export function qemuArgs(image: VmImage, o: VmOptions, dir: string, incoming: boolean): string[] {
+/** `ramOptions`: appended to a clone's memory backend (the confinement's read-only open of the template's RAM). */
+export function qemuArgs(image: VmImage, o: Omit<VmOptions, 'confinement'>, dir: string, incoming: boolean, ramOptions = ''): string[] {
   const machine = ['microvm', image.machineOpts, 'isa-serial=off', 'x-option-roms=off', 'mem-merge=off', 'dump-guest-core=off', 'memory-backend=mem0']
     .filter(Boolean).join(',');
   const mem = o.role === 'template'
     ? `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=on`
-    : `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=off`;
+    : `memory-backend-file,id=mem0,size=${image.memoryMiB}M,mem-path=${o.memFile},share=off${ramOptions}`;
   const args = [
     '-M', machine, '-accel', o.accel === 'tcg' ? `tcg,tb-size=${TCG_TB_MIB}` : o.accel, '-cpu', o.accel === 'kvm' ? 'host' : 'max',
     '-m', String(image.memoryMiB), '-smp', String(image.vcpus),
     '-object', mem,
     '-nodefaults', '-no-user-config', '-nographic', '-no-reboot', '-display', 'none',
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    '-sandbox', QEMU_SECCOMP,
     // A clone's RAM and CPU come from the snapshot: loading the 17 MB kernel again would only cost start-up time and
     // a heap copy of it in every QEMU process.
     ...(o.role === 'clone' ? [] : ['-kernel', image.kernel, '-initrd', image.initrd, '-append', image.append]),
@@ -110,7 +112,8 @@ export class QemuVm {
   private qmpClient: Qmp | null = null;
   private killed = false;
 
-  private constructor(readonly id: string, readonly dir: string, readonly proc: ChildProcess, readonly agent: GuestClient, readonly startedAt: number) {
+  private constructor(readonly id: string, readonly dir: string, readonly proc: ChildProcess, readonly agent: GuestClient, readonly startedAt: number,
+    private readonly jail: VmJail, private readonly qemuPid: number) {
     this.exited = new Promise((resolve) => proc.once('exit', (code, signal) => resolve({ code, signal })));
     proc.stderr?.on('data', (d: Buffer) => { if (this.stderr.length < 8192) this.stderr += d.toString('utf8'); });
   }
@@ -118,7 +121,10 @@ export class QemuVm {
   /** Called once if the agent channel breaks; replaceable (a QEMU started ahead gets its owner's handler later). */
   onAgentFatal: (err: Error) => void = () => {};
 
-  get pid(): number { return this.proc.pid ?? -1; }
+  /** QEMU's own host pid (inside a jail, not the launcher's). */
+  get pid(): number { return this.qemuPid; }
+  /** The uid/gid QEMU runs as, when the confinement gives it its own. */
+  get owner(): { uid: number; gid: number } | null { return this.jail.owner; }
   get alive(): boolean { return !this.killed && this.proc.exitCode === null && this.proc.signalCode === null; }
   get diagnostics(): string { return this.stderr.trim(); }
 
@@ -130,19 +136,25 @@ export class QemuVm {
     mkdirSync(o.vmsDir, { recursive: true, mode: 0o711 }); // others may reach their own VM directory, not list them
     mkdirSync(dir, { mode: 0o700 });
     writeFileSync(path.join(dir, 'owner'), String(process.pid));
+    let jail: VmJail;
+    try {
+      jail = o.confinement.enter({
+        id, role: o.role, runDir: dir, binary: o.binary, kvm: o.accel === 'kvm', readOnly: [image.kernel, image.initrd, image.rootfs],
+        memFile: o.memFile, memoryMiB: image.memoryMiB, vcpus: image.vcpus, tcgCacheMiB: TCG_TB_MIB,
+      });
+    } catch (err) { rmSync(dir, { recursive: true, force: true }); throw err; }
     const server = net.createServer();
     const connected = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
     await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(path.join(dir, 'agent.sock'), resolve); });
-    if (o.user) { chownSync(dir, o.user.uid, o.user.gid); chownSync(path.join(dir, 'agent.sock'), o.user.uid, o.user.gid); }
+    if (jail.owner) { chownSync(dir, jail.owner.uid, jail.owner.gid); chownSync(path.join(dir, 'agent.sock'), jail.owner.uid, jail.owner.gid); }
     const t0 = performance.now();
-    // setpriv --pdeathsig: QEMU dies with this process even when it is SIGKILLed (the startup sweep is the backstop)
-    const args = qemuArgs(image, o, dir, o.role === 'clone');
-    const [cmd, argv] = existsSync(SETPRIV) ? [SETPRIV, ['--pdeathsig', 'KILL', '--', o.binary, ...args]] : [o.binary, args];
-    const proc = spawn(cmd, argv, {
-      env: {}, stdio: ['ignore', 'ignore', 'pipe'], cwd: dir, ...(o.user ? { uid: o.user.uid, gid: o.user.gid } : {}),
-    });
+    // every launcher sets a parent-death signal: QEMU dies with this process even when it is SIGKILLed (the startup
+    // sweep is the backstop)
+    const launch = jail.command(qemuArgs(image, o, dir, o.role === 'clone', jail.ramOptions));
+    const proc = spawn(launch.cmd, launch.argv, { env: launch.env, stdio: ['ignore', 'ignore', 'pipe', ...(jail.infoFd !== null ? ['pipe' as const] : [])], cwd: dir });
     live.add(proc);
-    proc.once('exit', () => live.delete(proc));
+    proc.once('exit', () => { live.delete(proc); void jail.release(); });
+    const qemuPid = jail.infoFd === null ? Promise.resolve(proc.pid ?? -1) : readJailInfo(proc, jail.infoFd);
     const early = new Promise<never>((_, reject) => {
       proc.once('error', (e) => reject(transient('qemu_spawn', `cannot start ${o.binary}: ${e.message}`)));
       proc.once('exit', (code, sig) => reject(transient('qemu_exit', `QEMU exited during start (${code ?? sig})`)));
@@ -153,16 +165,19 @@ export class QemuVm {
     const qmp = o.role === 'clone' ? Qmp.connect(path.join(dir, 'qmp.sock')) : null;
     qmp?.catch(() => {});
     let sock: net.Socket;
+    let pid: number;
     try {
       sock = await Promise.race([connected, early]);
+      pid = await Promise.race([qemuPid, early]);
     } catch (err) {
       void qmp?.then((q) => q.close(), () => {});
+      try { proc.kill('SIGKILL'); } catch { /* gone */ }
       rmSync(dir, { recursive: true, force: true });
       throw transient('qemu_start', `${(err as Error).message}: ${stderr.trim().slice(0, 2000)}`);
     } finally {
       server.close();
     }
-    const vm: QemuVm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => vm.onAgentFatal(err)), t0);
+    const vm: QemuVm = new QemuVm(id, dir, proc, new GuestClient(sock, (err) => vm.onAgentFatal(err)), t0, jail, pid);
     vm.onAgentFatal = onAgentFatal;
     if (qmp) vm.qmpConnecting = qmp;
     return vm;
@@ -189,6 +204,7 @@ export class QemuVm {
       });
     });
     await new Promise<void>((resolve) => server.listen(migSock, resolve));
+    if (this.jail.owner) chownSync(migSock, this.jail.owner.uid, this.jail.owner.gid);
     try {
       await q.cmd('migrate-set-parameters', { 'max-bandwidth': 100 * 1024 * 1024 * 1024 });
       await q.cmd('migrate-set-capabilities', { capabilities: [{ capability: 'x-ignore-shared', state: true }] });
@@ -246,6 +262,22 @@ export class QemuVm {
       try { this.proc.kill('SIGKILL'); } catch { /* gone */ }
     }
     if (this.proc.exitCode === null && this.proc.signalCode === null) await this.exited;
+    await this.jail.release();
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** QEMU's host pid, as the jail reports it on its info pipe. */
+function readJailInfo(proc: ChildProcess, fd: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const stream = proc.stdio[fd] as NodeJS.ReadableStream | null;
+    if (!stream) { reject(new Error('the jail has no info pipe')); return; }
+    let text = '';
+    stream.on('data', (d: Buffer) => {
+      text += d.toString('utf8');
+      const pid = parseJailInfo(text);
+      if (pid) { resolve(pid); stream.removeAllListeners('data'); stream.resume(); }
+    });
+    stream.once('end', () => reject(new Error(`the jail did not report QEMU's pid (${JSON.stringify(text.slice(0, 200))})`)));
+  });
 }

@@ -20,7 +20,7 @@ import { findTemplate, loadTemplate, templatesDir, type Template, type TemplateM
 import { QemuVm, VM_RECIPE, hostTscKhz, type VmImage } from '../qemu/vm';
 import { chooseAccel, qemuVersion } from '../qemu/accel';
 import { READY_SHELL_ARGV, READY_SHELL_BOOTSTRAP, READY_SHELL_ENV, SHELL_BASE_ENV } from '../../guest/ready-shell';
-import { lookupUser } from '../qemu/user';
+import type { Confinement } from '../qemu/confine';
 import { fatal } from '../../errors';
 import type { GuestOps } from '../../guest/types';
 import type { GuestLimits } from '../../guest/client';
@@ -51,6 +51,8 @@ export interface BuildOptions {
   warmup?: (guest: GuestOps) => Promise<void>;
   /** The configured limits, applied before the snapshot (a clone with the same configuration then skips them). */
   limits?: GuestLimits;
+  /** How the template's own boot (and the KVM test boot) is confined, as every VM is. */
+  confinement: Confinement;
 }
 
 /** Commonly run programs, read once before the snapshot so a clone finds them in its page cache (missing ones are
@@ -329,6 +331,7 @@ interface SnapshotRun {
   fullRootfs: boolean;
   warmup?: (guest: GuestOps) => Promise<void>;
   limits?: GuestLimits;
+  confinement: Confinement;
 }
 
 /** Boots the template VM from `image`, warms it up, starts its ready shell (when it has bash) and snapshots it. */
@@ -337,7 +340,7 @@ async function bootAndSnapshot(o: SnapshotRun): Promise<{ bootMs: number; snapsh
   p('boot: starting the template VM and waiting for the agent');
   const bootStart = Date.now();
   let fatalErr: Error | null = null;
-  const vm = await QemuVm.spawn(o.image, { binary: o.qemuBinary, accel: o.accel, vmsDir: path.join(o.home, 'vms'), memFile: path.join(o.work, 'mem.bin'), role: 'template' }, (e) => { fatalErr = e; });
+  const vm = await QemuVm.spawn(o.image, { binary: o.qemuBinary, accel: o.accel, vmsDir: path.join(o.home, 'vms'), memFile: path.join(o.work, 'mem.bin'), role: 'template', confinement: o.confinement }, (e) => { fatalErr = e; });
   let bootMs = 0;
   let snapshotMs = 0;
   try {
@@ -369,7 +372,7 @@ async function bootAndSnapshot(o: SnapshotRun): Promise<{ bootMs: number; snapsh
 }
 
 /**
- * Hashes and seals the files in `work` (read-only; mem.bin owned by `nobody` for a root companion), writes the
+ * Hashes and seals the files in `work` (read-only, owned by the companion: no VM may write mem.bin), writes the
  * manifest last and renames `work` to <templates>/<hash>. A template another process sealed under the same hash
  * first is kept (same inputs, same template). `setCurrent` makes it the one `findTemplate` returns.
  */
@@ -382,10 +385,9 @@ async function sealTemplate(work: string, m: Omit<TemplateManifest, 'files'>, o:
     files[f] = o.known?.[f] ?? { bytes: statSync(full).size, sha256: await sha256File(full) };
     chmodSync(full, 0o444);
   }
-  // Root companions run clones as `nobody` when the files are reachable (qemu/user.ts); QEMU 7.2 opens the RAM
-  // file read-write even for a private mapping, so that uid must own it. Nothing else of the template is writable.
-  const nobody = process.getuid?.() === 0 ? lookupUser('nobody') : null;
-  if (nobody) { chownSync(path.join(work, 'mem.bin'), nobody.uid, nobody.gid); chmodSync(path.join(work, 'mem.bin'), 0o644); }
+  // the template boot ran as the VM's own uid and wrote mem.bin as that uid: from now on the companion owns it
+  const uid = process.getuid?.(), gid = process.getgid?.();
+  if (uid !== undefined && gid !== undefined) chownSync(path.join(work, 'mem.bin'), uid, gid);
   const manifest: TemplateManifest = { ...m, files };
   writeFileSync(path.join(work, 'template.json'), JSON.stringify(manifest, null, 2));
   if (existsSync(final)) { const old = `${final}.old-${process.pid}`; renameSync(final, old); rmSync(old, { recursive: true, force: true }); }
@@ -407,6 +409,7 @@ export interface RemakeOptions {
   limits?: GuestLimits;
   /** Point <templates>/current at the remade template (not when the configuration names a template directory). */
   setCurrent: boolean;
+  confinement: Confinement;
 }
 
 /**
@@ -428,7 +431,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
     const baseAppend = t.manifest.append.split(' ').filter((w) => w !== 'norandmaps').join(' ');
     const image: VmImage = { ...t.image, kernel: path.join(work, 'vmlinux'), initrd: path.join(work, 'initramfs.cpio'), rootfs: path.join(work, 'rootfs.ext4'), append: baseAppend };
     const files = t.manifest.files;
-    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${files.vmlinux?.sha256}:${files['initramfs.cpio']?.sha256}`, home: o.home });
+    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${files.vmlinux?.sha256}:${files['initramfs.cpio']?.sha256}`, home: o.home, confinement: o.confinement });
     p(`accel: ${accel.accel} (${accel.detail})`);
     const append = image.append = guestAppend(baseAppend, accel.accel);
     const hash = sha256(JSON.stringify({ remadeFrom: t.manifest.hash, qver, accel: accel.accel, append, vmRecipe: VM_RECIPE, readyShell: sha256(JSON.stringify([READY_SHELL_BOOTSTRAP, READY_SHELL_ENV])) })).slice(0, 24);
@@ -440,7 +443,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
     }
     const { bootMs, snapshotMs } = await bootAndSnapshot({
       home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
-      fullRootfs: t.manifest.rootfsSource.startsWith('debootstrap '), warmup: o.warmup, limits: o.limits,
+      fullRootfs: t.manifest.rootfsSource.startsWith('debootstrap '), warmup: o.warmup, limits: o.limits, confinement: o.confinement,
     });
     return await sealTemplate(work, { ...t.manifest, hash, createdAt: new Date().toISOString(), accel: accel.accel, qemuVersion: qver, append, bootMs, snapshotMs }, {
       setCurrent: o.setCurrent, progress: p,
@@ -476,7 +479,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
     };
     const [kernelHash, initrdHash] = await Promise.all([sha256File(image.kernel), sha256File(image.initrd)]);
     await makeImage(rootfs.tree, image.rootfs, p);
-    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${kernelHash}:${initrdHash}`, home: o.home });
+    const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${kernelHash}:${initrdHash}`, home: o.home, confinement: o.confinement });
     p(`accel: ${accel.accel} (${accel.detail})`);
     const append = image.append = guestAppend(baseAppend, accel.accel);
     // The accelerator is part of the identity: a TCG snapshot is not restored under KVM.
@@ -491,7 +494,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
 
     const { bootMs, snapshotMs } = await bootAndSnapshot({
       home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
-      fullRootfs: !o.rootfsDir, warmup: o.warmup, limits: o.limits,
+      fullRootfs: !o.rootfsDir, warmup: o.warmup, limits: o.limits, confinement: o.confinement,
     });
     return await sealTemplate(work, {
       version: 1, hash, createdAt: new Date().toISOString(), kernel: o.kernel, accel: accel.accel, qemuVersion: qver,
@@ -505,7 +508,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
 }
 
 /** `--check`: the files match the manifest's hashes, and a clone restores and answers. Returns the problems found. */
-export async function checkTemplate(home: string, configured: string | undefined, progress: (l: string) => void, qemuBinary = 'qemu-system-x86_64'): Promise<string[]> {
+export async function checkTemplate(home: string, configured: string | undefined, progress: (l: string) => void, qemuBinary: string, confinement: Confinement): Promise<string[]> {
   const t = findTemplate(home, configured);
   if (!t) return [`no template under ${templatesDir(home)} (run \`perimeter template build\`)`];
   const problems: string[] = [];
@@ -518,7 +521,7 @@ export async function checkTemplate(home: string, configured: string | undefined
   }
   if (problems.length) return problems;
   const started = Date.now();
-  const vm = await QemuVm.spawn(t.image, { binary: qemuBinary, accel: t.manifest.accel, vmsDir: path.join(home, 'vms'), memFile: t.memFile, role: 'clone' }, () => {});
+  const vm = await QemuVm.spawn(t.image, { binary: qemuBinary, accel: t.manifest.accel, vmsDir: path.join(home, 'vms'), memFile: t.memFile, role: 'clone', confinement }, () => {});
   try {
     await vm.restore(t.stateFile);
     await vm.agent.ping(10_000);
