@@ -1,0 +1,117 @@
+// The session-disk store without VMs: layers are written with qemu-io through the same explicit chains a VM is given,
+// and read back the same way. Commit, conflicts, crash leftovers, rollback and compaction (the content of every kept
+// generation stays exactly what it was, the chain gets short, merged layers go). Skips when qemu-img, qemu-io or
+// mke2fs is missing.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { DiskConflictError, DiskStore, chainSpec, type DiskGeneration } from '../../companion/persist/disk/store';
+import { tempDir } from './helpers';
+
+const MiB = 1024 * 1024;
+const BYTES = 64 * MiB;
+
+function toolsMissing(): string | null {
+  for (const t of ['qemu-img', 'qemu-io', 'mke2fs']) {
+    try { execFileSync('sh', ['-c', `command -v ${t}`], { stdio: 'ignore' }); } catch { return `${t} is not installed`; }
+  }
+  return null;
+}
+
+const io = (chain: string[], cmds: string[], readOnly = false) => execFileSync('qemu-io', [...(readOnly ? ['-r'] : []), ...cmds.flatMap((c) => ['-c', c]), `json:${JSON.stringify(chainSpec(chain))}`], { encoding: 'utf8' });
+
+/** Writes byte `pattern` over 64 KiB at `mib` MiB into a new generation. */
+async function commitPattern(store: DiskStore, writes: Array<[mib: number, pattern: number]>): Promise<DiskGeneration> {
+  const over = await store.current();
+  const pending = await store.newLayer(over);
+  io([pending.path, ...store.chain(over)], writes.map(([mib, p]) => `write -P ${p} ${mib}M 64k`));
+  return store.commit(pending, { shell: { cwd: '/workspace', env: { N: String(over.generation + 1) } }, usage: null });
+}
+
+/** Whether a generation reads `pattern` (0 = never written) at each offset. */
+function holds(store: DiskStore, gen: DiskGeneration, expect: Array<[mib: number, pattern: number]>): boolean {
+  const out = io(store.chain(gen), expect.map(([mib, p]) => `read -P ${p} ${mib}M 64k`), true);
+  return !/Pattern verification failed/.test(out) && (out.match(/read 65536\/65536/g) ?? []).length === expect.length;
+}
+
+describe('persist: the session-disk store (qemu-io, no VMs)', function () {
+  this.timeout(120_000);
+  let home: string;
+  before(function () { const why = toolsMissing(); if (why) { console.log(`      SKIPPED: ${why}`); this.skip(); } });
+  beforeEach(() => { home = tempDir('disk-store'); });
+  afterEach(() => { rmSync(home, { recursive: true, force: true }); });
+
+  it('starts at generation 0 (its own blank base), commits layers in order, and makes them read-only', async () => {
+    const store = await DiskStore.open(home, 'sesn_a', { bytes: BYTES, keepGenerations: 3 });
+    const g0 = await store.current();
+    assert.equal(g0.generation, 0);
+    assert.equal(g0.layers.length, 1);
+    assert.match(execFileSync('qemu-img', ['info', '--output=json', store.chain(g0)[0]!], { encoding: 'utf8' }), new RegExp(`"virtual-size": ${BYTES}`));
+    const g1 = await commitPattern(store, [[1, 0x11]]);
+    const g2 = await commitPattern(store, [[2, 0x22]]);
+    assert.deepEqual([g1.generation, g2.generation, g2.parent, g2.shell?.env.N], [1, 2, 1, '2']);
+    assert.equal(readFileSync(path.join(store.dir, 'CURRENT'), 'utf8'), '2\n');
+    assert.equal(statSync(store.chain(g2)[0]!).mode & 0o777, 0o444);
+    assert.ok(holds(store, g2, [[1, 0x11], [2, 0x22]]));
+    assert.ok(holds(store, g1, [[1, 0x11], [2, 0]]));
+  });
+
+  it('refuses a layer made over a generation that is no longer CURRENT, changing nothing', async () => {
+    const store = await DiskStore.open(home, 'sesn_b', { bytes: BYTES, keepGenerations: 3 });
+    const over = await store.current();
+    const first = await store.newLayer(over);
+    const second = await store.newLayer(over);
+    await store.commit(first, { shell: null, usage: null });
+    await assert.rejects(store.commit(second, { shell: null, usage: null }), DiskConflictError);
+    assert.equal((await store.current()).generation, 1);
+    assert.deepEqual((await store.list()).map((g) => g.generation), [1, 0]);
+  });
+
+  it('removes what a crash left (uncommitted layers, records newer than CURRENT, temporary files) when opened again', async () => {
+    const store = await DiskStore.open(home, 'sesn_c', { bytes: BYTES, keepGenerations: 3 });
+    const g1 = await commitPattern(store, [[1, 0x11]]);
+    const orphan = await store.newLayer(g1);
+    writeFileSync(path.join(store.dir, 'gen-2.json'), JSON.stringify({ ...g1, generation: 2, layers: [path.basename(orphan.path), ...g1.layers] }));
+    writeFileSync(path.join(store.dir, '.current-deadbeef'), '2\n');
+    const again = await DiskStore.open(home, 'sesn_c', { bytes: BYTES, keepGenerations: 3 });
+    assert.equal((await again.current()).generation, 1);
+    assert.equal(existsSync(orphan.path), false);
+    assert.deepEqual(readdirSync(again.dir).sort(), ['CURRENT', 'gen-0.json', 'gen-1.json', 'layers']);
+    assert.ok(holds(again, await again.current(), [[1, 0x11]]));
+  });
+
+  it('rollback makes an older generation\'s content the next generation; the newer ones stay', async () => {
+    const store = await DiskStore.open(home, 'sesn_d', { bytes: BYTES, keepGenerations: 5 });
+    await commitPattern(store, [[1, 0x11]]);
+    await commitPattern(store, [[1, 0x12], [2, 0x22]]);
+    const back = await store.rollback(1);
+    assert.deepEqual([back.generation, back.rolledBackTo, back.parent], [3, 1, 1]);
+    assert.ok(holds(store, await store.current(), [[1, 0x11], [2, 0]]));
+    assert.ok(holds(store, (await store.get(2))!, [[1, 0x12], [2, 0x22]]));
+    await assert.rejects(store.rollback(42), /no generation 42 \(kept: 0, 1, 2, 3\)/);
+    const g4 = await commitPattern(store, [[3, 0x33]]);
+    assert.ok(holds(store, g4, [[1, 0x11], [2, 0], [3, 0x33]]));
+  });
+
+  it('compaction keeps every kept generation\'s content, bounds the chain and deletes the merged layers', async () => {
+    const keep = 1;
+    const store = await DiskStore.open(home, 'sesn_e', { bytes: BYTES, keepGenerations: keep });
+    const expected = new Map<number, Array<[number, number]>>();
+    let state: Array<[number, number]> = [];
+    for (let g = 1; g <= 8; g++) {
+      // each generation writes its own offset and overwrites offset 0
+      const writes: Array<[number, number]> = [[0, g], [g, 0x40 + g]];
+      await commitPattern(store, writes);
+      state = [...state.filter(([mib]) => mib !== 0), ...writes];
+      expected.set(g, state);
+      await store.idle();
+    }
+    const gens = await store.list();
+    assert.deepEqual(gens.map((g) => g.generation), [8, 7]);
+    for (const g of gens) assert.ok(holds(store, g, expected.get(g.generation)!), `generation ${g.generation} changed`);
+    assert.ok(gens[0]!.layers.length <= keep + 1 + 2, `chain of ${gens[0]!.layers.length} layers`);
+    const referenced = new Set(gens.flatMap((g) => g.layers));
+    assert.deepEqual(readdirSync(path.join(store.dir, 'layers')).sort(), [...referenced].sort());
+  });
+});
