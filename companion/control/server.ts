@@ -20,7 +20,8 @@ import {
 } from '../protocol/control';
 import { statePaths } from '../config';
 import { logger } from '../log';
-import { errorMessage } from '../errors';
+import { errorMessage, PerimeterError } from '../errors';
+import { PERSIST_NOT_FOUND } from '../persist/types';
 import type { ControlEndpoint, ControlServerOptions } from './types';
 
 const log = logger('control');
@@ -101,6 +102,21 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       case 'getPersist': return requirePersistence().state(req.params.sessionId);
       // The persistence layer publishes `persist.changed` itself, for every client and the CLI alike.
       case 'setPersist': return requirePersistence().setPatterns(req.params.sessionId, req.params.patterns);
+      case 'getTranscript': {
+        const { sessionId, limit, cursor } = req.params;
+        return opts.transcripts?.read(sessionId, { limit, cursor: cursor ?? null }) ?? { items: [], nextCursor: null };
+      }
+      case 'listGenerations': return { sessionId: req.params.sessionId, ...await requireHistory().generations(req.params.sessionId) };
+      case 'listPersistFiles': {
+        const { sessionId, generation, limit, cursor } = req.params;
+        return { sessionId, generation, ...await requireHistory().entries(sessionId, generation, { limit, cursor: cursor ?? null }) };
+      }
+      case 'readPersistFile': {
+        const { sessionId, generation, path: guestPath, offset, length } = req.params;
+        const { size, data } = await requireHistory().readFile(sessionId, generation, guestPath, offset, length);
+        return { size, offset, data: data.toString('base64'), eof: offset + data.length >= size };
+      }
+      case 'rollbackPersist': return requireHistory().rollback(req.params.sessionId, req.params.generation);
       case 'drain':
         await opts.worker.drain();
         return { state: opts.worker.state() };
@@ -109,6 +125,11 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
         setImmediate(() => { opts.worker.shutdown().catch((err) => log.error('shutdown failed:', err)); });
         return { accepted: true };
     }
+  }
+
+  function requireHistory() {
+    if (!opts.persistHistory) throw new RequestError('unavailable', 'this companion keeps no persisted-file generations');
+    return opts.persistHistory;
   }
 
   function requirePersistence() {
@@ -144,7 +165,7 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       const result = await serve(req);
       send(ws, { type: 'response', id: req.id, result });
     } catch (err) {
-      const code = err instanceof RequestError ? err.code : 'internal';
+      const code = err instanceof RequestError ? err.code : err instanceof PerimeterError ? persistErrorCode(err) : 'internal';
       if (code === 'internal') log.warn(`${req.method} failed: ${errorMessage(err)}`);
       send(ws, { type: 'error', id: req.id, code, message: errorMessage(err) });
     }
@@ -196,6 +217,13 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       return closed;
     },
   };
+}
+
+/** A persisted-file store's refusal as the client should read it: unknown generation or file, a bad session id. */
+function persistErrorCode(err: PerimeterError): ControlErrorCode {
+  if (err.code === PERSIST_NOT_FOUND) return 'not_found';
+  if (err.code === 'persist_session_invalid' || err.code === 'persist_pattern_invalid') return 'bad_request';
+  return 'internal';
 }
 
 function requestIdOf(raw: unknown): RequestId | null {

@@ -1,9 +1,9 @@
 // What the control API server needs from the rest of the companion. The worker command wires real implementations
 // in; the server (companion/control/server.ts) depends only on these interfaces.
 import type { EventHub } from '../events';
-import type { HostFacts, WorkerState } from '../protocol/control';
-import type { JournalReader } from '../journal/types';
-import type { CallPersistence } from '../persist/types';
+import type { HostFacts, TranscriptEntry, WorkerState } from '../protocol/control';
+import type { JournalReader, Page } from '../journal/types';
+import type { CallPersistence, PersistHistory } from '../persist/types';
 
 export interface WorkerControl {
   state(): WorkerState;
@@ -19,6 +19,10 @@ export interface ControlServerOptions {
   hub: EventHub;
   journal: JournalReader;
   persistence?: CallPersistence;
+  /** The persisted-file store's kept generations (browsing, reading, rollback). */
+  persistHistory?: PersistHistory;
+  /** The sessions' transcripts (prompts, agent messages, verdicts, egress decisions). */
+  transcripts?: { read(sessionId: string, page: { limit: number; cursor: string | null }): Page<TranscriptEntry> };
   worker: WorkerControl;
   /** How often connections are pinged; one that misses a ping is dropped at the next (default 30 s). */
   livenessIntervalMs?: number;

@@ -21,6 +21,8 @@ export const ManifestFile = z.object({
   createdAt: z.number(),
   entries: z.array(ManifestEntry),
   shell: z.object({ cwd: z.string(), env: z.record(z.string(), z.string()) }).nullable(),
+  /** Set on a generation made by a rollback: the generation whose content it restored. */
+  rolledBackFrom: z.number().int().nonnegative().optional(),
 });
 export type ManifestFile = z.infer<typeof ManifestFile>;
 
@@ -47,9 +49,9 @@ export function sameEntry(a: ManifestEntry | undefined, b: ManifestEntry | undef
   }
 }
 
-export function toFile(sessionId: string, m: Manifest, createdAt: number): ManifestFile {
+export function toFile(sessionId: string, m: Manifest, createdAt: number, rolledBackFrom?: number): ManifestFile {
   const entries = [...m.entries.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { version: 1, sessionId, generation: m.generation, createdAt, entries, shell: m.shell };
+  return { version: 1, sessionId, generation: m.generation, createdAt, entries, shell: m.shell, ...(rolledBackFrom !== undefined ? { rolledBackFrom } : {}) };
 }
 
 export function fromFile(f: ManifestFile): Manifest {

@@ -2,7 +2,9 @@
 // prepare(): places the latest generation into a fresh sandbox (files via putFiles, empty directories and symlinks by
 // a fixed guest script fed on stdin) and returns the shell state. commit(): walks the persisted roots in the guest,
 // validates every entry, diffs against the generation the sandbox started from, fetches only changed files, re-hashes
-// them on the host, stages blobs and commits a new generation atomically (companion/persist/store.ts).
+// them on the host, stages blobs and commits a new generation atomically (companion/persist/store.ts). As a
+// PersistHistory it also lists the kept generations and their files, reads a file of one (verified by hash), and rolls
+// back to one (a new generation with its content).
 // Invariants:
 // - Everything from the guest is hostile: entries are admitted only after path, type, size, mode and hash checks;
 //   refused entries and quota overruns become notes for the model, never silent drops.
@@ -29,8 +31,8 @@ import type { EventHub } from '../events';
 import { PerimeterError, fatal, transient, errorMessage } from '../errors';
 import { formatBytes } from '../protocol/format';
 import { logger } from '../log';
-import type { PersistState } from '../protocol/control';
-import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from './types';
+import type { PersistEntry, PersistGeneration, PersistState } from '../protocol/control';
+import { type CallPersistence, type CommitReport, type MemoryMountResolver, type PersistHistory, type ShellState, PERSIST_NOT_FOUND } from './types';
 import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
 import { type CommitTxn, IO_PARALLEL, SessionStore, forEachLimit, sha256 } from './store';
 import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
@@ -96,7 +98,7 @@ interface Scan {
   truncated: boolean;
 }
 
-export class Persistence implements CallPersistence {
+export class Persistence implements CallPersistence, PersistHistory {
   private readonly sessionsDir: string;
   private readonly stores = new Map<string, Promise<SessionStore>>();
   private readonly locks = new Map<string, Promise<unknown>>();
@@ -124,20 +126,84 @@ export class Persistence implements CallPersistence {
     return state;
   }
 
+  /** The session's list and the files the next call gets: those of CURRENT under the list (a file under a path no
+   *  longer persisted is not placed any more and leaves the store with the next commit). */
   async state(sessionId: string): Promise<PersistState> {
     if (!await this.known(sessionId)) return { sessionId, patterns: [...this.opts.persist.defaults], generation: 0, files: [], totalBytes: 0, fileCount: 0 };
     const store = await this.store(sessionId);
     const current = await store.current();
-    const files = [...current.entries.values()].filter((e): e is FileEntry => e.type === 'file').sort((a, b) => (a.path < b.path ? -1 : 1));
+    const patterns = await this.effectivePatterns(sessionId);
+    const files = [...current.entries.values()]
+      .filter((e): e is FileEntry => e.type === 'file' && patterns.some((pat) => pat.matches(e.path)))
+      .sort((a, b) => (a.path < b.path ? -1 : 1));
     return {
       sessionId,
       patterns: await this.patterns(sessionId),
       generation: current.generation,
       files: files.slice(0, STATE_FILES_LIMIT).map((f) => ({ path: f.path, size: f.size, sha256: f.sha256, mode: f.mode })),
-      totalBytes: totals(current).bytes,
+      totalBytes: files.reduce((n, f) => n + f.size, 0),
       fileCount: files.length,
     };
   }
+
+  // ---- PersistHistory ------------------------------------------------------------------------------------------
+
+  async generations(sessionId: string): Promise<{ current: number; generations: PersistGeneration[] }> {
+    if (!await this.known(sessionId)) return { current: 0, generations: [] };
+    const store = await this.store(sessionId);
+    const generations: PersistGeneration[] = [];
+    for (const g of await store.keptGenerations()) {
+      const kept = await store.generation(g);
+      if (!kept) continue;
+      const t = totals(kept.manifest);
+      generations.push({ generation: g, createdAt: kept.createdAt, fileCount: t.files, totalBytes: t.bytes, rolledBackFrom: kept.rolledBackFrom });
+    }
+    return { current: (await store.current()).generation, generations };
+  }
+
+  async entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }> {
+    const manifest = await this.keptManifest(sessionId, generation);
+    const all = [...manifest.entries.values()].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    const start = page.cursor ? Math.max(0, Number.parseInt(page.cursor, 10) || 0) : 0;
+    const items = all.slice(start, start + page.limit).map((e): PersistEntry => ({
+      path: e.path, type: e.type, size: e.type === 'file' ? e.size : 0, mode: e.type === 'symlink' ? 0o777 : e.mode, mtimeMs: e.mtimeMs,
+      sha256: e.type === 'file' ? e.sha256 : null, target: e.type === 'symlink' ? e.target : null,
+    }));
+    return { items, nextCursor: start + page.limit < all.length ? String(start + page.limit) : null };
+  }
+
+  async readFile(sessionId: string, generation: number, guestPath: string, offset: number, length: number): Promise<{ size: number; data: Buffer }> {
+    const entry = (await this.keptManifest(sessionId, generation)).entries.get(guestPath);
+    if (entry?.type !== 'file') throw fatal(PERSIST_NOT_FOUND, `generation ${generation} of session ${sessionId} has no file ${guestPath}`);
+    const store = await this.store(sessionId);
+    const parts: Buffer[] = [];
+    let at = 0;
+    const end = Math.min(entry.size, offset + length);
+    for await (const chunk of store.readBlobChunks(entry.sha256, CHUNK_BYTES)) {
+      const from = Math.max(offset, at);
+      const to = Math.min(end, at + chunk.length);
+      if (to > from) parts.push(chunk.subarray(from - at, to - at));
+      at += chunk.length;
+    }
+    return { size: entry.size, data: Buffer.concat(parts) };
+  }
+
+  async rollback(sessionId: string, generation: number): Promise<PersistState> {
+    if (!await this.known(sessionId)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} has no persisted files`);
+    const store = await this.store(sessionId);
+    await this.locked(sessionId, () => store.rollback(generation, this.opts.persist.keepGenerations));
+    const state = await this.state(sessionId);
+    this.opts.hub?.publish({ type: 'persist.changed', persist: state });
+    return state;
+  }
+
+  private async keptManifest(sessionId: string, generation: number): Promise<Manifest> {
+    const kept = await this.known(sessionId) ? await (await this.store(sessionId)).generation(generation) : null;
+    if (!kept) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} keeps no generation ${generation}`);
+    return kept.manifest;
+  }
+
+  // ---- CallPersistence -----------------------------------------------------------------------------------------
 
   async prepare(sessionId: string, sandbox: GuestOps): Promise<ShellState> {
     const store = await this.store(sessionId);
@@ -310,7 +376,7 @@ export class Persistence implements CallPersistence {
         this.bases.set(sandbox, { ...remembered, manifest: next, missing: stillMissing });
       }
       if (changed) this.opts.hub?.publish({ type: 'persist.changed', persist: await this.state(sessionId) });
-      return { generation, notes };
+      return changed ? { generation, notes, changes: changeList(current.entries, entries) } : { generation, notes };
     } catch (err) {
       await txn.abort();
       if (err instanceof PerimeterError) throw err;
@@ -557,6 +623,23 @@ export class Persistence implements CallPersistence {
     void tail.then(() => { if (this.locks.get(sessionId) === tail) this.locks.delete(sessionId); });
     return run;
   }
+}
+
+/** Paths of files and symlinks a commit added, changed and removed (directories are implied by their contents). */
+function changeList(before: ReadonlyMap<string, ManifestEntry>, after: ReadonlyMap<string, ManifestEntry>): NonNullable<CommitReport['changes']> {
+  const added: string[] = []; const changed: string[] = []; const removed: string[] = [];
+  for (const [p, e] of after) {
+    if (e.type === 'dir') continue;
+    const b = before.get(p);
+    if (!b || b.type === 'dir') added.push(p);
+    else if (!sameEntry(b, e)) changed.push(p);
+  }
+  for (const [p, e] of before) {
+    if (e.type === 'dir') continue;
+    const a = after.get(p);
+    if (!a || a.type === 'dir') removed.push(p);
+  }
+  return { added: added.sort(), changed: changed.sort(), removed: removed.sort() };
 }
 
 /** The changes a scan makes to the base generation: entry = added or modified, null = deleted. A file `missing` from

@@ -1,6 +1,7 @@
 // The on-disk persisted-file store of one session, under `<home>/sessions/<sessionId>/`:
 //   CURRENT              the committed generation number ("N\n"), replaced by an atomic rename
-//   gens/gen-N.json      one manifest per generation (paths, sizes, modes, hashes, symlink targets, shell state)
+//   gens/gen-N.json      one manifest per generation (paths, sizes, modes, hashes, symlink targets, shell state; a
+//                        rollback's manifest copies a kept one and names it in `rolledBackFrom`, sharing its blobs)
 //   blobs/ab/<sha256>    file contents by hash, shared across generations, mode 0600
 //   staging/<random>/    a private 0700 directory per commit (blobs and manifests in flight)
 //   patterns.json        the session's persist list, once someone set it
@@ -15,6 +16,7 @@ import { createHash } from 'node:crypto';
 import { fatal } from '../errors';
 import { logger } from '../log';
 import { checkSessionId } from './paths';
+import { PERSIST_NOT_FOUND } from './types';
 import { type Manifest, ManifestFile, emptyManifest, fromFile, toFile, SHA256_HEX } from './manifest';
 
 const log = logger('persist:store');
@@ -135,11 +137,12 @@ export class CommitTxn {
     };
   }
 
-  /** Publishes the staged blobs and `manifest` as the session's new CURRENT generation. */
-  async finish(manifest: Manifest): Promise<void> {
+  /** Publishes the staged blobs and `manifest` as the session's new CURRENT generation (`rolledBackFrom`: the kept
+   *  generation whose content it restores). */
+  async finish(manifest: Manifest, rolledBackFrom?: number): Promise<void> {
     if (this.done) throw new Error('commit already finished');
     this.done = true;
-    try { await this.store.publish(this, this.staged, manifest); } finally { await this.cleanup(); }
+    try { await this.store.publish(this, this.staged, manifest, rolledBackFrom); } finally { await this.cleanup(); }
   }
 
   async abort(): Promise<void> {
@@ -246,6 +249,37 @@ export class SessionStore {
     } finally { await txn.abort(); }
   }
 
+  /** The kept generations up to CURRENT, newest first (0, the empty start, only while nothing was committed). */
+  async keptGenerations(): Promise<number[]> {
+    const current = (await this.current()).generation;
+    const gens = (await this.listGenerations()).filter((g) => g <= current);
+    if (!gens.includes(current)) gens.push(current);
+    return gens.sort((a, b) => b - a);
+  }
+
+  /** A kept generation with its creation time and, for one made by a rollback, the generation it restored; null when
+   *  the generation is not kept. */
+  async generation(gen: number): Promise<{ manifest: Manifest; createdAt: number; rolledBackFrom: number | null } | null> {
+    if (!(await this.keptGenerations()).includes(gen)) return null;
+    if (gen === 0) return { manifest: emptyManifest(), createdAt: 0, rolledBackFrom: null };
+    const file = await this.readGenerationFile(gen);
+    return { manifest: fromFile(file), createdAt: file.createdAt, rolledBackFrom: file.rolledBackFrom ?? null };
+  }
+
+  /** Commits a new CURRENT generation with the content (files and shell state) of the kept generation `to`; its blobs
+   *  are all in the store already, so nothing is copied. Returns the new generation's number. */
+  async rollback(to: number, keep: number): Promise<number> {
+    const target = await this.generation(to);
+    if (!target) throw fatal(PERSIST_NOT_FOUND, `session ${this.sessionId} keeps no generation ${to}`);
+    const current = (await this.current()).generation;
+    const next = current + 1;
+    const txn = await this.begin();
+    await txn.finish({ generation: next, entries: new Map(target.manifest.entries), shell: target.manifest.shell }, to);
+    await this.prune(keep);
+    log.info(`session ${this.sessionId}: rolled back to generation ${to} (now generation ${next})`);
+    return next;
+  }
+
   /** Removes generations beyond the newest `keep` (never CURRENT) and the blobs only they referenced. */
   async prune(keep: number): Promise<void> {
     const current = (await this.current()).generation;
@@ -267,7 +301,7 @@ export class SessionStore {
 
   // ---- internals used by CommitTxn -------------------------------------------------------------------------------
 
-  async publish(txn: CommitTxn, staged: Map<string, string>, manifest: Manifest): Promise<void> {
+  async publish(txn: CommitTxn, staged: Map<string, string>, manifest: Manifest, rolledBackFrom?: number): Promise<void> {
     // Blob data is durable before any name points at it; then the renames, then the directories.
     await syncFiles([...staged.values()]);
     const shards = [...new Set([...staged.keys()].map((h) => h.slice(0, 2)))].map((x) => path.join(this.blobsDir, x));
@@ -277,7 +311,7 @@ export class SessionStore {
     if (shards.length > 0) await fsyncDir(this.blobsDir);
 
     const tmpManifest = path.join(txn.stagingDir, 'manifest.json');
-    await writeExclusive(tmpManifest, JSON.stringify(toFile(this.sessionId, manifest, Date.now())));
+    await writeExclusive(tmpManifest, JSON.stringify(toFile(this.sessionId, manifest, Date.now(), rolledBackFrom)));
     await fsp.rename(tmpManifest, this.genPath(manifest.generation));
     await fsyncDir(this.gensDir);
 
@@ -313,6 +347,10 @@ export class SessionStore {
 
   private async readGeneration(gen: number): Promise<Manifest> {
     if (gen === 0) return emptyManifest();
+    return fromFile(await this.readGenerationFile(gen));
+  }
+
+  private async readGenerationFile(gen: number): Promise<ManifestFile> {
     let raw: Buffer;
     try { raw = await readNoFollow(this.genPath(gen)); } catch (err) {
       throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is missing or unreadable (${(err as NodeJS.ErrnoException).code ?? 'EIO'})`);
@@ -323,7 +361,7 @@ export class SessionStore {
     if (!parsed.success || parsed.data.generation !== gen || parsed.data.sessionId !== this.sessionId) {
       throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: generation ${gen} is damaged`);
     }
-    return fromFile(parsed.data);
+    return parsed.data;
   }
 
   private async loadCurrent(): Promise<Manifest> { return this.readGeneration(await this.currentGeneration()); }

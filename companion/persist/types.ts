@@ -3,7 +3,7 @@
 // tool result only after `commit` resolved: a generation is durable before the model hears about it.
 import type { GuestOps } from '../guest/types';
 import type { Sandbox } from '../sandbox/types';
-import type { PersistState } from '../protocol/control';
+import type { PersistEntry, PersistGeneration, PersistState } from '../protocol/control';
 
 /** Shell continuity for `bash` in per-call mode: the previous call's working directory and exported variables. */
 export interface ShellState { cwd: string; env: Record<string, string> }
@@ -12,6 +12,8 @@ export interface CommitReport {
   generation: number;
   /** Messages for the model when something was refused or limited (quota, hostile entry); empty when all went well. */
   notes: string[];
+  /** Guest paths this commit added, changed and removed (absent when it committed nothing). */
+  changes?: { added: string[]; changed: string[]; removed: string[] };
 }
 
 export interface CallPersistence {
@@ -45,3 +47,18 @@ export interface MemoryMount {
 
 /** Resolves a session's memory mounts (empty when the session has none). Provided by companion/queue. */
 export type MemoryMountResolver = (sessionId: string) => MemoryMount[] | Promise<MemoryMount[]>;
+
+/** Error code of a request for a generation (or a file in it) that is not kept. */
+export const PERSIST_NOT_FOUND = 'persist_not_found';
+
+/** A session's kept generations, read-only, and rolling back to one: what the control API offers to browse persisted
+ *  files. Unknown generations and paths are PerimeterErrors with code PERSIST_NOT_FOUND. */
+export interface PersistHistory {
+  generations(sessionId: string): Promise<{ current: number; generations: PersistGeneration[] }>;
+  /** A page of a generation's entries, sorted by path. */
+  entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }>;
+  /** Up to `length` bytes of one regular file of a generation from `offset` (the whole file is verified by hash). */
+  readFile(sessionId: string, generation: number, path: string, offset: number, length: number): Promise<{ size: number; data: Buffer }>;
+  /** Commits a new generation with the content of `generation` (kept, not current); publishes `persist.changed`. */
+  rollback(sessionId: string, generation: number): Promise<PersistState>;
+}

@@ -40,8 +40,29 @@ export const SessionSummary = z.object({
   endedAt: z.number().nullable(),
   callCount: z.number().int().nonnegative(),
   lastError: z.string().nullable(),
+  /** The first line of the user's first prompt, else the agent's name; absent until the worker has seen either. */
+  title: z.string().max(200).nullable().optional(),
 });
 export type SessionSummary = z.infer<typeof SessionSummary>;
+
+/** Where a tool call ran: the worker's host, its sandbox driver and acceleration, and the VM template (null: none). */
+export const CallPlacement = z.object({
+  hostname: z.string(),
+  driver: z.enum(['qemu', 'firecracker', 'process']),
+  accel: z.enum(['kvm', 'tcg', 'none']),
+  template: z.string().nullable(),
+});
+export type CallPlacement = z.infer<typeof CallPlacement>;
+
+/** What one call changed in its session's persisted files (each list capped; `more` counts the paths left out). */
+export const PersistChange = z.object({
+  generation: z.number().int().nonnegative(),
+  added: z.array(z.string()),
+  changed: z.array(z.string()),
+  removed: z.array(z.string()),
+  more: z.number().int().nonnegative(),
+});
+export type PersistChange = z.infer<typeof PersistChange>;
 
 export const ToolCallSummary = z.object({
   toolUseId: z.string(),
@@ -56,6 +77,8 @@ export const ToolCallSummary = z.object({
   isError: z.boolean().nullable(),
   /** First part of the output (the full text is fetched with `getCallOutput`). */
   outputPreview: z.string(),
+  ranOn: CallPlacement.optional(),
+  persist: PersistChange.optional(),
 });
 export type ToolCallSummary = z.infer<typeof ToolCallSummary>;
 
@@ -84,6 +107,43 @@ export const EgressDecision = z.object({
 });
 export type EgressDecision = z.infer<typeof EgressDecision>;
 
+/** One entry of a session's transcript besides its tool calls (which come from the journal): the user's prompts, the
+ *  agent's messages, confirmation verdicts, turn changes and egress decisions, in the order the worker saw them. */
+// `eventId`: the session event it came from (a reconnect re-reads history; an event is kept once).
+export const TranscriptEntry = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('prompt'), ts: z.number(), text: z.string(), eventId: z.string().optional() }),
+  z.object({ kind: z.literal('agent'), ts: z.number(), text: z.string(), eventId: z.string().optional() }),
+  z.object({ kind: z.literal('confirmation'), ts: z.number(), toolUseId: z.string(), result: z.enum(['allow', 'deny']), eventId: z.string().optional() }),
+  z.object({ kind: z.literal('turn'), ts: z.number(), status: z.enum(['running', 'idle', 'terminated']), stopReason: z.string().nullable(), eventId: z.string().optional() }),
+  z.object({ kind: z.literal('egress'), ts: z.number(), decision: EgressDecision }),
+]);
+export type TranscriptEntry = z.infer<typeof TranscriptEntry>;
+
+/** A kept generation of a session's persisted files. `rolledBackFrom`: the generation whose content it restored. */
+export const PersistGeneration = z.object({
+  generation: z.number().int().nonnegative(),
+  createdAt: z.number(),
+  fileCount: z.number().int().nonnegative(),
+  totalBytes: z.number().nonnegative(),
+  rolledBackFrom: z.number().int().nonnegative().nullable(),
+});
+export type PersistGeneration = z.infer<typeof PersistGeneration>;
+
+/** One entry of a generation (guest path; a symlink's target is data, never followed). */
+export const PersistEntry = z.object({
+  path: z.string(),
+  type: z.enum(['file', 'dir', 'symlink']),
+  size: z.number().int().nonnegative(),
+  mode: z.number().int(),
+  mtimeMs: z.number().nonnegative(),
+  sha256: z.string().nullable(),
+  target: z.string().nullable(),
+});
+export type PersistEntry = z.infer<typeof PersistEntry>;
+
+/** Bytes one `readPersistFile` returns at most. */
+export const PERSIST_READ_MAX = 1024 * 1024;
+
 // ---- events pushed by the companion -------------------------------------------------------------------------------
 export const ControlEvent = z.discriminatedUnion('type', [
   z.object({ type: z.literal('worker.state'), state: WorkerState, detail: z.string().optional() }),
@@ -96,6 +156,7 @@ export const ControlEvent = z.discriminatedUnion('type', [
   z.object({ type: z.literal('call.finished'), call: ToolCallSummary }),
   z.object({ type: z.literal('persist.changed'), persist: PersistState }),
   z.object({ type: z.literal('egress.decision'), decision: EgressDecision }),
+  z.object({ type: z.literal('session.transcript'), sessionId: z.string(), entry: TranscriptEntry }),
   z.object({ type: z.literal('log'), level: z.enum(['debug', 'info', 'warn', 'error']), component: z.string(), message: z.string(), ts: z.number() }),
 ]);
 export type ControlEvent = z.infer<typeof ControlEvent>;
@@ -111,6 +172,7 @@ export type RequestId = z.infer<typeof RequestId>;
 const PageParams = { limit: z.number().int().min(1).max(500).default(100), cursor: z.string().max(256).nullable().optional() };
 const SessionId = z.string().min(1).max(256);
 /** A persist pattern: an absolute guest path (a glob is allowed in the last components). */
+const Generation = z.number().int().nonnegative();
 export const PersistPattern = z.string().min(2).max(1024).regex(/^\/[^\0\n]*$/, 'must be an absolute path without NUL or newline');
 
 export const ControlRequest = z.discriminatedUnion('method', [
@@ -121,6 +183,11 @@ export const ControlRequest = z.discriminatedUnion('method', [
   z.object({ id: RequestId, method: z.literal('getCallOutput'), params: z.object({ toolUseId: z.string().min(1).max(256) }) }),
   z.object({ id: RequestId, method: z.literal('getPersist'), params: z.object({ sessionId: SessionId }) }),
   z.object({ id: RequestId, method: z.literal('setPersist'), params: z.object({ sessionId: SessionId, patterns: z.array(PersistPattern).max(64) }) }),
+  z.object({ id: RequestId, method: z.literal('getTranscript'), params: z.object({ sessionId: SessionId, limit: z.number().int().min(1).max(1000).default(500), cursor: PageParams.cursor }) }),
+  z.object({ id: RequestId, method: z.literal('listGenerations'), params: z.object({ sessionId: SessionId }) }),
+  z.object({ id: RequestId, method: z.literal('listPersistFiles'), params: z.object({ sessionId: SessionId, generation: Generation, limit: z.number().int().min(1).max(2000).default(1000), cursor: PageParams.cursor }) }),
+  z.object({ id: RequestId, method: z.literal('readPersistFile'), params: z.object({ sessionId: SessionId, generation: Generation, path: PersistPattern, offset: z.number().int().nonnegative().default(0), length: z.number().int().min(1).max(PERSIST_READ_MAX).default(PERSIST_READ_MAX) }) }),
+  z.object({ id: RequestId, method: z.literal('rollbackPersist'), params: z.object({ sessionId: SessionId, generation: Generation }) }),
   z.object({ id: RequestId, method: z.literal('drain'), params: z.object({}).default({}) }),
   z.object({ id: RequestId, method: z.literal('shutdown'), params: z.object({}).default({}) }),
 ]);
@@ -139,6 +206,11 @@ export const ControlResults = {
   getCallOutput: z.object({ call: ToolCallSummary, output: z.string() }),
   getPersist: PersistState,
   setPersist: PersistState,
+  getTranscript: z.object({ items: z.array(TranscriptEntry), nextCursor: z.string().nullable() }),
+  listGenerations: z.object({ sessionId: z.string(), current: z.number().int().nonnegative(), generations: z.array(PersistGeneration) }),
+  listPersistFiles: z.object({ sessionId: z.string(), generation: z.number().int().nonnegative(), items: z.array(PersistEntry), nextCursor: z.string().nullable() }),
+  readPersistFile: z.object({ size: z.number().int().nonnegative(), offset: z.number().int().nonnegative(), data: z.string(), eof: z.boolean() }),
+  rollbackPersist: PersistState,
   drain: z.object({ state: WorkerState }),
   shutdown: z.object({ accepted: z.literal(true) }),
 } satisfies Record<ControlMethod, z.ZodType>;
