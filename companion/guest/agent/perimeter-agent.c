@@ -16,7 +16,7 @@
  *   u64 memory.max, u64 writable-layer bytes), 'X' exec, 'K' kill the running exec, 'R' readFile, 'W' writeFile,
  *   'S' stat, 'L' walk, 'U' putFiles, 'G' getFiles, 'N' egress config (u32 n, n x u16 port), 'Z' ready shell
  *   (u32 argc, argc x str, u32 envc, envc x str: keep one such process started ahead of need; argc 0: answer once
- *   it is ready).
+ *   it is ready), 'D' session disk (u8 op: 1 mount, 2 seal, 3 thaw; bodies in the session disk section).
  *   guest -> host: 'H' hello, 'p' pong, 'O' exec output chunk, 'r' success (body per request), 'e' error (str code,
  *   str message). An exec's 'r': u32 exit status, u8 timed out, u64 bytes dropped, u32 ms, u64 bytes sent before the
  *   dropped ones (the head), u64 newlines among the dropped bytes.
@@ -61,6 +61,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -186,7 +187,8 @@ static const char *errno_code(int e) {
     case ENOENT: return "ENOENT"; case EISDIR: return "EISDIR"; case ENOTDIR: return "ENOTDIR"; case EACCES: return "EACCES";
     case EPERM: return "EPERM"; case EEXIST: return "EEXIST"; case ENOSPC: return "ENOSPC"; case ENAMETOOLONG: return "ENAMETOOLONG";
     case ELOOP: return "ELOOP"; case EINVAL: return "EINVAL"; case ENOMEM: return "ENOMEM"; case EROFS: return "EROFS";
-    case ENOTEMPTY: return "ENOTEMPTY"; case EFBIG: return "EFBIG"; case EDQUOT: return "ENOSPC"; default: return "EIO";
+    case ENOTEMPTY: return "ENOTEMPTY"; case EFBIG: return "EFBIG"; case EDQUOT: return "ENOSPC";
+    case ENODEV: return "ENODEV"; case EBUSY: return "EBUSY"; default: return "EIO";
     }
 }
 static void send_errno(uint32_t id, int e, const char *what, const char *path) {
@@ -810,6 +812,261 @@ static void dns_answer(uint32_t id, const unsigned char *d, uint32_t n) {
     }
 }
 
+/* ---------------------------------------------------------------- session disk
+ * A session's persisted paths live on an ext4 filesystem on a virtio-blk device whose serial the host names. The
+ * template snapshot has the device attached to a placeholder; after a restore the host points it at the session's
+ * copy-on-write layer and sends 'D' mount, which first drops every page the kernel cached for the device (the
+ * template's partition scan of the placeholder: BLKFLSBUF), so the filesystem is read from the session's disk, never
+ * from stale cache. The filesystem is mounted at DISK_MNT and each persisted root is placed from its `root/<path>`:
+ *   kind 0: a directory, bind-mounted onto its path (a root that exists only in the image as a directory is copied
+ *           onto the disk first);
+ *   kind 1: a file or symlink, copied in at mount and back at seal (a bind-mounted file could be neither deleted nor
+ *           renamed over);
+ *   kind 2: absent everywhere; copied onto the disk at seal if the call created it.
+ * A read-write mount ends with one write + sync + freeze + thaw of a scratch file (disk_warm), so the call's seal
+ * does not pay for translating those paths under TCG. Seal waits (bounded) for the processes of the last exec to be
+ * gone, copies kind 1 and 2 roots back, refuses a filesystem the kernel made read-only after errors, syncs it and
+ * freezes it (FIFREEZE: journal flushed and the filesystem clean on the device), so the host can take the layer as
+ * it is. Thaw ends the freeze (per-session mode, after the host switched the device to a new layer). The mounted
+ * filesystem is held through disk_fd, so seal and thaw act on it whatever a call mounted over DISK_MNT. */
+#ifndef FIFREEZE
+#define FIFREEZE _IOWR('X', 119, int)
+#define FITHAW _IOWR('X', 120, int)
+#endif
+#define DISK_MNT "/.perimeter/disk"
+#define DISK_ROOT DISK_MNT "/root"
+static int disk_fd = -1;
+
+static int disk_device(const char *serial, char *dev, size_t len) {
+    DIR *d = opendir("/sys/block");
+    struct dirent *e;
+    int found = -1;
+    while (d && found < 0 && (e = readdir(d))) {
+        if (strncmp(e->d_name, "vd", 2)) continue;
+        char p[300], s[64] = {0};
+        snprintf(p, sizeof p, "/sys/block/%s/serial", e->d_name);
+        int fd = open(p, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) continue;
+        ssize_t n = read(fd, s, sizeof s - 1);
+        close(fd);
+        if (n <= 0) continue;
+        s[strcspn(s, "\n")] = 0;
+        if (!strcmp(s, serial)) { snprintf(dev, len, "/dev/%s", e->d_name); found = 0; }
+    }
+    if (d) closedir(d);
+    if (found < 0) errno = ENODEV;
+    return found;
+}
+
+/* `path`'s directory, created if missing */
+static int mkdir_parent(const char *path) {
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash || slash == dir) return 0;
+    *slash = 0;
+    return mkdir_p(dir);
+}
+
+/* a regular file's content, mode and times to `dst`, through a temporary file in dst's directory and a rename */
+static int copy_file(const char *src, const char *dst) {
+    static unsigned char buf[1 << 18];
+    char tmp[PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s", dst);
+    char *slash = strrchr(tmp, '/');
+    if (!slash) { errno = EINVAL; return -1; }
+    snprintf(slash + 1, sizeof tmp - (size_t)(slash + 1 - tmp), ".perimeter-copy");
+    int in = open(src, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in < 0) return -1;
+    struct stat st;
+    unlink(tmp);
+    int out = fstat(in, &st) < 0 ? -1 : open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (out < 0) { int e = errno; close(in); errno = e; return -1; }
+    int rc = 0;
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) { rc = n < 0 ? -1 : 0; break; }
+        if (write_all(out, buf, (size_t)n) < 0) { rc = -1; break; }
+    }
+    if (rc == 0 && fchmod(out, st.st_mode & 07777) < 0) rc = -1;
+    if (rc == 0) { struct timespec ts[2] = {st.st_atim, st.st_mtim}; futimens(out, ts); }
+    int e = errno;
+    close(in);
+    if (close(out) < 0 && rc == 0) { rc = -1; e = errno; }
+    if (rc == 0 && rename(tmp, dst) < 0) { rc = -1; e = errno; }
+    if (rc < 0) { unlink(tmp); errno = e; }
+    return rc;
+}
+
+/* files, symlinks and directories (recursively, modes and mtimes kept) from `src` to `dst`; other types are skipped */
+static int copy_tree(const char *src, const char *dst, int depth) {
+    struct stat st;
+    if (depth > 128) { errno = ELOOP; return -1; }
+    if (lstat(src, &st) < 0) return -1;
+    if (S_ISREG(st.st_mode)) return copy_file(src, dst);
+    if (S_ISLNK(st.st_mode)) {
+        char t[PATH_MAX];
+        ssize_t n = readlink(src, t, sizeof t - 1);
+        if (n < 0) return -1;
+        t[n] = 0;
+        if (unlink(dst) < 0 && errno != ENOENT) return -1;
+        return symlink(t, dst);
+    }
+    if (!S_ISDIR(st.st_mode)) return 0;
+    if (mkdir(dst, 0700) < 0 && errno != EEXIST) return -1;
+    DIR *d = opendir(src);
+    if (!d) return -1;
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        char s[PATH_MAX], t[PATH_MAX];
+        if (snprintf(s, sizeof s, "%s/%s", src, e->d_name) >= (int)sizeof s || snprintf(t, sizeof t, "%s/%s", dst, e->d_name) >= (int)sizeof t) {
+            errno = ENAMETOOLONG; rc = -1; break;
+        }
+        rc = copy_tree(s, t, depth + 1);
+    }
+    int e2 = errno;
+    closedir(d);
+    if (rc == 0) {
+        struct timespec ts[2] = {st.st_atim, st.st_mtim};
+        if (chmod(dst, st.st_mode & 07777) < 0 || utimensat(AT_FDCWD, dst, ts, AT_SYMLINK_NOFOLLOW) < 0) return -1;
+    }
+    errno = e2;
+    return rc;
+}
+
+/* places one persisted root (see the section comment); sets *kind */
+static int disk_place(const char *root, unsigned *kind) {
+    char d[PATH_MAX + 32];
+    struct stat ds, gs;
+    snprintf(d, sizeof d, DISK_ROOT "%s", root);
+    int on_disk = lstat(d, &ds) == 0;
+    if (!on_disk && errno != ENOENT) return -1;
+    int in_guest = lstat(root, &gs) == 0;
+    if (!in_guest && errno != ENOENT && errno != ENOTDIR) return -1;
+    if (on_disk && S_ISDIR(ds.st_mode)) {
+        if (in_guest && !S_ISDIR(gs.st_mode) && remove_tree(root) < 0) return -1;
+        if (mkdir_p(root) < 0 || mount(d, root, NULL, MS_BIND, NULL) < 0) return -1;
+        *kind = 0;
+    } else if (on_disk) {
+        if (in_guest && S_ISDIR(gs.st_mode) && remove_tree(root) < 0) return -1;
+        if (mkdir_parent(root) < 0 || copy_tree(d, root, 0) < 0) return -1;
+        *kind = 1;
+    } else if (in_guest && S_ISDIR(gs.st_mode)) {
+        if (mkdir_parent(d) < 0 || copy_tree(root, d, 0) < 0 || mount(d, root, NULL, MS_BIND, NULL) < 0) return -1;
+        *kind = 0;
+    } else {
+        *kind = in_guest ? 1 : 2;
+    }
+    return 0;
+}
+
+/* seal: what a kind 1 or 2 root is now in the guest goes onto the disk (its absence too) */
+static int disk_keep(const char *root) {
+    char d[PATH_MAX + 32];
+    struct stat ds, gs;
+    snprintf(d, sizeof d, DISK_ROOT "%s", root);
+    if (lstat(root, &gs) < 0) return errno == ENOENT || errno == ENOTDIR ? remove_tree(d) : -1;
+    if (lstat(d, &ds) == 0 && S_ISDIR(ds.st_mode) != S_ISDIR(gs.st_mode) && remove_tree(d) < 0) return -1;
+    if (mkdir_parent(d) < 0) return -1;
+    return copy_tree(root, d, 0);
+}
+
+/* Runs the write, sync and freeze paths once on the fresh mount: under TCG every clone translates kernel code afresh,
+ * and a first syncfs + FIFREEZE costs tens of milliseconds that would otherwise land in the call's seal. */
+static void disk_warm(void) {
+    int fd = openat(disk_fd, ".perimeter-warm", O_CREAT | O_TRUNC | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd >= 0) { if (write(fd, "warm\n", 5) < 0) {} fsync(fd); close(fd); unlinkat(disk_fd, ".perimeter-warm", 0); }
+    syncfs(disk_fd);
+    if (ioctl(disk_fd, FIFREEZE, 0) == 0) ioctl(disk_fd, FITHAW, 0);
+}
+
+/* Waits (bounded) until the processes an exec left behind are gone, so none holds a file open across the seal. */
+static void wait_calls_gone(int ms) {
+    for (int i = 0; cgroup_ok && i < ms; i++) {
+        char ev[256] = {0};
+        int fd = open(CGROUP "/cgroup.events", O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return;
+        ssize_t n = read(fd, ev, sizeof ev - 1);
+        close(fd);
+        if (n <= 0 || strstr(ev, "populated 0")) return;
+        sleep_ms(1);
+    }
+}
+
+static int disk_root_ok(const char *root) {
+    return valid_path(root) && strcmp(root, "/") && strncmp(root, "/.perimeter", 11) && !strstr(root, "/../") && !strstr(root, "/./");
+}
+
+static void handle_disk(uint32_t id, rd_t *r) {
+    unsigned op = r_u8(r);
+    buf_t b = {0};
+    if (op == 1) { /* mount: str serial, u32 flags, u32 n, n x str root -> u32 n, n x u8 kind */
+        char *serial = r_str(r);
+        uint32_t flags = r_u32(r), n = r_u32(r);
+        char **roots = n <= 256 ? calloc(n + 1, sizeof *roots) : NULL;
+        for (uint32_t i = 0; roots && i < n && !r->bad; i++) { roots[i] = r_str(r); if (!disk_root_ok(roots[i])) r->bad = 1; }
+        char dev[300];
+        int ro = flags & 1, bfd = -1;
+        if (r->bad || !roots || !serial || r->off != r->len) send_error(id, "EINVAL", "bad disk mount request");
+        else if (disk_fd >= 0) send_error(id, "EBUSY", "the session disk is already mounted");
+        else if (disk_device(serial, dev, sizeof dev) < 0) send_errno(id, errno, "find", "the session disk");
+        else if ((bfd = open(dev, O_RDONLY | O_CLOEXEC)) < 0 || ioctl(bfd, BLKFLSBUF, 0) < 0) send_errno(id, errno, "flush the cache of", dev);
+        else if (mkdir_p(DISK_MNT) < 0) send_errno(id, errno, "mkdir", DISK_MNT);
+        else if (mount(dev, DISK_MNT, "ext4", MS_NOATIME | MS_NODEV | (ro ? MS_RDONLY : 0), ro ? "noload" : "errors=remount-ro") < 0)
+            send_error(id, "EUCLEAN", "the session disk's filesystem cannot be mounted: %s", strerror(errno));
+        else if ((disk_fd = open(DISK_MNT, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) send_errno(id, errno, "open", DISK_MNT);
+        else {
+            uint32_t want = ro ? 0 : n, placed = 0;
+            unsigned char kinds[256];
+            int failed = !ro && mkdir(DISK_ROOT, 0755) < 0 && errno != EEXIST;
+            if (failed) send_errno(id, errno, "mkdir", DISK_ROOT);
+            for (; !failed && placed < want; placed++) {
+                unsigned kind;
+                if (disk_place(roots[placed], &kind) < 0) { send_errno(id, errno, "place", roots[placed]); failed = 1; break; }
+                kinds[placed] = (unsigned char)kind;
+            }
+            if (!failed && !ro) disk_warm();
+            if (!failed) { b_u32(&b, want); b_put(&b, kinds, want); send_message('r', id, b.p, b.len); }
+        }
+        if (bfd >= 0) close(bfd);
+        free_strv(roots, roots ? n : 0); free(serial); b_free(&b);
+        return;
+    }
+    if (op == 2) { /* seal: u32 n, n x (str root, u8 kind) -> u64 bytes, u64 available, u64 inodes, u64 inodes free */
+        uint32_t n = r_u32(r);
+        struct statvfs sv;
+        if (r->bad || n > 256) { send_error(id, "EINVAL", "bad disk seal request"); return; }
+        if (disk_fd < 0) { send_error(id, "ENODEV", "the session disk is not mounted"); return; }
+        if (ex.active) { send_error(id, "EBUSY", "a command is running"); return; }
+        wait_calls_gone(2000);
+        for (uint32_t i = 0; i < n; i++) {
+            char *root = r_str(r);
+            unsigned kind = r_u8(r);
+            if (r->bad || !disk_root_ok(root)) { send_error(id, "EINVAL", "bad disk seal request"); free(root); return; }
+            if (kind != 0 && disk_keep(root) < 0) { send_errno(id, errno, "save", root); free(root); return; }
+            free(root);
+        }
+        if (fstatvfs(disk_fd, &sv) < 0) { send_errno(id, errno, "statfs", DISK_MNT); return; }
+        if (sv.f_flag & ST_RDONLY) { send_error(id, "EROFS", "the session disk's filesystem had errors and was made read-only"); return; }
+        if (syncfs(disk_fd) < 0) { send_errno(id, errno, "sync", DISK_MNT); return; }
+        if (ioctl(disk_fd, FIFREEZE, 0) < 0) { send_errno(id, errno, "freeze", DISK_MNT); return; }
+        b_u64(&b, (uint64_t)sv.f_blocks * sv.f_frsize); b_u64(&b, (uint64_t)sv.f_bavail * sv.f_frsize);
+        b_u64(&b, sv.f_files); b_u64(&b, sv.f_ffree);
+        send_message('r', id, b.p, b.len); b_free(&b);
+        return;
+    }
+    if (op == 3) { /* thaw */
+        if (disk_fd < 0) send_error(id, "ENODEV", "the session disk is not mounted");
+        else if (ioctl(disk_fd, FITHAW, 0) < 0) send_errno(id, errno, "thaw", DISK_MNT);
+        else send_message('r', id, NULL, 0);
+        return;
+    }
+    send_error(id, "EINVAL", "unknown disk operation %u", op);
+}
+
 /* ---------------------------------------------------------------- requests */
 static void handle_init(uint32_t id, rd_t *r) {
     uint64_t ns = r_u64(r);
@@ -856,6 +1113,7 @@ static void handle_request(char type, uint32_t id, const unsigned char *body, si
     case 'X': handle_exec(id, &r); return;
     case 'Z': spare_configure(id, &r); return;
     case 'N': handle_egress(id, &r); return;
+    case 'D': handle_disk(id, &r); return;
     case 'K':
         if (ex.active) { ex.timed_out = 1; cgroup_kill_all(); }
         send_message('r', id, NULL, 0);

@@ -29,6 +29,8 @@ import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { remakeSnapshot } from '../template/build';
 import { QemuVm } from './vm';
+import { QemuSessionDisk } from './session-disk';
+import type { SessionDiskPort } from '../session-disk';
 import { qemuVersion } from './accel';
 import { sweepOrphans } from './sweep';
 import { Confinement } from './confine';
@@ -51,8 +53,12 @@ export class QemuSandbox implements Sandbox {
   readonly driver = 'qemu' as const;
   private destroyed: Promise<void> | null = null;
 
+  readonly sessionDisk?: SessionDiskPort;
+
   constructor(readonly vm: QemuVm, private readonly callTimeoutMs: number, private readonly onGone: (s: QemuSandbox) => void,
-    readonly writableBytes: number) {}
+    readonly writableBytes: number, sessionDiskBytes?: number) {
+    if (sessionDiskBytes !== undefined) this.sessionDisk = new QemuSessionDisk(vm, sessionDiskBytes);
+  }
 
   get id(): string { return this.vm.id; }
 
@@ -200,7 +206,7 @@ export class QemuDriver implements SandboxDriver {
     if (!t) throw fatal('template_missing', 'driver not started');
     if (!existsSync(t.memFile)) throw fatal('template_invalid', `template ${t.dir} lost its memory file`);
     const vm = await this.takeEmulator(t);
-    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), this.limits(t).writableBytes);
+    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), this.limits(t).writableBytes, t.image.sessionDisk?.bytes);
     vm.onAgentFatal = (err) => {
       log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`);
       void sandbox.destroy();
@@ -250,6 +256,10 @@ export class QemuDriver implements SandboxDriver {
   }
 
   setWarmup(warmup: (sandbox: GuestOps) => Promise<void>): void { this.warmup = warmup; }
+
+  sessionDiskBytes(): number | null {
+    try { return findTemplate(this.config.home, this.config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null; } catch { return null; }
+  }
 
   /**
    * A restored clone whose code paths are warm: under TCG the first run of any guest code after a restore pays for

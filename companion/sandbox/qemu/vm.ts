@@ -17,6 +17,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { GuestClient } from '../../guest/client';
 import { Qmp } from './qmp';
+import { sessionDiskArgs } from './session-disk';
 import { parseJailInfo, QEMU_SECCOMP, type Confinement, type VmJail } from './confine';
 import { transient } from '../../errors';
 
@@ -30,6 +31,8 @@ export interface VmImage {
   vcpus: number;
   /** Extra machine options (e.g. `acpi=off` for the tiny kernel). */
   machineOpts: string;
+  /** The session-disk device (qemu/session-disk.ts), in templates built with one. */
+  sessionDisk?: { bytes: number };
 }
 
 export interface VmOptions {
@@ -99,6 +102,7 @@ export function qemuArgs(image: VmImage, o: Omit<VmOptions, 'confinement'>, dir:
     '-drive', `id=root,file=${image.rootfs},format=raw,if=none,readonly=on,cache=writeback`, '-device', 'virtio-blk-device,drive=root',
     '-chardev', `socket,id=agent,path=${path.join(dir, 'agent.sock')}`,
     '-device', 'virtio-serial-device,max_ports=2', '-device', 'virtserialport,chardev=agent,name=agent0',
+    ...sessionDiskArgs(image.sessionDisk?.bytes),
     '-qmp', `unix:${path.join(dir, 'qmp.sock')},server=on,wait=off`,
     '-pidfile', path.join(dir, 'qemu.pid'),
   ];
