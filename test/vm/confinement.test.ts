@@ -250,7 +250,13 @@ describe('VM confinement: real VMs', function () {
     for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts', 'cgroup']) assert.notEqual(readlinkSync(`/proc/${pid}/ns/${ns}`), readlinkSync(`/proc/self/ns/${ns}`), `own ${ns} namespace`);
     assert.match(readFileSync(`/proc/${pid}/limits`, 'utf8'), /Max core file size\s+0\s+0/);
     assert.equal(readFileSync(`/proc/${pid}/environ`, 'utf8').includes('PATH='), false, 'an empty environment');
-    if (detectHostCgroup().kind !== 'none') assert.match(readFileSync(`/proc/${pid}/cgroup`, 'utf8'), new RegExp(`perimeter-${s.vm.id}`));
+    const hostCg = detectHostCgroup();
+    const cgDirs = hostCg.kind === 'v2' ? [path.join(hostCg.base, `perimeter-${s.vm.id}`)]
+      : hostCg.kind === 'v1' ? [...new Set(Object.values(hostCg.bases))].map((b) => path.join(b, `perimeter-${s.vm.id}`)) : [];
+    if (hostCg.kind !== 'none') {
+      assert.match(readFileSync(`/proc/${pid}/cgroup`, 'utf8'), new RegExp(`perimeter-${s.vm.id}`));
+      assert.ok(cgDirs.some((d) => existsSync(path.join(d, 'pids.max')) && readFileSync(path.join(d, 'pids.max'), 'utf8').trim() === '256'), 'pids.max set on the VM cgroup');
+    }
     // what QEMU sees of the host: its own files only
     const root = `/proc/${pid}/root`;
     const seen = readdirSync(path.join(root, path.dirname(statePaths(home).vms)));
@@ -262,6 +268,8 @@ describe('VM confinement: real VMs', function () {
     const flags = Number.parseInt(/flags:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/fdinfo/${memFd}`, 'utf8'))![1]!, 8);
     assert.equal(flags & 3, 0, 'opened O_RDONLY');
     assert.equal(text(await sh(s, 'echo confined')), 'confined\n');
+    await s.destroy();
+    for (const d of cgDirs) assert.equal(existsSync(d), false, `${d} removed with the VM`);
   });
 
   it('a clone that writes all its RAM leaves mem.bin byte-identical, and the next clone starts from the same state', async () => {

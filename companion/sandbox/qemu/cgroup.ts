@@ -47,7 +47,7 @@ export function parseProcCgroup(text: string): Map<string, string> {
 function dirOf(mount: Mount, cgPath: string): string | null {
   const root = mount.root === '/' ? '' : mount.root;
   if (root && cgPath !== root && !cgPath.startsWith(`${root}/`)) return null; // our cgroup is not below this mount
-  return path.join(mount.point, cgPath.slice(root.length));
+  return path.resolve(mount.point, `.${cgPath.slice(root.length)}`);
 }
 
 function writable(dir: string): boolean {

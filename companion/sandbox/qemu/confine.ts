@@ -267,12 +267,13 @@ export class Confinement {
     }
     const owner = uid === null ? null : { uid, gid: uid };
     let cgroup: VmCgroup | null = null;
-    let released = false;
-    const release = async () => {
-      if (released) return;
-      released = true;
-      if (uid !== null) usedUids.delete(uid);
-      await cgroup?.remove();
+    let releasing: Promise<void> | null = null;
+    const release = () => {
+      releasing ??= (async () => {
+        await cgroup?.remove();
+        if (uid !== null) usedUids.delete(uid); // only once nothing of this VM is left under its uid
+      })();
+      return releasing;
     };
     try {
       const cg = this.cgroup();
