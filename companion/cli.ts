@@ -10,6 +10,7 @@ import { demoCommand } from './commands/demo';
 import { doctorCommand } from './commands/doctor';
 import { templateCommand } from './commands/template';
 import { persistCommand } from './commands/persist';
+import { serviceCommand } from './commands/service';
 import { loadConfig } from './config';
 import { PerimeterError } from './errors';
 import { redact } from './log';
@@ -37,6 +38,7 @@ export const COMMANDS: Command[] = [
   doctorCommand,
   templateEntry,
   persistCommand,
+  serviceCommand,
 ];
 
 function help(): string {
