@@ -1,5 +1,6 @@
 // `perimeter persist add|rm|ls --session ID [--home DIR] [--json] [PATTERN...]`: view and change a session's persist
-// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds. When a
+// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds;
+// `perimeter persist rollback --session ID --to N` makes a kept generation's content current again. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
 // next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written.
@@ -10,6 +11,9 @@ import { PersistState as PersistStateSchema, ServerMessage, type ControlMethod }
 import { statePaths } from '../config';
 import { fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED } from '../persist/persistence';
+import { DiskPersistence } from '../persist/disk/persistence';
+import { DiskStore } from '../persist/disk/store';
+import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
 import type { PersistState } from '../protocol/control';
 import { CONFIG_FLAGS, UsageError, configFromFlags } from './options';
@@ -19,6 +23,7 @@ const USAGE = [
   'usage: perimeter persist ls  --session ID [--json] [--home DIR]',
   '       perimeter persist add --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rm  --session ID PATTERN... [--json] [--home DIR]',
+  '       perimeter persist rollback --session ID --to N [--json] [--home DIR]',
   '',
   'PATTERN is an absolute guest path: a directory (/workspace), a file, or a glob (/home/agent/.cache/pip/**,',
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
@@ -26,7 +31,7 @@ const USAGE = [
 
 /** One request to the companion running on `home`, or null when none is reachable (no control.json, dead pid,
  *  connection refused). A companion that answers with an error makes the command fail with that message. */
-async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPersist' | 'setPersist'>, params: Record<string, unknown>): Promise<PersistState | null> {
+async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist'>, params: Record<string, unknown>): Promise<PersistState | null> {
   let endpoint: { port: number; token: string; pid: number };
   try { endpoint = JSON.parse(readFileSync(statePaths(home).controlFile, 'utf8')) as typeof endpoint; } catch { return null; }
   if (!Number.isInteger(endpoint.port) || typeof endpoint.token !== 'string') return null;
@@ -51,6 +56,16 @@ async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPe
   });
 }
 
+/** Through the running companion when there is one (it waits for a running call and drops what it prepared), else
+ *  in the state directory: the session's disk when it has one, else the file store. */
+async function rollback(config: Config, sessionId: string, to: number): Promise<PersistState> {
+  const live = await viaControlApi(config.home, 'rollbackPersist', { sessionId, generation: to });
+  if (live) return live;
+  const files = new Persistence({ home: config.home, persist: config.persist });
+  if (!await DiskStore.peek(config.home, sessionId)) return files.rollback(sessionId, to);
+  return new DiskPersistence({ home: config.home, persist: config.persist, files, mode: config.sandbox.mode }).rollback(sessionId, to);
+}
+
 function render(state: PersistState): string {
   const count = state.fileCount ?? state.files.length;
   const lines = [
@@ -73,13 +88,20 @@ export const persistCommand: Command = {
   async run(argv) {
     let parsed;
     try {
-      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' } }, strict: true, allowPositionals: true });
+      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' } }, strict: true, allowPositionals: true });
     } catch (err) { throw new UsageError((err as Error).message); }
     const { values, positionals } = parsed;
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     const [action, ...patterns] = positionals;
-    if (action !== 'ls' && action !== 'add' && action !== 'rm') throw new UsageError('expected one of: ls, add, rm');
+    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback') throw new UsageError('expected one of: ls, add, rm, rollback');
     if (!values.session) throw new UsageError('--session ID is required');
+    if (action === 'rollback') {
+      if (patterns.length > 0 || !values.to || !/^\d{1,15}$/.test(values.to)) throw new UsageError('rollback takes --to N (a kept generation) and no patterns');
+      const config = configFromFlags(values, { control: { enabled: false } });
+      const state = await rollback(config, values.session, Number(values.to));
+      process.stdout.write(`${values.json ? JSON.stringify(state) : `rolled back: generation ${state.generation} has the content of generation ${values.to}\n${render(state)}`}\n`);
+      return 0;
+    }
     if (action === 'ls' && patterns.length > 0) throw new UsageError('ls takes no patterns');
     if (action !== 'ls' && patterns.length === 0) throw new UsageError(`${action} needs at least one PATTERN`);
     const config = configFromFlags(values, { control: { enabled: false } });

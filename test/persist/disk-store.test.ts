@@ -3,12 +3,13 @@
 // generation stays exactly what it was, the chain gets short, merged layers go). Skips when qemu-img, qemu-io or
 // mke2fs is missing.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DiskConflictError, DiskStore, chainSpec, type DiskGeneration } from '../../companion/persist/disk/store';
 import { tempDir } from './helpers';
 
+const ROOT = path.resolve(__dirname, '..', '..');
 const MiB = 1024 * 1024;
 const BYTES = 64 * MiB;
 
@@ -86,12 +87,28 @@ describe('persist: the session-disk store (qemu-io, no VMs)', function () {
     await commitPattern(store, [[1, 0x11]]);
     await commitPattern(store, [[1, 0x12], [2, 0x22]]);
     const back = await store.rollback(1);
-    assert.deepEqual([back.generation, back.rolledBackTo, back.parent], [3, 1, 1]);
+    assert.deepEqual([back.generation, back.rolledBackFrom, back.parent], [3, 1, 1]);
     assert.ok(holds(store, await store.current(), [[1, 0x11], [2, 0]]));
     assert.ok(holds(store, (await store.get(2))!, [[1, 0x12], [2, 0x22]]));
     await assert.rejects(store.rollback(42), /no generation 42 \(kept: 0, 1, 2, 3\)/);
     const g4 = await commitPattern(store, [[3, 0x33]]);
     assert.ok(holds(store, g4, [[1, 0x11], [2, 0], [3, 0x33]]));
+  });
+
+  it('perimeter persist rollback --session ID --to N: a new generation with N\'s content; an unknown one is refused', async () => {
+    const store = await DiskStore.open(home, 'sesn_cli', { bytes: BYTES, keepGenerations: 3 });
+    await commitPattern(store, [[1, 0x11]]);
+    await commitPattern(store, [[1, 0x12]]);
+    const cli = (...args: string[]) => spawnSync(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'rollback', '--home', home, ...args], { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PERIMETER_HOME: '' } });
+    const ok = cli('--session', 'sesn_cli', '--to', '1', '--json');
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.equal(JSON.parse(ok.stdout).generation, 3);
+    const reopened = await DiskStore.open(home, 'sesn_cli', { bytes: BYTES, keepGenerations: 3 });
+    assert.ok(holds(reopened, await reopened.current(), [[1, 0x11]]));
+    const unknown = cli('--session', 'sesn_cli', '--to', '9');
+    assert.equal(unknown.status, 1);
+    assert.match(unknown.stderr, /keeps no generation 9/);
+    assert.equal((await reopened.current()).generation, 3);
   });
 
   it('compaction keeps every kept generation\'s content, bounds the chain and deletes the merged layers', async () => {

@@ -18,13 +18,13 @@
 //   their host mirror (memory.ts) and are not put on the disk; the list itself, and sessions the file store still
 //   holds files for, live in the file store (`files`): such a session's files are copied onto its disk once.
 // - Nothing for the model names a host path.
-import type { CallPersistence, CommitReport, MemoryMountResolver, ShellState } from '../types';
+import { PERSIST_NOT_FOUND, type CallPersistence, type CommitReport, type MemoryMountResolver, type PersistHistory, type ShellState } from '../types';
 import type { Sandbox } from '../../sandbox/types';
 import type { SessionDiskPort } from '../../sandbox/session-disk';
 import type { DiskRoot, DiskUsage } from '../../guest/session-disk';
 import { GuestError } from '../../guest/types';
 import type { EventHub } from '../../events';
-import type { PersistState } from '../../protocol/control';
+import type { PersistEntry, PersistGeneration, PersistState } from '../../protocol/control';
 import { PerimeterError, errorMessage, fatal, transient } from '../../errors';
 import { logger } from '../../log';
 import { ALWAYS_PERSISTED, type Persistence, type PersistSettings } from '../persistence';
@@ -87,7 +87,7 @@ interface SessionState {
   open: (() => Promise<Sandbox>) | null;
 }
 
-export class DiskPersistence implements CallPersistence {
+export class DiskPersistence implements CallPersistence, PersistHistory {
   private readonly stores = new Map<string, Promise<DiskStore>>();
   private readonly attached = new WeakMap<Sandbox, Attached>();
   private readonly sessions = new Map<string, SessionState>();
@@ -159,12 +159,33 @@ export class DiskPersistence implements CallPersistence {
     this.sessions.delete(sessionId);
   }
 
-  /** Makes generation `to`'s content the session's CURRENT again (as a new generation); waits for a running call. */
-  async rollback(sessionId: string, to: number): Promise<DiskGeneration> {
+  async generations(sessionId: string): Promise<{ current: number; generations: PersistGeneration[] }> {
+    if (!this.stores.has(sessionId) && !await DiskStore.peek(this.opts.home, sessionId)) return { current: 0, generations: [] };
+    const store = await this.store(sessionId);
+    const generations = (await store.list()).map((g): PersistGeneration => ({
+      generation: g.generation, createdAt: g.createdAt, fileCount: g.usage ? g.usage.inodes - g.usage.freeInodes : 0,
+      totalBytes: g.usage ? g.usage.bytes - g.usage.availableBytes : 0, rolledBackFrom: g.rolledBackFrom ?? null,
+    }));
+    return { current: (await store.current()).generation, generations };
+  }
+
+  entries(): Promise<{ items: PersistEntry[]; nextCursor: string | null }> { return Promise.reject(notBrowsable()); }
+  readFile(): Promise<{ size: number; data: Buffer }> { return Promise.reject(notBrowsable()); }
+
+  /** Makes generation `to`'s content the session's CURRENT again (as a new generation); waits for a running call and
+   *  releases the session's prepared VM (it was made over the old CURRENT). */
+  async rollback(sessionId: string, to: number): Promise<PersistState> {
+    if (!this.stores.has(sessionId) && !await DiskStore.peek(this.opts.home, sessionId)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} has no session disk`);
     await this.dropReady(sessionId);
     const store = await this.store(sessionId);
     const release = await store.writer();
-    try { return await store.rollback(to); } finally { release(); }
+    try {
+      if (!await store.get(to)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} keeps no generation ${to} of its disk`);
+      await store.rollback(to);
+    } finally { release(); }
+    const state = await this.state(sessionId);
+    this.opts.hub?.publish({ type: 'persist.changed', persist: state });
+    return state;
   }
 
   async close(): Promise<void> {
@@ -223,7 +244,7 @@ export class DiskPersistence implements CallPersistence {
 
   /** A session the file store holds files for starts its disk with them (generation 0 only). */
   private async migrate(sessionId: string, sandbox: Sandbox, over: DiskGeneration): Promise<string[]> {
-    if (over.generation !== 0 || over.rolledBackTo !== undefined || (await this.opts.files.state(sessionId)).generation === 0) return [];
+    if (over.generation !== 0 || over.rolledBackFrom !== undefined || (await this.opts.files.state(sessionId)).generation === 0) return [];
     log.info(`session ${sessionId}: copying the file store's files onto the new session disk`);
     await this.opts.files.prepare(sessionId, sandbox);
     return [];
@@ -339,6 +360,10 @@ export class DiskPersistence implements CallPersistence {
     if (!gen) return { ...state, generation: 0, files: [], fileCount: 0, totalBytes: 0 };
     return { ...state, generation: gen.generation, files: [], fileCount: 0, totalBytes: gen.usage ? gen.usage.bytes - gen.usage.availableBytes : 0 };
   }
+}
+
+function notBrowsable(): PerimeterError {
+  return fatal('persist_disk_browse', 'the files of a session disk\'s generation are read through a VM, which this companion does not offer yet');
 }
 
 /** The note for a generation whose filesystem cannot be mounted: what happened and where to roll back to. */

@@ -56,7 +56,7 @@ const GenerationSchema = z.object({
   shell: z.object({ cwd: z.string(), env: z.record(z.string(), z.string()) }).nullable(),
   usage: UsageSchema.nullable(),
   /** A generation made by rollback: the generation whose content it has. */
-  rolledBackTo: z.number().int().nonnegative().optional(),
+  rolledBackFrom: z.number().int().nonnegative().optional(),
 });
 export type DiskGeneration = z.infer<typeof GenerationSchema>;
 export type DiskUsageRecord = z.infer<typeof UsageSchema>;
@@ -238,7 +238,7 @@ export class DiskStore {
       const base = await this.current();
       const gen: DiskGeneration = {
         version: 1, sessionId: this.sessionId, generation: base.generation + 1, layers: [...target.layers],
-        parent: to, createdAt: Date.now(), shell: target.shell, usage: target.usage, rolledBackTo: to,
+        parent: to, createdAt: Date.now(), shell: target.shell, usage: target.usage, rolledBackFrom: to,
       };
       await this.publish(gen);
       return gen;
