@@ -3,7 +3,9 @@
 // guest that corrupts its own filesystem, per-session mode on the same disk. Skips (saying why) only when QEMU or a
 // template with a session disk is absent.
 import assert from 'node:assert/strict';
-import { rmSync, statfsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { readdirSync, rmSync, statfsSync } from 'node:fs';
 import path from 'node:path';
 import type { QemuDriver, QemuSandbox } from '../../companion/sandbox/qemu/driver';
 import { loadConfig } from '../../companion/config';
@@ -17,6 +19,8 @@ import type { ToolName } from '../../companion/tools/schemas';
 import type { CommitReport } from '../../companion/persist/types';
 import { newDriver, skipWithoutVms } from '../vm/helpers';
 import { fingerprint, tempDir, TEST_LIMITS } from './helpers';
+
+const CRASH_CHILD = path.join(__dirname, 'fixtures', 'disk-crash-child.ts');
 
 function templateDiskBytes(): number | null {
   const config = loadConfig({});
@@ -163,6 +167,53 @@ describe('persist: session disks (real VMs)', function () {
         assert.equal(next.outcome.text, 'new1\nnew2\nnew3\nnew');
       }
       if (step !== 'store commit') assert.ok(mid.error, 'a VM killed before its seal or stop cannot have committed');
+      await p.close();
+    });
+  }
+
+  it('a long session keeping one old generation: compaction runs beside the prepared VMs and nothing is ever lost', async function () {
+    this.timeout(600_000);
+    const p = newDisks(home, { keepGenerations: 1 });
+    const s = 'sesn_disk_long';
+    const lines: string[] = [];
+    for (let i = 1; i <= 10; i++) {
+      // each call checks everything the previous ones left, then changes, adds and deletes files
+      const expected = lines.length ? `${lines.join('\n')}\n` : '';
+      const r = await bash(p, driver, s, `cat log.txt 2>/dev/null; echo line${i} >> log.txt; head -c ${i * 100_000} /dev/urandom > f${i}.bin; `
+        + `rm -f f${i - 2}.bin; : > empty${i}; ls f*.bin | tr "\\n" " "`);
+      lines.push(`line${i}`);
+      const listed = [i - 1, i].filter((n) => n >= 1).map((n) => `f${n}.bin `).sort().join('');
+      assert.equal(r.outcome.text, `${expected}${listed}`, `call ${i}`);
+      assert.equal(r.report?.generation, i);
+    }
+    const store = await p.store(s);
+    await store.idle();
+    const current = await store.current();
+    assert.ok(current.layers.length <= 1 + 1 + 2 + 1, `the chain has ${current.layers.length} layers`);
+    const last = await bash(p, driver, s, 'cat log.txt | wc -l; ls empty* | wc -l');
+    assert.equal(last.outcome.text, '10\n10');
+    await p.close();
+  });
+
+  for (const [step, survives] of [['after-seal', false], ['after-quiesce', false], ['before-current', false], ['after-current', true]] as const) {
+    it(`the companion SIGKILLed ${step.replace('-', ' ')} of a commit: the next companion sees the ${survives ? 'new' : 'previous'} generation, whole`, async function () {
+      this.timeout(300_000);
+      const s = `sesn_disk_crash_${step.replace('-', '_')}`;
+      const child = spawn(process.execPath, ['--import=tsx', CRASH_CHILD, home, s, step], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      let err = '';
+      child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+      const [, signal] = await once(child, 'exit') as [number | null, string | null];
+      assert.equal(signal, 'SIGKILL', `the child was not killed: ${out}${err}`);
+      assert.match(out, /COMMITTED 1/);
+      const p = newDisks(home);
+      const store = await p.store(s);
+      const referenced = new Set((await store.list()).flatMap((g) => g.layers));
+      assert.deepEqual(readdirSync(path.join(store.dir, 'layers')).filter((l) => !referenced.has(l)), [], 'uncommitted layers are removed');
+      const next = await bash(p, driver, s, 'cat f1 f2; cat f3 2>/dev/null || echo no-f3');
+      assert.equal(next.outcome.text, survives ? 'new\nnew\nnew' : 'old\nold\nno-f3');
+      assert.equal(next.report?.generation, survives ? 3 : 2);
       await p.close();
     });
   }
