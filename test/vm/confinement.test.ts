@@ -156,6 +156,7 @@ describe('VM confinement: the jail QEMU runs in, probed', function () {
         }),
         new Promise<number>((resolve) => { let t = ''; (proc.stdio[3] as NodeJS.ReadableStream).on('data', (d: Buffer) => { t += d.toString(); const p = parseJailInfo(t); if (p) resolve(p); }); }),
       ]);
+      const probePid = jail.vmmPid(info);
       const r = JSON.parse(line) as { uid: number; gid: number; groups: number[]; root: string[]; results: Record<string, string> };
       const res = r.results;
       // positive controls: the probe ran, and reached what it may reach
@@ -193,7 +194,7 @@ describe('VM confinement: the jail QEMU runs in, probed', function () {
       const allowed = new Set(['bin', 'dev', 'etc', 'lib', 'lib32', 'lib64', 'libx32', 'sbin', 'usr', home.split('/')[1]!, probe.split('/')[1]!, ...(adapter ? [adapter.split('/')[1]!] : [])]);
       assert.deepEqual(r.root.filter((e) => !allowed.has(e)), [], `its root holds only /usr, /dev and the mount points of its files: ${r.root.join(' ')}`);
       // its identity, as the host sees it
-      const st = status(info);
+      const st = status(probePid);
       if (process.getuid?.() === 0) {
         assert.ok(jail.owner && jail.owner.uid !== 0, 'a root companion gives the VM its own uid');
         assert.equal(r.uid, jail.owner!.uid);
@@ -203,15 +204,15 @@ describe('VM confinement: the jail QEMU runs in, probed', function () {
       assert.equal(st.CapEff, '0000000000000000');
       assert.equal(st.CapBnd, process.getuid?.() === 0 ? '0000000000000000' : st.CapBnd);
       assert.equal(st.NoNewPrivs, '1');
-      for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts', 'cgroup']) assert.notEqual(readlinkSync(`/proc/${info}/ns/${ns}`), readlinkSync(`/proc/self/ns/${ns}`), `own ${ns} namespace`);
-      const limits = readFileSync(`/proc/${info}/limits`, 'utf8');
+      for (const ns of ['mnt', 'pid', 'net', 'ipc', 'uts', 'cgroup']) assert.notEqual(readlinkSync(`/proc/${probePid}/ns/${ns}`), readlinkSync(`/proc/self/ns/${ns}`), `own ${ns} namespace`);
+      const limits = readFileSync(`/proc/${probePid}/limits`, 'utf8');
       assert.match(limits, /Max core file size\s+0\s+0/);
       assert.match(limits, /Max open files\s+256\s+256/);
       assert.doesNotMatch(limits, /Max address space\s+unlimited/);
-      const cg = readFileSync(`/proc/${info}/cgroup`, 'utf8');
+      const cg = readFileSync(`/proc/${probePid}/cgroup`, 'utf8');
       if (detectHostCgroup().kind !== 'none') assert.match(cg, /perimeter-vm-\d+-probe/, `in its own host cgroup: ${cg}`);
     } finally {
-      if (proc.exitCode === null && proc.signalCode === null) { proc.kill('SIGKILL'); await new Promise((r) => proc.once('exit', r)); }
+      if (proc.exitCode === null && proc.signalCode === null) { proc.kill(jail.stopSignal); await new Promise((r) => proc.once('exit', r)); }
       await jail.release();
       rmDir(probeDir);
     }

@@ -1,7 +1,10 @@
 // Confinement of every QEMU process, on the model of Firecracker's jailer, with bubblewrap (Debian's `bubblewrap`).
-// The launch chain: /bin/sh (joins the VM's host cgroup, sets rlimits, records the jail's pid) → setpriv
-// --pdeathsig KILL → bwrap (new mount, PID, IPC, network, UTS and cgroup namespaces; QEMU is PID 1 of its own) →
-// setpriv (the VM's uid/gid, no capabilities, no_new_privs) → QEMU with its seccomp `-sandbox`.
+// The launch chain: setpriv --pdeathsig TERM → /bin/sh, the launcher (joins the VM's host cgroup, sets rlimits,
+// starts the jail, records its pid, SIGKILLs it on SIGTERM) → bwrap (new mount, PID, IPC, network, UTS and cgroup
+// namespaces; bwrap's reaper is PID 1 there) → setpriv (the VM's uid/gid, no capabilities, no_new_privs) → QEMU with
+// its seccomp `-sandbox`. A jail ends with its bwrap: the kernel then kills everything in its PID namespace. bwrap
+// (Debian's 0.8) drops its capabilities and with them a parent-death signal, and a namespace's PID 1 ignores one,
+// so the launcher stays between the companion and bwrap: it dies with the companion (SIGTERM) and takes the jail.
 // Invariants:
 // - A VM process sees /usr read-only (QEMU and its libraries), a minimal /dev (plus /dev/kvm under KVM), the
 //   template's kernel, initramfs, root image and memory file read-only (each at its host path) and its own run
@@ -20,7 +23,7 @@
 // - Fail closed: when any of this cannot be set up, `check()` and `enter()` throw a fatal error naming the reason and
 //   the fix. Only `sandbox.confinement: "none"` runs QEMU unconfined, and every driver start logs it as a warning.
 import { execFileSync } from 'node:child_process';
-import { accessSync, chownSync, closeSync, constants, existsSync, openSync, realpathSync, statSync } from 'node:fs';
+import { accessSync, chownSync, closeSync, constants, existsSync, openSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import type { Config } from '../../config';
@@ -82,8 +85,12 @@ export interface VmJail {
   readonly owner: { uid: number; gid: number } | null;
   /** Appended to the clone's memory-backend-file options (read-only open of the template's RAM). */
   readonly ramOptions: string;
-  /** Extra stdio slot the jail reports QEMU's host pid on (bwrap --info-fd), or null. */
+  /** Extra stdio slot the jail reports its reaper's host pid on (bwrap --info-fd), or null. */
   readonly infoFd: number | null;
+  /** The signal that ends the launched process and everything in the jail (the launcher traps SIGTERM). */
+  readonly stopSignal: 'SIGTERM' | 'SIGKILL';
+  /** QEMU's host pid: the child of the jail's reaper (`reaperPid` from the info record), or the launched process. */
+  vmmPid(reaperPid: number): number;
   /** The command that starts `binary args` confined, with its environment. */
   command(args: string[]): { cmd: string; argv: string[]; env: Record<string, string> };
   /** Where the jail's host pid is recorded (for the startup sweep), or null. */
@@ -93,7 +100,7 @@ export interface VmJail {
 }
 
 const InfoSchema = z.object({ 'child-pid': z.number().int().positive() }).passthrough();
-/** QEMU's host pid from what bwrap wrote on --info-fd, or null while incomplete. */
+/** The host pid of the jail's reaper (PID 1 inside) from what bwrap wrote on --info-fd, or null while incomplete. */
 export function parseJailInfo(text: string): number | null {
   try { return InfoSchema.parse(JSON.parse(text))['child-pid']; } catch { return null; }
 }
@@ -154,15 +161,29 @@ function readonlyRam(req: JailRequest, version: string): { options: string; prel
 const usedUids = new Set<number>();
 let noneWarned = false;
 
+/** The launcher: $1 pidfile, cgroup.procs files, --, nofile, address space (KiB), nproc or -, the jail's argv. */
 const LAUNCHER = [
   'pidfile=$1; shift',
-  'echo $$ > "$pidfile" || exit 125',
   'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift',
   'ulimit -c 0 && ulimit -n "$1" && ulimit -v "$2" || exit 125',
   'if [ "$3" != - ]; then ulimit -p "$3" || exit 125; fi',
   'shift 3',
-  'exec "$@"',
+  'jail=; stop=',
+  'trap \'stop=1; [ -z "$jail" ] || kill -KILL "$jail" 2>/dev/null\' TERM INT HUP',
+  '"$@" &',
+  'jail=$!',
+  'echo "$jail" > "$pidfile" || stop=1',
+  '[ -z "$stop" ] || kill -KILL "$jail" 2>/dev/null',
+  'while :; do wait "$jail"; status=$?; kill -0 "$jail" 2>/dev/null || exit "$status"; done',
 ].join('\n');
+
+/** The child of `reaper` (QEMU, started by the jail's PID 1), or `reaper` itself while it has none. */
+function childOf(reaper: number): number {
+  try {
+    const first = Number(readFileSync(`/proc/${reaper}/task/${reaper}/children`, 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(first) && first > 0 ? first : reaper;
+  } catch { return reaper; }
+}
 
 export class Confinement {
   private cgroupSupport: HostCgroupSupport | null = null;
@@ -250,7 +271,7 @@ export class Confinement {
     if (!this.enabled) {
       const ram = readonlyRam(req, version);
       return {
-        owner: null, ramOptions: ram.options, infoFd: null, pidFile: null,
+        owner: null, ramOptions: ram.options, infoFd: null, pidFile: null, stopSignal: 'SIGKILL', vmmPid: (pid) => pid,
         command: (args) => ({ cmd: SETPRIV, argv: ['--pdeathsig', 'KILL', '--', req.binary, ...args], env: ram.env }),
         release: async () => {},
       };
@@ -314,12 +335,11 @@ export class Confinement {
       const addressSpaceKiB = (req.memoryMiB + req.tcgCacheMiB + ADDRESS_SPACE_EXTRA_MIB) * 1024;
       const pidFile = path.join(req.runDir, 'jail.pid');
       return {
-        owner, ramOptions: ram.options, infoFd: 3, pidFile,
+        owner, ramOptions: ram.options, infoFd: 3, pidFile, stopSignal: 'SIGTERM', vmmPid: childOf,
         command: (args) => ({
-          cmd: SH,
-          argv: ['-c', LAUNCHER, 'perimeter-jail', pidFile, ...(cgroup?.procsFiles ?? []), '--',
-            String(NOFILE), String(addressSpaceKiB), owner ? String(VM_TASKS) : '-',
-            SETPRIV, '--pdeathsig=KILL', '--', BWRAP, ...bwrapArgs, '--', ...inner, ...args],
+          cmd: SETPRIV,
+          argv: ['--pdeathsig=TERM', '--', SH, '-c', LAUNCHER, 'perimeter-jail', pidFile, ...(cgroup?.procsFiles ?? []), '--',
+            String(NOFILE), String(addressSpaceKiB), owner ? String(VM_TASKS) : '-', BWRAP, ...bwrapArgs, '--', ...inner, ...args],
           env: {},
         }),
         release,
@@ -333,7 +353,7 @@ export class Confinement {
   private bwrapArgs(req: JailRequest, readOnly: string[], env: Record<string, string>): string[] {
     const a = ['--unshare-pid', '--unshare-ipc', '--unshare-net', '--unshare-uts', '--unshare-cgroup'];
     if (!this.root) a.push('--unshare-user', '--disable-userns');
-    a.push('--die-with-parent', '--as-pid-1', '--new-session', '--clearenv', '--info-fd', '3');
+    a.push('--die-with-parent', '--new-session', '--clearenv', '--info-fd', '3');
     for (const [k, v] of Object.entries(env)) a.push('--setenv', k, v);
     a.push('--ro-bind', '/usr', '/usr');
     for (const d of ['/bin', '/sbin', '/lib', '/lib64', '/lib32', '/libx32']) {

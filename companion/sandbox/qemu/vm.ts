@@ -7,9 +7,10 @@
 // - QEMU is hardened: empty environment, -nodefaults, seccomp `-sandbox on,...,spawn=deny`, no NIC, the root image
 //   opened `format=raw,readonly=on`, guest RAM from the template's mem.bin mapped MAP_PRIVATE (`share=off`).
 //   Snapshots move only device state, over a Unix socket the host serves (no `exec:` helper, which spawn=deny forbids).
-// - Every spawned QEMU is registered and SIGKILLed when this process exits (not when a signal arrives that a command
-//   handles: the worker's SIGTERM drain lets in-flight calls finish in their VMs), gets a parent-death signal (setpriv
-//   --pdeathsig) so even a SIGKILLed companion takes its VMs down, and `sweepOrphans` removes whatever is left.
+// - Every spawned QEMU is registered and stopped (its jail's stop signal) when this process exits (not when a signal
+//   arrives that a command handles: the worker's SIGTERM drain lets in-flight calls finish in their VMs), its launcher
+//   gets a parent-death signal (setpriv --pdeathsig) so even a SIGKILLed companion takes its VMs down, and
+//   `sweepOrphans` removes whatever is left.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, createReadStream, createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -45,13 +46,14 @@ export interface VmOptions {
   /** How this QEMU is confined (sandbox.confinement); `none` only when the configuration names it. */
   confinement: Confinement;
 }
-const live = new Set<ChildProcess>();
+/** Every QEMU launcher of this process, with the signal that takes its VM down. */
+const live = new Map<ChildProcess, NodeJS.Signals>();
 const SIGNAL_NUMBERS = { SIGHUP: 1, SIGINT: 2, SIGTERM: 15 } as const;
 let exitHooked = false;
 function hookExit(): void {
   if (exitHooked) return;
   exitHooked = true;
-  const killAll = () => { for (const p of live) { try { p.kill('SIGKILL'); } catch { /* already gone */ } } };
+  const killAll = () => { for (const [p, signal] of live) { try { p.kill(signal); } catch { /* already gone */ } } };
   process.on('exit', killAll);
   // A signal nobody else handles would end the process: kill the VMs and exit as the signal would. A signal another
   // listener owns (the worker drains on SIGTERM/SIGINT) leaves the VMs alone, so in-flight calls finish in live VMs;
@@ -156,9 +158,9 @@ export class QemuVm {
     // sweep is the backstop)
     const launch = jail.command(qemuArgs(image, o, dir, o.role === 'clone', jail.ramOptions));
     const proc = spawn(launch.cmd, launch.argv, { env: launch.env, stdio: ['ignore', 'ignore', 'pipe', ...(jail.infoFd !== null ? ['pipe' as const] : [])], cwd: dir });
-    live.add(proc);
+    live.set(proc, jail.stopSignal);
     proc.once('exit', () => { live.delete(proc); void jail.release(); });
-    const qemuPid = jail.infoFd === null ? Promise.resolve(proc.pid ?? -1) : readJailInfo(proc, jail.infoFd);
+    const reaperPid = jail.infoFd === null ? Promise.resolve(proc.pid ?? -1) : readJailInfo(proc, jail.infoFd);
     const early = new Promise<never>((_, reject) => {
       proc.once('error', (e) => reject(transient('qemu_spawn', `cannot start ${o.binary}: ${e.message}`)));
       proc.once('exit', (code, sig) => reject(transient('qemu_exit', `QEMU exited during start (${code ?? sig})`)));
@@ -172,10 +174,10 @@ export class QemuVm {
     let pid: number;
     try {
       sock = await Promise.race([connected, early]);
-      pid = await Promise.race([qemuPid, early]);
+      pid = jail.vmmPid(await Promise.race([reaperPid, early])); // QEMU is connected: it exists
     } catch (err) {
       void qmp?.then((q) => q.close(), () => {});
-      try { proc.kill('SIGKILL'); } catch { /* gone */ }
+      try { proc.kill(jail.stopSignal); } catch { /* gone */ }
       rmSync(dir, { recursive: true, force: true });
       throw transient('qemu_start', `${(err as Error).message}: ${stderr.trim().slice(0, 2000)}`);
     } finally {
@@ -263,7 +265,7 @@ export class QemuVm {
       this.killed = true;
       this.agent.close();
       this.qmpClient?.close();
-      try { this.proc.kill('SIGKILL'); } catch { /* gone */ }
+      try { this.proc.kill(this.jail.stopSignal); } catch { /* gone */ }
     }
     if (this.proc.exitCode === null && this.proc.signalCode === null) await this.exited;
     await this.jail.release();
@@ -271,7 +273,7 @@ export class QemuVm {
   }
 }
 
-/** QEMU's host pid, as the jail reports it on its info pipe. */
+/** The host pid of the jail's reaper, as bwrap reports it on its info pipe. */
 function readJailInfo(proc: ChildProcess, fd: number): Promise<number> {
   return new Promise((resolve, reject) => {
     const stream = proc.stdio[fd] as NodeJS.ReadableStream | null;
