@@ -42,6 +42,9 @@ export const SessionSummary = z.object({
   lastError: z.string().nullable(),
   /** The first line of the user's first prompt, else the agent's name; absent until the worker has seen either. */
   title: z.string().max(200).nullable().optional(),
+  /** The worker that claimed the session's current work item (`<hostname>-perimeter-<uuid>`, or --worker-id): with
+   *  several hosts on one environment, the one holding the session. */
+  holder: z.string().optional(),
 });
 export type SessionSummary = z.infer<typeof SessionSummary>;
 

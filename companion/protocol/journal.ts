@@ -26,6 +26,8 @@ export const JournalSessionFields = z.object({
   endedAt: z.number().nullable(),
   lastError: z.string().nullable(),
   title: z.string().nullable(),
+  /** The worker id that claimed the session's current work item. */
+  holder: z.string().optional(),
 });
 export const JournalCallFields = z.object({
   sessionId: z.string(),
@@ -123,7 +125,7 @@ export function recoverJournal(j: FoldedJournal, now: number = Date.now()): { in
 export function sessionSummaryOf(s: JournalSession, callCount: number): SessionSummary {
   return {
     sessionId: s.sessionId, workId: s.workId, state: s.state, claimedAt: s.claimedAt, updatedAt: s.updatedAt, endedAt: s.endedAt,
-    callCount, lastError: s.lastError, title: s.title,
+    callCount, lastError: s.lastError, title: s.title, ...(s.holder ? { holder: s.holder } : {}),
   };
 }
 

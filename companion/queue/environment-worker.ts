@@ -244,7 +244,7 @@ export class Worker implements WorkerControl {
     }
     let s;
     try {
-      s = journal.updateSession(h.sessionId, { workId: h.workId, state: 'claimed', claimedAt: Date.now(), endedAt: null, lastError: null });
+      s = journal.updateSession(h.sessionId, { workId: h.workId, holder: this.workerId, state: 'claimed', claimedAt: Date.now(), endedAt: null, lastError: null });
     } catch (err) {
       log.error(`cannot journal session ${h.sessionId}: ${errorMessage(err)}`);
       return;
