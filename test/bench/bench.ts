@@ -22,8 +22,10 @@ import type { ExecRequest } from '../../companion/guest/types';
 import { SHELL_BASE_ENV, shellArgv } from '../../companion/guest/ready-shell';
 import { setLogLevel } from '../../companion/log';
 import { persistSection } from './persist-bench';
+import { loadSection } from './load-bench';
 
-export type Metrics = Record<string, number | string | boolean>;
+/** A section's results: flat values, or values keyed by a parameter (e.g. by the number of concurrent sessions). */
+export type Metrics = Record<string, number | string | boolean | Record<string, number>>;
 export interface BenchContext {
   config: Config;
   template: Template | null;
@@ -223,6 +225,7 @@ export const SECTIONS: Section[] = [
     },
   },
   persistSection,
+  loadSection,
 ];
 
 function arg(name: string): string | undefined {
@@ -254,7 +257,7 @@ async function main(): Promise<void> {
       try {
         const m = await s.run(ctx);
         Object.assign(result, m);
-        ctx.log(`  ${Object.entries(m).map(([k, v]) => `${k}=${v}`).join(' ')}  (${Math.round((now() - t0) / 1000)} s)`);
+        ctx.log(`  ${Object.entries(m).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' ')}  (${Math.round((now() - t0) / 1000)} s)`);
       } catch (err) {
         result[`${s.name}Error`] = (err as Error).message;
         ctx.log(`  FAILED: ${(err as Error).message}`);
