@@ -66,16 +66,20 @@ async function ensure(file: string, make: (tmp: string) => Promise<void>): Promi
   } finally { await fsp.rm(tmp, { force: true }); }
 }
 
-async function tool(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
+async function tool(cmd: string, args: string[], env: Record<string, string> = {}, background = false): Promise<string> {
+  const [file, argv] = background ? ['nice', ['-n', '19', 'ionice', '-c', '3', cmd, ...args]] : [cmd, args];
   try {
-    const { stdout } = await run(cmd, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C', ...env }, maxBuffer: 1 << 20 });
+    const { stdout } = await run(file, argv, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C', ...env }, maxBuffer: 1 << 20 });
     return stdout;
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
-    if (e.code === 'ENOENT') throw fatal('persist_disk_tool', `${cmd} is not installed (apt-get install ${cmd === 'mke2fs' ? 'e2fsprogs' : 'qemu-utils'})`);
+    if (e.code === 'ENOENT') throw fatal('persist_disk_tool', `${file} is not installed (apt-get install ${cmd === 'mke2fs' ? 'e2fsprogs' : 'qemu-utils'})`);
     throw fatal('persist_disk_tool', `${cmd} ${args[0]} failed: ${(e.stderr ?? e.message).trim().slice(0, 500)}`);
   }
 }
 
-/** Runs qemu-img (exported for the store's compaction). */
-export function qemuImg(args: string[]): Promise<string> { return tool('qemu-img', args); }
+/** Runs qemu-img at the lowest CPU and I/O priority (the store's compaction: background work that must not slow the
+ *  calls it runs beside). */
+export function backgroundQemuImg(args: string[]): Promise<string> {
+  return tool('qemu-img', args, {}, true);
+}

@@ -37,7 +37,7 @@ import { z } from 'zod';
 import { fatal, PerimeterError } from '../../errors';
 import { logger } from '../../log';
 import { checkSessionId } from '../paths';
-import { diskImages, qemuImg, type DiskImages } from './images';
+import { backgroundQemuImg, diskImages, type DiskImages } from './images';
 
 const log = logger('persist:disk');
 const GEN_FILE = /^gen-(\d{1,15})\.json$/;
@@ -265,7 +265,7 @@ export class DiskStore {
       const started = Date.now();
       await Promise.all([fsp.chmod(base, 0o644), fsp.chmod(layer, 0o644)]);
       try {
-        await qemuImg(['commit', '-q', '-d', '-t', 'writeback', `json:${JSON.stringify(chainSpec([layer, base]))}`]);
+        await backgroundQemuImg(['commit', '-q', '-d', '-t', 'writeback', `json:${JSON.stringify(chainSpec([layer, base]))}`]);
         await fsyncPath(base);
       } finally { await fsp.chmod(base, 0o444); }
       await this.locked(async () => {
