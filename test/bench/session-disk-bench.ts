@@ -38,7 +38,7 @@ async function call(p: DiskPersistence, driver: QemuDriver, s: string, command: 
   const t1 = performance.now();
   const shell = await p.prepare(s, sb);
   const t2 = performance.now();
-  const out = await runTool('bash', { command }, { sandbox: sb, shell, callTimeoutMs: 600_000 });
+  const out = await runTool('bash', { command, timeout_ms: 600_000 }, { sandbox: sb, shell, callTimeoutMs: 600_000 });
   if (out.isError) throw new Error(`${command}: ${out.text}`);
   const t3 = performance.now();
   let destroyMs = 0;
@@ -107,7 +107,7 @@ export async function sessionDiskBench(o: { calls: number; log: (l: string) => v
         await sleep(GAP_MS);
         const sb = await p.acquire(s, () => driver.acquire({ sessionId: s }));
         const shell = await p.prepare(s, sb);
-        const w = await runTool('bash', { command: gib }, { sandbox: sb, shell, callTimeoutMs: 600_000 });
+        const w = await runTool('bash', { command: gib, timeout_ms: 600_000 }, { sandbox: sb, shell, callTimeoutMs: 600_000 });
         if (w.isError) throw new Error(w.text);
         const c0 = performance.now();
         await p.commit(s, sb, w.shell, {});
@@ -136,7 +136,7 @@ export async function sessionDiskBench(o: { calls: number; log: (l: string) => v
       const s = `sesn_bench_files_${files}`;
       const seed = await driver.acquire({ sessionId: s });
       await p.prepare(s, seed);
-      await runTool('bash', { command: seedCommand(files) }, { sandbox: seed, shell: { cwd: '/workspace', env: {} }, callTimeoutMs: 600_000 });
+      await runTool('bash', { command: seedCommand(files), timeout_ms: 600_000 }, { sandbox: seed, shell: { cwd: '/workspace', env: {} }, callTimeoutMs: 600_000 });
       await p.commit(s, seed, null);
       await seed.destroy();
       const ms: number[] = [];

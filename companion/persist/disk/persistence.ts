@@ -208,9 +208,8 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     const release = await store.writer();
     let pending: PendingLayer | null = null;
     try {
-      const over = await store.current();
-      pending = await store.newLayer(over);
-      await port.attach({ top: pending.path, backing: store.chain(over) });
+      pending = await store.openLayer((layer, backing) => port.attach({ top: layer.path, backing }));
+      const over = pending.over;
       let roots: DiskRoot[] = [];
       let damaged: string | null = null;
       try { roots = await port.mount(rootPaths); } catch (err) {

@@ -13,7 +13,7 @@
 //   current(), get(n), list()                                      the generations (list: kept ones, newest first)
 //   chain(gen)                                                     absolute paths of a generation's layers, top first
 //   writer()                                                       the session's one writer slot (in this process)
-//   newLayer(over) → PendingLayer; commit(pending, meta); discard(pending)
+//   openLayer(open) / newLayer(over) → PendingLayer; commit(pending, meta); discard(pending)
 //   rollback(to)                                                   a new generation with the content of `to`
 //   compact()                                                      merges the oldest layer into the base (background)
 // Invariants:
@@ -201,6 +201,16 @@ export class DiskStore {
 
   async discard(pending: PendingLayer): Promise<void> { await fsp.rm(pending.path, { force: true }); }
 
+  /** A new writable layer over CURRENT, handed with its chain to `open` (which links or opens the chain's files) while
+   *  no compaction can delete a layer of that chain; the layer is discarded when `open` fails. */
+  async openLayer(open: (pending: PendingLayer, backing: string[]) => Promise<void>): Promise<PendingLayer> {
+    return this.locked(async () => {
+      const pending = await this.newLayer(await this.current());
+      try { await open(pending, this.chain(pending.over)); } catch (err) { await this.discard(pending); throw err; }
+      return pending;
+    });
+  }
+
   /** Makes `pending` (whose writer is stopped) the next generation, atomically. */
   async commit(pending: PendingLayer, meta: { shell: DiskGeneration['shell']; usage: DiskUsageRecord | null }): Promise<DiskGeneration> {
     return this.locked(async () => {
@@ -274,8 +284,8 @@ export class DiskStore {
           await this.rewrite({ ...g, layers: [...g.layers.slice(0, -2), plan.baseName] });
         }
         await fsyncPath(this.dir);
+        await fsp.rm(layer, { force: true });
       });
-      await fsp.rm(layer, { force: true });
       merged += 1;
       log.info(`session ${this.sessionId}: merged a layer into the disk's base in ${Date.now() - started} ms`);
     }
