@@ -57,6 +57,11 @@ const PRELUDE = 'D="$HOME/$PERIMETER_DIR"; H="${PERIMETER_HOME:-${XDG_STATE_HOME
   'A=$(stat -c %d "$D/home" 2>/dev/null); B=$(stat -c %d "${H%/*}" 2>/dev/null); ' +
   'if [ -n "$A" ] && [ "$A" = "$B" ] && mv -T "$D/home" "$H" 2>/dev/null; then ln -s "$H" "$D/home"; elif [ ! -e "$H" ]; then H="$D/home"; fi; fi; ';
 
+/** Finds the companion's systemd service: S is user, system or none, U the matching systemctl option. */
+const SERVICE_SCOPE = 'if systemctl --user cat perimeter.service >/dev/null 2>&1; then S=user; U=--user; ' +
+  'elif systemctl cat perimeter.service >/dev/null 2>&1; then S=system; U=; else S=none; fi; ';
+const NEED_SERVICE = 'if [ "$S" = none ]; then echo "no perimeter service on this host" >&2; exit 4; fi; ';
+
 /** The fixed remote scripts, each run after PRELUDE. */
 const SCRIPTS = {
   /** Prints the installed bundle's VERSION line (or nothing) and the remote Node version. */
@@ -82,6 +87,12 @@ const SCRIPTS = {
   /** Waits (up to 45 s) for the process whose PID is the first stdin line to exit; the PID must be all digits. */
   waitExit: 'IFS= read -r P; case "$P" in ""|*[!0-9]*) exit 2;; esac; i=0; ' +
     'while kill -0 "$P" 2>/dev/null; do i=$((i+1)); [ "$i" -ge 450 ] && exit 1; sleep 0.1; done; exit 0',
+  /** Which systemd service runs the companion here (`perimeter service install`): prints user, system or none. */
+  serviceScope: `${SERVICE_SCOPE}echo "$S"`,
+  /** Start, stop and the status (with its last log lines) of that service; exit 4 when there is none. */
+  serviceStart: `${SERVICE_SCOPE}${NEED_SERVICE}systemctl $U start perimeter.service`,
+  serviceStop: `${SERVICE_SCOPE}${NEED_SERVICE}systemctl $U stop perimeter.service`,
+  serviceStatus: `${SERVICE_SCOPE}${NEED_SERVICE}systemctl $U status perimeter.service --no-pager --full --lines=200; true`,
   /** The last 200 lines of the remote worker log. */
   log: 'tail -n 200 "$H/worker.log" 2>/dev/null || true',
   doctor: 'node "$D/bin/perimeter.js" doctor --json --home "$H"',

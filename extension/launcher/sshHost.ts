@@ -5,6 +5,9 @@
 //   stream on stdin); nothing is downloaded on the remote host.
 // - The remote worker runs detached under `nohup`, so a dropped connection does not kill in-flight tool calls; the
 //   control socket comes back through `ssh -N -L` to a free local port, and a cut tunnel is simply re-opened.
+// - Where `perimeter service install` put the companion under systemd, a real environment's worker is that service:
+//   started with `systemctl start` (its key and settings are the service's own; none are sent), stopped like any
+//   worker through the control API or, when it does not stop, with `systemctl stop`, its log read with `systemctl status`.
 // - The environment key is written to ssh's stdin (first line), never to argv, the remote command or a file. The
 //   non-secret settings go as the launch file (launchFor, companion/protocol/launch.ts) to `$H/launch.json`, which
 //   the worker reads through `--launch`; the user's own config.json on the host is never written.
@@ -110,7 +113,29 @@ export class SshHost extends Disposable implements WorkerHost {
     if (t && t.exitCode === null) t.kill('SIGTERM');
   }
 
+  /** The systemd service that runs the companion on the host (`perimeter service install`), if any. */
+  async serviceScope(): Promise<'user' | 'system' | null> {
+    const r = await this.ssh('serviceScope', undefined, 30_000);
+    const scope = r.stdout.trim();
+    return r.code === 0 && (scope === 'user' || scope === 'system') ? scope : null;
+  }
+
+  /** Starts the host's service and waits for its control API; false when the host has no service. */
+  private async startService(): Promise<boolean> {
+    const scope = await this.serviceScope();
+    if (!scope) return false;
+    this.logs.fire(`starting the ${scope} service perimeter.service on ${this.label} (systemctl)`);
+    const r = await this.ssh('serviceStart', undefined, 60_000);
+    if (r.code !== 0) throw this.fail('starting perimeter.service', r);
+    for (const deadline = Date.now() + 60_000; Date.now() < deadline; await delay(500)) {
+      const e = await this.ssh('endpoint', undefined, 30_000);
+      if (e.code === 0 && parseEndpointFile(e.stdout.trim())) return true;
+    }
+    throw new Error(`perimeter.service on ${this.label} did not open its control API; its status:\n${(await this.ssh('serviceStatus', undefined, 30_000)).stdout}`);
+  }
+
   async startWorker(settings: WorkerSettings, key: string | undefined): Promise<void> {
+    if (settings.mode === 'environment' && await this.startService()) return;
     if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
     await this.ensureInstalled();
     const written = await this.ssh('writeLaunch', JSON.stringify(launchFor(settings, false)), 30_000);
@@ -151,11 +176,21 @@ export class SshHost extends Disposable implements WorkerHost {
 
   async forceStop(): Promise<void> {
     // A remote worker that ignores shutdown is left to the user: we never send kill commands with variable PIDs.
+    // The service is stopped by name, which systemd ends with SIGTERM, then SIGKILL after its stop timeout.
+    if (await this.serviceScope()) {
+      const r = await this.ssh('serviceStop', undefined, 180_000);
+      this.closeTunnel();
+      if (r.code !== 0) throw this.fail('stopping perimeter.service', r);
+      return;
+    }
     this.closeTunnel();
     throw new Error(`the worker on ${this.label} did not stop; log in and stop it (its PID is in control.json in the companion's state directory there: $PERIMETER_HOME, else ~/.local/state/perimeter)`);
   }
 
-  async logTail(): Promise<string> { return (await this.ssh('log', undefined, 30_000)).stdout; }
+  async logTail(): Promise<string> {
+    if (await this.serviceScope()) return (await this.ssh('serviceStatus', undefined, 30_000)).stdout;
+    return (await this.ssh('log', undefined, 30_000)).stdout;
+  }
 
   async runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
     await this.ensureInstalled();
