@@ -94,7 +94,8 @@ export function describeSession(s: SessionEntry, stuck: boolean, multiHost: bool
         : sum.state === 'idle' ? 'debug-pause'
           : sum.state === 'lost' ? 'error errorForeground' : 'pass testing.iconPassed';
   const parts: string[] = [stuck ? 'stuck? no progress' : sum.state, `${s.calls.size || sum.callCount} call${(s.calls.size || sum.callCount) === 1 ? '' : 's'}`];
-  if (multiHost) parts.push(s.hostId);
+  // With several hosts, a session may have moved (its lease lapsed on one host, another claimed it): name the holder.
+  if (multiHost) parts.push(sum.holder ? `${s.hostId}, held by ${sum.holder}` : s.hostId);
   return {
     id: `session:${s.hostId}:${sum.sessionId}`,
     label: sum.sessionId,
