@@ -33,6 +33,8 @@ export interface SessionEntry {
   updatedAt: number;
   endedAt: number | null;
   lastError: string | null;
+  /** The worker id that claimed the session's current work item. */
+  holder?: string;
 }
 
 export interface CallEntry {
@@ -227,7 +229,7 @@ export class Journal implements JournalReader {
   sessionSummary(s: SessionEntry): SessionSummary {
     let callCount = 0;
     for (const c of this.calls.values()) if (c.sessionId === s.sessionId) callCount++;
-    return { sessionId: s.sessionId, workId: s.workId, state: s.state, claimedAt: s.claimedAt, updatedAt: s.updatedAt, endedAt: s.endedAt, callCount, lastError: s.lastError };
+    return { sessionId: s.sessionId, workId: s.workId, state: s.state, claimedAt: s.claimedAt, updatedAt: s.updatedAt, endedAt: s.endedAt, callCount, lastError: s.lastError, ...(s.holder ? { holder: s.holder } : {}) };
   }
 
   callSummary(c: CallEntry): ToolCallSummary {
