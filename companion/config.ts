@@ -53,7 +53,8 @@ export const ConfigSchema = z.object({
   }).default({} as never),
   persist: z.object({
     defaults: z.array(z.string()).default(['/workspace']),
-    maxBytes: z.number().int().positive().default(1024 * 1024 * 1024),
+    /** The session quota: the session disk's size (QEMU driver), or the file store's byte limit. */
+    maxBytes: z.number().int().positive().default(16 * 1024 * 1024 * 1024),
     maxFiles: z.number().int().positive().default(200_000),
     keepGenerations: z.number().int().min(1).default(3),
     /** How copy-out finds changed files: `hash` (the guest hashes every persisted file; exact) or `mtime` (size,

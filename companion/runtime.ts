@@ -11,7 +11,7 @@ import { statePaths } from './config';
 import { EventHub } from './events';
 import { Journal } from './journal/journal';
 import { selectDriver, type DriverSelection } from './sandbox/select';
-import { Persistence } from './persist/persistence';
+import { choosePersistence } from './persist/choose';
 import { MemoryMountRegistry } from './persist/memory';
 import { createEgressGateway, validateEgressPolicy, type EgressGateway, type EgressGatewayOptions } from './egress/proxy';
 import { SessionEgressGateways } from './egress/gateways';
@@ -68,7 +68,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const selection = await selectDriver(config, hub, { baseUrl: o.baseUrl, whenNoVm: o.whenNoVm });
   const journal = Journal.open(statePaths(config.home).journal);
   const memoryMounts = new MemoryMountRegistry();
-  const persistence = o.persistence === false ? undefined : new Persistence({ home: config.home, persist: config.persist, hub, memoryMounts: memoryMounts.resolve });
+  const persistence = o.persistence === false ? undefined : choosePersistence({ config, driver: selection.driver, hub, memoryMounts: memoryMounts.resolve });
   const egress = config.egress.mode === 'allow'
     ? new SessionEgressGateways((sessionId) => (o.createEgressGateway ?? createEgressGateway)({ policy: config.egress, hub, sessionId }))
     : null;

@@ -169,7 +169,9 @@ export class SessionCalls {
           if (!this.sessionSandbox) { this.sessionSandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) }); this.sessionSandboxPrepared = false; }
           sandbox = this.sessionSandbox;
         } else {
-          sandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) });
+          // Persistence may hand out a sandbox it prepared for this session while the model thought (session disks).
+          const open = () => driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) });
+          sandbox = persistence?.acquire ? await persistence.acquire(this.sessionId, open) : await open();
         }
         phaseEnd('restore');
         slot.sandbox = sandbox;
@@ -203,7 +205,7 @@ export class SessionCalls {
       let isError = outcome.isError;
       if (persistence) {
         try {
-          const report = await persistence.commit(this.sessionId, sandbox, nextShell);
+          const report = await persistence.commit(this.sessionId, sandbox, nextShell, { timedOut: outcome.timedOut });
           if (report.notes.length) text = `${text}\n[persisted files] ${report.notes.join('; ')}`;
         } catch (err) {
           log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`persist commit for ${toolUseId} failed: ${errorMessage(err)}`);
@@ -258,5 +260,6 @@ export class SessionCalls {
     const sb = this.sessionSandbox;
     this.sessionSandbox = null;
     if (sb) await sb.destroy().catch(() => {});
+    await this.runner.opts.persistence?.endSession?.(this.sessionId).catch((err: Error) => log.warn(`releasing session ${this.sessionId}'s prepared sandbox failed: ${err.message}`));
   }
 }
