@@ -276,7 +276,7 @@ describe('persist: session disks (real VMs)', function () {
     await again.close();
   });
 
-  it('a session the file store holds files for finds them on its new disk', async () => {
+  it('a session the file store holds files for finds them, and its shell state, on its new disk', async () => {
     const s = 'sesn_disk_migrate';
     const persist = { ...TEST_LIMITS, maxBytes: templateDiskBytes()! };
     const files = new Persistence({ home, persist });
@@ -284,12 +284,12 @@ describe('persist: session disks (real VMs)', function () {
     try {
       await files.prepare(s, sb);
       await runTool('write', { file_path: '/workspace/old/notes.md', content: 'from the file store\n' }, { sandbox: sb, shell: { cwd: '/workspace', env: {} }, callTimeoutMs: 60_000 });
-      assert.equal((await files.commit(s, sb, null)).generation, 1);
+      assert.equal((await files.commit(s, sb, { cwd: '/workspace/old', env: { CARRIED: 'yes' } })).generation, 1);
     } finally { await sb.destroy(); }
     const canary = fingerprint(path.join(home, 'sessions'));
     const p = newDisks(home);
-    const r = await bash(p, driver, s, 'cat old/notes.md');
-    assert.equal(r.outcome.text, 'from the file store');
+    const r = await bash(p, driver, s, 'cat notes.md; echo "$PWD $CARRIED"');
+    assert.equal(r.outcome.text, 'from the file store\n/workspace/old yes');
     assert.equal(fingerprint(path.join(home, 'sessions')), canary, 'the file store is left as it was');
     await p.close();
   });

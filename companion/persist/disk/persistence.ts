@@ -73,6 +73,8 @@ interface Attached {
   damaged: string | null;
   /** Notes for the model, reported with the commit. */
   notes: string[];
+  /** The shell state the call starts from (its generation's, or what the file store kept for a migrated session). */
+  shell: ShellState | null;
   /** The VM is gone or its layer was committed (per-call): nothing more to commit or discard. */
   done: boolean;
   /** Commits of a per-session sandbox, one after another. */
@@ -139,7 +141,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
         a.notes.push(`Memory stores could not be placed whole in this sandbox (${err.message}); what this call changes under ${ALWAYS_PERSISTED[1]} is not saved.`);
       }
     }
-    return a.pending.over.shell ?? { cwd: DEFAULT_SHELL.cwd, env: {} };
+    return a.shell ?? { cwd: DEFAULT_SHELL.cwd, env: {} };
   }
 
   async commit(sessionId: string, sandbox: Sandbox, shell: ShellState | null, outcome: { timedOut?: boolean } = {}): Promise<CommitReport> {
@@ -219,7 +221,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
       }
       const a: Attached = {
         sessionId, store, sandbox, port, pending, roots, rootPaths: rootPaths.join('\0'), release, mirror, mirrorPlaced: true,
-        damaged, notes: damaged ? [] : await this.migrate(sessionId, sandbox, over), done: false, committing: Promise.resolve(),
+        damaged, notes: [], shell: over.shell ?? (damaged ? null : await this.migrate(sessionId, sandbox, over)), done: false, committing: Promise.resolve(),
       };
       this.attached.set(sandbox, a);
       void port.closed.then(() => this.gone(a));
@@ -241,12 +243,11 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     return { rootPaths, mirror };
   }
 
-  /** A session the file store holds files for starts its disk with them (generation 0 only). */
-  private async migrate(sessionId: string, sandbox: Sandbox, over: DiskGeneration): Promise<string[]> {
-    if (over.generation !== 0 || over.rolledBackFrom !== undefined || (await this.opts.files.state(sessionId)).generation === 0) return [];
+  /** A session the file store holds files for starts its disk with them and their shell state (generation 0 only). */
+  private async migrate(sessionId: string, sandbox: Sandbox, over: DiskGeneration): Promise<ShellState | null> {
+    if (over.generation !== 0 || over.rolledBackFrom !== undefined || (await this.opts.files.state(sessionId)).generation === 0) return null;
     log.info(`session ${sessionId}: copying the file store's files onto the new session disk`);
-    await this.opts.files.prepare(sessionId, sandbox);
-    return [];
+    return this.opts.files.prepare(sessionId, sandbox);
   }
 
   // ---- commit ------------------------------------------------------------------------------------------------------
@@ -271,12 +272,13 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     } catch (err) { throw asFailure(a, 'sealing the session disk', err); }
     let gen: DiskGeneration;
     try {
-      gen = await a.store.commit(a.pending, { shell: shell ?? a.pending.over.shell, usage });
+      gen = await a.store.commit(a.pending, { shell: shell ?? a.shell, usage });
     } catch (err) {
       if (this.opts.mode === 'per-call') { await a.store.discard(a.pending).catch(() => {}); a.release(); }
       if (err instanceof DiskConflictError) return keep(`not saved: ${err.message}`);
       throw asFailure(a, 'committing the session disk', err);
     }
+    a.shell = gen.shell;
     const full = fullNote(usage);
     if (full) notes.push(full);
     if (this.opts.mode === 'per-call') {
