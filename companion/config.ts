@@ -25,6 +25,9 @@ export const ConfigSchema = z.object({
     allowNoIsolation: z.boolean().default(false),
     mode: SandboxMode.default('per-call'),
     poolSize: z.number().int().min(0).max(64).default(2),
+    /** Memory the warm pools of all templates may hold together, each ready VM counted at its template's size
+     *  (default: a quarter of the host's memory; sandbox/qemu/template-pools.ts). */
+    poolMemoryMiB: z.number().int().min(0).optional(),
     /** Keep one QEMU process started ahead of the next restore (skips QEMU's own start-up, ≈ 25 ms). */
     startEmulatorAhead: z.boolean().default(true),
     vcpus: z.number().int().min(1).max(16).default(1),

@@ -18,6 +18,8 @@ const entries = [
   { in: 'extension/extension.ts', out: 'extension.js', external: ['vscode'] },
   { in: 'test/extension/suite/index.ts', out: 'test/suite/index.js', external: ['vscode', 'mocha'] },
   { in: 'test/bench/bench.ts', out: 'bench.js' },
+  // the root filesystem unpacker, run in its own jail (companion/sandbox/template/unpack-jail.ts)
+  { in: 'companion/sandbox/template/unpack-main.ts', out: 'guest/perimeter-unpack.js' },
 ];
 await Promise.all(entries.filter((e) => existsSync(path.join(root, e.in))).map(async (e) => {
   const outfile = path.join(dist, e.out);

@@ -31,6 +31,7 @@ import { logger, registerSecret } from '../log';
 import { errorMessage } from '../errors';
 import { VERSION } from '../version';
 import { WireObserver, requestUrl } from './wire-observer';
+import { sessionTemplate } from '../protocol/template';
 
 const log = logger('worker');
 const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
@@ -267,6 +268,7 @@ export class Worker implements WorkerControl {
         // become guest mounts that persistence copies into every sandbox and back out after each call.
         tools: (ctx) => {
           mounts?.set(h.sessionId, memoryMountsFromRoots(ctx.allowedRoots ?? [], ctx.readOnlyRoots ?? [], workdir));
+          calls.useTemplate(sessionTemplate(ctx.session?.metadata));
           return sessionTools(calls);
         },
         ...(this.opts.maxIdleMs !== undefined ? { maxIdleMs: this.opts.maxIdleMs } : {}),

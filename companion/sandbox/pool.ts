@@ -1,4 +1,4 @@
-// Warm pool: keeps `size` ready items (restored VMs) ahead of need. `take()` hands out a ready item when one is
+// Warm pool: keeps `size` ready items (restored VMs) ahead of need (`resize` changes it; extra ready items go). `take()` hands out a ready item when one is
 // there (checked with `healthy` first) and otherwise creates one on the spot; every take triggers a refill behind
 // it (optionally a little later while other items are still ready). Invariants: at most `size` items are being
 // created or waiting at any time; a failed creation is logged, never thrown at an idle pool: a transient one is
@@ -25,7 +25,17 @@ export class WarmPool<T> {
 
   private delayTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly size: number, private readonly hooks: PoolHooks<T>, private readonly refillDelayMs = 0) {}
+  constructor(private size: number, private readonly hooks: PoolHooks<T>, private readonly refillDelayMs = 0) {}
+
+  get targetSize(): number { return this.size; }
+
+  /** Keeps `size` items ready from now on: refills up to it, or destroys the ready items beyond it. */
+  resize(size: number): void {
+    this.size = Math.max(0, size);
+    const extra = this.ready.splice(this.size);
+    for (const item of extra) void this.hooks.destroy(item).catch(() => {});
+    this.refill();
+  }
 
   get readyCount(): number { return this.ready.length; }
   get fillingCount(): number { return this.filling; }
@@ -84,7 +94,7 @@ export class WarmPool<T> {
         async (item) => {
           this.filling--;
           this.failures = 0;
-          if (this.closed) { await this.hooks.destroy(item).catch(() => {}); return; }
+          if (this.closed || this.ready.length >= this.size) { await this.hooks.destroy(item).catch(() => {}); return; }
           this.ready.push(item);
         },
         (err: Error) => {

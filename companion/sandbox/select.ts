@@ -13,7 +13,7 @@ import { PerimeterError, fatal } from '../errors';
 import { logger } from '../log';
 import type { DriverKind, DriverProbe, SandboxDriver } from './types';
 import { ProcessDriver } from './process/driver';
-import { QemuDriver } from './qemu/driver';
+import { QemuTemplatePools } from './qemu/template-pools';
 import { FirecrackerDriver } from './firecracker/driver';
 
 const log = logger('sandbox');
@@ -25,7 +25,7 @@ type VmDriverKind = Exclude<DriverKind, 'process'>;
 
 /** VM drivers in order of preference for `auto`. */
 const VM_DRIVERS: Array<{ kind: VmDriverKind; create: DriverFactory }> = [
-  { kind: 'qemu', create: (config, hub) => new QemuDriver(config, hub) },
+  { kind: 'qemu', create: (config, hub) => new QemuTemplatePools(config, hub) },
   { kind: 'firecracker', create: (config) => new FirecrackerDriver(config) },
 ];
 

@@ -21,6 +21,15 @@ export interface SandboxLimits {
 export interface AcquireOptions {
   sessionId: string;
   egress?: EgressAttachment;
+  /** The template to restore from (a name or hash, the session's `perimeter.template` metadata); absent: the
+   *  environment's default. An unknown one is a fatal `template_unknown` error. */
+  template?: string;
+}
+
+/** What tool calls in a sandbox get from its template: environment variables and the first bash call's directory. */
+export interface SandboxProfile {
+  env: Record<string, string>;
+  workdir?: string;
 }
 
 export interface Sandbox extends GuestOps {
@@ -28,6 +37,8 @@ export interface Sandbox extends GuestOps {
   readonly driver: DriverKind;
   /** Present when the sandbox has a session-disk device (a template built with one). */
   readonly sessionDisk?: SessionDiskPort;
+  /** Present when its template sets an environment or a working directory. */
+  readonly profile?: SandboxProfile;
   /** Kills the VM (or removes the process driver's directory). Idempotent. */
   destroy(): Promise<void>;
 }

@@ -71,7 +71,7 @@ export class CallRunner {
   /** The service accepted a call's result (the worker's wire observer saw the post succeed). */
   resultPosted(toolUseId: string): void { this.record.posted(toolUseId); }
 
-  /** @internal */ shellFor(sessionId: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, env: {} }; }
+  /** @internal */ shellFor(sessionId: string, workdir?: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, cwd: workdir ?? INITIAL_SHELL.cwd, env: {} }; }
   /** @internal */ setShell(sessionId: string, s: ShellState): void { this.shells.set(sessionId, s); }
   /** @internal */ inFlightCall(id: string) { return this.inFlight.get(id); }
   /** @internal */ trackInFlight(id: string, p: Promise<CallResult>) { this.inFlight.set(id, p); void p.finally(() => this.inFlight.delete(id)); }
@@ -85,10 +85,15 @@ export class SessionCalls {
   private ignoreRunnerAbort = false;
   /** Calls between dispatch and a durable result (running or being journaled). */
   private active = 0;
+  /** The template the session's sandboxes are restored from (its `perimeter.template` metadata); absent: the default. */
+  private template: string | undefined;
 
   constructor(private readonly runner: CallRunner, readonly sessionId: string, readonly workId: string, private readonly opts: SessionCallOptions) {}
 
   get inFlightCount(): number { return this.active; }
+
+  /** The template this session's sandboxes come from (null: the environment's default). */
+  useTemplate(name: string | null): void { this.template = name ?? undefined; }
 
   /** From now on, new calls are answered with an error instead of running (drain). */
   refuseNew(reason: string): void { this.refuseReason = reason; }
@@ -166,11 +171,11 @@ export class SessionCalls {
       let shell: ShellState;
       try {
         if (mode === 'per-session') {
-          if (!this.sessionSandbox) { this.sessionSandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) }); this.sessionSandboxPrepared = false; }
+          if (!this.sessionSandbox) { this.sessionSandbox = await driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId), template: this.template }); this.sessionSandboxPrepared = false; }
           sandbox = this.sessionSandbox;
         } else {
           // Persistence may hand out a sandbox it prepared for this session while the model thought (session disks).
-          const open = () => driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId) });
+          const open = () => driver.acquire({ sessionId: this.sessionId, egress: egressFor?.(this.sessionId), template: this.template });
           sandbox = persistence?.acquire ? await persistence.acquire(this.sessionId, open) : await open();
         }
         phaseEnd('restore');
@@ -183,7 +188,7 @@ export class SessionCalls {
           if (mode === 'per-session') this.sessionSandboxPrepared = true;
         }
         phaseEnd('copyIn');
-        shell = this.runner.shellFor(this.sessionId);
+        shell = this.runner.shellFor(this.sessionId, sandbox.profile?.workdir);
       } catch (err) {
         if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' };
         log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`sandbox for ${toolUseId} failed: ${errorMessage(err)}`);
@@ -191,7 +196,7 @@ export class SessionCalls {
         if (mode === 'per-session') this.dropSessionSandbox();
         return { text: `sandbox unavailable: ${errorMessage(err)}`, isError: true, exitCode: null };
       }
-      const outcome = await runToolCall(call, { sandbox, shell, callTimeoutMs, onOutput });
+      const outcome = await runToolCall(call, { sandbox, shell, callTimeoutMs, onOutput, profile: sandbox.profile });
       phaseEnd('exec');
       flush();
       if (abortReason) {

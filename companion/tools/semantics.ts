@@ -43,6 +43,9 @@ export interface ToolRunContext {
   callTimeoutMs: number;
   /** Live output of a running command (bash, grep), already cleaned. */
   onOutput?: (chunk: string) => void;
+  /** What the sandbox's template gives every call: environment variables under the session's own, and the
+   *  directory a restarted shell starts in. */
+  profile?: { env: Record<string, string>; workdir?: string };
 }
 
 export interface ToolOutcome {
@@ -198,13 +201,13 @@ export function parseShellState(data: Buffer): ShellState | null {
 
 async function bash(input: ToolInputs['bash'], ctx: ToolRunContext): Promise<ToolOutcome> {
   let shell: ShellState = ctx.shell;
-  if (input.restart) shell = { cwd: INITIAL_SHELL.cwd, env: {} };
+  if (input.restart) shell = { cwd: ctx.profile?.workdir ?? INITIAL_SHELL.cwd, env: {} };
   if (!input.command) {
     if (input.restart) return ok('bash session restarted', { shell });
     return fail('bash: command is required');
   }
   const timeoutMs = Math.min(input.timeout_ms && input.timeout_ms > 0 ? input.timeout_ms : BASH_DEFAULT_TIMEOUT_MS, ctx.callTimeoutMs);
-  const env = { ...SHELL_BASE_ENV, ...shell.env };
+  const env = { ...SHELL_BASE_ENV, ...ctx.profile?.env, ...shell.env };
   const commandBytes = Buffer.byteLength(input.command);
   if (commandBytes > BASH_COMMAND_MAX) return fail(`bash: the command is ${commandBytes} bytes; the limit is ${BASH_COMMAND_MAX} (write large content with the write tool)`);
   const onStdin = Buffer.byteLength(shQuote(input.command)) > BASH_INLINE_COMMAND_MAX;

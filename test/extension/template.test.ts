@@ -2,8 +2,8 @@
 // extension-host `template` suite (suite/template.suite.ts) runs with the extension loaded from that installed copy,
 // not the repository, so the companion has only what the .vsix carries. It builds on this machine and on an SSH host
 // (harness/sshd.sh: a throw-away sshd on loopback; the extension installs its bundle there). Each build gets a fresh
-// state directory whose cache/kernel and cache/rootfs link to this machine's cache (compiling the kernel and running
-// debootstrap take minutes); the rest of the build runs for real: the kernel configuration check, the initramfs with
+// state directory whose cache/kernel and cache/rootfs-image link to this machine's cache (compiling the kernel and
+// bootstrapping Debian take minutes); the rest of the build runs for real: the kernel configuration check, the initramfs with
 // the guest agent, the root image, a boot under QEMU, the warm-up and the snapshot. Needs QEMU and a template built
 // once on this machine (`perimeter template build`), like the VM suites.
 import assert from 'node:assert/strict';
@@ -21,7 +21,7 @@ const sshd = path.resolve(__dirname, 'harness/sshd.sh');
 function seededHome(parent: string, name: string, cache: string): string {
   const home = path.join(parent, name);
   mkdirSync(path.join(home, 'cache'), { recursive: true });
-  for (const part of ['kernel', 'rootfs']) symlinkSync(path.join(cache, part), path.join(home, 'cache', part));
+  for (const part of ['kernel', 'rootfs-image']) symlinkSync(path.join(cache, part), path.join(home, 'cache', part));
   return home;
 }
 
@@ -42,7 +42,7 @@ describe('Build Template from the installed .vsix (this machine and an SSH host)
     const why = vmUnavailable();
     if (why) { console.log(`      SKIPPED (real VMs unavailable): ${why}`); this.skip(); }
     const cache = path.join(vmConfig().home, 'cache');
-    for (const part of ['kernel', 'rootfs']) assert.ok(existsSync(path.join(cache, part)), `${cache}/${part} is kept by \`perimeter template build\``);
+    for (const part of ['kernel', 'rootfs-image']) assert.ok(existsSync(path.join(cache, part)), `${cache}/${part} is kept by \`perimeter template build\``);
 
     const vsix = path.join(dir, 'perimeter.vsix');
     execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: root, stdio: 'pipe' });

@@ -1,5 +1,5 @@
 // Template pieces that need no VM: the newc cpio writer (checked with the system cpio), the command's argument
-// parser, and the manifest loader's refusal of broken templates.
+// parser (build sources, ls/inspect/rm), and the manifest loader's refusal of broken templates.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, mkdirSync } from 'node:fs';
@@ -25,11 +25,20 @@ describe('template building blocks', () => {
   });
 
   it('parses template arguments and rejects bad ones clearly', () => {
-    assert.deepEqual(parseTemplateArgs(['build', '--kernel', 'debian', '--rootfs', '/r', '--force']), { action: 'build', kernel: 'debian', rootfs: '/r', force: true, check: false });
-    assert.deepEqual(parseTemplateArgs(['build', '--check']), { action: 'build', kernel: 'tiny', force: false, check: true });
+    const base = { force: false, check: false, makeDefault: false, json: false, ref: undefined };
+    assert.deepEqual(parseTemplateArgs(['build', '--kernel', 'debian', '--rootfs', '/r', '--force']), { ...base, action: 'build', kernel: 'debian', rootfs: '/r', force: true });
+    assert.deepEqual(parseTemplateArgs(['build', '--check']), { ...base, action: 'build', check: true });
+    assert.deepEqual(parseTemplateArgs(['build', '-f', 'perimeter.template.json', '--default', '--json']), { ...base, action: 'build', file: 'perimeter.template.json', makeDefault: true, json: true });
+    assert.deepEqual(parseTemplateArgs(['build', '--from-image=img.tar', '--name', 'img']), { ...base, action: 'build', image: 'img.tar', name: 'img' });
+    assert.deepEqual(parseTemplateArgs(['build', 'minimal']), { ...base, action: 'build', ref: 'minimal' });
     assert.equal(parseTemplateArgs(['check']).check, true);
+    assert.equal(parseTemplateArgs(['rm', 'node', '--force']).ref, 'node');
     assert.throws(() => parseTemplateArgs(['build', '--kernel', 'huge']), /tiny or debian/);
     assert.throws(() => parseTemplateArgs(['build', '--rootfs']), /needs a value/);
+    assert.throws(() => parseTemplateArgs(['build', '-f', 'a.json', '--from-image', 'b.tar']), /one of/);
+    assert.throws(() => parseTemplateArgs(['build', '--from-image', 'b.tar']), /needs --name/);
+    assert.throws(() => parseTemplateArgs(['build', 'huge']), /not a built-in template/);
+    assert.throws(() => parseTemplateArgs(['inspect']), /needs a template name/);
     assert.throws(() => parseTemplateArgs(['frobnicate']), /unknown template action/);
   });
 

@@ -22,7 +22,7 @@ import type { EventHub } from '../../events';
 import { statePaths } from '../../config';
 import { fatal, transient } from '../../errors';
 import { logger } from '../../log';
-import type { AcquireOptions, DriverInfo, DriverProbe, Sandbox, SandboxDriver } from '../types';
+import type { AcquireOptions, DriverInfo, DriverProbe, Sandbox, SandboxDriver, SandboxProfile } from '../types';
 import type { ExecRequest, ExecResult, GotFile, GuestEntry, GuestOps, GuestStat, PutFile } from '../../guest/types';
 import { SHELL_BASE_ENV, shellArgv } from '../../guest/ready-shell';
 import { WarmPool } from '../pool';
@@ -45,7 +45,7 @@ const log = logger('sandbox:qemu');
 const POOL_REFILL_DELAY_MS = Number(process.env.PERIMETER_POOL_REFILL_DELAY_MS ?? 400);
 
 /** How to get a template on a fresh Debian 12 machine (the packages the build needs, then the build itself). */
-export const TEMPLATE_BUILD_FIX = 'sudo apt-get install qemu-system-x86 qemu-utils debootstrap e2fsprogs build-essential bc bison flex libelf-dev libssl-dev xz-utils linux-source-6.1, then as root: perimeter template build (once, ~10 min)';
+export const TEMPLATE_BUILD_FIX = 'sudo apt-get install qemu-system-x86 qemu-utils mmdebstrap uidmap bubblewrap e2fsprogs build-essential bc bison flex libelf-dev libssl-dev xz-utils linux-source-6.1, then (as yourself, no root needed): perimeter template build (once, ~10 min)';
 
 export const TCG_WARNING = 'QEMU is running guests under TCG (software CPU emulation): this is for testing; use a host where KVM works for real workloads';
 
@@ -54,10 +54,12 @@ export class QemuSandbox implements Sandbox {
   private destroyed: Promise<void> | null = null;
 
   readonly sessionDisk?: SessionDiskPort;
+  readonly profile?: SandboxProfile;
 
   constructor(readonly vm: QemuVm, private readonly callTimeoutMs: number, private readonly onGone: (s: QemuSandbox) => void,
-    readonly writableBytes: number, sessionDiskBytes?: number) {
+    readonly writableBytes: number, sessionDiskBytes?: number, profile?: SandboxProfile) {
     if (sessionDiskBytes !== undefined) this.sessionDisk = new QemuSessionDisk(vm, sessionDiskBytes);
+    if (profile) this.profile = profile;
   }
 
   get id(): string { return this.vm.id; }
@@ -90,6 +92,7 @@ export class QemuDriver implements SandboxDriver {
   readonly confinement: Confinement;
   private emulatorAhead: Promise<QemuVm> | null = null;
   private templateReady: Promise<Template> | null = null;
+  private poolSize: number;
   /** What keeps the driver from restoring right now (a snapshot being remade), for the panel. */
   private note: string | undefined;
   private warmup: (sandbox: GuestOps) => Promise<void> = async (s) => {
@@ -99,6 +102,13 @@ export class QemuDriver implements SandboxDriver {
   constructor(private readonly config: Config, private readonly hub?: EventHub) {
     this.vmsDir = statePaths(config.home).vms;
     this.confinement = Confinement.fromConfig(config.sandbox, log);
+    this.poolSize = config.sandbox.poolSize;
+  }
+
+  /** How many restored VMs to keep ready from now on (the per-template pools size each other: template-pools.ts). */
+  setPoolSize(n: number): void {
+    this.poolSize = n;
+    this.pool?.resize(n);
   }
 
   async probe(): Promise<DriverProbe> {
@@ -184,7 +194,7 @@ export class QemuDriver implements SandboxDriver {
     const report = this.confinement.report(this.confinement.qemuVersion(this.config.sandbox.qemuBinary));
     if (this.confinement.enabled) log.info(`VMs confined: ${report.namespaces.join('/')} namespaces; uid ${report.uid}; memory file ${report.memoryFile}; ${report.cgroup.detail}`);
     this.template = t;
-    this.pool = new WarmPool<QemuSandbox>(this.config.sandbox.poolSize, {
+    this.pool = new WarmPool<QemuSandbox>(this.poolSize, {
       create: () => this.restoreWarm(),
       destroy: (s) => s.destroy(),
       healthy: async (s) => { if (s.vm.agent.broken) return false; await s.vm.agent.ping(2_000); return true; },
@@ -206,7 +216,8 @@ export class QemuDriver implements SandboxDriver {
     if (!t) throw fatal('template_missing', 'driver not started');
     if (!existsSync(t.memFile)) throw fatal('template_invalid', `template ${t.dir} lost its memory file`);
     const vm = await this.takeEmulator(t);
-    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), this.limits(t).writableBytes, t.image.sessionDisk?.bytes);
+    const profile = t.manifest.env || t.manifest.workdir ? { env: t.manifest.env ?? {}, ...(t.manifest.workdir ? { workdir: t.manifest.workdir } : {}) } : undefined;
+    const sandbox = new QemuSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), this.limits(t).writableBytes, t.image.sessionDisk?.bytes, profile);
     vm.onAgentFatal = (err) => {
       log.warn(`sandbox ${vm.id}: ${err.message}; killing the VM`);
       void sandbox.destroy();

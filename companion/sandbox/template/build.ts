@@ -1,11 +1,13 @@
 // `perimeter template build`: kernel + root filesystem + guest agent → a booted, warmed-up, snapshotted template.
-// Inputs come from Debian's archive only (linux-source-6.1 or the packaged cloud kernel; debootstrap minbase bookworm)
-// or from a root filesystem directory the user gives. Invariants:
+// Inputs come from Debian's archive only (linux-source-6.1 or the packaged cloud kernel), a root filesystem image
+// made from a template file or an OCI image (rootfs.ts, oci.ts), or a root filesystem directory the user gives.
+// Invariants:
 // - Expensive inputs are cached under <home>/cache keyed by what they are built from (kernel: fragment + source
-//   package version; rootfs: suite, packages, mirror; a user tree: its file listing), so rebuilds are fast.
+//   package version; root filesystem images: see rootfs.ts; a user tree: its file listing), so rebuilds are fast.
 // - The template is content-addressed: <home>/templates/<hash> where the hash covers kernel, initramfs (agent),
-//   rootfs key, command line, memory, vCPUs, accelerator, QEMU version and the ready shell. It is built in a
-//   temporary directory and renamed into place complete; `current` is updated last.
+//   rootfs key, command line, memory, vCPUs, accelerator, QEMU version, the ready shell and what tool calls get
+//   from it (environment, working directory). It is built in a temporary directory and renamed into place complete;
+//   `current` is updated last (unless the build is not to become the default).
 // - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
 // - The snapshot is taken warm: configured limits applied, a real bash tool call run and common programs read (so
 //   clones find them in the page cache), and the guest's ready shell started (guest/ready-shell.ts).
@@ -24,10 +26,7 @@ import type { Confinement } from '../qemu/confine';
 import { fatal } from '../../errors';
 import type { GuestOps } from '../../guest/types';
 import type { GuestLimits } from '../../guest/client';
-
-export const ROOTFS_PACKAGES = ['bash', 'coreutils', 'ripgrep', 'git', 'python3', 'curl', 'ca-certificates', 'tar'];
-const SUITE = 'bookworm';
-const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
+import type { RootfsImage } from './rootfs';
 const HELLO_TIMEOUT_MS = 120_000;
 /** Compiler invocations of the tiny kernel build (for progress only). */
 const KERNEL_OBJECTS = 985;
@@ -35,15 +34,20 @@ const KERNEL_OBJECTS = 985;
 export interface BuildOptions {
   home: string;
   kernel: 'tiny' | 'debian';
-  rootfsDir?: string;
+  /** The root filesystem: a prepared image (rootfs.ts, oci.ts) or a directory tree of the user's. */
+  rootfs: { image: RootfsImage } | { dir: string };
   force?: boolean;
+  /** Make the template the default one (`current`). */
+  setCurrent: boolean;
+  /** What every tool call gets from the template: its environment and first working directory, and the template
+   *  file it was built from. */
+  profile?: Pick<TemplateManifest, 'env' | 'workdir' | 'spec'>;
   memoryMiB: number;
   vcpus: number;
   /** Writable layer (tmpfs upper of the root overlay) default size in MiB. */
   writableMiB: number;
   accel: 'auto' | 'kvm' | 'tcg';
   qemuBinary: string;
-  mirror?: string;
   progress: (line: string) => void;
   /** A typical call (the CLI passes the bash tool's warm-up), run before the snapshot so that what it reads (bash,
    *  the C.UTF-8 locale, the tool's script path) is already in every clone's page cache instead of read from the
@@ -65,7 +69,7 @@ const PAGE_CACHE_FILES = ['/usr/bin/ls', '/usr/bin/cat', '/usr/bin/grep', '/usr/
 // ------------------------------------------------------------------ helpers
 /** Every file the build reads from the companion's own installation (the rest comes from the host or its cache).
  *  scripts/build.mjs copies them into dist/guest/, which the .vsix and the bundle installed on SSH hosts carry. */
-export const TEMPLATE_ASSETS = ['perimeter-agent', 'microvm.config.fragment'] as const;
+export const TEMPLATE_ASSETS = ['perimeter-agent', 'microvm.config.fragment', 'perimeter-unpack.js'] as const;
 export type TemplateAsset = typeof TEMPLATE_ASSETS[number];
 
 /** Where an asset is looked for: next to the bundle first (dist/perimeter.js → dist/guest/), then the source layout
@@ -233,24 +237,6 @@ async function extractVmlinux(bzImage: string, out: string): Promise<void> {
 // ------------------------------------------------------------------ root filesystem
 interface RootfsArtifact { tree: string; key: string; source: string; disposable: boolean }
 
-async function debootstrapRootfs(cache: string, mirror: string, progress: (l: string) => void): Promise<RootfsArtifact> {
-  const key = sha256(JSON.stringify({ suite: SUITE, variant: 'minbase', packages: ROOTFS_PACKAGES, mirror, recipe: 1 })).slice(0, 16);
-  const out = path.join(cache, 'rootfs', key);
-  const art = { tree: path.join(out, 'tree'), key: `debootstrap-${key}`, source: `debootstrap ${SUITE} minbase + ${ROOTFS_PACKAGES.join(',')}`, disposable: false };
-  if (existsSync(path.join(out, 'complete'))) { progress(`rootfs: cached debootstrap tree ${out}`); return art; }
-  rmSync(out, { recursive: true, force: true });
-  mkdirSync(out, { recursive: true });
-  progress(`rootfs: debootstrap --variant=minbase ${SUITE} with ${ROOTFS_PACKAGES.join(' ')} (about 1 min)`);
-  const started = Date.now();
-  await run('debootstrap', ['--variant=minbase', `--include=${ROOTFS_PACKAGES.join(',')}`, SUITE, art.tree, mirror], {
-    onLine: (l) => { if (/^I: (Retrieving|Validating|Extracting|Installing|Configuring) /.test(l) && !/Retrieving|Validating|Extracting/.test(l)) progress(`rootfs: ${l.slice(3)}`); },
-  });
-  prepareTree(art.tree);
-  writeFileSync(path.join(out, 'complete'), new Date().toISOString());
-  progress(`rootfs: debootstrap finished in ${Math.round((Date.now() - started) / 1000)} s`);
-  return art;
-}
-
 /** A user's tree: keyed by its listing (names, sizes, modes, mtimes); copied so our adjustments never touch it. */
 async function userRootfs(dir: string, cache: string, progress: (l: string) => void): Promise<RootfsArtifact> {
   const root = path.resolve(dir);
@@ -329,7 +315,8 @@ interface SnapshotRun {
   accel: 'kvm' | 'tcg';
   work: string;
   progress: (line: string) => void;
-  /** The root filesystem is the debootstrap one (checked for every tool the sandbox promises), not a user's tree. */
+  /** The root filesystem is a Debian one of ours (checked for every tool the sandbox promises), not a user's tree or
+   *  an image's. */
   fullRootfs: boolean;
   warmup?: (guest: GuestOps) => Promise<void>;
   limits?: GuestLimits;
@@ -356,8 +343,9 @@ async function bootAndSnapshot(o: SnapshotRun): Promise<{ bootMs: number; snapsh
     if (r.exitCode !== 0) throw new Error(`warm-up check failed (exit ${r.exitCode}): ${r.output.toString()}`);
     for (const line of r.output.toString().trim().split('\n')) p(`warm-up: ${line}`);
     await vm.agent.exec({ argv: ['/bin/sh', '-c', 'for f in "$@" /usr/lib/locale/C.utf8/LC_*; do [ -f "$f" ] && cat -- "$f"; done >/dev/null', 'sh', ...PAGE_CACHE_FILES], cwd: '/', timeoutMs: 60_000, maxOutputBytes: 4096 });
-    if (o.warmup) { await o.warmup(vm.agent); p('warm-up: a bash tool call ran (what it reads is in the snapshot\'s page cache)'); }
-    if (await vm.agent.stat('/bin/bash')) {
+    const hasBash = !!(await vm.agent.stat('/bin/bash'));
+    if (o.warmup && hasBash) { await o.warmup(vm.agent); p('warm-up: a bash tool call ran (what it reads is in the snapshot\'s page cache)'); }
+    if (hasBash) {
       await vm.agent.startReadyShell(READY_SHELL_ARGV, READY_SHELL_ENV);
       await vm.agent.waitReadyShell(60_000);
       p('ready shell: started (every clone starts with a bash waiting for its first command)');
@@ -445,7 +433,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
     }
     const { bootMs, snapshotMs } = await bootAndSnapshot({
       home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
-      fullRootfs: t.manifest.rootfsSource.startsWith('debootstrap '), warmup: o.warmup, limits: o.limits, confinement: o.confinement,
+      fullRootfs: /^(debootstrap|mmdebstrap) /.test(t.manifest.rootfsSource), warmup: o.warmup, limits: o.limits, confinement: o.confinement,
     });
     return await sealTemplate(work, { ...t.manifest, hash, createdAt: new Date().toISOString(), accel: accel.accel, qemuVersion: qver, append, bootMs, snapshotMs }, {
       setCurrent: o.setCurrent, progress: p,
@@ -464,7 +452,8 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
   const p = o.progress;
   p(`template: ${o.kernel} kernel, ${o.memoryMiB} MiB, ${o.vcpus} vCPU, ${qver}`);
   const kernel = o.kernel === 'tiny' ? await tinyKernel(cache, p) : await debianKernel(cache, p);
-  const rootfs = o.rootfsDir ? await userRootfs(o.rootfsDir, cache, p) : await debootstrapRootfs(cache, o.mirror ?? DEFAULT_MIRROR, p);
+  const rootfs = 'dir' in o.rootfs ? await userRootfs(o.rootfs.dir, cache, p) : null;
+  const rootfsKey = rootfs?.key ?? ('image' in o.rootfs ? o.rootfs.image.key : '');
 
   const work = path.join(tdir, `.build-${process.pid}-${randomBytes(3).toString('hex')}`);
   mkdirSync(work, { recursive: true });
@@ -483,32 +472,35 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
       ...(o.sessionDiskBytes ? { sessionDisk: { bytes: o.sessionDiskBytes } } : {}),
     };
     const [kernelHash, initrdHash] = await Promise.all([sha256File(image.kernel), sha256File(image.initrd)]);
-    await makeImage(rootfs.tree, image.rootfs, p);
+    if (rootfs) await makeImage(rootfs.tree, image.rootfs, p);
+    else if ('image' in o.rootfs) hardlinkOrCopy(o.rootfs.image.image, image.rootfs);
     const accel = await chooseAccel({ wanted: o.accel, binary: o.qemuBinary, image, imageKey: `${kernelHash}:${initrdHash}`, home: o.home, confinement: o.confinement });
     p(`accel: ${accel.accel} (${accel.detail})`);
     const append = image.append = guestAppend(baseAppend, accel.accel);
     // The accelerator is part of the identity: a TCG snapshot is not restored under KVM.
-    const inputs = { kernelHash, initrdHash, rootfs: rootfs.key, append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts, qver, vmRecipe: VM_RECIPE, readyShell: sha256(JSON.stringify([READY_SHELL_BOOTSTRAP, READY_SHELL_ENV])), sessionDisk: image.sessionDisk ?? null };
+    const profile = o.profile ?? {};
+    const inputs = { kernelHash, initrdHash, rootfs: rootfsKey, append, memoryMiB: o.memoryMiB, vcpus: o.vcpus, machineOpts: kernel.machineOpts, qver, vmRecipe: VM_RECIPE, readyShell: sha256(JSON.stringify([READY_SHELL_BOOTSTRAP, READY_SHELL_ENV])), sessionDisk: image.sessionDisk ?? null, ...(profile.env || profile.workdir ? { env: profile.env ?? {}, workdir: profile.workdir ?? null } : {}) };
     const hash = sha256(JSON.stringify({ ...inputs, accel: accel.accel })).slice(0, 24);
     const final = path.join(tdir, hash);
     if (!o.force && existsSync(path.join(final, 'template.json'))) {
       p(`template: already built: ${final}`);
-      writeFileSync(path.join(tdir, 'current'), hash);
+      if (o.setCurrent) writeFileSync(path.join(tdir, 'current'), hash);
       return loadTemplate(final);
     }
 
     const { bootMs, snapshotMs } = await bootAndSnapshot({
       home: o.home, qemuBinary: o.qemuBinary, image, accel: accel.accel, work, progress: p,
-      fullRootfs: !o.rootfsDir, warmup: o.warmup, limits: o.limits, confinement: o.confinement,
+      fullRootfs: 'image' in o.rootfs && o.rootfs.image.full, warmup: o.warmup, limits: o.limits, confinement: o.confinement,
     });
     return await sealTemplate(work, {
       version: 1, hash, createdAt: new Date().toISOString(), kernel: o.kernel, accel: accel.accel, qemuVersion: qver,
-      memoryMiB: o.memoryMiB, vcpus: o.vcpus, writableMiB, append, machineOpts: kernel.machineOpts, rootfsSource: rootfs.source,
-      bootMs, snapshotMs, ...(image.sessionDisk ? { sessionDisk: image.sessionDisk } : {}),
-    }, { setCurrent: true, progress: p });
+      memoryMiB: o.memoryMiB, vcpus: o.vcpus, writableMiB, append, machineOpts: kernel.machineOpts,
+      rootfsSource: rootfs?.source ?? ('image' in o.rootfs ? o.rootfs.image.source : ''),
+      bootMs, snapshotMs, ...(image.sessionDisk ? { sessionDisk: image.sessionDisk } : {}), ...profile,
+    }, { setCurrent: o.setCurrent, progress: p });
   } finally {
     rmSync(work, { recursive: true, force: true });
-    if (rootfs.disposable) rmSync(rootfs.tree, { recursive: true, force: true });
+    if (rootfs?.disposable) rmSync(rootfs.tree, { recursive: true, force: true });
   }
 }
 

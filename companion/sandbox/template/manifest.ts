@@ -1,5 +1,5 @@
 // A built template on disk: <home>/templates/<hash>/{vmlinux, initramfs.cpio, rootfs.ext4, mem.bin, state.bin,
-// template.json}; <home>/templates/current names the newest one. Invariants: a template directory is complete once
+// template.json}; <home>/templates/current names the default one, names/<name> the named ones (registry.ts). Invariants: a template directory is complete once
 // template.json exists (it is written last, after an atomic rename of the whole directory); its files never change
 // while clones may be alive (mem.bin is mapped by every clone); the hash covers every input a clone depends on.
 import { existsSync, readFileSync } from 'node:fs';
@@ -26,6 +26,11 @@ export const TemplateManifestSchema = z.object({
   snapshotMs: z.number(),
   /** The session-disk device's virtual size (sandbox/qemu/session-disk.ts); absent in templates built without one. */
   sessionDisk: z.object({ bytes: z.number().int().positive() }).optional(),
+  /** Environment of every tool call and the first bash call's directory (the template file's `env`, `workdir`). */
+  env: z.record(z.string(), z.string()).optional(),
+  workdir: z.string().optional(),
+  /** The template file it was built from: its name, where it was read and what of it made the root filesystem. */
+  spec: z.object({ name: z.string(), source: z.string(), rootfsKey: z.string() }).optional(),
 });
 export type TemplateManifest = z.infer<typeof TemplateManifestSchema>;
 
@@ -59,9 +64,16 @@ export function loadTemplate(dir: string): Template {
   };
 }
 
-/** The configured template directory, else the newest built one; null when none exists. */
+/** The configured template (a directory when it has a "/", else a name or hash under <home>/templates), else the
+ *  default one (`current`); null when none exists. */
 export function findTemplate(home: string, configured?: string): Template | null {
-  if (configured) return loadTemplate(path.resolve(configured));
+  if (configured?.includes('/')) return loadTemplate(path.resolve(configured));
+  if (configured) {
+    const nameFile = path.join(templatesDir(home), 'names', configured);
+    const hash = existsSync(nameFile) ? readFileSync(nameFile, 'utf8').trim() : configured;
+    if (!/^[0-9a-f]{16,64}$/.test(hash)) throw fatal('template_missing', `no template named "${configured}" under ${templatesDir(home)} (perimeter template ls)`);
+    return loadTemplate(path.join(templatesDir(home), hash));
+  }
   const current = path.join(templatesDir(home), 'current');
   if (!existsSync(current)) return null;
   const hash = readFileSync(current, 'utf8').trim();
