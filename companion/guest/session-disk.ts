@@ -4,6 +4,7 @@
 // (kinds, one per root asked for; usage figures consistent), whatever the guest claims.
 import { z } from 'zod';
 import { BodyReader, BodyWriter, ProtocolError } from './protocol';
+import { GuestError } from './types';
 
 /** How a persisted root was placed: a directory of the disk bind-mounted onto its path, a file or symlink copied in
  *  (and back at seal), or nothing yet (copied onto the disk at seal if the call creates it). */
@@ -58,11 +59,17 @@ const Usage = z.object({
   freeInodes: z.number().int().nonnegative(),
 }).refine((u) => u.availableBytes <= u.bytes && u.freeInodes <= u.inodes, 'more free than total');
 
+/** The usage a seal reports. A filesystem whose superblock the guest overwrote reports sizes that cannot be: that is
+ *  a GuestError (EUCLEAN), not a protocol failure. */
 export function decodeSeal(body: Buffer): DiskUsage {
   const r = new BodyReader(body);
-  const usage = Usage.parse({ bytes: r.u64(), availableBytes: r.u64(), inodes: r.u64(), freeInodes: r.u64() });
+  const raw = [r.raw(8), r.raw(8), r.raw(8), r.raw(8)].map((b) => b.readBigUInt64BE());
   r.done();
-  return usage;
+  const usage = raw.every((v) => v <= BigInt(Number.MAX_SAFE_INTEGER))
+    ? Usage.safeParse({ bytes: Number(raw[0]), availableBytes: Number(raw[1]), inodes: Number(raw[2]), freeInodes: Number(raw[3]) })
+    : null;
+  if (!usage?.success) throw new GuestError('EUCLEAN', 'the session disk\'s filesystem reports impossible sizes (its superblock is damaged)');
+  return usage.data;
 }
 
 export function encodeThaw(): Buffer { return new BodyWriter().u8(DISK_OP.thaw).finish(); }

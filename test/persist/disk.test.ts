@@ -48,6 +48,9 @@ async function diskCall(p: DiskPersistence, driver: QemuDriver, sessionId: strin
   } finally { await sb.destroy(); }
 }
 
+/** Sets $d to the session disk's device name, in the guest. */
+const DISK_DEVICE = 'd=$(grep -l perimeter-disk /sys/block/vd*/serial | cut -d/ -f4)';
+
 const bash = (p: DiskPersistence, d: QemuDriver, s: string, command: string, timeoutMs = 600_000) => diskCall(p, d, s, 'bash', { command, timeout_ms: timeoutMs });
 
 describe('persist: session disks (real VMs)', function () {
@@ -228,25 +231,40 @@ describe('persist: session disks (real VMs)', function () {
     await p.close();
   });
 
-  it('a guest that corrupts its own filesystem: the next call says which generation to roll back to and runs; other sessions are untouched; rollback restores it', async function () {
+  it('a guest that overwrites its superblock with garbage: that call commits nothing and says so; the next call has the files', async function () {
+    this.timeout(600_000);
+    const p = newDisks(home);
+    const s = 'sesn_disk_garbage';
+    await bash(p, driver, s, 'echo precious > precious.txt');
+    const smash = await bash(p, driver, s, `${DISK_DEVICE}; head -c 4096 /dev/urandom | dd of=/dev/$d bs=4096 count=1 conv=notrunc 2>/dev/null; echo done`);
+    assert.equal(smash.outcome.text, 'done');
+    assert.ok(smash.error, 'a filesystem reporting impossible sizes is not committed');
+    assert.match(smash.error.message, /not saved: .*superblock is damaged.*stays at generation 1/);
+    const after = await bash(p, driver, s, 'cat precious.txt');
+    assert.equal(after.outcome.text, 'precious');
+    await p.close();
+  });
+
+  it('a damaged generation: the next call says which generation to roll back to and runs; other sessions are untouched; rollback restores it', async function () {
     this.timeout(600_000);
     const p = newDisks(home);
     const s = 'sesn_disk_corrupt';
     const other = 'sesn_disk_bystander';
     await bash(p, driver, s, 'echo precious > precious.txt');
     await bash(p, driver, other, 'echo mine > mine.txt');
-    const dev = 'd=$(grep -l perimeter-disk /sys/block/vd*/serial | cut -d/ -f4)';
-    const smash = await bash(p, driver, s, `${dev}; head -c 4096 /dev/urandom | dd of=/dev/$d bs=4096 count=1 conv=notrunc 2>/dev/null; echo done`);
+    // zero the superblock's magic number (offset 1080): its sizes stay plausible, so the generation is committed
+    const smash = await bash(p, driver, s, `${DISK_DEVICE}; head -c 2 /dev/zero | dd of=/dev/$d bs=1 seek=1080 count=2 conv=notrunc 2>/dev/null; echo done`);
     assert.equal(smash.outcome.text, 'done');
+    assert.equal(smash.report?.generation, 2, String(smash.error));
     const after = await bash(p, driver, s, 'ls /workspace | wc -l; echo ran');
     assert.equal(after.outcome.text, '0\nran');
     const note = after.report!.notes.join('\n');
-    assert.match(note, new RegExp(`generation ${smash.report!.generation} is damaged`));
-    assert.match(note, new RegExp(`perimeter persist rollback --session ${s} --to ${smash.report!.generation - 1}\\b`));
-    assert.equal(after.report!.generation, smash.report!.generation, 'nothing is committed over a damaged generation');
+    assert.match(note, /generation 2 is damaged/);
+    assert.match(note, new RegExp(`perimeter persist rollback --session ${s} --to 1\\b`));
+    assert.equal(after.report!.generation, 2, 'nothing is committed over a damaged generation');
     const bystander = await bash(p, driver, other, 'cat mine.txt');
     assert.equal(bystander.outcome.text, 'mine');
-    await p.rollback(s, smash.report!.generation - 1);
+    await p.rollback(s, 1);
     const back = await bash(p, driver, s, 'cat precious.txt');
     assert.equal(back.outcome.text, 'precious');
     await p.close();

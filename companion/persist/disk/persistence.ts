@@ -267,6 +267,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     let usage: DiskUsage;
     try {
       usage = await a.port.seal(a.roots);
+      if (usage.bytes === 0 || usage.bytes > a.port.bytes) throw new GuestError('EUCLEAN', 'the session disk\'s filesystem reports impossible sizes (its superblock is damaged)');
       await a.port.quiesce();
       if (this.opts.mode === 'per-call') { a.done = true; await a.sandbox.destroy(); }
     } catch (err) { throw asFailure(a, 'sealing the session disk', err); }
