@@ -126,6 +126,19 @@ describe('persist: session disks (real VMs)', function () {
     await p.close();
   });
 
+  it('every inode used: creating a file fails in the guest, the result says so, deleting files makes room', async function () {
+    this.timeout(600_000);
+    const p = newDisks(home, { maxBytes: 64 * 1024 * 1024 });
+    const s = 'sesn_disk_inodes';
+    const fill = await bash(p, driver, s, 'mkdir many && cd many && i=0; while : 2>/dev/null > f$i; do i=$((i+1)); done; echo made $i; : > one-more');
+    assert.match(fill.outcome.text, /^made \d{4}\n.*one-more: No space left on device$/);
+    assert.match(fill.report!.notes.join('\n'), /the session disk is full: no file can be created on it \(all \d+ inodes used\)/);
+    const room = await bash(p, driver, s, 'cd /workspace && rm -r many && : > ok && ls');
+    assert.equal(room.outcome.text, 'ok');
+    assert.deepEqual(room.report?.notes, []);
+    await p.close();
+  });
+
   it('a call that times out or whose VM dies commits nothing; the next call sees the generation before it', async function () {
     this.timeout(300_000);
     const p = newDisks(home);
