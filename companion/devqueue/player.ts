@@ -120,7 +120,7 @@ export class ScenarioPlayer {
         id: s.id, type: 'session', status: s.status, title: s.scenario.name, environment_id: this.opts.environmentId, created_at: s.createdAt, updated_at: iso(),
         agent: { id: 'agent_local', type: 'agent', name: 'scripted agent', version: 1, skills: s.skills.map((k) => ({ skill_id: k.skill_id, type: 'custom', version: 'latest' })), tools: [] },
         resources: s.memoryStores.map((m) => ({ type: 'memory_store', memory_store_id: m.memory_store_id, name: m.name, access: m.access, description: '', instructions: null, mount_path: `/mnt/memory/${m.name}` })),
-        metadata: { scenario: s.scenario.name },
+        metadata: { scenario: s.scenario.name, ...s.scenario.metadata },
       },
     };
   }

@@ -43,6 +43,8 @@ export const Scenario = z.object({
     access: z.enum(['read_write', 'read_only']).default('read_write'),
     memories: z.record(z.string().regex(/^\/[^\0]+$/, 'memory paths start with /'), z.string()).default({}),
   })).default([]),
+  /** The session's metadata (what a client sets when it creates the session, e.g. `perimeter.template`). */
+  metadata: z.record(z.string(), z.string()).default({}),
   steps: z.array(ScenarioStep).min(1),
 });
 export type Scenario = z.infer<typeof Scenario>;

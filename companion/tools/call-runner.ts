@@ -71,7 +71,7 @@ export class CallRunner {
   /** The service accepted a call's result (the worker's wire observer saw the post succeed). */
   resultPosted(toolUseId: string): void { this.record.posted(toolUseId); }
 
-  /** @internal */ shellFor(sessionId: string, workdir?: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, cwd: workdir ?? INITIAL_SHELL.cwd, env: {} }; }
+  /** @internal */ shellFor(sessionId: string): ShellState { return this.shells.get(sessionId) ?? { ...INITIAL_SHELL, env: {} }; }
   /** @internal */ setShell(sessionId: string, s: ShellState): void { this.shells.set(sessionId, s); }
   /** @internal */ inFlightCall(id: string) { return this.inFlight.get(id); }
   /** @internal */ trackInFlight(id: string, p: Promise<CallResult>) { this.inFlight.set(id, p); void p.finally(() => this.inFlight.delete(id)); }
@@ -188,7 +188,9 @@ export class SessionCalls {
           if (mode === 'per-session') this.sessionSandboxPrepared = true;
         }
         phaseEnd('copyIn');
-        shell = this.runner.shellFor(this.sessionId, sandbox.profile?.workdir);
+        shell = this.runner.shellFor(this.sessionId);
+        // a session's very first call starts where its template says (later ones where the session left off)
+        if (sandbox.profile?.workdir && this.runner.opts.journal.listCalls(this.sessionId, { limit: 2 }).items.length <= 1) shell = { ...shell, cwd: sandbox.profile.workdir };
       } catch (err) {
         if (abortReason) return { text: `interrupted: ${abortReason}`, isError: true, exitCode: null, state: 'interrupted' };
         log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`sandbox for ${toolUseId} failed: ${errorMessage(err)}`);

@@ -1,6 +1,7 @@
 // The call orchestrator: a tool_use_id runs at most once (re-dispatch answers from the journal, concurrent
 // duplicates share one execution, the same id with another input is refused), sandboxes are destroyed after each
-// call in per-call mode, invalid input never starts a sandbox, skills are copied in, abort kills the call.
+// call in per-call mode, invalid input never starts a sandbox, skills are copied in, abort kills the call, and a
+// session's sandboxes come from its template (its environment; its working directory for the first call).
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -150,5 +151,27 @@ describe('call orchestrator', () => {
       assert.equal(seen.join(''), 'first\nreleased\n', 'every byte is published exactly once');
       assert.ok(seen.length >= 2, 'the output arrived in more than one event');
     } finally { unsubscribe(); }
+  });
+
+  it('gives calls their template\'s environment and starts a session\'s first call in its working directory', async () => {
+    const profiled = new (class extends CountingDriver {
+      readonly templates: Array<string | undefined> = [];
+      override async acquire(opts: AcquireOptions): Promise<Sandbox> {
+        this.templates.push(opts.template);
+        const sb = await super.acquire(opts);
+        await sb.putFiles([{ path: '/workspace/app/.keep', data: Buffer.alloc(0) }], []);
+        return Object.assign(sb, { profile: { env: { TEAM: 'platform', HOME: '/template-home' }, workdir: '/workspace/app' } });
+      }
+    })({ baseDir: dir });
+    try {
+      const calls = new CallRunner({ driver: profiled, journal, hub, mode: 'per-call', callTimeoutMs: 20_000 }).openSession('s-tpl', 'w1');
+      calls.useTemplate('node-tools');
+      const first = await calls.run({ id: 'p1', name: 'bash', input: { command: 'pwd; echo "TEAM=$TEAM"; export TEAM=mine' } });
+      assert.match(first.text, /\/workspace\/app\nTEAM=platform$/, 'the first call starts in the template\'s workdir with its env');
+      await calls.run({ id: 'p2', name: 'bash', input: { command: 'cd ..' } });
+      const third = await calls.run({ id: 'p3', name: 'bash', input: { command: 'pwd; echo "TEAM=$TEAM"' } });
+      assert.match(third.text, /\/workspace\nTEAM=mine$/, 'later calls continue where the session left off; its own exports win');
+      assert.deepEqual(profiled.templates, ['node-tools', 'node-tools', 'node-tools'], 'every sandbox comes from the session\'s template');
+    } finally { await profiled.close(); }
   });
 });

@@ -20,6 +20,8 @@ import { DEFAULT_UNPACK_LIMITS, type UnpackLimits, type UnpackReport } from './u
 /** Bump when the way images are made changes (it re-addresses every cached image). */
 const ROOTFS_RECIPE = 2;
 export const DEFAULT_MIRROR = 'http://deb.debian.org/debian';
+/** The tools' working directory (tools/semantics.ts WORKDIR): every image has it; another `workdir` is created. */
+const DEFAULT_WORKDIR = '/workspace';
 /** Documentation, manuals and translations stay out of images (the copyright notices stay). */
 const DPKG_EXCLUDES = ['path-exclude=/usr/share/doc/*', 'path-include=/usr/share/doc/*/copyright', 'path-exclude=/usr/share/man/*',
   'path-exclude=/usr/share/info/*', 'path-exclude=/usr/share/locale/*', 'path-include=/usr/share/locale/locale.alias'];
@@ -75,7 +77,7 @@ export function debianRootfsKey(loaded: LoadedSpec): string {
   const { spec } = loaded;
   const files = spec.files.map((f) => ({ to: f.to, mode: f.mode ?? null, content: contentHash(resolveSpecFile(loaded.dir!, f.from)) }));
   return sha256(JSON.stringify({ recipe: ROOTFS_RECIPE, base: spec.base, mirror: spec.mirror ?? DEFAULT_MIRROR, packages: debianPackages(loaded),
-    files, commands: spec.commands, env: spec.commands.length ? spec.env : {} })).slice(0, 24);
+    files, commands: spec.commands, env: spec.commands.length ? spec.env : {}, ...(spec.workdir !== DEFAULT_WORKDIR ? { workdir: spec.workdir } : {}) })).slice(0, 24);
 }
 
 const shQuote = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -101,6 +103,7 @@ export function mmdebstrapArgs(loaded: LoadedSpec, scratch: string): string[] {
     args.push(`--customize-hook=chroot "$1" /bin/sh ${inside}`);
     args.push(`--customize-hook=rm -f "$1${inside}"`);
   });
+  if (spec.workdir !== DEFAULT_WORKDIR) args.push(`--customize-hook=chroot "$1" mkdir -p ${shQuote(spec.workdir)}`);
   args.push(spec.base, '-', spec.mirror ?? DEFAULT_MIRROR);
   return args;
 }
