@@ -6,6 +6,7 @@
 // With `metrics.enabled` it also serves /metrics and /healthz (service/), fed from the hub and the runtime's status.
 // Invariant: each session served gets its own egress gateway (egress/gateways.ts), released when the session's last
 // work item ends and on close().
+import os from 'node:os';
 import type { Config } from './config';
 import { statePaths } from './config';
 import { EventHub } from './events';
@@ -73,9 +74,15 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
     ? new SessionEgressGateways((sessionId) => (o.createEgressGateway ?? createEgressGateway)({ policy: config.egress, hub, sessionId }))
     : null;
   const { driver, probe } = selection;
+  const hostname = os.hostname();
+  const template = driver.kind === 'process' ? 'none' : templateId(config);
   const calls = new CallRunner({
     driver, journal, hub, mode: config.sandbox.mode, callTimeoutMs: config.sandbox.callTimeoutMs, persistence,
     egressFor: egress ? (id) => egress.for(id) : undefined, stateDir: config.home,
+    placement: () => {
+      const info = driver.info();
+      return { hostname, driver: info.kind, accel: info.accel === 'none' ? probe.accel : info.accel, template: template === 'none' ? null : template };
+    },
   });
   const sandboxFacts = (): SandboxFacts => {
     const info = driver.info();
@@ -91,7 +98,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   });
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {
-    control = await startControlServer({ home: config.home, hub, journal, persistence, worker });
+    control = await startControlServer({ home: config.home, hub, journal, persistence, persistHistory: persistence, transcripts: journal.transcripts, worker });
     log.info(`control API on 127.0.0.1:${control.endpoint.port} (details in ${statePaths(config.home).controlFile})`);
   }
   let sandboxProblem: string | null = null;
@@ -99,7 +106,6 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   let metrics: CompanionMetrics | null = null;
   let metricsServer: MetricsServer | null = null;
   if (config.metrics.enabled) {
-    const template = driver.kind === 'process' ? 'none' : templateId(config);
     const status = (): RuntimeStatus => {
       const info = driver.info();
       return {

@@ -2,61 +2,38 @@
 // every tool call by `tool_use_id`: input (and its sha256), state, timings and the full result text. Invariants:
 // - Each state change is one line, written and fsynced before the caller continues (the result of a call is
 //   durable before it is posted; a post is recorded after the SDK's POST succeeded).
-// - Recovery on open: a torn last line is ignored (and dropped by the next compaction); a call left `running` by a
-//   crash becomes `interrupted` with an explicit error result; it is never run again. A call that is `done`/`failed`
-//   but not `posted` keeps its result, so the re-dispatched call is answered from the journal.
+// - The line format and recovery are defined once, in companion/protocol/journal.ts (readers open the file directly
+//   while no worker runs). Recovery on open: a torn last line is ignored (and dropped by the next compaction); a call
+//   left `running` by a crash becomes `interrupted` with an explicit error result; it is never run again; a call that
+//   only waited for its confirmation is forgotten (it never ran). A call that is `done`/`failed` but not `posted`
+//   keeps its result, so the re-dispatched call is answered from the journal.
+// - Each session's transcript lives in its own file (transcript.ts); compaction removes those of dropped sessions.
 // - Compaction rewrites the file (temp file, fsync, rename, fsync dir) with one line per live session and call,
 //   keeping every unposted call and the newest MAX_SESSIONS sessions.
 // Only this module writes the journal; the control API reads it through JournalReader.
 import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, existsSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
-import type { SessionState, SessionSummary, ToolCallState, ToolCallSummary } from '../protocol/control';
+import type { SessionSummary, ToolCallState, ToolCallSummary } from '../protocol/control';
+import {
+  JOURNAL_FILE, type JournalCall, type JournalLine, type JournalSession, blankCall as blankCallAt, blankSession as blankSessionAt,
+  callSummaryOf, foldJournal, recoverJournal, sessionSummaryOf,
+} from '../protocol/journal';
 import type { JournalReader, Page } from './types';
+import { TranscriptLog } from './transcript';
 import { fatal } from '../errors';
 import { logger } from '../log';
 
 const log = logger('journal');
-export const JOURNAL_FILE = 'journal.jsonl';
+export { JOURNAL_FILE, INTERRUPTED_TEXT } from '../protocol/journal';
 const COMPACT_AFTER_RECORDS = 2000;
 const MAX_SESSIONS = 500;
-const PREVIEW_CHARS = 400;
 /** Output kept for calls already posted (the UI only needs a capped copy). */
 const POSTED_OUTPUT_KEEP = 64 * 1024;
-export const INTERRUPTED_TEXT = 'interrupted: the companion restarted while this call ran; it was not re-run';
 
-export interface SessionEntry {
-  sessionId: string;
-  workId: string;
-  state: SessionState;
-  claimedAt: number;
-  updatedAt: number;
-  endedAt: number | null;
-  lastError: string | null;
-  /** The worker id that claimed the session's current work item. */
-  holder?: string;
-}
-
-export interface CallEntry {
-  toolUseId: string;
-  sessionId: string;
-  workId: string;
-  name: string;
-  input: unknown;
-  inputSha256: string;
-  state: ToolCallState;
-  startedAt: number;
-  finishedAt: number | null;
-  durationMs: number | null;
-  exitCode: number | null;
-  isError: boolean | null;
-  /** The full result text, as posted (null until the call finished). */
-  result: string | null;
-  /** How often the same call was re-dispatched and answered from the journal. */
-  replays: number;
-}
-
-type Line = ({ k: 's' } & Partial<SessionEntry> & { sessionId: string }) | ({ k: 'c' } & Partial<CallEntry> & { toolUseId: string });
+export type SessionEntry = JournalSession;
+export type CallEntry = JournalCall;
+type Line = JournalLine;
 
 export function inputDigest(input: unknown): string {
   return createHash('sha256').update(stableJson(input)).digest('hex');
@@ -81,9 +58,13 @@ export class Journal implements JournalReader {
   /** False once a write failed (e.g. disk full): the worker stops claiming work it cannot journal. */
   healthy = true;
 
+  /** The sessions' transcripts (prompts, agent messages, verdicts, egress decisions), one file per session. */
+  readonly transcripts: TranscriptLog;
+
   private constructor(readonly dir: string) {
     this.file = path.join(dir, JOURNAL_FILE);
     this.fd = -1;
+    this.transcripts = new TranscriptLog(dir);
   }
 
   /** Opens (creating) the journal under `dir`, recovering state after a crash. */
@@ -97,37 +78,12 @@ export class Journal implements JournalReader {
   }
 
   private load(): { interrupted: number; unposted: number } {
-    if (existsSync(this.file)) {
-      const text = readFileSync(this.file, 'utf8');
-      let torn = 0;
-      for (const raw of text.split('\n')) {
-        if (!raw) continue;
-        let line: Line;
-        try { line = JSON.parse(raw) as Line; } catch { torn++; continue; }
-        if (line.k === 's' && typeof line.sessionId === 'string') {
-          const { k: _k, ...rest } = line;
-          this.sessions.set(line.sessionId, { ...(this.sessions.get(line.sessionId) ?? blankSession(line.sessionId)), ...rest });
-        } else if (line.k === 'c' && typeof line.toolUseId === 'string') {
-          const { k: _k, ...rest } = line;
-          const prev = this.calls.get(line.toolUseId);
-          this.calls.set(line.toolUseId, { ...(prev ?? blankCall(line.toolUseId)), ...rest });
-        }
-      }
-      if (torn) log.warn(`ignored ${torn} unreadable journal line(s) (torn write)`);
-    }
-    let interrupted = 0;
-    let unposted = 0;
-    const now = Date.now();
-    for (const c of this.calls.values()) {
-      if (c.state === 'running' || c.state === 'waiting_confirmation') {
-        Object.assign(c, { state: 'interrupted', result: INTERRUPTED_TEXT, isError: true, finishedAt: now, durationMs: now - c.startedAt });
-        interrupted++;
-      } else if (hasResult(c) && c.state !== 'posted') unposted++;
-    }
-    for (const s of this.sessions.values()) {
-      if (s.state !== 'ended') Object.assign(s, { state: 'ended', endedAt: s.endedAt ?? now, updatedAt: now, lastError: s.lastError ?? 'the companion stopped while serving this session' });
-    }
-    return { interrupted, unposted };
+    const folded = foldJournal(existsSync(this.file) ? readFileSync(this.file, 'utf8') : '');
+    if (folded.unreadable) log.warn(`ignored ${folded.unreadable} unreadable journal line(s) (torn write)`);
+    const recovered = recoverJournal(folded);
+    for (const [id, s] of folded.sessions) this.sessions.set(id, s);
+    for (const [id, c] of folded.calls) this.calls.set(id, c);
+    return recovered;
   }
 
   private append(line: Line): void {
@@ -155,21 +111,31 @@ export class Journal implements JournalReader {
   getCall(toolUseId: string): CallEntry | undefined { return this.calls.get(toolUseId); }
   getSession(sessionId: string): SessionEntry | undefined { return this.sessions.get(sessionId); }
 
-  callStarted(c: { toolUseId: string; sessionId: string; workId: string; name: string; input: unknown; state?: ToolCallState }): CallEntry {
+  callStarted(c: { toolUseId: string; sessionId: string; workId: string; name: string; input: unknown; state?: ToolCallState; ranOn?: CallEntry['ranOn'] }): CallEntry {
     const entry: CallEntry = {
       ...blankCall(c.toolUseId), sessionId: c.sessionId, workId: c.workId, name: c.name, input: c.input,
-      inputSha256: inputDigest(c.input), state: c.state ?? 'running', startedAt: Date.now(),
+      inputSha256: inputDigest(c.input), state: c.state ?? 'running', startedAt: Date.now(), ranOn: c.ranOn ?? null,
     };
     this.calls.set(c.toolUseId, entry);
     this.append({ k: 'c', ...entry });
     return entry;
   }
 
-  callFinished(toolUseId: string, r: { text: string; isError: boolean; exitCode: number | null; state?: ToolCallState }): CallEntry {
+  callFinished(toolUseId: string, r: { text: string; isError: boolean; exitCode: number | null; state?: ToolCallState; persist?: CallEntry['persist'] }): CallEntry {
     const c = this.mustCall(toolUseId);
     const now = Date.now();
     Object.assign(c, { state: r.state ?? (r.isError ? 'failed' : 'done'), result: r.text, isError: r.isError, exitCode: r.exitCode, finishedAt: now, durationMs: now - c.startedAt });
-    this.append({ k: 'c', toolUseId, state: c.state, result: c.result, isError: c.isError, exitCode: c.exitCode, finishedAt: c.finishedAt, durationMs: c.durationMs });
+    if (r.persist) c.persist = r.persist;
+    this.append({ k: 'c', toolUseId, state: c.state, result: c.result, isError: c.isError, exitCode: c.exitCode, finishedAt: c.finishedAt, durationMs: c.durationMs, ...(r.persist ? { persist: r.persist } : {}) });
+    return c;
+  }
+
+  /** A call that waited for its confirmation when its session's item ended here: it did not run and has no result. */
+  callUnconfirmed(toolUseId: string): CallEntry {
+    const c = this.mustCall(toolUseId);
+    const now = Date.now();
+    Object.assign(c, { state: 'interrupted', result: null, isError: true, finishedAt: now, durationMs: now - c.startedAt });
+    this.append({ k: 'c', toolUseId, state: c.state, result: null, isError: true, finishedAt: now, durationMs: c.durationMs });
     return c;
   }
 
@@ -202,6 +168,7 @@ export class Journal implements JournalReader {
       else if (c.state === 'posted' && c.result && c.result.length > POSTED_OUTPUT_KEEP) c.result = `${c.result.slice(0, POSTED_OUTPUT_KEEP)}\n[journal copy truncated]`;
     }
     for (const id of [...this.sessions.keys()]) if (!keepIds.has(id) && ![...this.calls.values()].some((c) => c.sessionId === id)) this.sessions.delete(id);
+    this.transcripts.retain(new Set(this.sessions.keys()));
     const lines: string[] = [];
     for (const s of this.sessions.values()) lines.push(JSON.stringify({ k: 's', ...s }));
     for (const c of this.calls.values()) lines.push(JSON.stringify({ k: 'c', ...c }));
@@ -229,16 +196,10 @@ export class Journal implements JournalReader {
   sessionSummary(s: SessionEntry): SessionSummary {
     let callCount = 0;
     for (const c of this.calls.values()) if (c.sessionId === s.sessionId) callCount++;
-    return { sessionId: s.sessionId, workId: s.workId, state: s.state, claimedAt: s.claimedAt, updatedAt: s.updatedAt, endedAt: s.endedAt, callCount, lastError: s.lastError, ...(s.holder ? { holder: s.holder } : {}) };
+    return sessionSummaryOf(s, callCount);
   }
 
-  callSummary(c: CallEntry): ToolCallSummary {
-    return {
-      toolUseId: c.toolUseId, sessionId: c.sessionId, name: c.name, input: c.input, state: c.state, startedAt: c.startedAt,
-      finishedAt: c.finishedAt, durationMs: c.durationMs, exitCode: c.exitCode, isError: c.isError,
-      outputPreview: (c.result ?? '').slice(0, PREVIEW_CHARS),
-    };
-  }
+  callSummary(c: CallEntry): ToolCallSummary { return callSummaryOf(c); }
 
   listSessions(opts: { limit: number; cursor?: string | null }): Page<SessionSummary> {
     const all = [...this.sessions.values()].sort((a, b) => b.claimedAt - a.claimedAt || b.updatedAt - a.updatedAt);
@@ -263,10 +224,5 @@ function page<T>(all: T[], opts: { limit: number; cursor?: string | null }): Pag
   return { items, nextCursor: start + limit < all.length ? String(start + limit) : null };
 }
 
-function blankSession(sessionId: string): SessionEntry {
-  const now = Date.now();
-  return { sessionId, workId: '', state: 'claimed', claimedAt: now, updatedAt: now, endedAt: null, lastError: null };
-}
-function blankCall(toolUseId: string): CallEntry {
-  return { toolUseId, sessionId: '', workId: '', name: '', input: null, inputSha256: '', state: 'running', startedAt: Date.now(), finishedAt: null, durationMs: null, exitCode: null, isError: null, result: null, replays: 0 };
-}
+function blankSession(sessionId: string): SessionEntry { return blankSessionAt(sessionId, Date.now()); }
+function blankCall(toolUseId: string): CallEntry { return blankCallAt(toolUseId, Date.now()); }

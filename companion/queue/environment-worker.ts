@@ -31,6 +31,7 @@ import { logger, registerSecret } from '../log';
 import { errorMessage } from '../errors';
 import { VERSION } from '../version';
 import { WireObserver, requestUrl } from './wire-observer';
+import { SessionActivity } from './session-activity';
 import { sessionTemplate } from '../protocol/template';
 
 const log = logger('worker');
@@ -100,16 +101,26 @@ export class Worker implements WorkerControl {
   private readonly handles = new Set<SessionHandle>();
   private slotWaiters: Array<() => void> = [];
   private readonly client: Anthropic;
+  private readonly activity: SessionActivity;
   private readonly wire = new WireObserver({
     resultPosted: (toolUseId) => this.opts.calls.resultPosted(toolUseId),
     leaseLost: (workId) => this.leaseLost(workId),
     exchanged: (operation, status) => this.opts.hub.observe({ type: 'queue.request', operation, status }),
+    sessionEvent: (sessionId, event) => { if (this.sessions.has(sessionId)) this.activity.observe(sessionId, event); },
+    agentName: (sessionId, name) => { if (this.sessions.has(sessionId)) this.activity.agentName(sessionId, name); },
   });
+  private readonly unsubscribeEgress: () => void;
   private drainPromise: Promise<void> | null = null;
   private factsTimer: NodeJS.Timeout | null = null;
   readonly workerId: string;
 
   constructor(private readonly opts: WorkerOptions) {
+    this.activity = new SessionActivity(opts.journal, opts.hub, OWN_TOOLS);
+    this.unsubscribeEgress = opts.hub.subscribe((e) => {
+      if (e.type === 'egress.decision' && e.decision.sessionId && this.sessions.has(e.decision.sessionId)) {
+        this.activity.egress(e.decision.sessionId, { kind: 'egress', ts: e.decision.ts, decision: e.decision });
+      }
+    });
     this.workerId = opts.config.workerId ?? `${os.hostname()}-perimeter-${randomUUID()}`;
     const sdkLog = logger('sdk');
     this.client = new Anthropic({
@@ -186,6 +197,7 @@ export class Worker implements WorkerControl {
     if (code !== 0) await this.releaseAll('the worker stopped polling after a fatal error');
     else await this.drain();
     if (this.factsTimer) clearInterval(this.factsTimer);
+    this.unsubscribeEgress();
     if (code === 0) this.setState('stopped');
     return code;
   }
@@ -287,6 +299,9 @@ export class Worker implements WorkerControl {
         try { this.opts.onSessionEnd?.(h.sessionId); } catch (err) { log.warn(`releasing session ${h.sessionId}'s resources failed: ${errorMessage(err)}`); }
       }
       await fs.rm(workdir, { recursive: true, force: true }).catch(() => {});
+      if (!this.sessions.has(h.sessionId) || this.sessions.get(h.sessionId) === h) {
+        try { this.activity.ended(h.sessionId); } catch (err) { log.warn(`closing the waiting calls of ${h.sessionId} failed: ${errorMessage(err)}`); }
+      }
       try {
         const ended = journal.updateSession(h.sessionId, { state: h.leaseLost ? 'lost' : 'ended', endedAt: Date.now(), lastError: h.leaseLost ? 'lease lost (another worker holds the item)' : lastError });
         hub.publish({ type: 'session.ended', session: journal.sessionSummary(ended) });
@@ -331,7 +346,7 @@ export class Worker implements WorkerControl {
       const c = this.opts.journal.getCall(id);
       // The SDK runs calls and posts results inline in its stream loop: while one of ours is running, or a result is
       // still being posted (the SDK retries a post for up to the lease TTL), the loop is busy, not stalled.
-      if (c && (c.state === 'running' || c.state === 'waiting_confirmation')) return [];
+      if (c && c.state === 'running') return [];
       if (c && c.state !== 'posted' && c.finishedAt !== null && now - c.finishedAt < Math.max(minAgeMs, UNPOSTED_GRACE_MS)) return [];
       if (c?.state === 'posted') continue;
       out.push(id);

@@ -4,7 +4,8 @@
 // - A heartbeat answered 412 means another worker holds the lease (`leaseLost`); nothing else is read into a status.
 // - Every exchange is reported with its operation and status (`exchanged`; status 0 when no response came).
 // - Event streams are passed through unchanged, wrapped only so `cutStreams` can fail them: the SDK's reader then gets
-//   an ordinary stream error, reconnects and reconciles from history.
+//   an ordinary stream error, reconnects and reconciles from history. Each event of a stream, and of every history
+//   page the SDK reads, is also handed to `sessionEvent` (parsed from a copy; the SDK's bytes are not touched).
 // - A session's memory stores are moved from their host mount path into the session's own work directory
 //   (relocateMemoryStores); no other response is altered. An observer failure never fails the request.
 import { logger } from '../log';
@@ -22,6 +23,10 @@ export interface WireObserverHooks {
   leaseLost(workId: string): void;
   /** One HTTP exchange with the service finished (status 0: it failed before a response). */
   exchanged?(operation: QueueOperation, status: number): void;
+  /** One event of a session's history, as the SDK received it (unvalidated JSON). */
+  sessionEvent?(sessionId: string, event: unknown): void;
+  /** The name of the agent a session runs (from the session record the SDK fetched). */
+  agentName?(sessionId: string, name: string): void;
 }
 
 /** The queue operation a request URL names (for the metrics). */
@@ -67,13 +72,27 @@ export class WireObserver {
     const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
     if (stream && method === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
     const res = await fetch(input, init);
-    if (method === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(new URL(url).pathname)) {
-      return relocateMemoryStores(res);
+    const pathname = new URL(url).pathname;
+    if (method === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(pathname)) {
+      return relocateMemoryStores(res, (name) => this.hooks.agentName?.(decodeURIComponent(pathname.split('/')[3]!), name));
     }
+    const history = /^\/v1\/sessions\/([^/]+)\/events$/.exec(pathname);
+    if (history && method === 'GET' && res.status === 200 && this.hooks.sessionEvent) this.readHistoryPage(decodeURIComponent(history[1]!), res.clone());
     try { this.observe(url, method, init?.body, res.status); } catch (err) {
       log.debug(`wire observer: ${errorMessage(err)}`);
     }
     return res;
+  }
+
+  private readHistoryPage(sessionId: string, copy: Response): void {
+    copy.json().then((body: unknown) => {
+      const data = typeof body === 'object' && body !== null ? (body as { data?: unknown }).data : undefined;
+      if (Array.isArray(data)) for (const ev of data) this.emitEvent(sessionId, ev);
+    }, (err: unknown) => log.debug(`wire observer: history page of ${sessionId}: ${errorMessage(err)}`));
+  }
+
+  private emitEvent(sessionId: string, ev: unknown): void {
+    try { this.hooks.sessionEvent?.(sessionId, ev); } catch (err) { log.debug(`wire observer: ${errorMessage(err)}`); }
   }
 
   /** Fails the session's event streams that have been open at least `minAgeMs` (younger ones are still reconciling). */
@@ -114,12 +133,17 @@ export class WireObserver {
       reader.cancel(reason).catch(() => {});
     };
     set.set(cut, Date.now());
+    const events = sseEvents((data) => {
+      let ev: unknown;
+      try { ev = JSON.parse(data); } catch { return; }
+      this.emitEvent(sessionId, ev);
+    });
     const body = new ReadableStream<Uint8Array>({
       start: (c) => { controller = c; },
       pull: async (c) => {
         try {
           const { done, value } = await reader.read();
-          if (done) { set.delete(cut); c.close(); } else c.enqueue(value);
+          if (done) { set.delete(cut); c.close(); } else { events(value); c.enqueue(value); }
         } catch (err) { set.delete(cut); c.error(err); }
       },
       cancel: (reason) => { set.delete(cut); return reader.cancel(reason); },
@@ -135,10 +159,13 @@ export class WireObserver {
  * <name>, so the SDK uses <workdir>/memory/<name>; persistence mounts that at /mnt/memory/<name> in the guest,
  * which is exactly the path the agent's system prompt names. Other mount paths are left untouched.
  */
-async function relocateMemoryStores(res: Response): Promise<Response> {
+async function relocateMemoryStores(res: Response, agentName: (name: string) => void): Promise<Response> {
   const text = await res.text();
-  let body: { resources?: Array<Record<string, unknown>> };
+  let body: { resources?: Array<Record<string, unknown>>; agent?: { name?: unknown } };
   try { body = JSON.parse(text) as typeof body; } catch { return new Response(text, { status: res.status, statusText: res.statusText, headers: res.headers }); }
+  if (typeof body.agent?.name === 'string') {
+    try { agentName(body.agent.name); } catch (err) { log.debug(`wire observer: ${errorMessage(err)}`); }
+  }
   let changed = false;
   for (const r of body.resources ?? []) {
     const m = r.type === 'memory_store' && typeof r.mount_path === 'string' ? /^\/mnt\/memory\/([A-Za-z0-9._-]+)\/?$/.exec(r.mount_path) : null;
@@ -148,4 +175,23 @@ async function relocateMemoryStores(res: Response): Promise<Response> {
   headers.delete('content-length');
   headers.delete('content-encoding');
   return new Response(changed ? JSON.stringify(body) : text, { status: res.status, statusText: res.statusText, headers });
+}
+
+/** Splits a server-sent-event byte stream into the `data` of each event (multi-line data joined with newlines). */
+export function sseEvents(onData: (data: string) => void): (chunk: Uint8Array) => void {
+  const decoder = new TextDecoder();
+  let buffer = '';
+  let data: string[] = [];
+  return (chunk) => {
+    buffer += decoder.decode(chunk, { stream: true });
+    let nl: number;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, nl).replace(/\r$/, '');
+      buffer = buffer.slice(nl + 1);
+      if (line === '') {
+        if (data.length) onData(data.join('\n'));
+        data = [];
+      } else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
+    }
+  };
 }

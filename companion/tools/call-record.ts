@@ -7,7 +7,7 @@
 // - A stored result is handed back as it was journaled; the call is never run again.
 import type { EventHub } from '../events';
 import { hasResult, inputDigest, type CallEntry, type Journal } from '../journal/journal';
-import type { ToolCallState } from '../protocol/control';
+import type { CallPlacement, PersistChange, ToolCallState } from '../protocol/control';
 import { logger } from '../log';
 import { errorMessage } from '../errors';
 import { NO_OUTPUT } from './text';
@@ -27,13 +27,21 @@ export type PriorCall =
   /** Journaled already: its stored result (null while it has none, i.e. it is running). */
   | { kind: 'known'; stored: CallResult | null };
 
-export interface CallOutcome { text: string; isError: boolean; exitCode: number | null; state?: ToolCallState }
+export interface CallOutcome {
+  text: string; isError: boolean; exitCode: number | null; state?: ToolCallState;
+  /** What the call changed in the session's persisted files. */
+  persist?: PersistChange;
+}
 
 export class CallRecorder {
   private readonly hostPaths: HostPathScrubber;
 
-  constructor(private readonly journal: Journal, private readonly hub: EventHub, opts: { stateDir?: string } = {}) {
+  private readonly placement: (() => CallPlacement) | undefined;
+
+  /** `placement`: where calls run (host, driver, template), journaled with each call. */
+  constructor(private readonly journal: Journal, private readonly hub: EventHub, opts: { stateDir?: string; placement?: () => CallPlacement } = {}) {
     this.hostPaths = new HostPathScrubber({ stateDir: opts.stateDir });
+    this.placement = opts.placement;
   }
 
   prior(toolUse: ToolUse): PriorCall {
@@ -58,7 +66,7 @@ export class CallRecorder {
   start(sessionId: string, workId: string, toolUse: ToolUse): { ok: true; call: CallRecord } | { ok: false; result: CallResult } {
     let entry: CallEntry;
     try {
-      entry = this.journal.callStarted({ toolUseId: toolUse.id, sessionId, workId, name: toolUse.name, input: toolUse.input });
+      entry = this.journal.callStarted({ toolUseId: toolUse.id, sessionId, workId, name: toolUse.name, input: toolUse.input, ranOn: this.placement?.() });
     } catch (err) {
       return { ok: false, result: { text: this.hostPaths.scrub(`not run: ${errorMessage(err)}`), isError: true } };
     }
@@ -76,7 +84,7 @@ export class CallRecorder {
   finish(entry: CallEntry, outcome: CallOutcome): CallResult {
     const text = this.hostPaths.scrub(outcome.text || NO_OUTPUT);
     try {
-      entry = this.journal.callFinished(entry.toolUseId, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state });
+      entry = this.journal.callFinished(entry.toolUseId, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state, persist: outcome.persist });
     } catch (err) {
       log.error(`could not journal the result of ${entry.toolUseId}: ${errorMessage(err)}`);
     }

@@ -25,11 +25,14 @@ import { parseToolCall, type ToolCall } from './schemas';
 import { runToolCall, warmUpSandbox, INITIAL_SHELL, WORKDIR } from './semantics';
 import { NO_OUTPUT } from './text';
 import { CallRecorder, type CallOutcome, type CallResult, type ToolUse } from './call-record';
+import type { CallPlacement, PersistChange } from '../protocol/control';
 
 const log = logger('calls');
 /** Guest directory the session's skills are copied to (persistence should not treat it as user data). */
 export const SKILLS_GUEST_DIR = `${WORKDIR}/skills`;
 const MAX_SKILL_BYTES = 64 * 1024 * 1024;
+/** Paths of a call's persisted-file changes kept with the call (the rest are counted). */
+const CHANGE_PATHS = 50;
 /** call.output events are batched: one is published when this many characters are pending... */
 const OUTPUT_EVENT_CHARS = 16 * 1024;
 /** ...or this long after the oldest pending character arrived, so slow, small output reaches the panel live. */
@@ -46,6 +49,8 @@ export interface CallRunnerOptions {
   egressFor?: (sessionId: string) => EgressAttachment | undefined;
   /** The companion's state directory, kept out of results like every host path. */
   stateDir?: string;
+  /** Where calls run (host, driver, template), journaled with each call. */
+  placement?: () => CallPlacement;
 }
 
 export interface SessionCallOptions {
@@ -61,7 +66,7 @@ export class CallRunner {
 
   constructor(readonly opts: CallRunnerOptions) {
     opts.driver.setWarmup?.(warmUpSandbox);
-    this.record = new CallRecorder(opts.journal, opts.hub, { stateDir: opts.stateDir });
+    this.record = new CallRecorder(opts.journal, opts.hub, { stateDir: opts.stateDir, placement: opts.placement });
   }
 
   openSession(sessionId: string, workId: string, opts: SessionCallOptions = {}): SessionCalls {
@@ -210,10 +215,13 @@ export class SessionCalls {
       this.runner.setShell(this.sessionId, nextShell);
       let text = outcome.text;
       let isError = outcome.isError;
+      let persisted: PersistChange | undefined;
       if (persistence) {
         try {
           const report = await persistence.commit(this.sessionId, sandbox, nextShell, { timedOut: outcome.timedOut });
           if (report.notes.length) text = `${text}\n[persisted files] ${report.notes.join('; ')}`;
+          const c = report.changes;
+          if (c && c.added.length + c.changed.length + c.removed.length > 0) persisted = persistChange(report.generation, c);
         } catch (err) {
           log.with({ session: this.sessionId, call: toolUseId, tool: call.name }).error(`persist commit for ${toolUseId} failed: ${errorMessage(err)}`);
           text = `${text}\n[persisted files] not saved: ${errorMessage(err)}`;
@@ -221,7 +229,7 @@ export class SessionCalls {
         }
         phaseEnd('copyOut');
       }
-      return { text, isError, exitCode: outcome.exitCode };
+      return { text, isError, exitCode: outcome.exitCode, ...(persisted ? { persist: persisted } : {}) };
     } finally {
       flush();
       hub.observe({ type: 'call.phases', tool: call.name, phases });
@@ -269,4 +277,13 @@ export class SessionCalls {
     if (sb) await sb.destroy().catch(() => {});
     await this.runner.opts.persistence?.endSession?.(this.sessionId).catch((err: Error) => log.warn(`releasing session ${this.sessionId}'s prepared sandbox failed: ${err.message}`));
   }
+}
+
+/** A commit's changed paths as journaled with the call: at most CHANGE_PATHS in all, the rest counted in `more`. */
+function persistChange(generation: number, changes: { added: string[]; changed: string[]; removed: string[] }): PersistChange {
+  let room = CHANGE_PATHS;
+  const take = (paths: string[]) => { const kept = paths.slice(0, room); room -= kept.length; return kept; };
+  const added = take(changes.added); const changed = take(changes.changed); const removed = take(changes.removed);
+  const more = changes.added.length + changes.changed.length + changes.removed.length - added.length - changed.length - removed.length;
+  return { generation, added, changed, removed, more };
 }

@@ -28,10 +28,13 @@ describe('worker end to end (process driver)', () => {
     assert.deepEqual(failed.map((s) => `${s.label}: ${s.reason}`), []);
     const answered = rep.steps.filter((s) => s.reason === null).map((s) => s.toolUseId!);
     assert.deepEqual(answeredOnce(dq, answered), { missing: [], duplicated: [] });
-    // The journal knows every executed call as posted.
+    // The journal knows every executed call as posted, and the denied one as denied (shown, never run or answered).
     const calls = rt.runtime.journal.listCalls(sid, { limit: 100 }).items;
-    assert.equal(calls.length, answered.length);
-    assert.ok(calls.every((c) => c.state === 'posted'), calls.map((c) => `${c.name}:${c.state}`).join(' '));
+    const denied = rep.steps.filter((s) => s.label === 'denied call').map((s) => s.toolUseId);
+    assert.deepEqual(calls.filter((c) => c.state === 'denied').map((c) => c.toolUseId), denied);
+    const executed = calls.filter((c) => c.state !== 'denied');
+    assert.equal(executed.length, answered.length);
+    assert.ok(executed.every((c) => c.state === 'posted'), executed.map((c) => `${c.name}:${c.state}`).join(' '));
     assert.ok(dq.stops.some((s) => s.force && s.status === 204), 'the item was force-stopped');
   });
 
