@@ -11,6 +11,7 @@ import { doctorCommand } from './commands/doctor';
 import { templateCommand } from './commands/template';
 import { persistCommand } from './commands/persist';
 import { serviceCommand } from './commands/service';
+import { environmentCommand } from './commands/environment';
 import { loadConfig } from './config';
 import { PerimeterError } from './errors';
 import { redact } from './log';
@@ -39,6 +40,7 @@ export const COMMANDS: Command[] = [
   templateEntry,
   persistCommand,
   serviceCommand,
+  environmentCommand,
 ];
 
 function help(): string {

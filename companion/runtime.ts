@@ -44,6 +44,8 @@ export interface RuntimeOptions {
   createEgressGateway?: (opts: EgressGatewayOptions) => EgressGateway;
   /** When no VM driver can run under `auto`: refuse (default), or use the process driver (the demo's own queue). */
   whenNoVm?: 'refuse' | 'process';
+  /** The queue is the embedded dev queue (Try Locally), not a real environment; told to clients in the host facts. */
+  localQueue?: boolean;
 }
 
 export interface Runtime {
@@ -93,7 +95,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   };
   const worker = new Worker({
     config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub, journal, calls, sandboxFacts,
-    memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs,
+    memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs, localQueue: o.localQueue,
     onSessionEnd: (id) => egress?.release(id),
   });
   let control: ControlServer | null = null;

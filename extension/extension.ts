@@ -6,12 +6,18 @@ import * as vscode from 'vscode';
 import { PerimeterModel } from './views/model';
 import { WorkerTree, SessionsTree, PersistTree } from './views/trees';
 import { statusBarText } from './views/statusText';
+import { NoticeBoard } from './views/noticeBoard';
+import { hostNotices } from './views/notices';
+import { DoctorReportProvider } from './documents/doctorProvider';
+import { DOCTOR_SCHEME } from './documents/doctorReport';
+import { parseDoctorOutput } from './launcher/doctor';
 import { CallDocumentProvider } from './documents/provider';
 import { CALL_SCHEME } from './documents/callDocument';
 import { HostRegistry } from './hosts';
 import { registerWorkerCommands } from './commands/workerCommands';
 import { registerPersistCommands } from './commands/persistCommands';
-import { registerToolCommands, applyDoctorContext } from './commands/toolCommands';
+import { registerToolCommands } from './commands/toolCommands';
+import { registerHostCommands, applyDoctorContext } from './commands/hostCommands';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
 import { toDisposable } from './common/lifecycle';
@@ -28,6 +34,8 @@ export interface PerimeterApi {
   statusBar: vscode.StatusBarItem;
   /** Where VS Code writes the Worker Log channel (`<context.logUri>/<channel name>.log`). */
   logFile: vscode.Uri;
+  /** The host notifications on screen. */
+  notices: NoticeBoard;
 }
 
 export function activate(context: vscode.ExtensionContext): PerimeterApi {
@@ -36,11 +44,12 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   const model = new PerimeterModel();
   const registry = new HostRegistry(context, model, log);
 
-  const workerTree = new WorkerTree(model, settings.stuckAfterMs);
+  const workerTree = new WorkerTree(model, settings.stuckAfterMs, () => registry.selectedHostId());
   const sessionsTree = new SessionsTree(model, settings.stuckAfterMs);
   const persistTree = new PersistTree(model, settings.stuckAfterMs);
   const documents = new CallDocumentProvider(model, (hostId) => registry.get(hostId)?.connection ?? null);
 
+  const doctorReports = new DoctorReportProvider();
   const statusBar = vscode.window.createStatusBarItem('perimeter.status', vscode.StatusBarAlignment.Left, 50);
   statusBar.name = 'Perimeter';
   statusBar.command = 'workbench.view.extension.perimeter';
@@ -51,27 +60,19 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     statusBar.backgroundColor = s.warning ? new vscode.ThemeColor('statusBarItem.warningBackground') : undefined;
     const running = model.hostList().some((h) => h.connection !== 'stopped' && h.connection !== 'failed');
     void vscode.commands.executeCommand('setContext', 'perimeter.workerRunning', running);
+    void vscode.commands.executeCommand('setContext', 'perimeter.selectedRunning', registry.get(registry.selectedHostId())?.isRunning ?? false);
     const noKvm = model.hostList().some((h) => h.connection === 'connected' && h.facts && h.facts.driver !== 'process' && h.facts.accel !== 'kvm');
     if (noKvm) void vscode.commands.executeCommand('setContext', 'perimeter.noKvm', true);
   };
   updateStatus();
   statusBar.show();
 
-  // Crashes and give-ups are shown where the user looks, once each: a notification besides the tree and status bar.
+  // Host trouble (lost links, dead workers, failing polls) is shown where the user looks, once per occurrence; a
+  // notice whose condition clears (a reconnect, polls working again) closes by itself (views/notices.ts).
+  const notices = new NoticeBoard();
   const announced = new Map<string, string>();
   const announceTrouble = () => {
-    for (const h of model.hostList()) {
-      const key = h.connection === 'failed' || h.connection === 'reconnecting' ? `${h.connection}` : '';
-      if (announced.get(h.hostId) === key) continue;
-      announced.set(h.hostId, key);
-      if (h.connection === 'reconnecting') {
-        void vscode.window.showWarningMessage(`Perimeter: lost the worker on ${h.label} (${h.problem ?? 'connection closed'}); reconnecting.`, 'Show Worker Log')
-          .then((c) => { if (c) output.show(true); });
-      } else if (h.connection === 'failed') {
-        void vscode.window.showErrorMessage(`Perimeter: the worker on ${h.label} is down: ${h.problem ?? 'unknown error'}`, 'Restart Worker', 'Show Worker Log')
-          .then((c) => { if (c === 'Restart Worker') void vscode.commands.executeCommand('perimeter.restartWorker', h.hostId); else if (c) output.show(true); });
-      }
-    }
+    notices.update(hostNotices(model));
     for (const s of model.stuckSessions(settings.stuckAfterMs())) {
       const key = `stuck:${s.hostId}:${s.summary.sessionId}`;
       if (announced.has(key)) continue;
@@ -96,9 +97,13 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true }),
     vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
     vscode.workspace.registerTextDocumentContentProvider(CALL_SCHEME, documents),
+    doctorReports, notices,
+    vscode.workspace.registerTextDocumentContentProvider(DOCTOR_SCHEME, doctorReports),
+    registry.onDidChange(() => { workerTree.refresh(); updateStatus(); }),
     trackKeyPresence(context),
     vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(true); }),
-    ...registerWorkerCommands({ context, registry, output }),
+    ...registerWorkerCommands({ context, registry, output, doctorReports }),
+    ...registerHostCommands({ registry, output, doctorReports }),
     ...registerPersistCommands(registry, model),
     ...registerToolCommands(registry, model, output, log),
   );
@@ -110,7 +115,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   else context.subscriptions.push(vscode.workspace.onDidGrantWorkspaceTrust(whenTrusted));
 
   const logFile = vscode.Uri.joinPath(context.logUri, `${WORKER_LOG_CHANNEL}.log`);
-  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile };
+  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile, notices };
 }
 
 /** Runs `perimeter doctor --json` on this machine once, so the welcome views can explain a missing KVM or template. */
@@ -118,8 +123,7 @@ async function checkLocalHost(registry: HostRegistry, log: (label: string, line:
   const local = registry.get('local');
   if (!local) return;
   try {
-    const r = await local.host.runCli('doctor');
-    await applyDoctorContext(JSON.parse(r.stdout));
+    await applyDoctorContext(parseDoctorOutput(await local.host.runCli('doctor')));
   } catch (err) {
     log('This machine', `doctor could not run: ${(err as Error).message}`);
   }

@@ -1,7 +1,7 @@
 // The set of worker hosts the extension knows (this machine plus the SSH hosts in `perimeter.hosts`), one
 // HostSupervisor each, and which host commands act on by default (the "selected" host, kept in globalState; it is not
 // a secret and not a setting a workspace could override). Rebuilt when the host settings change; a running host is
-// kept until it is stopped.
+// kept until it is stopped, or until Remove Host drops it (its worker is then left as it is on that host).
 import * as vscode from 'vscode';
 import path from 'node:path';
 import { HostSupervisor } from './launcher/supervisor';
@@ -69,6 +69,24 @@ export class HostRegistry extends Disposable {
   }
 
   get(hostId: string): HostSupervisor | undefined { return this.supervisors.get(hostId); }
+
+  /**
+   * Forgets an SSH host: drops it from `perimeter.hosts`, closes its tunnel and removes it from the views (its worker,
+   * if one runs, keeps running there; the caller stops it first when asked to). The selected host falls back to this
+   * machine.
+   */
+  async remove(hostId: string): Promise<void> {
+    if (!hostId.startsWith('ssh:')) throw new Error('only SSH hosts can be removed');
+    const host = hostId.slice('ssh:'.length);
+    const cfg = vscode.workspace.getConfiguration('perimeter');
+    const hosts = settings.sshHosts();
+    if (hosts.includes(host)) await cfg.update('hosts', hosts.filter((h) => h !== host), vscode.ConfigurationTarget.Global);
+    this.supervisors.get(hostId)?.dispose();
+    this.supervisors.delete(hostId);
+    this.model.removeHost(hostId);
+    if (this.context.globalState.get<string>(SELECTED_HOST) === hostId) await this.context.globalState.update(SELECTED_HOST, 'local');
+    this.changed.fire();
+  }
   all(): HostSupervisor[] { return [...this.supervisors.values()]; }
 
   selectedHostId(): string {

@@ -15,7 +15,7 @@ export function validateKeyInput(value: string): string | undefined {
 export function validateEnvironmentId(value: string): string | undefined {
   const v = value.trim();
   if (!v) return 'Enter the environment ID';
-  if (!/^[A-Za-z0-9_-]{3,128}$/.test(v)) return 'An environment ID has only letters, digits, "_" and "-"';
+  if (!/^[A-Za-z0-9][A-Za-z0-9_-]{2,127}$/.test(v)) return 'An environment ID starts with a letter or digit and has only letters, digits, "_" and "-"';
   return undefined;
 }
 

@@ -2,10 +2,14 @@
 // /dev/kvm opens and the template booted under it; else why VMs run under TCG), QEMU, the sandbox drivers' own
 // probes (via select.ts), how each VM is confined (namespaces, uid, host cgroup, seccomp), a built template, the
 // template build's inputs in this installation, free disk space and a writable state directory, ripgrep for the
-// process driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}; the exit code
-// is 1 when an error-severity check failed (warnings do not fail).
+// process driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}
+// (companion/protocol/doctor.ts); the exit code is 1 when an error-severity check failed (warnings do not fail).
+// Fixes fit the host the doctor runs on: CLI commands are named as this installation is run there (`perimeter …` when
+// that is on PATH, else `node <this script> …`, e.g. the copy the extension installs over SSH), and access to
+// /dev/kvm is fixed through the group that owns it, never a `kvm` group the host does not have.
 import { execFile } from 'node:child_process';
-import { promises as fs, constants as fsc } from 'node:fs';
+import { promises as fs, constants as fsc, readFileSync, realpathSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { statePaths, type Config } from '../config';
 import { findTemplate, type Template } from '../sandbox/template/manifest';
@@ -16,7 +20,7 @@ import { Confinement, type ConfinementReport } from '../sandbox/qemu/confine';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
 
-export interface DoctorCheck { name: string; ok: boolean; severity: 'error' | 'warning'; detail: string; fix: string | null }
+import type { DoctorCheck } from '../protocol/doctor';
 
 const MIN_FREE_BYTES = 2 * 1024 * 1024 * 1024;
 
@@ -37,7 +41,7 @@ async function kvmCheck(config: Config): Promise<DoctorCheck> {
     return {
       name: 'kvm', ok: false, severity: 'warning',
       detail: `${denied ? '/dev/kvm exists but this user cannot open it' : '/dev/kvm is missing'}; VMs can only run under TCG (software CPU, much slower)`,
-      fix: denied ? `add this user to the kvm group (sudo usermod -aG kvm ${process.env.USER ?? '$USER'}) and log in again` : fixHw,
+      fix: denied ? kvmAccessFix(os.userInfo().username, await deviceGroup('/dev/kvm')) : fixHw,
     };
   }
   let template: Template | null = null;
@@ -56,6 +60,52 @@ async function kvmCheck(config: Config): Promise<DoctorCheck> {
     detail: `/dev/kvm opens, but a test boot under KVM failed${why ? ` (${why})` : ''}: VMs run under TCG (software CPU, much slower)`,
     fix: 'use a host whose KVM runs guests (bare metal, or a cloud VM with nested virtualization), then: perimeter template build --force',
   };
+}
+
+/** The name of the group owning a device node (from /etc/group), or null when it has none there. */
+async function deviceGroup(device: string): Promise<string | null> {
+  try { return groupName((await fs.stat(device)).gid, readFileSync('/etc/group', 'utf8')); } catch { return null; }
+}
+
+export function groupName(gid: number, etcGroup: string): string | null {
+  for (const line of etcGroup.split('\n')) {
+    const [name, , id] = line.split(':');
+    if (name && Number(id) === gid) return name;
+  }
+  return null;
+}
+
+/** How this user gets access to /dev/kvm, given the group that owns it (root or none: there is no group to join). */
+export function kvmAccessFix(user: string, group: string | null): string {
+  if (group && group !== 'root') return `add this user to the ${group} group, which owns /dev/kvm (sudo usermod -aG ${group} ${user}), and log in again`;
+  return `/dev/kvm belongs to ${group ?? 'no named group'}, so there is no group to join: grant this user access (sudo setfacl -m u:${user}:rw /dev/kvm), or create a kvm group and give it the device (sudo groupadd -r kvm && sudo chgrp kvm /dev/kvm && sudo chmod 660 /dev/kvm, then sudo usermod -aG kvm ${user})`;
+}
+
+/**
+ * How fixes should name this CLI on this host: `perimeter` when that command is on PATH and is this script,
+ * else `node <this script>` (with ~ for the home directory).
+ */
+export function cliInvocation(script: string | undefined = process.argv[1], onPath: string | null = whichPerimeter()): string {
+  if (!script) return 'perimeter';
+  const real = (p: string) => { try { return realpathSync(p); } catch { return path.resolve(p); } };
+  if (onPath && real(onPath) === real(script)) return 'perimeter';
+  const home = os.homedir();
+  const abs = path.resolve(script);
+  const shown = abs.startsWith(`${home}/`) ? `~/${abs.slice(home.length + 1)}` : abs;
+  return /[\s'"$`\\]/.test(abs) ? `node ${JSON.stringify(abs)}` : `node ${shown}`;
+}
+
+function whichPerimeter(): string | null {
+  for (const dir of (process.env.PATH ?? '').split(':').filter(Boolean)) {
+    const candidate = path.join(dir, 'perimeter');
+    try { realpathSync(candidate); return candidate; } catch { /* not here */ }
+  }
+  return null;
+}
+
+/** Rewrites `perimeter <command>` in a check's text as this host runs the CLI. */
+export function fitCommands(text: string, cli: string): string {
+  return cli === 'perimeter' ? text : text.replace(/(?<![\w/.~-])perimeter (?=(template|doctor|worker|persist|environment)\b)/g, `${cli} `);
 }
 
 /** What every VM gets on this host (qemu/confine.ts), QEMU's version deciding how the memory file is opened. */
@@ -137,6 +187,8 @@ export const doctorCommand: Command = {
     const rg = await run('rg', ['--version']);
     add({ name: 'ripgrep', ok: rg.ok, severity: 'warning', detail: rg.ok ? rg.out.split('\n')[0]! : 'rg not found on this host (the process driver runs grep with the host rg)', fix: rg.ok ? null : 'sudo apt-get install ripgrep' });
 
+    const cli = cliInvocation();
+    for (const c of checks) { c.detail = fitCommands(c.detail, cli); c.fix = c.fix && fitCommands(c.fix, cli); }
     const ok = checks.every((c) => c.ok || c.severity === 'warning');
     if (values.json) process.stdout.write(`${JSON.stringify({ ok, checks, confinement }, null, 2)}\n`);
     else {

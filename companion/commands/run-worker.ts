@@ -88,7 +88,7 @@ export const workerCommand: Command = {
     scrubEnviron(SECRET_ENV_NAMES);
     const maxIdleMs = intFlag('max-idle-ms', values['max-idle-ms']);
     const drainTimeoutMs = intFlag('drain-timeout-ms', values['drain-timeout-ms']);
-    const runtime = await assembleRuntime({ config, environmentId, environmentKey, baseUrl, maxIdleMs, drainTimeoutMs });
+    const runtime = await assembleRuntime({ config, environmentId, environmentKey, baseUrl, maxIdleMs, drainTimeoutMs, localQueue: devQueue !== null });
     let signals = 0;
     const onSignal = (sig: NodeJS.Signals) => {
       signals++;

@@ -7,8 +7,11 @@
 // - Every inbound message is parsed with the zod schemas in companion/protocol/control.ts. A bad message gets a typed
 //   `error` reply; nothing a client sends can throw out of the server or stop the worker.
 // - After authentication the client gets one `hello` snapshot, then every EventHub event as it is published. A client
-//   that stops reading (send buffer above MAX_BUFFERED_BYTES) is disconnected rather than buffering without bound; it
-//   reconnects and re-reads history from the journal.
+//   that stops reading (its send buffer above MAX_BUFFERED_BYTES and not shrinking for STALL_MS) is disconnected
+//   rather than buffering without bound; it reconnects and re-reads history from the journal. A client that reads is
+//   never cut off for what it asked for: history pages stop at PAGE_MAX_BYTES, call summaries (in pages and events)
+//   carry at most INPUT_STRING_MAX characters of each input string, and a response waits while the client's buffer
+//   holds more than RESPONSE_LOW_WATER_BYTES.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { mkdirSync, writeFileSync, renameSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -16,8 +19,9 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import {
   CONTROL_PROTOCOL_VERSION, ControlRequest, type ControlErrorCode, type ControlEvent, type ControlResult,
-  type ControlMethod, type ServerMessage, type RequestId,
+  type ControlMethod, type ServerMessage, type RequestId, type ToolCallSummary,
 } from '../protocol/control';
+import type { Page } from '../journal/types';
 import { statePaths } from '../config';
 import { logger } from '../log';
 import { errorMessage, PerimeterError } from '../errors';
@@ -28,6 +32,10 @@ const log = logger('control');
 const AUTH_TIMEOUT_MS = 10_000;
 const MAX_MESSAGE_BYTES = 256 * 1024;
 const MAX_BUFFERED_BYTES = 16 * 1024 * 1024;
+const STALL_MS = 10_000;
+const RESPONSE_LOW_WATER_BYTES = 1024 * 1024;
+const PAGE_MAX_BYTES = 512 * 1024;
+const INPUT_STRING_MAX = 2048;
 const LIVENESS_INTERVAL_MS = 30_000;
 
 /** A request failure that becomes a typed `error` reply. */
@@ -60,9 +68,20 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
   const authed = new Set<WebSocket>();
   const unsubscribe = opts.hub.subscribe((event) => broadcast(event));
 
+  /** Per connection over MAX_BUFFERED_BYTES: its lowest send-buffer level so far, and since when it has not shrunk. */
+  const backlog = new WeakMap<WebSocket, { since: number; lowest: number }>();
+
+  function notReading(ws: WebSocket): boolean {
+    const level = ws.bufferedAmount;
+    if (level <= MAX_BUFFERED_BYTES) { backlog.delete(ws); return false; }
+    const b = backlog.get(ws);
+    if (!b || level < b.lowest) { backlog.set(ws, { since: Date.now(), lowest: level }); return false; }
+    return Date.now() - b.since > (opts.stallMs ?? STALL_MS);
+  }
+
   function send(ws: WebSocket, msg: ServerMessage): void {
     if (ws.readyState !== WebSocket.OPEN) return;
-    if (ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+    if (notReading(ws)) {
       log.warn('a control client is not reading; disconnecting it');
       ws.terminate();
       return;
@@ -70,8 +89,17 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     ws.send(JSON.stringify(msg));
   }
 
+  /** Sends a response once the client has read what it was sent before (or gave up). */
+  async function respond(ws: WebSocket, msg: ServerMessage): Promise<void> {
+    while (ws.readyState === WebSocket.OPEN && ws.bufferedAmount > RESPONSE_LOW_WATER_BYTES && !notReading(ws)) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    send(ws, msg);
+  }
+
   function broadcast(event: ControlEvent): void {
-    for (const ws of authed) send(ws, { type: 'event', event });
+    const bounded = boundEvent(event);
+    for (const ws of authed) send(ws, { type: 'event', event: bounded });
   }
 
   function tokenMatches(candidate: string | undefined): boolean {
@@ -92,8 +120,11 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     switch (req.method) {
       case 'auth': return { ok: true };
       case 'ping': return { ts: Date.now(), state: opts.worker.state() };
-      case 'listSessions': return opts.journal.listSessions({ limit: req.params.limit, cursor: req.params.cursor ?? null });
-      case 'listCalls': return opts.journal.listCalls(req.params.sessionId, { limit: req.params.limit, cursor: req.params.cursor ?? null });
+      case 'listSessions': return boundedPage((limit) => opts.journal.listSessions({ limit, cursor: req.params.cursor ?? null }), req.params.limit);
+      case 'listCalls': {
+        const { sessionId, cursor } = req.params;
+        return boundedPage((limit) => opts.journal.listCalls(sessionId, { limit, cursor: cursor ?? null }), req.params.limit, boundCall);
+      }
       case 'getCallOutput': {
         const found = opts.journal.callOutput(req.params.toolUseId);
         if (!found) throw new RequestError('not_found', `no tool call ${req.params.toolUseId}`);
@@ -163,7 +194,7 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     }
     try {
       const result = await serve(req);
-      send(ws, { type: 'response', id: req.id, result });
+      await respond(ws, { type: 'response', id: req.id, result });
     } catch (err) {
       const code = err instanceof RequestError ? err.code : err instanceof PerimeterError ? persistErrorCode(err) : 'internal';
       if (code === 'internal') log.warn(`${req.method} failed: ${errorMessage(err)}`);
@@ -217,6 +248,46 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       return closed;
     },
   };
+}
+
+/**
+ * A journal page of at most `limit` items and about PAGE_MAX_BYTES of JSON (always at least one item): when the
+ * items overflow, the page is read again with the smaller limit, so its cursor stays the journal's own.
+ */
+function boundedPage<T>(read: (limit: number) => Page<T>, limit: number, bound: (item: T) => T = (item) => item): Page<T> {
+  const page = read(limit);
+  const items = page.items.map(bound);
+  let bytes = 0;
+  let fits = 0;
+  for (const item of items) {
+    bytes += JSON.stringify(item).length;
+    if (fits > 0 && bytes > PAGE_MAX_BYTES) break;
+    fits++;
+  }
+  if (fits === items.length) return { items, nextCursor: page.nextCursor };
+  const shorter = read(fits);
+  return { items: shorter.items.map(bound), nextCursor: shorter.nextCursor };
+}
+
+/** A call summary whose input strings are cut to INPUT_STRING_MAX characters (`inputTruncated` says so). */
+function boundCall(call: ToolCallSummary): ToolCallSummary {
+  let cut = false;
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'string') {
+      if (v.length <= INPUT_STRING_MAX) return v;
+      cut = true;
+      return `${v.slice(0, INPUT_STRING_MAX)}… [${v.length - INPUT_STRING_MAX} more characters]`;
+    }
+    if (Array.isArray(v)) return v.map(walk);
+    if (v && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+    return v;
+  };
+  const input = walk(call.input);
+  return cut ? { ...call, input, inputTruncated: true } : call;
+}
+
+function boundEvent(event: ControlEvent): ControlEvent {
+  return event.type === 'call.started' || event.type === 'call.finished' ? { ...event, call: boundCall(event.call) } : event;
 }
 
 /** A persisted-file store's refusal as the client should read it: unknown generation or file, a bad session id. */

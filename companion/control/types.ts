@@ -7,6 +7,8 @@ import type { CallPersistence, PersistHistory } from '../persist/types';
 
 export interface WorkerControl {
   state(): WorkerState;
+  /** Why the worker is in its state (e.g. what paused it), when it says. */
+  stateDetail?(): string | undefined;
   hostFacts(): HostFacts;
   /** Stop claiming work; in-flight calls finish (bounded), then items are stopped. Resolves when drained. */
   drain(): Promise<void>;
@@ -26,6 +28,8 @@ export interface ControlServerOptions {
   worker: WorkerControl;
   /** How often connections are pinged; one that misses a ping is dropped at the next (default 30 s). */
   livenessIntervalMs?: number;
+  /** How long a client's send backlog above the limit may go without shrinking before it is dropped (default 10 s). */
+  stallMs?: number;
 }
 
 /** Written to `<home>/control.json` with mode 0600; the extension reads it to connect. */

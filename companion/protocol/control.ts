@@ -15,6 +15,19 @@ export type ToolCallState = z.infer<typeof ToolCallState>;
 export const SessionState = z.enum(['claimed', 'running', 'idle', 'ended', 'lost']);
 export type SessionState = z.infer<typeof SessionState>;
 
+/** How the worker's polls of its work queue have gone lately (a worker that cannot poll serves nothing). */
+export const PollHealth = z.object({
+  /** Failed polls in a row (an HTTP error or no answer at all); 0 once a poll succeeds. */
+  failures: z.number().int().nonnegative(),
+  /** The last failure, one line (null: none since the last success). */
+  lastError: z.string().nullable(),
+  /** The HTTP status of the last failure (null: no answer came, e.g. no route, DNS, TLS). */
+  lastStatus: z.number().int().nullable(),
+  lastFailureAt: z.number().nullable(),
+  lastSuccessAt: z.number().nullable(),
+});
+export type PollHealth = z.infer<typeof PollHealth>;
+
 export const HostFacts = z.object({
   hostname: z.string(),
   driver: z.enum(['qemu', 'firecracker', 'process']),
@@ -28,6 +41,10 @@ export const HostFacts = z.object({
   startedAt: z.number(),
   /** Why tool calls wait for the sandbox right now (e.g. the template snapshot being remade after a QEMU upgrade). */
   sandboxNote: z.string().optional(),
+  /** Absent until the worker has polled once. */
+  poll: PollHealth.optional(),
+  /** What the worker serves: a self_hosted environment, or the embedded dev queue (Try Locally). */
+  queue: z.object({ kind: z.enum(['environment', 'local']), environmentId: z.string().optional() }).optional(),
 });
 export type HostFacts = z.infer<typeof HostFacts>;
 
@@ -80,6 +97,8 @@ export const ToolCallSummary = z.object({
   isError: z.boolean().nullable(),
   /** First part of the output (the full text is fetched with `getCallOutput`). */
   outputPreview: z.string(),
+  /** Long strings in `input` were cut (in pages and events; `getCallOutput` carries the whole input). */
+  inputTruncated: z.boolean().optional(),
   ranOn: CallPlacement.optional(),
   persist: PersistChange.optional(),
 });

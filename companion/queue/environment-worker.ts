@@ -21,7 +21,7 @@ import type { BetaSelfHostedWork } from '@anthropic-ai/sdk/resources/beta/enviro
 import type { Config } from '../config';
 import type { EventHub } from '../events';
 import type { WorkerControl } from '../control/types';
-import type { HostFacts, WorkerState } from '../protocol/control';
+import type { HostFacts, PollHealth, WorkerState } from '../protocol/control';
 import type { Journal } from '../journal/journal';
 import type { SessionCallOptions, SessionCalls } from '../tools/call-runner';
 import { sessionTools } from '../tools/runnable';
@@ -79,6 +79,8 @@ export interface WorkerOptions {
   onSessionEnd?: (sessionId: string) => void;
   /** Called by shutdown() after draining. */
   onExit?: (code: number) => void;
+  /** The queue is the embedded dev queue (Try Locally): said in the host facts. */
+  localQueue?: boolean;
 }
 
 interface SessionHandle {
@@ -106,10 +108,13 @@ export class Worker implements WorkerControl {
     resultPosted: (toolUseId) => this.opts.calls.resultPosted(toolUseId),
     leaseLost: (workId) => this.leaseLost(workId),
     exchanged: (operation, status) => this.opts.hub.observe({ type: 'queue.request', operation, status }),
+    pollAnswered: (status, error) => this.pollAnswered(status, error),
     sessionEvent: (sessionId, event) => { if (this.sessions.has(sessionId)) this.activity.observe(sessionId, event); },
     agentName: (sessionId, name) => { if (this.sessions.has(sessionId)) this.activity.agentName(sessionId, name); },
   });
   private readonly unsubscribeEgress: () => void;
+  private readonly poll: PollHealth = { failures: 0, lastError: null, lastStatus: null, lastFailureAt: null, lastSuccessAt: null };
+  private polled = false;
   private drainPromise: Promise<void> | null = null;
   private factsTimer: NodeJS.Timeout | null = null;
   readonly workerId: string;
@@ -145,6 +150,8 @@ export class Worker implements WorkerControl {
       vmsRunning: sandbox.vmsRunning, vmsPooled: sandbox.vmsPooled, memoryAvailableMb: Math.round(os.freemem() / (1024 * 1024)),
       concurrency: this.opts.config.concurrency, version: VERSION, pid: process.pid, startedAt: this.startedAt,
       ...(sandbox.sandboxNote ? { sandboxNote: sandbox.sandboxNote } : {}),
+      queue: this.opts.localQueue ? { kind: 'local' } : { kind: 'environment', environmentId: this.opts.environmentId },
+      ...(this.polled ? { poll: { ...this.poll } } : {}),
     };
   }
 
@@ -162,6 +169,22 @@ export class Worker implements WorkerControl {
   activeSessions(): Array<{ sessionId: string; workId: string }> { return [...this.handles].map((h) => ({ sessionId: h.sessionId, workId: h.workId })); }
 
   // ---- the loop ------------------------------------------------------------------------------------------------------
+
+  /** Keeps the poll health in the host facts; clients hear of each failure and of the recovery at once. */
+  private pollAnswered(status: number | null, error: string | null): void {
+    const p = this.poll;
+    const firstAnswer = !this.polled;
+    this.polled = true;
+    if (error === null) {
+      const recovered = p.failures > 0;
+      Object.assign(p, { failures: 0, lastError: null, lastStatus: null, lastSuccessAt: Date.now() });
+      if (recovered) log.info('polling works again');
+      if (!recovered && !firstAnswer) return;
+    } else {
+      Object.assign(p, { failures: p.failures + 1, lastError: error, lastStatus: status, lastFailureAt: Date.now() });
+    }
+    this.opts.hub.publish({ type: 'host.facts', facts: this.hostFacts() });
+  }
 
   private setState(state: WorkerState, detail?: string): void {
     if (this.current === state && this.detail === detail) return;

@@ -1,7 +1,8 @@
 // The worker's view of the SDK's HTTP traffic: the fetch the SDK client is given. It learns what the SDK did without
 // changing how it does it, and adapts one response. Invariants:
 // - A tool result counts as posted only after the service answered its POST with a 2xx (`resultPosted`).
-// - A heartbeat answered 412 means another worker holds the lease (`leaseLost`); nothing else is read into a status.
+// - A heartbeat answered 412 means another worker holds the lease (`leaseLost`); nothing else is read into a status,
+//   except each poll's outcome (`pollAnswered`: its status and error text, or that no answer came).
 // - Every exchange is reported with its operation and status (`exchanged`; status 0 when no response came).
 // - Event streams are passed through unchanged, wrapped only so `cutStreams` can fail them: the SDK's reader then gets
 //   an ordinary stream error, reconnects and reconciles from history. Each event of a stream, and of every history
@@ -23,6 +24,8 @@ export interface WireObserverHooks {
   leaseLost(workId: string): void;
   /** One HTTP exchange with the service finished (status 0: it failed before a response). */
   exchanged?(operation: QueueOperation, status: number): void;
+  /** A poll of the work queue was answered (`error` set for a non-2xx) or got no answer (`status` null). */
+  pollAnswered?(status: number | null, error: string | null): void;
   /** One event of a session's history, as the SDK received it (unvalidated JSON). */
   sessionEvent?(sessionId: string, event: unknown): void;
   /** The name of the agent a session runs (from the session record the SDK fetched). */
@@ -71,6 +74,7 @@ export class WireObserver {
     const method = init?.method ?? 'GET';
     const stream = /\/v1\/sessions\/([^/?]+)\/events\/stream/.exec(url);
     if (stream && method === 'GET') return this.watchedStream(decodeURIComponent(stream[1]!), input, init);
+    if (method === 'GET' && queueOperation(url) === 'poll') return this.watchedPoll(input, init);
     const res = await fetch(input, init);
     const pathname = new URL(url).pathname;
     if (method === 'GET' && res.status === 200 && /^\/v1\/sessions\/[^/]+$/.test(pathname)) {
@@ -81,6 +85,24 @@ export class WireObserver {
     try { this.observe(url, method, init?.body, res.status); } catch (err) {
       log.debug(`wire observer: ${errorMessage(err)}`);
     }
+    return res;
+  }
+
+  /** Fetches a poll and reports how it went (a poll the worker itself aborted, e.g. to drain, is no failure). */
+  private async watchedPoll(input: string | URL | Request, init?: RequestInit): Promise<Response> {
+    const report = (status: number | null, error: string | null) => {
+      try { this.hooks.pollAnswered?.(status, error); } catch (err) { log.debug(`wire observer: ${errorMessage(err)}`); }
+    };
+    let res: Response;
+    try { res = await fetch(input, init); } catch (err) {
+      if (!init?.signal?.aborted) report(null, causeChain(err));
+      throw err;
+    }
+    if (res.ok) { report(res.status, null); return res; }
+    const text = await res.clone().text().catch(() => '');
+    let message = text.slice(0, 300);
+    try { message = (JSON.parse(text) as { error?: { message?: string } }).error?.message ?? message; } catch { /* not JSON */ }
+    report(res.status, `${res.status} ${message}`.trim());
     return res;
   }
 
@@ -194,4 +216,14 @@ export function sseEvents(onData: (data: string) => void): (chunk: Uint8Array) =
       } else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
     }
   };
+}
+
+/** An error and its causes (fetch says why a connection failed only in its causes). */
+function causeChain(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const m = errorMessage(e).replace(/\.$/, '');
+    if (!parts.includes(m)) parts.push(m);
+  }
+  return parts.join(': ');
 }

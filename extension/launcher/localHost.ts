@@ -16,9 +16,10 @@ import { Emitter } from '../common/emitter';
 import { Disposable, toDisposable } from '../common/lifecycle';
 import { LogFollower, tailLines } from './logFollower';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  launchFor, parseEndpointFile, pidAlive, delay, runProgram, workerStartFailure,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep,
+  launchFor, parseEndpointFile, parseEnvironmentCheck, pidAlive, delay, runProgram, workerStartFailure,
 } from './workerHost';
+import type { EnvironmentCheck } from '../../companion/protocol/environment';
 
 /** The worker's log in its state directory; moved to `worker.log.1` at the next start once it exceeds LOG_ROTATE_BYTES. */
 export const WORKER_LOG = 'worker.log';
@@ -38,12 +39,15 @@ export interface LocalHostOptions {
 export class LocalHost extends Disposable implements WorkerHost {
   readonly hostId = 'local';
   readonly label = 'This machine';
+  readonly remote = false;
   private child: ChildProcess | null = null;
   private follower: LogFollower | null = null;
   private readonly linkDown = this._register(new Emitter<string>());
   private readonly logs = this._register(new Emitter<string>());
+  private readonly steps = this._register(new Emitter<{ step: HostStep; detail: string }>());
   readonly onLinkDown = this.linkDown.event;
   readonly onLog = this.logs.event;
+  onStep(listener: (step: HostStep, detail: string) => void) { return this.steps.event(({ step, detail }) => listener(step, detail)); }
 
   constructor(private readonly opts: LocalHostOptions) {
     super();
@@ -155,10 +159,22 @@ export class LocalHost extends Disposable implements WorkerHost {
   }
 
   runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
+    if (command === 'doctor') this.steps.fire({ step: 'checking', detail: 'checking this machine (Node, QEMU, KVM, template, disk)' });
     const args = command === 'doctor' ? ['doctor', '--json', '--home', this.opts.home] : ['template', 'build', '--home', this.opts.home];
     return runProgram(this.opts.nodePath ?? process.execPath, [this.opts.bundle, ...args], {
       env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' }, onOutput,
     });
+  }
+
+  /** The key goes to the CLI's stdin, as for a start; ANTHROPIC_API_KEY is kept out (the CLI refuses it). */
+  async checkEnvironment(environmentId: string, key: string): Promise<EnvironmentCheck> {
+    const env: NodeJS.ProcessEnv = { ...process.env, ELECTRON_RUN_AS_NODE: '1' };
+    delete env.ANTHROPIC_API_KEY;
+    delete env.ANTHROPIC_ENVIRONMENT_KEY;
+    const r = await runProgram(this.opts.nodePath ?? process.execPath,
+      [this.opts.bundle, 'environment', 'check', '--environment-id', environmentId, '--key-stdin', '--json', '--home', this.opts.home],
+      { env, stdin: `${key}\n`, timeoutMs: 60_000 });
+    return parseEnvironmentCheck(r);
   }
 
   async logTail(): Promise<string> { return tailLines(this.logFile, 200); }

@@ -96,6 +96,10 @@ const SCRIPTS = {
   /** The last 200 lines of the remote worker log. */
   log: 'tail -n 200 "$H/worker.log" 2>/dev/null || true',
   doctor: 'node "$D/bin/perimeter.js" doctor --json --home "$H"',
+  /** Checks an environment against the API from this host: the key is the first stdin line, the ID the second (only
+   *  letters, digits, "_" and "-", or the script refuses it); the key reaches the CLI through a pipe, as for a start. */
+  checkEnvironment: 'IFS= read -r KEY; IFS= read -r ID; case "$ID" in ""|-*|*[!A-Za-z0-9_-]*) echo "refusing environment id" >&2; exit 2;; esac; ' +
+    'printf "%s\\n" "$KEY" | node "$D/bin/perimeter.js" environment check --environment-id "$ID" --key-stdin --json --home "$H"; S=$?; KEY=; exit $S',
   templateBuild: 'node "$D/bin/perimeter.js" template build --home "$H"',
 } as const;
 
@@ -114,6 +118,11 @@ export function scriptArgs(target: SshTarget, script: RemoteScript): string[] {
   const host = validateHost(target.host);
   const dir = validateRemoteDir(target.remoteDir);
   return [...baseOptions(target), '--', host, `PERIMETER_DIR=${dir} sh -c '${REMOTE_SCRIPTS[script].replace(/'/g, `'\\''`)}'`];
+}
+
+/** argv that prints the configuration ssh would use for the host (`ssh -G`: resolved host name, port, known_hosts). */
+export function resolveArgs(target: SshTarget): string[] {
+  return [...baseOptions(target), '-G', '--', validateHost(target.host)];
 }
 
 /** argv for a port forward only: local 127.0.0.1:localPort -> remote 127.0.0.1:remotePort. */

@@ -11,15 +11,23 @@
 // - The environment key is written to ssh's stdin (first line), never to argv, the remote command or a file. The
 //   non-secret settings go as the launch file (launchFor, companion/protocol/launch.ts) to `$H/launch.json`, which
 //   the worker reads through `--launch`; the user's own config.json on the host is never written.
+// - When ssh itself fails (exit 255) the host is unreachable (HostUnreachableError), which is not a dead worker. A
+//   host key ssh does not know is a HostKeyError carrying the key's fingerprints (ssh-keyscan); it is added to the
+//   user's known_hosts only by trustHostKey, after the user compared them. A changed key is never trusted from here.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { appendFileSync, mkdirSync } from 'node:fs';
 import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import type { EnvironmentCheck } from '../../companion/protocol/environment';
 import { Emitter } from '../common/emitter';
 import { Disposable, toDisposable } from '../common/lifecycle';
-import { scriptArgs, tunnelArgs, type SshTarget } from './ssh';
+import { scriptArgs, tunnelArgs, resolveArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult,
-  launchFor, parseEndpointFile, delay, freePort, runProgram, lineSplitter, workerStartFailure,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep,
+  HostUnreachableError, HostKeyError, launchFor, parseEndpointFile, parseEnvironmentCheck, delay, freePort, runProgram,
+  lineSplitter, workerStartFailure,
 } from './workerHost';
 
 export interface SshHostOptions {
@@ -32,11 +40,16 @@ export interface SshHostOptions {
 export class SshHost extends Disposable implements WorkerHost {
   readonly hostId: string;
   readonly label: string;
+  readonly remote = true;
   private tunnel: ChildProcess | null = null;
   private readonly linkDown = this._register(new Emitter<string>());
   private readonly logs = this._register(new Emitter<string>());
+  private readonly steps = this._register(new Emitter<{ step: HostStep; detail: string }>());
   readonly onLinkDown = this.linkDown.event;
   readonly onLog = this.logs.event;
+  onStep(listener: (step: HostStep, detail: string) => void) { return this.steps.event(({ step, detail }) => listener(step, detail)); }
+  /** known_hosts lines for the host keys last shown in a HostKeyError (what trustHostKey adds). */
+  private scannedKeys: { file: string; lines: string[] } | null = null;
 
   constructor(private readonly opts: SshHostOptions) {
     super();
@@ -46,8 +59,57 @@ export class SshHost extends Disposable implements WorkerHost {
     this.label = opts.target.host;
   }
 
-  private ssh(script: Parameters<typeof scriptArgs>[1], stdin?: string | Buffer, timeoutMs = 120_000, onOutput?: (t: string) => void): Promise<CommandResult> {
-    return runProgram(this.opts.sshPath ?? 'ssh', scriptArgs(this.opts.target, script), { stdin, timeoutMs, onOutput });
+  /** Runs one fixed remote script; rejects with HostUnreachableError (or HostKeyError) when ssh itself failed. */
+  private async ssh(script: Parameters<typeof scriptArgs>[1], stdin?: string | Buffer, timeoutMs = 120_000, onOutput?: (t: string) => void): Promise<CommandResult> {
+    const r = await runProgram(this.opts.sshPath ?? 'ssh', scriptArgs(this.opts.target, script), { stdin, timeoutMs, onOutput });
+    if (r.code === 255) throw await this.unreachable(r.stderr);
+    return r;
+  }
+
+  /** The error for a failed ssh: a host key problem (with the offered keys' fingerprints) or an unreachable host. */
+  private async unreachable(stderr: string): Promise<HostUnreachableError> {
+    const why = stderr.trim().split('\n').filter((l) => !/^(@|\s*$)/.test(l)).slice(-2).join(' ') || 'ssh could not connect';
+    if (/REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed/.test(stderr)) {
+      return new HostKeyError(`the host key of ${this.label} has CHANGED since it was last trusted: this can be a reinstalled host or someone intercepting the connection. Check with the host's administrator, then remove the old key (ssh-keygen -R <host>) and connect again.`, true);
+    }
+    if (/Host key verification failed|No \S+ host key is known for/.test(stderr)) {
+      const fingerprints = await this.scanHostKeys().catch((err: Error) => { this.logs.fire(`could not read ${this.label}'s host key: ${err.message}`); return []; });
+      return new HostKeyError(`${this.label} offers a host key that is not in your known_hosts yet`, false, fingerprints);
+    }
+    return new HostUnreachableError(`cannot reach ${this.label} over SSH: ${why}`);
+  }
+
+  /**
+   * Reads the keys the host offers (ssh -G resolves the alias as ssh would; ssh-keyscan fetches them) and returns their
+   * fingerprints; the matching known_hosts lines are kept for trustHostKey.
+   */
+  private async scanHostKeys(): Promise<string[]> {
+    this.scannedKeys = null;
+    const resolved = await runProgram(this.opts.sshPath ?? 'ssh', resolveArgs(this.opts.target), { timeoutMs: 10_000 });
+    const opt = (name: string) => new RegExp(`^${name} (.+)$`, 'm').exec(resolved.stdout)?.[1]?.trim();
+    const hostname = opt('hostname'); const port = opt('port') ?? '22';
+    if (resolved.code !== 0 || !hostname) throw new Error(`ssh -G failed: ${resolved.stderr.trim()}`);
+    const alias = opt('hostkeyalias');
+    const name = alias && alias !== 'none' ? alias : port === '22' ? hostname : `[${hostname}]:${port}`;
+    const scan = await runProgram('ssh-keyscan', ['-T', '10', '-p', port, '--', hostname], { timeoutMs: 20_000 });
+    const lines = scan.stdout.split('\n').filter((l) => l.trim() && !l.startsWith('#')).map((l) => `${name} ${l.trim().split(/\s+/).slice(1).join(' ')}`);
+    if (lines.length === 0) throw new Error(`ssh-keyscan got no key: ${scan.stderr.trim().split('\n').pop() ?? ''}`);
+    const fp = await runProgram('ssh-keygen', ['-l', '-f', '-'], { stdin: `${lines.join('\n')}\n`, timeoutMs: 10_000 });
+    const fingerprints = fp.stdout.split('\n').map((l) => /^\d+ (\S+) .* \((\S+)\)$/.exec(l.trim())).filter((m): m is RegExpExecArray => m !== null).map((m) => `${m[2]} ${m[1]}`);
+    const file = (opt('userknownhostsfile') ?? '~/.ssh/known_hosts').split(/\s+/)[0]!.replace(/^~(?=\/)/, os.homedir());
+    this.scannedKeys = { file, lines };
+    return fingerprints;
+  }
+
+  /** Adds the host keys last shown in a HostKeyError to the user's known_hosts (after the user compared them). */
+  trustHostKey(): string {
+    const keys = this.scannedKeys;
+    if (!keys) throw new Error(`no host key of ${this.label} was read to trust`);
+    mkdirSync(path.dirname(keys.file), { recursive: true, mode: 0o700 });
+    appendFileSync(keys.file, `${keys.lines.join('\n')}\n`, { mode: 0o600 });
+    this.scannedKeys = null;
+    this.logs.fire(`added ${keys.lines.length} host key(s) of ${this.label} to ${keys.file}`);
+    return keys.file;
   }
 
   private fail(what: string, r: CommandResult): Error {
@@ -57,6 +119,7 @@ export class SshHost extends Disposable implements WorkerHost {
 
   /** Installs the companion bundle when the remote copy is missing or differs. Returns whether it installed. */
   async ensureInstalled(): Promise<boolean> {
+    this.steps.fire({ step: 'connecting', detail: `connecting to ${this.label}` });
     const probe = await this.ssh('probe', undefined, 30_000);
     if (probe.code !== 0) throw this.fail('probing the host', probe);
     const [versionLine = '', nodeLine = ''] = probe.stdout.trim().split('\n');
@@ -65,7 +128,9 @@ export class SshHost extends Disposable implements WorkerHost {
     if (major < 20) throw new Error(`${this.label} runs Node ${nodeLine.trim()}; the companion needs Node 20 or newer`);
     const bundle = this.opts.bundle();
     if (!needsInstall(versionLine, bundle)) return false;
-    this.logs.fire(`installing the companion ${bundle.version} on ${this.label} (remote had: ${versionLine.trim()})`);
+    const had = versionLine.trim();
+    this.logs.fire(`installing the companion ${bundle.version} on ${this.label} (remote had: ${had})`);
+    this.steps.fire({ step: 'installing', detail: `${had === 'none' ? 'installing' : 'upgrading'} the companion ${bundle.version.split(' ')[0]} on ${this.label}` });
     const r = await this.ssh('install', packTar(bundle.files));
     if (r.code !== 0 || r.stdout.trim() !== bundle.version) throw this.fail('installing the companion', r);
     return true;
@@ -96,7 +161,7 @@ export class SshHost extends Disposable implements WorkerHost {
     });
     void exited.then((detail) => { if (this.tunnel === child) { this.tunnel = null; this.linkDown.fire(detail); } });
     for (const deadline = Date.now() + 20_000; Date.now() < deadline;) {
-      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`SSH tunnel to ${this.label} failed: ${stderr.trim() || 'ssh exited'}`);
+      if (child.exitCode !== null || child.signalCode !== null) throw new HostUnreachableError(`SSH tunnel to ${this.label} failed: ${stderr.trim() || 'ssh exited'}`);
       if (await canConnect(localPort)) return localPort;
       await delay(100);
     }
@@ -138,6 +203,7 @@ export class SshHost extends Disposable implements WorkerHost {
     if (settings.mode === 'environment' && await this.startService()) return;
     if (settings.mode === 'environment' && !key) throw new Error('no environment key: run "Perimeter: Connect Environment" first');
     await this.ensureInstalled();
+    this.steps.fire({ step: 'starting', detail: `starting the worker on ${this.label}` });
     const written = await this.ssh('writeLaunch', JSON.stringify(launchFor(settings, false)), 30_000);
     if (written.code !== 0) throw this.fail('writing the worker\'s launch file', written);
     const started = settings.mode === 'environment'
@@ -194,7 +260,14 @@ export class SshHost extends Disposable implements WorkerHost {
 
   async runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
     await this.ensureInstalled();
+    if (command === 'doctor') this.steps.fire({ step: 'checking', detail: `checking ${this.label} (Node, QEMU, KVM, template, disk)` });
     return this.ssh(command, undefined, 30 * 60_000, onOutput);
+  }
+
+  /** The key and the ID travel on stdin (the remote script checks the ID's characters); nothing in argv. */
+  async checkEnvironment(environmentId: string, key: string): Promise<EnvironmentCheck> {
+    await this.ensureInstalled();
+    return parseEnvironmentCheck(await this.ssh('checkEnvironment', `${key}\n${environmentId}\n`, 60_000));
   }
 
 }

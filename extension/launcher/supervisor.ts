@@ -3,19 +3,34 @@
 // - `desired` is what the user asked for (Start / Stop). Only while it is `running` does the supervisor reconnect or
 //   restart; Stop always ends in `stopped`, even when the worker is unreachable.
 // - On a lost connection it first looks for the worker again (a cut SSH tunnel or a restarted window finds the same
-//   worker); only when none runs does it restart one. Retries follow a bounded backoff (BACKOFF_MS); after the last
-//   one the host is `failed` and the problem stays visible. A successful connect resets the count.
-// - History comes from the journal (listSessions / listCalls / getPersist) after every (re)connect, so what the views
-//   show survives restarts; live events are applied on top.
+//   worker); only when the host answers and no worker runs there does it restart one. A host it cannot reach (SSH
+//   down) is a `link` problem: the worker there may be healthy, so it is never restarted for it; Reconnect re-opens the
+//   tunnel and attaches. Retries follow a bounded backoff (BACKOFF_MS); after the last one the host is `failed` and
+//   the problem stays visible. A successful connect resets the count.
+// - A worker that stopped because the API refused its environment ID or key (its last poll answered 401/403/404) is
+//   not restarted: the same key would be refused again; the host is `failed` with a `credentials` problem.
+// - History comes from the journal (listSessions / listCalls / getPersist) after every (re)connect, page by page, so
+//   what the views show survives restarts; live events are applied on top.
 import { ControlClient, ControlRequestError } from './controlClient';
-import type { WorkerHost, WorkerSettings, ConnectTarget } from './workerHost';
+import { HostUnreachableError, type WorkerHost, type WorkerSettings, type ConnectTarget } from './workerHost';
 import type { PerimeterModel } from '../views/model';
-import type { SessionSummary } from '../../companion/protocol/control';
+import type { SessionSummary, ToolCallSummary } from '../../companion/protocol/control';
 import { Emitter } from '../common/emitter';
 import { Disposable } from '../common/lifecycle';
 
 export const BACKOFF_MS = [1_000, 2_000, 4_000, 8_000, 15_000, 30_000];
 const HISTORY_SESSIONS = 200;
+const HISTORY_CALLS_PER_SESSION = 1_000;
+
+/** A start asked for another mode than the running worker serves. `running` null: a worker started elsewhere. */
+export class WorkerModeConflict extends Error {
+  constructor(readonly running: WorkerSettings['mode'] | null, hostLabel: string) {
+    super(`the worker on ${hostLabel} already runs ${running === 'localQueue' ? 'the local dev queue (Try Locally)' : running === 'environment' ? 'for the environment' : '(started elsewhere)'}; stop it first`);
+    this.name = 'WorkerModeConflict';
+  }
+}
+
+const REFUSED_STATUSES = new Set([401, 403, 404]);
 
 export interface SupervisorOptions {
   backoffMs?: number[];
@@ -32,6 +47,12 @@ export class HostSupervisor extends Disposable {
   private attempts = 0;
   private retryTimer: NodeJS.Timeout | null = null;
   private recovering = false;
+  /** What the last failed recovery attempt ran into: the link to the host, or the worker. */
+  private lastFailure: 'link' | 'worker' = 'worker';
+  /** Why the last reconnect() failed (e.g. a HostKeyError the caller can resolve), null after a success. */
+  lastError: Error | null = null;
+  /** Bumped by every start, stop and reconnect the user asks for: a recovery attempt begun before it is dropped. */
+  private epoch = 0;
   private readonly logs = this._register(new Emitter<string>());
   readonly onLog = this.logs.event;
 
@@ -39,7 +60,7 @@ export class HostSupervisor extends Disposable {
     super();
     model.ensureHost(host.hostId, host.label);
     this._register(host.onLog((l) => this.logs.fire(l)));
-    this._register(host.onLinkDown((detail) => this.lost(detail)));
+    this._register(host.onLinkDown((detail) => this.lost(detail, true)));
     this._register(host);
   }
 
@@ -57,16 +78,26 @@ export class HostSupervisor extends Disposable {
     return true;
   }
 
-  async start(settings: WorkerSettings): Promise<void> {
+  /** The mode of the worker this supervisor is connected to: as started from here, else as the worker says. */
+  get runningMode(): WorkerSettings['mode'] | null {
+    if (!this.client?.connected) return null;
+    const queue = this.model.host(this.hostId)?.facts?.queue;
+    return this.settings?.mode ?? (queue ? (queue.kind === 'local' ? 'localQueue' : 'environment') : null);
+  }
+
+  /**
+   * Starts a worker (or connects to the one that runs). Resolves `alreadyRunning` when a worker of the same mode runs;
+   * rejects with WorkerModeConflict when the running one serves another mode (or its mode is not known).
+   */
+  async start(settings: WorkerSettings): Promise<'started' | 'alreadyRunning'> {
     if (this.client?.connected) {
-      const running = this.settings?.mode;
-      if (running && running !== settings.mode) {
-        throw new Error(`the worker on ${this.host.label} already runs ${running === 'localQueue' ? 'the local dev queue (Try Locally)' : 'for the environment'}; stop it first`);
-      }
-      return;
+      const running = this.runningMode;
+      if (running !== settings.mode) throw new WorkerModeConflict(running, this.host.label);
+      return 'alreadyRunning';
     }
     this.settings = settings;
     this.desired = 'running';
+    this.epoch++;
     this.attempts = 0;
     this.clearRetry();
     this.model.setConnection(this.hostId, 'starting', null);
@@ -74,14 +105,45 @@ export class HostSupervisor extends Disposable {
       await this.bringUp();
     } catch (err) {
       this.desired = 'stopped';
-      this.model.setConnection(this.hostId, 'stopped', (err as Error).message);
+      this.model.setConnection(this.hostId, 'stopped', (err as Error).message, err instanceof HostUnreachableError ? 'link' : 'start');
       throw err;
     }
+    return 'started';
+  }
+
+  /**
+   * Re-opens the way to the host and attaches to the worker that runs there, without starting or stopping anything.
+   * Resolves false (and says why in the model) when the host cannot be reached or no worker runs there.
+   */
+  async reconnect(): Promise<boolean> {
+    this.lastError = null;
+    this.epoch++;
+    this.clearRetry();
+    this.attempts = 0;
+    this.model.setConnection(this.hostId, 'starting', null);
+    let target: ConnectTarget | null;
+    try {
+      target = await this.host.findWorker();
+      if (target) {
+        this.desired = 'running';
+        await this.connect(target);
+        return true;
+      }
+    } catch (err) {
+      this.desired = 'stopped';
+      this.lastError = err as Error;
+      this.model.setConnection(this.hostId, 'failed', (err as Error).message, err instanceof HostUnreachableError ? 'link' : 'worker');
+      return false;
+    }
+    this.desired = 'stopped';
+    this.model.setConnection(this.hostId, 'stopped', `no worker runs on ${this.host.label} any more; Start Worker starts one`, 'worker');
+    return false;
   }
 
   /** Asks the worker to drain and exit, waits for it, and falls back to force only when it does not stop. */
   async stop(): Promise<void> {
     this.desired = 'stopped';
+    this.epoch++;
     this.clearRetry();
     let client = this.client?.connected ? this.client : null;
     if (!client) {
@@ -146,18 +208,32 @@ export class HostSupervisor extends Disposable {
     await this.loadHistory(client).catch((err: Error) => this.logs.fire(`could not read history: ${err.message}`));
   }
 
+  /**
+   * Streams the journal's history into the model one page at a time (the server bounds each page's size), so the
+   * views fill as it arrives; a page is requested only after the previous one was applied. Stops when the client is
+   * replaced (a reconnect reads it again).
+   */
   private async loadHistory(client: ControlClient): Promise<void> {
+    const current = () => this.client === client;
     const sessions: SessionSummary[] = [];
     let cursor: string | null = null;
     do {
       const page: { items: SessionSummary[]; nextCursor: string | null } = await client.request('listSessions', { limit: 100, cursor });
+      if (!current()) return;
+      this.model.loadSessions(this.hostId, page.items);
       sessions.push(...page.items);
       cursor = page.nextCursor;
     } while (cursor && sessions.length < HISTORY_SESSIONS);
-    this.model.loadSessions(this.hostId, sessions);
     for (const s of sessions) {
-      const calls = await client.request('listCalls', { sessionId: s.sessionId, limit: 200 });
-      this.model.loadCalls(this.hostId, s.sessionId, calls.items);
+      let loaded = 0;
+      let callCursor: string | null = null;
+      do {
+        const page: { items: ToolCallSummary[]; nextCursor: string | null } = await client.request('listCalls', { sessionId: s.sessionId, limit: 100, cursor: callCursor });
+        if (!current()) return;
+        this.model.loadCalls(this.hostId, s.sessionId, page.items);
+        loaded += page.items.length;
+        callCursor = page.nextCursor;
+      } while (callCursor && loaded < HISTORY_CALLS_PER_SESSION);
       if (s.state !== 'ended' && s.state !== 'lost') await this.refreshPersist(s.sessionId, client);
     }
   }
@@ -172,12 +248,24 @@ export class HostSupervisor extends Disposable {
   }
 
   /** The link to the worker is gone (socket closed, heartbeat lost, process or tunnel exited). */
-  private lost(detail: string): void {
+  private lost(detail: string, fromHost = false): void {
     this.client = null;
     if (this.desired !== 'running') return;
     if (this.recovering || this.retryTimer) return;
+    const h = this.model.host(this.hostId);
+    const poll = h?.facts?.poll;
+    if (h?.workerState === 'error' && poll && poll.lastStatus !== null && REFUSED_STATUSES.has(poll.lastStatus)) {
+      this.desired = 'stopped';
+      const problem = `the API refused the environment's ${poll.lastStatus === 404 ? 'ID' : 'key'} (${poll.lastError ?? poll.lastStatus})`;
+      this.logs.fire(`the worker on ${this.host.label} stopped: ${problem}; not restarting it with the same credentials`);
+      this.model.setConnection(this.hostId, 'failed', problem, 'credentials');
+      return;
+    }
+    // On an SSH host the usual cause is the way there (the tunnel, the network): the worker is looked for before
+    // anything is restarted, and the recovery attempts tell which it was.
+    this.lastFailure = this.host.remote ? 'link' : 'worker';
     this.logs.fire(`lost the worker on ${this.host.label}: ${detail}`);
-    this.model.setConnection(this.hostId, 'reconnecting', detail);
+    this.model.setConnection(this.hostId, 'reconnecting', this.host.remote && !fromHost ? `the connection to ${this.host.label} was cut` : detail, this.lastFailure);
     this.scheduleRetry();
   }
 
@@ -185,9 +273,12 @@ export class HostSupervisor extends Disposable {
     const backoff = this.opts.backoffMs ?? BACKOFF_MS;
     if (this.attempts >= backoff.length) {
       this.desired = 'stopped';
-      const problem = `gave up after ${backoff.length} attempts to restart or reconnect; use Restart Worker`;
+      const link = this.lastFailure === 'link';
+      const problem = link
+        ? `${this.model.host(this.hostId)?.problem ?? `cannot reach ${this.host.label}`}; gave up after ${backoff.length} attempts`
+        : `gave up after ${backoff.length} attempts to restart or reconnect; use Restart Worker`;
       this.logs.fire(problem);
-      this.model.setConnection(this.hostId, 'failed', problem);
+      this.model.setConnection(this.hostId, 'failed', problem, link ? 'link' : 'worker');
       return;
     }
     const wait = backoff[this.attempts++]!;
@@ -197,8 +288,10 @@ export class HostSupervisor extends Disposable {
   private async recover(): Promise<void> {
     if (this.desired !== 'running') return;
     this.recovering = true;
+    const epoch = this.epoch;
     try {
       const existing = await this.host.findWorker();
+      if (epoch !== this.epoch) { this.recovering = false; return; }
       if (!existing && !this.settings) {
         // A worker started elsewhere (another window, a terminal) is gone: we do not know how to start it again.
         this.recovering = false;
@@ -206,11 +299,19 @@ export class HostSupervisor extends Disposable {
         this.model.setConnection(this.hostId, 'stopped', 'the worker exited (it was not started from this window)');
         return;
       }
-      if (!existing) { this.model.noteRestart(this.hostId); this.logs.fire(`restarting the worker on ${this.host.label} (attempt ${this.attempts})`); }
+      if (!existing) {
+        this.model.noteRestart(this.hostId);
+        this.logs.fire(`restarting the worker on ${this.host.label} (attempt ${this.attempts})`);
+        this.lastFailure = 'worker';
+        this.model.setConnection(this.hostId, 'reconnecting', `the worker on ${this.host.label} is gone; restarting it`, 'worker');
+      }
       await (existing ? this.connect(existing) : this.bringUp());
     } catch (err) {
+      this.recovering = false;
+      if (epoch !== this.epoch) return;
       this.logs.fire(`attempt ${this.attempts} failed: ${(err as Error).message}`);
-      this.model.setConnection(this.hostId, 'reconnecting', (err as Error).message);
+      this.lastFailure = err instanceof HostUnreachableError ? 'link' : 'worker';
+      this.model.setConnection(this.hostId, 'reconnecting', (err as Error).message, this.lastFailure);
       this.recovering = false;
       this.scheduleRetry();
       return;

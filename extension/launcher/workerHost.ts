@@ -6,6 +6,7 @@ import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { ControlEndpointFile } from '../../companion/protocol/control';
 import { WorkerLaunch, type LogLevel, type SandboxDriver } from '../../companion/protocol/launch';
+import { EnvironmentCheck } from '../../companion/protocol/environment';
 import type { IDisposable } from '../common/lifecycle';
 
 export type SandboxDriverSetting = SandboxDriver;
@@ -44,6 +45,24 @@ export function launchFor(s: WorkerSettings, scenarioHere: boolean): WorkerLaunc
   return parsed.data;
 }
 
+/** The host cannot be reached (SSH could not connect or log in): a worker there may still be running. */
+export class HostUnreachableError extends Error {
+  constructor(message: string) { super(message); this.name = 'HostUnreachableError'; }
+}
+
+/**
+ * SSH refused the host's key. `changed`: the host presents another key than the one known for it (a reinstalled
+ * host, or someone in between): never trusted from here. Otherwise the key is simply not known yet (a first
+ * connection); `fingerprints` are what the host offers now (from ssh-keyscan, `SHA256:…` with the key type), for
+ * the user to compare with the host's own before trusting it.
+ */
+export class HostKeyError extends HostUnreachableError {
+  constructor(message: string, readonly changed: boolean, readonly fingerprints: string[] = []) { super(message); this.name = 'HostKeyError'; }
+}
+
+/** The steps of bringing a host up that a progress notification names. */
+export type HostStep = 'connecting' | 'installing' | 'checking' | 'starting';
+
 /** Where a running worker's control API can be reached from this machine. */
 export interface ConnectTarget { port: number; token: string; pid: number; version: string }
 
@@ -52,6 +71,8 @@ export interface CommandResult { code: number | null; stdout: string; stderr: st
 export interface WorkerHost extends IDisposable {
   readonly hostId: string;
   readonly label: string;
+  /** The worker is reached over a link that can fail on its own (SSH): a lost link is then not a lost worker. */
+  readonly remote: boolean;
   /** The running worker for this host, or null when none runs (a stale control.json does not count). */
   findWorker(): Promise<ConnectTarget | null>;
   /** Starts a worker and resolves once its control API is up. `key` is required for mode `environment`. */
@@ -68,8 +89,22 @@ export interface WorkerHost extends IDisposable {
   logTail(): Promise<string>;
   /** Runs a companion CLI command (`doctor --json`, `template build`) on that machine. */
   runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult>;
+  /** Asks the API from that machine (its route, the companion's SDK) whether the environment ID and key are accepted. */
+  checkEnvironment(environmentId: string, key: string): Promise<EnvironmentCheck>;
+  /** Reports the step a longer operation (connect, install, check, start) is at. */
+  onStep(listener: (step: HostStep, detail: string) => void): IDisposable;
   /** Releases processes this object spawned (tunnels); a detached worker keeps running. */
   dispose(): void;
+}
+
+/** Reads `perimeter environment check --json` output; a result that does not parse becomes an error with the output. */
+export function parseEnvironmentCheck(r: CommandResult): EnvironmentCheck {
+  const line = r.stdout.trim().split('\n').pop() ?? '';
+  try {
+    const parsed = EnvironmentCheck.safeParse(JSON.parse(line));
+    if (parsed.success) return parsed.data;
+  } catch { /* not JSON: reported below */ }
+  throw new Error(`the environment check did not run: ${(r.stderr || r.stdout).trim().split('\n').pop() ?? `exit code ${r.code}`}`);
 }
 
 export function parseEndpointFile(text: string): ConnectTarget | null {

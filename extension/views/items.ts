@@ -15,7 +15,12 @@ export interface ItemDescriptor {
   icon: string;
   contextValue: string;
   collapsible: 'none' | 'collapsed' | 'expanded';
+  /** What clicking the row runs (a fix-it action). */
+  command?: { command: string; title: string; arguments?: unknown[] };
 }
+
+/** A fix-it action: a command and what its button or link says. */
+export interface FixAction { title: string; command: string; arguments?: unknown[] }
 
 export function formatDuration(ms: number | null | undefined): string {
   if (ms === null || ms === undefined || !Number.isFinite(ms) || ms < 0) return '';
@@ -27,19 +32,48 @@ export function formatDuration(ms: number | null | undefined): string {
 }
 
 // ---- Worker view --------------------------------------------------------------------------------------------------
+/** Failed polls in a row before a connected worker counts as unable to poll (transient network or service errors). */
+export const POLL_WARN_AFTER = 3;
+
+/**
+ * Why a connected worker cannot poll its queue, or null while polling works: `credentials` (401/403) and `environment`
+ * (404) from the first failure (they never heal by themselves), `network` (no answer) and `service` (429/5xx) after
+ * POLL_WARN_AFTER failures in a row.
+ */
+export interface PollTrouble { kind: 'credentials' | 'environment' | 'network' | 'service'; failures: number; lastError: string; since: number | null }
+
+export function pollTrouble(h: HostEntry): PollTrouble | null {
+  const p = h.connection === 'connected' ? h.facts?.poll : undefined;
+  if (!p || p.failures === 0) return null;
+  const kind: PollTrouble['kind'] = p.lastStatus === null ? 'network' : p.lastStatus === 401 || p.lastStatus === 403 ? 'credentials' : p.lastStatus === 404 ? 'environment' : 'service';
+  if ((kind === 'network' || kind === 'service') && p.failures < POLL_WARN_AFTER) return null;
+  return { kind, failures: p.failures, lastError: p.lastError ?? 'unknown error', since: p.lastSuccessAt };
+}
+
+/** What to tell the user about a poll trouble, and the action that fixes it. */
+export function pollAdvice(h: HostEntry, t: PollTrouble): { summary: string; fix: FixAction } {
+  switch (t.kind) {
+    case 'credentials': return { summary: 'the API refuses the environment key', fix: { title: 'Connect Environment', command: 'perimeter.connectEnvironment' } };
+    case 'environment': return { summary: 'the API does not know the environment ID', fix: { title: 'Connect Environment', command: 'perimeter.connectEnvironment' } };
+    case 'network': return { summary: `no answer from the API (check ${h.hostId === 'local' ? 'this machine\'s' : `${h.label}'s`} network, DNS or proxy)`, fix: { title: 'Show Worker Log', command: 'perimeter.showWorkerLog', arguments: [h.hostId] } };
+    case 'service': return { summary: 'the API answers with errors (it may be overloaded; the worker keeps retrying)', fix: { title: 'Show Worker Log', command: 'perimeter.showWorkerLog', arguments: [h.hostId] } };
+  }
+}
+
 export function hostStateLabel(h: HostEntry): string {
   switch (h.connection) {
     case 'stopped': return h.problem ? 'stopped (failed)' : 'stopped';
     case 'starting': return 'starting';
-    case 'reconnecting': return 'reconnecting';
-    case 'failed': return 'failed';
-    case 'connected': return h.workerState ?? 'connected';
+    case 'reconnecting': return h.problemKind === 'link' ? 'SSH connection lost' : 'reconnecting';
+    case 'failed': return h.problemKind === 'link' ? 'SSH connection lost' : h.problemKind === 'credentials' ? 'environment refused' : 'failed';
+    case 'connected': return pollTrouble(h) ? 'cannot poll' : h.workerState ?? 'connected';
   }
 }
 
 function hostIcon(h: HostEntry): string {
-  if (h.connection === 'failed') return 'error errorForeground';
+  if (h.connection === 'failed') return h.problemKind === 'link' ? 'debug-disconnect errorForeground' : 'error errorForeground';
   if (h.connection === 'reconnecting') return 'sync~spin list.warningForeground';
+  if (h.connection === 'connected' && pollTrouble(h)) return 'warning list.warningForeground';
   if (h.connection === 'starting') return 'loading~spin';
   if (h.connection === 'stopped') return 'circle-outline';
   switch (h.workerState) {
@@ -51,17 +85,25 @@ function hostIcon(h: HostEntry): string {
   }
 }
 
-export function describeHost(h: HostEntry): ItemDescriptor {
+/** A host row. `selected`: the host commands act on by default (shown first in the description). */
+export function describeHost(h: HostEntry, selected = false): ItemDescriptor {
   const running = h.connection === 'connected' || h.connection === 'starting' || h.connection === 'reconnecting';
+  const trouble = pollTrouble(h);
   const parts = [hostStateLabel(h)];
+  if (selected) parts.unshift('selected');
   if (h.problem) parts.push(h.problem);
+  else if (trouble) parts.push(trouble.lastError);
+  const words = ['host', running ? 'running' : 'stopped', h.hostId === 'local' ? 'local' : 'remote'];
+  if (selected) words.push('selected');
+  if (h.problemKind === 'link' && (h.connection === 'failed' || h.connection === 'reconnecting')) words.push('linkDown');
+  if (trouble) words.push('warning');
   return {
     id: `host:${h.hostId}`,
     label: h.label,
     description: parts.join(' · '),
-    tooltip: h.problem ? `${h.label}: ${hostStateLabel(h)}\n${h.problem}` : `${h.label}: ${hostStateLabel(h)}`,
+    tooltip: [`${h.label}: ${hostStateLabel(h)}${selected ? ' (the selected host: commands act on it)' : ''}`, h.problem ?? (trouble ? `last poll error: ${trouble.lastError}` : null)].filter(Boolean).join('\n'),
     icon: hostIcon(h),
-    contextValue: `host ${running ? 'running' : 'stopped'}${h.hostId === 'local' ? ' local' : ' remote'}`,
+    contextValue: words.join(' '),
     collapsible: 'expanded',
   };
 }
@@ -73,6 +115,15 @@ export function describeHostDetails(h: HostEntry, counts: { activeSessions: numb
   const f = h.facts;
   const rows = [row('state', 'State', h.workerDetail ? `${hostStateLabel(h)} (${h.workerDetail})` : hostStateLabel(h), 'pulse')];
   if (h.connection !== 'connected' || !f) return h.problem ? [...rows, row('problem', 'Problem', h.problem, 'warning')] : rows;
+  const trouble = pollTrouble(h);
+  if (trouble) {
+    const advice = pollAdvice(h, trouble);
+    rows.push({
+      ...row('poll', 'Polling', `${trouble.failures} failed in a row: ${trouble.lastError}`, 'warning list.warningForeground'),
+      tooltip: `${advice.summary}.\nLast error: ${trouble.lastError}\nClick: ${advice.fix.title}`,
+      command: { command: advice.fix.command, title: advice.fix.title, arguments: advice.fix.arguments },
+    });
+  }
   rows.push(
     row('uptime', 'Uptime', formatDuration(now - f.startedAt), 'clock'),
     row('driver', 'Sandbox driver', f.driver, 'package'),

@@ -19,12 +19,20 @@ const KEEP_FINISHED_OUTPUTS = 20;
 /** How the extension is connected to a host's companion (orthogonal to the worker's own state). */
 export type ConnectionStatus = 'stopped' | 'starting' | 'connected' | 'reconnecting' | 'failed';
 
+/**
+ * What the last problem was about, which decides what fixes it: `link`, the way to the host (SSH) is down and the
+ * worker there may well still run (Reconnect); `worker`, the worker process itself ended or would not answer (Restart
+ * Worker); `credentials`, the API refused the environment's ID or key (Connect Environment); `start`, a start failed.
+ */
+export type ProblemKind = 'link' | 'worker' | 'credentials' | 'start';
+
 export interface HostEntry {
   hostId: string;
   label: string;
   connection: ConnectionStatus;
   /** The last problem (crash, lost connection, failed start), shown until the next successful connect. */
   problem: string | null;
+  problemKind: ProblemKind | null;
   workerState: WorkerState | null;
   workerDetail: string | null;
   facts: HostFacts | null;
@@ -65,7 +73,7 @@ export class PerimeterModel extends Disposable {
   ensureHost(hostId: string, label: string): HostEntry {
     let h = this.hosts.get(hostId);
     if (!h) {
-      h = { hostId, label, connection: 'stopped', problem: null, workerState: null, workerDetail: null, facts: null, connectedAt: null, restarts: 0 };
+      h = { hostId, label, connection: 'stopped', problem: null, problemKind: null, workerState: null, workerDetail: null, facts: null, connectedAt: null, restarts: 0 };
       this.hosts.set(hostId, h);
       this.changes.fire({ kind: 'host', hostId });
     }
@@ -82,12 +90,13 @@ export class PerimeterModel extends Disposable {
   hostList(): HostEntry[] { return [...this.hosts.values()]; }
   host(hostId: string): HostEntry | undefined { return this.hosts.get(hostId); }
 
-  setConnection(hostId: string, connection: ConnectionStatus, problem?: string | null): void {
+  /** `problem` undefined keeps the last one; `kind` says what it is about (see ProblemKind). */
+  setConnection(hostId: string, connection: ConnectionStatus, problem?: string | null, kind?: ProblemKind): void {
     const h = this.hosts.get(hostId);
     if (!h) return;
     h.connection = connection;
-    if (problem !== undefined) h.problem = problem;
-    if (connection === 'connected') { h.connectedAt = this.now(); h.problem = null; }
+    if (problem !== undefined) { h.problem = problem; h.problemKind = problem === null ? null : kind ?? 'worker'; }
+    if (connection === 'connected') { h.connectedAt = this.now(); h.problem = null; h.problemKind = null; }
     if (connection !== 'connected') h.connectedAt = null;
     if (connection === 'stopped') { h.workerState = 'stopped'; h.workerDetail = null; }
     this.changes.fire({ kind: 'host', hostId });

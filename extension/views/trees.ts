@@ -29,6 +29,7 @@ export function toTreeItem(d: ItemDescriptor): vscode.TreeItem {
   item.contextValue = d.contextValue;
   const [icon, color] = d.icon.split(' ');
   item.iconPath = new vscode.ThemeIcon(icon!, color ? new vscode.ThemeColor(color) : undefined);
+  if (d.command) item.command = d.command;
   return item;
 }
 
@@ -47,12 +48,21 @@ abstract class BaseTree extends Disposable implements vscode.TreeDataProvider<Pe
 }
 
 export class WorkerTree extends BaseTree {
+  /** `selectedHostId`: the host commands act on by default, marked in its row. */
+  constructor(model: PerimeterModel, stuckAfterMs: () => number, private readonly selectedHostId: () => string = () => 'local') {
+    super(model, stuckAfterMs);
+  }
+
   getChildren(node?: PerimeterNode): PerimeterNode[] {
     if (!node) {
-      // This machine stays out until it has something to report, so a fresh install shows the welcome content; an
-      // SSH host the user added is always listed (with its Start action) even before it first runs.
-      return this.model.hostList()
-        .filter((h) => h.hostId !== 'local' || h.connection !== 'stopped' || h.problem !== null || h.facts !== null)
+      // This machine stays out only on a fresh install (nothing to report, no other host), so the welcome content shows;
+      // once it has run, has history or another host is listed, it stays, so it can be selected and started again.
+      // An SSH host the user added is always listed (with its Start action) even before it first runs.
+      const hosts = this.model.hostList();
+      const others = hosts.some((h) => h.hostId !== 'local');
+      return hosts
+        .filter((h) => h.hostId !== 'local' || others || h.connection !== 'stopped' || h.problem !== null || h.facts !== null
+          || this.model.sessionList('local').length > 0)
         .map((h) => ({ kind: 'host', hostId: h.hostId }));
     }
     if (node.kind !== 'host') return [];
@@ -68,7 +78,7 @@ export class WorkerTree extends BaseTree {
   getTreeItem(node: PerimeterNode): vscode.TreeItem {
     if (node.kind === 'hostDetail') return toTreeItem(node.descriptor);
     const h = node.kind === 'host' ? this.model.host(node.hostId) : undefined;
-    return h ? toTreeItem(describeHost(h)) : new vscode.TreeItem('?');
+    return h ? toTreeItem(describeHost(h, h.hostId === this.selectedHostId())) : new vscode.TreeItem('?');
   }
 }
 

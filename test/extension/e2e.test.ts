@@ -117,7 +117,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await sidebarLabel('This machine').waitFor();
     await sidebarRow('Sandbox driver').filter({ hasText: 'process' }).waitFor();
     await sidebarLabel('sesn_local_').first().waitFor();
-    await page.locator('.statusbar-item', { hasText: 'Perimeter: polling' }).waitFor();
+    await page.locator('.statusbar-item', { hasText: 'Perimeter: This machine · polling' }).waitFor();
   });
 
   it('"Perimeter: Persist Path…" adds a path in the input box; the next call\'s file shows under Persisted Files', async () => {

@@ -7,6 +7,7 @@ import path from 'node:path';
 import WebSocket from 'ws';
 import { startControlServer, type ControlServer } from '../../companion/control/server';
 import { EventHub } from '../../companion/events';
+import { addLogSink } from '../../companion/log';
 import type { WorkerControl } from '../../companion/control/types';
 import type { SessionSummary, ToolCallSummary, WorkerState, PersistState } from '../../companion/protocol/control';
 import type { JournalReader, Page } from '../../companion/journal/types';
@@ -33,7 +34,17 @@ class FakeJournal implements JournalReader {
     const next = start + opts.limit < this.sessions.length ? String(start + opts.limit) : null;
     return { items, nextCursor: next };
   }
-  listCalls(sessionId: string): Page<ToolCallSummary> { return { items: [call('c1', sessionId)], nextCursor: null }; }
+  /** Calls of session `wide`: many long input fields each, so a page overflows its byte budget. */
+  wideCalls = Array.from({ length: 120 }, (_, i) => call(`w${String(i).padStart(3, '0')}`, 'wide', {
+    name: 'custom', input: Object.fromEntries(Array.from({ length: 40 }, (_, k) => [`field${k}`, 'y'.repeat(3000)])),
+  }));
+  listCalls(sessionId: string, opts: { limit: number; cursor?: string | null } = { limit: 100 }): Page<ToolCallSummary> {
+    if (sessionId !== 'wide') return { items: [call('c1', sessionId)], nextCursor: null };
+    const start = opts.cursor ? Number(opts.cursor) : 0;
+    const end = start + opts.limit;
+    return { items: this.wideCalls.slice(start, end), nextCursor: end < this.wideCalls.length ? String(end) : null };
+  }
+  hasSession(sessionId: string) { return this.sessions.some((s) => s.sessionId === sessionId) || sessionId === 'wide' || sessionId.startsWith('known'); }
   callOutput(toolUseId: string) { return toolUseId === 'c1' ? { call: call('c1', 's1'), output: 'full output' } : null; }
 }
 
@@ -182,6 +193,46 @@ describe('control server', () => {
     assert.equal(calls.items[0]!.toolUseId, 'c1');
     assert.equal((await client.request('getCallOutput', { toolUseId: 'c1' })).output, 'full output');
     await assert.rejects(client.request('getCallOutput', { toolUseId: 'nope' }), (e: ControlRequestError) => e.code === 'not_found');
+  });
+
+  it('cuts a page at its byte budget and continues where it stopped; long input strings are cut in summaries', async () => {
+    await start();
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    let pages = 0;
+    do {
+      const page: Page<ToolCallSummary> = await client.request('listCalls', { sessionId: 'wide', limit: 100, cursor });
+      assert.ok(JSON.stringify(page).length < 1024 * 1024, 'a page stays near its budget');
+      seen.push(...page.items.map((c) => c.toolUseId));
+      cursor = page.nextCursor;
+      pages++;
+    } while (cursor);
+    assert.deepEqual(seen, journal.wideCalls.map((c) => c.toolUseId), 'every call once, in order');
+    assert.ok(pages > 2, `the budget cut the pages (${pages})`);
+    const first = (await client.request('listCalls', { sessionId: 'wide', limit: 1 })).items[0]!;
+    assert.equal(first.inputTruncated, true);
+    assert.match((first.input as Record<string, string>).field0!, /^y{2048}… \[952 more characters\]$/);
+    assert.equal(((await client.request('listCalls', { sessionId: 's1' })).items[0]!).inputTruncated, undefined, 'short inputs are whole');
+  });
+
+  it('disconnects a client that stopped reading, once its backlog stops shrinking', async () => {
+    server = await startControlServer({ home, hub, worker, journal, stallMs: 50 });
+    const raw = rawSocket(server.endpoint.port, { authorization: `Bearer ${server.endpoint.token}` });
+    await raw.open();
+    await raw.next((m) => m.type === 'hello');
+    const socket = (raw.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket;
+    socket.pause();
+    let dropped = false;
+    const stopLogSink = addLogSink((r) => { if (/not reading; disconnecting/.test(r.message)) dropped = true; });
+    try {
+      const chunk = 'z'.repeat(1024 * 1024);
+      while (!dropped) {
+        hub.publish({ type: 'call.output', sessionId: 's1', toolUseId: 'c1', chunk });
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    } finally { stopLogSink(); }
+    socket.resume();
+    assert.equal(await raw.closed, 1006, 'cut off without a close handshake');
   });
 
   it('turns a failing journal into an internal error reply and stays up', async () => {

@@ -9,7 +9,8 @@ import { scriptArgs, tunnelArgs, validateHost, validateRemoteDir, sshConfigHosts
 import { packTar, readCompanionBundle, needsInstall } from '../../extension/launcher/bundle';
 import { defaultHome } from '../../companion/config';
 import { validateKeyInput, validatePersistPath, validateEnvironmentId } from '../../extension/validation';
-import { readDoctor } from '../../extension/launcher/doctor';
+import { doctorFacts, parseDoctorOutput, summarizeDoctor } from '../../extension/launcher/doctor';
+import { doctorUriPath, parseDoctorUriPath, renderDoctorReport } from '../../extension/documents/doctorReport';
 import { launchFor, workerStartFailure, type WorkerSettings } from '../../extension/launcher/workerHost';
 
 const target = { host: 'box', remoteDir: '.perimeter' };
@@ -146,6 +147,33 @@ describe('remote scripts, run through sh', () => {
   });
 });
 
+describe('remote environment check', () => {
+  let home: string;
+  beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-remote-')); });
+  afterEach(() => rmSync(home, { recursive: true, force: true }));
+
+  it('hands the key to the CLI on stdin and the ID as a checked argument; refuses an ID with other characters', () => {
+    const bin = path.join(home, '.perimeter', 'bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(path.join(bin, 'perimeter.js'), `
+      let stdin = ''; process.stdin.on('data', (d) => stdin += d).on('end', () => {
+        process.stdout.write(JSON.stringify({ argv: process.argv.slice(2), stdin, envHasKey: JSON.stringify(process.env).includes(stdin.trim()) }));
+      });`);
+    const key = 'sk-ant-test-' + 'k'.repeat(30);
+    const r = runRemote(home, 'checkEnvironment', `${key}\nenv_01ABC\n`);
+    assert.equal(r.status, 0, r.stderr.toString());
+    const rec = JSON.parse(r.stdout.toString());
+    assert.deepEqual(rec.argv, ['environment', 'check', '--environment-id', 'env_01ABC', '--key-stdin', '--json', '--home', stateDir(home)]);
+    assert.equal(rec.stdin, `${key}\n`);
+    assert.equal(rec.envHasKey, false);
+    for (const bad of ['env;touch pwned', '$(id)', '', '-x']) {
+      const refused = runRemote(home, 'checkEnvironment', `${key}\n${bad}\n`);
+      assert.equal(refused.status, 2, bad);
+      assert.match(refused.stderr.toString(), /refusing environment id/);
+    }
+  });
+});
+
 describe('remote worker that refuses to start', () => {
   let home: string;
   beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-remote-')); });
@@ -243,11 +271,24 @@ describe('input validation', () => {
     assert.match(validatePersistPath('/data', ['/data'])!, /already/);
   });
 
-  it('reads doctor output tolerantly', () => {
-    assert.deepEqual(readDoctor({ checks: [{ name: 'kvm', ok: false, fix: 'add yourself to the kvm group' }, { name: 'template', ok: true }] }),
-      { kvm: false, template: true, problems: ['kvm: add yourself to the kvm group'] });
-    assert.deepEqual(readDoctor({ kvm: { status: 'ok' } }), { kvm: true, template: undefined, problems: [] });
-    assert.deepEqual(readDoctor('nonsense'), { kvm: undefined, template: undefined, problems: [] });
+  it('reads doctor output with its schema; the summary, the toast and the report count the same problems', () => {
+    const check = (name: string, ok: boolean, severity: 'error' | 'warning', fix: string | null = null) => ({ name, ok, severity, detail: `${name} detail`, fix });
+    const report = parseDoctorOutput({ code: 0, stderr: '', stdout: JSON.stringify({ ok: true, checks: [
+      check('node', true, 'error'), check('kvm', false, 'warning', 'sudo setfacl -m u:ann:rw /dev/kvm'), check('ripgrep', false, 'warning', 'sudo apt-get install ripgrep'),
+      check('disk', false, 'warning'), check('driver:firecracker', false, 'warning'), check('template', true, 'error'),
+    ], confinement: { mode: 'jail' } }) });
+    assert.deepEqual(doctorFacts(report), { kvm: false, template: true });
+    const s = summarizeDoctor(report);
+    assert.equal(s.headline, 'ready, with 4 warnings', '"ok": true with warnings is not "no problems"');
+    assert.deepEqual(s.warnings.map((c) => c.name), ['kvm', 'ripgrep', 'disk', 'driver:firecracker'], 'none cut off');
+    const text = renderDoctorReport('kvmbox', report, new Date(0));
+    assert.match(text, /\*\*kvmbox: ready, with 4 warnings\.\*\*/);
+    assert.match(text, /### ⚠ kvm \(warning\)\n\nkvm detail\n\n\*\*Fix:\*\* sudo setfacl -m u:ann:rw \/dev\/kvm/);
+    assert.equal((text.match(/^### /gm) ?? []).length, 4, 'one section per problem');
+    assert.match(summarizeDoctor({ ok: false, checks: [check('template', false, 'error', 'node ~/.perimeter/bin/perimeter.js template build')] }).headline, /^1 error: tool calls cannot run/);
+    assert.throws(() => parseDoctorOutput({ code: 1, stdout: '', stderr: 'node: not found' }), /the doctor did not run: node: not found/);
+    assert.throws(() => parseDoctorOutput({ code: 0, stdout: '{"kvm":{"status":"ok"}}', stderr: '' }), /not in the expected form/);
+    assert.equal(parseDoctorUriPath(doctorUriPath('ssh:ann@kvmbox')), 'ssh:ann@kvmbox');
   });
 });
 

@@ -10,10 +10,10 @@ import type { WorkerControl } from '../../companion/control/types';
 import type { JournalReader } from '../../companion/journal/types';
 import type { WorkerState } from '../../companion/protocol/control';
 import { WorkerLaunch } from '../../companion/protocol/launch';
-import { HostSupervisor } from '../../extension/launcher/supervisor';
+import { HostSupervisor, WorkerModeConflict } from '../../extension/launcher/supervisor';
 import { LocalHost } from '../../extension/launcher/localHost';
 import { Emitter } from '../../extension/common/emitter';
-import type { WorkerHost, WorkerSettings, ConnectTarget } from '../../extension/launcher/workerHost';
+import { HostUnreachableError, type WorkerHost, type WorkerSettings, type ConnectTarget } from '../../extension/launcher/workerHost';
 import { PerimeterModel, type ConnectionStatus } from '../../extension/views/model';
 import { facts, session, call } from './control-fixtures';
 
@@ -22,29 +22,41 @@ const SETTINGS: WorkerSettings = { mode: 'localQueue', concurrency: 2, driver: '
 /** A "machine" whose worker is an in-process control server; `crash()` makes it vanish like a killed process. */
 class ScriptedHost implements WorkerHost {
   readonly hostId = 'local'; readonly label = 'test host';
+  /** Behave like an SSH host: `cutLink()` drops the link while the worker keeps running; `reachable` false = SSH down. */
+  remote = false;
+  reachable = true;
   server: ControlServer | null = null;
   hub = new EventHub();
   starts = 0; failStarts = 0; shutdowns = 0;
+  state: WorkerState = 'polling';
   private readonly down = new Emitter<string>(); private readonly logs = new Emitter<string>();
   readonly onLinkDown = this.down.event; readonly onLog = this.logs.event;
-  constructor(private readonly home: string) {}
-  async findWorker(): Promise<ConnectTarget | null> { return this.server ? this.server.endpoint : null; }
+  onStep() { return { dispose() {} }; }
+  constructor(private readonly home: string, private readonly journal?: JournalReader) {}
+  async findWorker(): Promise<ConnectTarget | null> {
+    if (!this.reachable) throw new HostUnreachableError('cannot reach test host over SSH: Connection refused');
+    return this.server ? this.server.endpoint : null;
+  }
+  async checkEnvironment(environmentId: string) { return { verdict: 'ok' as const, environmentId, baseUrl: 'http://x', status: 200, detail: 'ok', queued: 0 }; }
+  /** The SSH tunnel dies (the remote worker does not). */
+  cutLink(): void { this.down.fire('SSH tunnel to test host closed (SIGKILL)'); }
   async startWorker(): Promise<void> {
     this.starts++;
     if (this.failStarts > 0) { this.failStarts--; throw new Error('simulated start failure'); }
-    let state: WorkerState = 'polling';
+    this.state = 'polling';
     const worker: WorkerControl = {
-      state: () => state, hostFacts: () => facts(),
-      drain: async () => { state = 'stopped'; },
+      state: () => this.state, hostFacts: () => this.facts,
+      drain: async () => { this.state = 'stopped'; },
       shutdown: async () => { this.shutdowns++; await this.crash(); },
     };
-    const journal: JournalReader = {
+    const journal: JournalReader = this.journal ?? {
       listSessions: () => ({ items: [session('s-old', { state: 'ended' })], nextCursor: null }),
       listCalls: (sid) => ({ items: [call(`c-${sid}`, sid)], nextCursor: null }),
       callOutput: () => null,
     };
     this.server = await startControlServer({ home: this.home, hub: this.hub, worker, journal });
   }
+  facts = facts();
   async crash(): Promise<void> { const s = this.server; this.server = null; await s?.close(); this.down.fire('worker exited'); }
   async waitStopped(): Promise<void> { for (let i = 0; i < 100 && this.server; i++) await new Promise((r) => setTimeout(r, 20)); }
   async forceStop(): Promise<void> { await this.crash(); }
@@ -109,10 +121,58 @@ describe('host supervisor', () => {
 
   it('does not silently switch a running worker to another mode', async () => {
     await sup.start(SETTINGS);
-    await sup.start(SETTINGS);            // the same mode again: nothing to do
-    await assert.rejects(sup.start({ ...SETTINGS, mode: 'environment' }), /already runs the local dev queue/);
+    assert.equal(await sup.start(SETTINGS), 'alreadyRunning');   // the same mode again: nothing to do
+    await assert.rejects(sup.start({ ...SETTINGS, mode: 'environment' }), (e: WorkerModeConflict) => e instanceof WorkerModeConflict && e.running === 'localQueue');
     assert.equal(host.starts, 1);
     assert.equal(status(model), 'connected');
+  });
+
+  it('knows the mode of a worker it attached to from its facts, and refuses another mode when it does not know it', async () => {
+    host.facts = facts({ queue: { kind: 'environment', environmentId: 'env_1' } });
+    await host.startWorker();
+    assert.equal(await sup.attach(), true);
+    assert.equal(sup.runningMode, 'environment');
+    await assert.rejects(sup.start(SETTINGS), (e: WorkerModeConflict) => e.running === 'environment');
+    assert.equal(await sup.start({ ...SETTINGS, mode: 'environment' }), 'alreadyRunning');
+    host.facts = facts();                 // an older worker that does not say what it serves
+    sup.connection!.terminate();
+    await until(model, () => status(model) === 'connected' && model.host('local')!.facts!.queue === undefined);
+    await assert.rejects(sup.start(SETTINGS), (e: WorkerModeConflict) => e.running === null && /started elsewhere/.test(e.message));
+  });
+
+  it('treats an unreachable remote host as a lost link: it never restarts the worker there, and Reconnect attaches to it', async () => {
+    host.remote = true;
+    await sup.start(SETTINGS);
+    const pid = model.host('local')!.facts!.pid;
+    host.reachable = false;               // SSH is down; the remote worker keeps running
+    sup.connection!.terminate();
+    host.cutLink();
+    await until(model, () => status(model) === 'failed');
+    const h = model.host('local')!;
+    assert.equal(h.problemKind, 'link');
+    assert.match(h.problem!, /cannot reach test host over SSH.*gave up after 3 attempts/);
+    assert.equal(host.starts, 1, 'not restarted');
+    host.reachable = true;
+    assert.equal(await sup.reconnect(), true);
+    assert.equal(status(model), 'connected');
+    assert.equal(model.host('local')!.facts!.pid, pid);
+    assert.equal(host.starts, 1);
+    assert.equal(model.host('local')!.problem, null);
+  });
+
+  it('does not restart a worker whose environment key the API refused', async () => {
+    await sup.start({ ...SETTINGS, mode: 'environment', environmentId: 'env_1' });
+    host.facts = facts({ poll: { failures: 1, lastError: '401 invalid credential', lastStatus: 401, lastFailureAt: 5, lastSuccessAt: null } });
+    host.hub.publish({ type: 'host.facts', facts: host.facts });
+    host.state = 'error';
+    host.hub.publish({ type: 'worker.state', state: 'error', detail: 'polling stopped: 401 invalid credential' });
+    await until(model, () => model.host('local')!.workerState === 'error');
+    await host.crash();                   // the worker exits after a fatal poll error
+    await until(model, () => status(model) === 'failed');
+    assert.equal(model.host('local')!.problemKind, 'credentials');
+    assert.match(model.host('local')!.problem!, /refused the environment's key \(401 invalid credential\)/);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(host.starts, 1, 'not restarted with the same key');
   });
 
   it('stops the worker through the control API and does not restart it', async () => {
@@ -133,6 +193,57 @@ describe('host supervisor', () => {
     await until(model, () => status(model) === 'stopped');
     assert.match(model.host('local')!.problem!, /not started from this window/);
     assert.equal(host.starts, 1);
+  });
+});
+
+describe('history of a large journal', () => {
+  let home: string; let journal: JournalReader; let host: ScriptedHost; let model: PerimeterModel; let sup: HostSupervisor;
+  const CALLS = 160;
+  before(() => {
+    // ~21 MB of history: one session whose write calls each carry 128 KiB of content, as a journal written before
+    // inputs were capped holds them (the control API must serve whatever the journal has).
+    home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-bigjournal-'));
+    const content = 'x'.repeat(128 * 1024);
+    const calls = Array.from({ length: CALLS }, (_, i) => call(`toolu_${String(i).padStart(4, '0')}`, 's-big', {
+      name: 'write', input: { file_path: `/workspace/f${i}`, content }, startedAt: i, outputPreview: 'ok',
+    })).reverse();
+    journal = {
+      listSessions: () => ({ items: [session('s-big', { state: 'ended', callCount: CALLS })], nextCursor: null }),
+      listCalls: (_sid, opts) => {
+        const start = opts.cursor ? Number(opts.cursor) : 0;
+        const end = start + opts.limit;
+        return { items: calls.slice(start, end), nextCursor: end < calls.length ? String(end) : null };
+      },
+      callOutput: () => null,
+    };
+  });
+  after(() => { rmSync(home, { recursive: true, force: true }); });
+  beforeEach(() => {
+    host = new ScriptedHost(home, journal); model = new PerimeterModel();
+    sup = new HostSupervisor(host, model, { getKey: async () => undefined, backoffMs: [10, 20, 40], heartbeatMs: 50, heartbeatTimeoutMs: 5000 });
+  });
+  afterEach(async () => { sup.dispose(); await host.server?.close(); });
+
+  it('loads every call in pages while events stream, without tripping the back-pressure guard', async () => {
+    const statuses: ConnectionStatus[] = [];
+    model.onDidChange(() => { const s = status(model); if (statuses.at(-1) !== s) statuses.push(s); });
+    const logs: string[] = [];
+    sup.onLog((l) => logs.push(l));
+    // Live events keep flowing while the history loads, as they do from a busy worker.
+    let flowing = true;
+    const flood = () => { if (!flowing) return; host.hub.publish({ type: 'call.output', sessionId: 's-live', toolUseId: 'c-live', chunk: 'tick\n' }); setImmediate(flood); };
+    setImmediate(flood);
+    try {
+      await sup.start(SETTINGS);
+      await until(model, () => model.callList('local', 's-big').length === CALLS || status(model) !== 'connected');
+    } finally { flowing = false; }
+    assert.deepEqual(statuses, ['starting', 'connected'], `no disconnect: ${logs.join(' | ')}`);
+    assert.equal(model.callList('local', 's-big').length, CALLS);
+    assert.ok(!logs.some((l) => /could not read history/.test(l)), logs.join(' | '));
+    const [newest] = model.callList('local', 's-big');
+    assert.equal((newest!.input as { file_path: string }).file_path, `/workspace/f${CALLS - 1}`, 'summaries keep the input\'s short fields');
+    assert.ok(JSON.stringify(newest!.input).length < 64 * 1024, 'a summary does not carry the whole 128 KiB input');
+    assert.equal(newest!.inputTruncated, true);
   });
 });
 

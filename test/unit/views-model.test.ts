@@ -1,7 +1,8 @@
 // The extension's view model and tree descriptors against a fake event stream (no VS Code).
 import assert from 'node:assert/strict';
 import { PerimeterModel, type ModelChange } from '../../extension/views/model';
-import { describeCall, describeHost, describeHostDetails, describeSession, formatDuration, summarizeInput } from '../../extension/views/items';
+import { describeCall, describeHost, describeHostDetails, describeSession, formatDuration, hostStateLabel, pollTrouble, summarizeInput } from '../../extension/views/items';
+import { hostNotices, withActionLinks } from '../../extension/views/notices';
 import { statusBarText } from '../../extension/views/statusText';
 import { renderCallDocument, callUriPath, parseCallUriPath } from '../../extension/documents/callDocument';
 import type { ControlEvent, HelloMessage } from '../../companion/protocol/control';
@@ -173,10 +174,83 @@ describe('tree item descriptors', () => {
     m.applyEvent('local', { type: 'session.claimed', session: session('s1') });
     m.applyEvent('local', { type: 'call.started', call: call('c1', 's1', { state: 'running' }) });
     const s = statusBarText(m, 1000);
-    assert.equal(s.text, '$(vm-running) Perimeter: polling · 1 session · 1 running');
+    assert.equal(s.text, '$(vm-running) Perimeter: This machine · polling · 1 session · 1 running');
     assert.equal(s.warning, false);
     m.setConnection('local', 'reconnecting', 'lost');
     assert.equal(statusBarText(m, 1000).warning, true);
+  });
+
+  it('names the host in the status bar, and counts hosts when several run', () => {
+    const m = new PerimeterModel(() => 0);
+    m.ensureHost('local', 'This machine');
+    m.ensureHost('ssh:kvmbox', 'kvmbox');
+    m.setConnection('ssh:kvmbox', 'connected');
+    m.applyHello('ssh:kvmbox', hello());
+    m.applyEvent('ssh:kvmbox', { type: 'session.claimed', session: session('s1') });
+    assert.equal(statusBarText(m, 1000).text, '$(vm-running) Perimeter: kvmbox · polling · 1 session');
+    m.setConnection('local', 'connected');
+    assert.equal(statusBarText(m, 1000).text, '$(vm-running) Perimeter: 2 hosts · 2 connected · 1 session');
+  });
+
+  it('turns repeated poll failures into a warning state with the last error and a fix-it action', () => {
+    const m = new PerimeterModel(() => 0);
+    const h = m.ensureHost('ssh:kvmbox', 'kvmbox');
+    m.setConnection('ssh:kvmbox', 'connected');
+    m.applyHello('ssh:kvmbox', hello());
+    const failing = (failures: number, lastStatus: number | null, lastError: string) =>
+      m.applyEvent('ssh:kvmbox', { type: 'host.facts', facts: { ...hello().facts, poll: { failures, lastError, lastStatus, lastFailureAt: 1, lastSuccessAt: null } } });
+    failing(2, null, 'fetch failed: getaddrinfo ENOTFOUND api.anthropic.com');
+    assert.equal(pollTrouble(h), null, 'a transient network error or two is no warning yet');
+    assert.equal(statusBarText(m, 1000).warning, false);
+    failing(3, null, 'fetch failed: getaddrinfo ENOTFOUND api.anthropic.com');
+    const status = statusBarText(m, 1000);
+    assert.equal(status.warning, true);
+    assert.equal(status.text, '$(warning) Perimeter: kvmbox · cannot poll · 0 sessions');
+    assert.match(status.tooltip, /last poll error: fetch failed: getaddrinfo ENOTFOUND/);
+    assert.match(describeHost(h).icon, /^warning/);
+    assert.match(describeHost(h).contextValue, /\bwarning\b/);
+    const row = describeHostDetails(h, { activeSessions: 0, runningCalls: 0 }, 0).find((r) => r.label === 'Polling')!;
+    assert.equal(row.description, '3 failed in a row: fetch failed: getaddrinfo ENOTFOUND api.anthropic.com');
+    assert.equal(row.command?.command, 'perimeter.showWorkerLog');
+    const [notice] = hostNotices(m);
+    assert.equal(notice!.transient, true);
+    assert.match(notice!.message, /cannot poll its queue: no answer from the API \(check kvmbox's network/);
+    failing(1, 401, '401 invalid credential');
+    assert.equal(pollTrouble(h)?.kind, 'credentials', 'a refused key is a warning from the first failure');
+    assert.equal(hostNotices(m)[0]!.actions[0]!.command, 'perimeter.connectEnvironment');
+    assert.match(withActionLinks(hostNotices(m)[0]!), /\[Connect Environment\]\(command:perimeter\.connectEnvironment\)/);
+    failing(0, null, '');
+    assert.equal(hostNotices(m).length, 0, 'the notice goes away once polls work again');
+    assert.equal(statusBarText(m, 1000).warning, false);
+  });
+
+  it('offers Reconnect for a lost SSH link and Restart Worker for a dead worker; a reconnect clears the notice', () => {
+    const m = new PerimeterModel(() => 0);
+    const h = m.ensureHost('ssh:kvmbox', 'kvmbox');
+    m.setConnection('ssh:kvmbox', 'reconnecting', 'SSH tunnel to kvmbox closed (SIGKILL)', 'link');
+    assert.equal(hostStateLabel(h), 'SSH connection lost');
+    let [n] = hostNotices(m);
+    assert.deepEqual([n!.transient, n!.message], [true, 'Perimeter: SSH connection to kvmbox lost; reconnecting (the worker there keeps running).']);
+    m.setConnection('ssh:kvmbox', 'failed', 'cannot reach kvmbox over SSH: Connection refused; gave up after 6 attempts', 'link');
+    [n] = hostNotices(m);
+    assert.equal(n!.transient, true, 'it closes once reconnected, however that happens');
+    assert.deepEqual(n!.actions.map((a) => a.title), ['Reconnect', 'Show Worker Log']);
+    assert.match(withActionLinks(n!), /\[Reconnect\]\(command:perimeter\.reconnect\?%5B%22ssh%3Akvmbox%22%5D\)/);
+    assert.doesNotMatch(n!.message, /Restart|code 1006/);
+    assert.match(describeHost(h).contextValue, /\blinkDown\b/);
+    m.setConnection('ssh:kvmbox', 'connected');
+    assert.equal(hostNotices(m).length, 0);
+    m.setConnection('ssh:kvmbox', 'failed', 'gave up after 6 attempts to restart or reconnect; use Restart Worker', 'worker');
+    assert.deepEqual(hostNotices(m)[0]!.actions.map((a) => a.title), ['Restart Worker', 'Show Worker Log']);
+    assert.equal(hostNotices(m)[0]!.transient, false, 'a worker that keeps dying waits for the user');
+  });
+
+  it('marks the selected host', () => {
+    const m = new PerimeterModel(() => 0);
+    const h = m.ensureHost('ssh:kvmbox', 'kvmbox');
+    assert.equal(describeHost(h, true).description, 'selected · stopped');
+    assert.match(describeHost(h, true).contextValue, /\bselected\b/);
+    assert.doesNotMatch(describeHost(h, false).contextValue, /\bselected\b/);
   });
 });
 

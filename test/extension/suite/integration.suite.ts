@@ -11,6 +11,8 @@ import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
 import type { PerimeterNode } from '../../../extension/views/trees';
 import { until, untilLogged, workerLog } from './helpers';
+import type { DoctorReport } from '../../../companion/protocol/doctor';
+import { summarizeDoctor } from '../../../extension/launcher/doctor';
 
 const EXTENSION_ID = 'perimeter.perimeter';
 /** The fixture scenario's live-output call prints until this host file exists (see persist-scenario.json). */
@@ -49,16 +51,28 @@ describe('Perimeter in the VS Code extension host', function () {
 
   it('contributes its commands under the Perimeter category', async () => {
     const all = await vscode.commands.getCommands(true);
-    for (const c of ['startWorker', 'stopWorker', 'restartWorker', 'showWorkerLog', 'connectEnvironment', 'tryLocally', 'selectHost', 'persistPath', 'stopPersistingPath', 'buildTemplate', 'runDoctor']) {
+    for (const c of ['startWorker', 'stopWorker', 'restartWorker', 'showWorkerLog', 'connectEnvironment', 'tryLocally', 'selectHost', 'persistPath', 'stopPersistingPath', 'buildTemplate', 'runDoctor',
+      'forgetKey', 'reconnect', 'removeHost', 'startSelectedWorker', 'stopSelectedWorker']) {
       assert.ok(all.includes(`perimeter.${c}`), c);
     }
     assert.match(api.statusBar.text, /Perimeter: stopped/);
   });
 
-  it('Run Doctor reports this machine\'s checks as JSON', async () => {
-    const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean }> }>('perimeter.runDoctor', 'local');
+  it('Run Doctor opens a read-only report with a fix for each problem, agreeing with its summary', async () => {
+    const report = await vscode.commands.executeCommand<DoctorReport>('perimeter.runDoctor', 'local');
     assert.ok(report.checks.some((c) => c.name === 'node' && c.ok), JSON.stringify(report));
-    assert.equal(vscode.window.activeTextEditor?.document.languageId, 'json');
+    const doc = vscode.window.activeTextEditor!.document;
+    assert.equal(doc.uri.scheme, 'perimeter-doctor', 'a virtual document: nothing to save when it is closed');
+    assert.equal(doc.isDirty, false);
+    const text = doc.getText();
+    assert.match(text, /^# Perimeter doctor: This machine\n/);
+    assert.ok(text.includes(`**This machine: ${summarizeDoctor(report).headline}.**`), text.split('\n').slice(0, 4).join('\n'));
+    for (const c of report.checks.filter((x) => !x.ok)) {
+      assert.ok(text.includes(`### ${c.severity === 'error' ? '✗' : '⚠'} ${c.name} (${c.severity})`), `a section for ${c.name}`);
+      if (c.fix) assert.ok(text.includes(`**Fix:** ${c.fix}`), `the fix for ${c.name}`);
+    }
+    assert.doesNotMatch(text, /"ok": true/, 'no raw JSON');
+    await vscode.commands.executeCommand('workbench.action.closeActiveEditor');
   });
 
   it('Try Locally starts the companion; the scenario\'s session appears in the Sessions tree', async () => {
@@ -71,7 +85,26 @@ describe('Perimeter in the VS Code extension host', function () {
     const details = api.workerTree.getChildren(hostNode).map((n) => api.workerTree.getTreeItem(n));
     assert.ok(details.some((d) => d.label === 'Sandbox driver' && d.description === 'process'));
     await until(api, () => sessionNodes().length === 1);
-    assert.match(api.statusBar.text, /Perimeter: polling · 1 session/);
+    assert.match(api.statusBar.text, /Perimeter: This machine · polling · 1 session/);
+  });
+
+  it('Try Locally again while the local worker runs says so and starts nothing', async () => {
+    const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
+    assert.equal(await vscode.commands.executeCommand('perimeter.tryLocally'), true);
+    assert.equal(JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid, pid, 'the same worker');
+    assert.equal(api.registry.get('local')!.runningMode, 'localQueue');
+  });
+
+  it('the title bar\'s Select Host, Start and Stop ignore the focused row; the tree marks the selected host', async () => {
+    const [hostNode] = api.workerTree.getChildren();
+    assert.match(String(api.workerTree.getTreeItem(hostNode!).description), /^selected · polling/);
+    // VS Code hands a view title action the focused row: Select Host must open its picker, not read the row as a host.
+    const picking = vscode.commands.executeCommand('perimeter.selectHost', hostNode);
+    let settled = false;
+    void picking.then(() => { settled = true; }, () => { settled = true; });
+    while (!settled) { await vscode.commands.executeCommand('workbench.action.closeQuickOpen'); await new Promise((r) => setTimeout(r, 50)); }
+    assert.equal(await picking, undefined, 'the picker was dismissed; nothing thrown');
+    assert.equal(api.registry.selectedHostId(), 'local');
   });
 
   it('runs the companion on its own (session, process group, output to <home>/worker.log); the Worker Log follows that file', async () => {
@@ -154,16 +187,18 @@ describe('Perimeter in the VS Code extension host', function () {
     process.kill(before, 'SIGKILL');
     await until(api, () => api.model.host('local')!.connection === 'reconnecting');
     assert.ok(sessionNodes().length >= sessionsBefore, 'history stays while the worker is down');
+    assert.ok(api.notices.openNotices().some((n) => n.hostId === 'local' && /lost the worker on This machine/.test(n.message)), 'a toast says so');
     await until(api, () => api.model.host('local')!.connection === 'connected');
+    assert.deepEqual(api.notices.openNotices(), [], 'the toast went away once the worker was back');
     const after = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
     assert.notEqual(after, before);
     assert.equal(api.model.host('local')!.restarts, 1);
     await untilLogged(api, (l) => /lost the worker/.test(l));   // the Worker Log tells what happened
   });
 
-  it('Stop Worker stops the companion and keeps the sessions listed', async () => {
+  it('Stop Worker in the title bar stops the selected host\'s companion whatever row has focus; the sessions stay listed', async () => {
     const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
-    assert.equal(await vscode.commands.executeCommand('perimeter.stopWorker'), true);
+    assert.equal(await vscode.commands.executeCommand('perimeter.stopSelectedWorker', { kind: 'host', hostId: 'ssh:not-the-selected-one' }), true);
     assert.equal(api.model.host('local')!.connection, 'stopped');
     assert.equal(pidAlive(pid), false);
     assert.ok(sessionNodes().length >= 1);
