@@ -2,7 +2,8 @@
 // vsock stream after the CONNECT handshake on Firecracker), plus the egress tunnel transport.
 // Invariants: every request has a host-side deadline; a deadline miss, a malformed or unexpected guest frame, or a
 // closed channel makes the client unusable and calls `onFatal` (the driver then kills the VM) — it never hangs.
-// Guest replies are decoded with bounds checks (BodyReader) and validated with zod before anything uses them; sizes
+// Guest replies are decoded with bounds checks (BodyReader) and validated with zod before anything uses them (any
+// mismatch is a ProtocolError, which fails the request it answered and then the client); sizes
 // the host asked for (output caps, byte budgets) are enforced here again, whatever the guest claims.
 // Tunnels (framing in protocol.ts): per connection, the host sends at most the guest's declared window of data the
 // guest has not credited, pausing the tunnel's writable side (so the gateway stops reading the origin) until credit
@@ -33,6 +34,7 @@ const TUNNEL_CREDIT_BATCH = TUNNEL_WINDOW / 8;
 const TunnelWindowSchema = z.number().int().min(TUNNEL_WINDOW_MIN).max(TUNNEL_WINDOW_MAX);
 const TunnelReasonSchema = z.string().max(TUNNEL_REASON_MAX).regex(/^[\x20-\x7e]*$/, 'printable ASCII');
 const MAX_DNS_IN_FLIGHT = 64;
+const FileModeSchema = z.number().int().min(0).max(0o7777);
 
 const ENTRY_TYPES = ['file', 'dir', 'symlink', 'other'] as const;
 const GuestEntrySchema = z.object({
@@ -118,7 +120,7 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
       try { for (const f of this.decoder.push(data)) this.onFrame(f); } catch (err) { this.fail(err as Error); }
     });
     channel.on('close', () => this.fail(new ProtocolError('agent channel closed')));
-    channel.on('error', (err) => this.fail(err));
+    channel.on('error', (err) => this.fail(new ProtocolError(`agent channel failed: ${err.message}`)));
   }
 
   get broken(): Error | null { return this.failure; }
@@ -215,7 +217,7 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
       throw err;
     }
     const r = new BodyReader(trailer);
-    const t = ExecTrailerSchema.parse({
+    const t = checked(ExecTrailerSchema, 'exec trailer', {
       exitCode: r.u32(), timedOut: r.u8() === 1, droppedBytes: r.u64(), durationMs: r.u32(),
       ...(r.atEnd() ? {} : { headBytes: r.u64(), droppedNewlines: r.u64() }),
     });
@@ -288,7 +290,7 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
     for (let i = 0; i < n; i++) {
       const path = r.str(4096);
       if (path !== paths[i]) throw new ProtocolError('getFiles answered a path that was not asked for');
-      const mode = z.number().int().min(0).max(0o7777).parse(r.u32());
+      const mode = checked(FileModeSchema, 'file mode', r.u32());
       const sha256 = r.raw(32).toString('hex');
       const data = Buffer.from(r.bytes(budget));
       total += data.length;
@@ -367,10 +369,10 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
         clearTimeout(p.timer);
         const body = Buffer.concat(p.chunks);
         if (f.type === T.error) {
-          const r = new BodyReader(body);
-          const code = r.str(64);
-          const message = r.str(4096);
-          p.reject(new GuestError(/^E[A-Z0-9]{1,20}$/.test(code) ? code : 'EIO', message));
+          let guestError: GuestError;
+          // A malformed error reply fails this request too (it left `pending` above), then the whole client.
+          try { guestError = decodeGuestError(body); } catch (err) { p.reject(err as Error); throw err; }
+          p.reject(guestError);
         } else {
           p.resolve(body);
         }
@@ -394,7 +396,7 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
   private onTunnelOpen(f: Frame): void {
     const r = new BodyReader(f.payload);
     const port = r.u16();
-    const sendWindow = f.payload.length === 2 ? null : TunnelWindowSchema.parse(r.u32());
+    const sendWindow = f.payload.length === 2 ? null : checked(TunnelWindowSchema, 'tunnel window', r.u32());
     r.done();
     if (!this.egress || !this.egress.ports.includes(port) || this.tunnels.has(f.id) || this.tunnels.size >= MAX_TUNNELS) {
       this.write([encodeFrame(T.tunnelClose, f.id)]);
@@ -471,7 +473,7 @@ export class GuestClient implements GuestOps, SessionDiskGuest {
   }
 
   private onTunnelClose(f: Frame): void {
-    const reason = f.payload.length ? TunnelReasonSchema.parse(f.payload.toString('latin1')) : null;
+    const reason = f.payload.length ? checked(TunnelReasonSchema, 'tunnel close reason', f.payload.toString('latin1')) : null;
     const t = this.tunnels.get(f.id);
     if (!t) return;
     this.tunnels.delete(f.id);
@@ -506,6 +508,22 @@ export class DeadlineError extends ProtocolError {
   constructor(message: string) { super(message); this.name = 'DeadlineError'; }
 }
 
+/** A value the guest sent, checked with `schema`; a mismatch is a ProtocolError saying what was wrong. */
+function checked<T>(schema: z.ZodType<T>, what: string, value: unknown): T {
+  const r = schema.safeParse(value);
+  if (r.success) return r.data;
+  const issues = r.error.issues.map((i) => `${i.path.join('.') || 'value'}: ${i.message}`).join('; ');
+  throw new ProtocolError(`invalid ${what} from the guest (${issues.slice(0, 300)})`);
+}
+
+function decodeGuestError(body: Buffer): GuestError {
+  const r = new BodyReader(body);
+  const code = r.str(64);
+  const message = r.str(4096);
+  const errno = /^E[A-Z0-9]{1,20}$/.test(code) ? code : 'EIO';
+  return new GuestError(errno, message || `the guest agent answered ${errno}`);
+}
+
 function readEntry(r: BodyReader): GuestEntry {
   const type = ENTRY_TYPES[r.u8()];
   const path = r.str(4096);
@@ -514,8 +532,8 @@ function readEntry(r: BodyReader): GuestEntry {
   const mtimeMs = r.u64();
   const sha256 = r.u8() === 1 ? r.raw(32).toString('hex') : undefined;
   const link = r.bytes(4096);
-  const entry: GuestEntry = GuestEntrySchema.parse({ path, type, size, mode, mtimeMs });
+  const entry: GuestEntry = checked(GuestEntrySchema, 'file entry', { path, type, size, mode, mtimeMs });
   if (sha256 !== undefined) entry.sha256 = sha256;
-  if (type === 'symlink') entry.linkTarget = GuestEntrySchema.shape.linkTarget.parse(link.toString('utf8'));
+  if (type === 'symlink') entry.linkTarget = checked(GuestEntrySchema.shape.linkTarget, 'symlink target', link.toString('utf8'));
   return entry;
 }
