@@ -3,7 +3,8 @@
 // it (optionally a little later while other items are still ready). Invariants: at most `size` items are being
 // created or waiting at any time; a failed creation is logged, never thrown at an idle pool: a transient one is
 // retried with backoff, a fatal one (a PerimeterError of kind `fatal`, e.g. no template) only when the next take
-// asks again; after close() nothing is created and every pooled item is destroyed.
+// asks again; after close() nothing is created and every pooled item is destroyed, including those whose creation was
+// in flight (close() resolves once they are).
 import { PerimeterError } from '../errors';
 import { logger } from '../log';
 
@@ -20,6 +21,8 @@ export class WarmPool<T> {
   private readonly ready: T[] = [];
   private filling = 0;
   private closed = false;
+  /** Creations in flight (close() waits for them: each is destroyed when it arrives at a closed pool). */
+  private readonly creating = new Set<Promise<void>>();
   private failures = 0;
   private retryTimer: NodeJS.Timeout | null = null;
 
@@ -73,6 +76,8 @@ export class WarmPool<T> {
     if (this.delayTimer) clearTimeout(this.delayTimer);
     const items = this.ready.splice(0);
     await Promise.all(items.map((i) => this.hooks.destroy(i).catch(() => {})));
+    // Items still being created are destroyed as they arrive (the pool is closed): wait for that too.
+    await Promise.allSettled([...this.creating]);
   }
 
   /**
@@ -90,7 +95,7 @@ export class WarmPool<T> {
     if (this.closed || this.retryTimer) return;
     while (this.ready.length + this.filling < this.size) {
       this.filling++;
-      this.hooks.create().then(
+      const creating: Promise<void> = this.hooks.create().then(
         async (item) => {
           this.filling--;
           this.failures = 0;
@@ -110,7 +115,8 @@ export class WarmPool<T> {
             this.retryTimer.unref();
           }
         },
-      );
+      ).finally(() => this.creating.delete(creating));
+      this.creating.add(creating);
     }
   }
 }

@@ -1,5 +1,5 @@
 // WarmPool semantics with fake items: fills to size, take() refills behind, unhealthy items are replaced, failures
-// back off instead of throwing at an idle pool, close() destroys what it holds.
+// back off instead of throwing at an idle pool, close() destroys what it holds and what was still being created.
 import assert from 'node:assert/strict';
 import { WarmPool } from '../../companion/sandbox/pool';
 import { fatal, transient, type PerimeterError } from '../../companion/errors';
@@ -29,6 +29,23 @@ describe('warm pool', () => {
     assert.equal(h.created(), 3);
     await h.pool.close();
     assert.deepEqual(h.destroyed.sort(), [2, 3]);
+  });
+
+  it('close() waits for creations in flight and destroys what they make', async () => {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => { release = r; });
+    const destroyed: number[] = [];
+    let n = 0;
+    const pool = new WarmPool<number>(2, { create: async () => { const i = ++n; await gate; return i; }, destroy: async (i) => { destroyed.push(i); }, healthy: async () => true }, 0);
+    pool.start();
+    assert.equal(pool.fillingCount, 2);
+    let closed = false;
+    const closing = pool.close().then(() => { closed = true; });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(closed, false, 'close() waits for the creations in flight');
+    release();
+    await closing;
+    assert.deepEqual(destroyed.sort(), [1, 2], 'both are destroyed, none is left running');
   });
 
   it('replaces an unhealthy pooled item', async () => {

@@ -206,6 +206,10 @@ export class QemuDriver implements SandboxDriver {
     if (this.closed) throw transient('driver_closed', 'the QEMU driver is shutting down');
     await this.start();
     const sandbox = await this.pool!.take();
+    if (this.closed) {
+      await sandbox.destroy();
+      throw transient('driver_closed', 'the QEMU driver is shutting down');
+    }
     this.active.add(sandbox);
     return attachEgress(sandbox, opts.egress);
   }
