@@ -11,7 +11,8 @@
 //   an allow; ECH is refused unless `egress.ech: 'route-outer'`.
 // - At most `maxConnections` live tunnels; idle connections are closed; either side closing or failing tears down
 //   both; nothing here throws into the driver. No UDP is forwarded anywhere (the DNS stub answers locally), so no QUIC.
-// - Each decision is logged and published as an `egress.decision` ControlEvent.
+// - Each decision is published as an `egress.decision` ControlEvent and logged, rate-limited and aggregated
+//   (decision-log.ts).
 import net from 'node:net';
 import { promises as dnsPromises } from 'node:dns';
 import type { Duplex } from 'node:stream';
@@ -26,6 +27,7 @@ import { parseClientHello, MAX_HANDSHAKE_BYTES, type HelloParse } from './client
 import { parseHttpHead, looksLikeHttp, forbiddenResponse, MAX_HTTP_HEAD_BYTES, type HttpHeadParse, type HttpRequestHead } from './http';
 import { parseDnsQuery, buildDnsAnswer, buildDnsError } from './dns';
 import { readPrefix, type PrefixStep } from './prefix';
+import { DecisionLog } from './decision-log';
 
 const log = logger('egress');
 
@@ -139,11 +141,10 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
   const upstreams = new Set<net.Socket>();
   let closed = false;
 
+  const decisionLog = new DecisionLog(log);
   const publish = (d: Omit<EgressDecision, 'ts' | 'sessionId'>) => {
     const decision: EgressDecision = { ts: Date.now(), sessionId: options.sessionId, ...d };
-    const where = `${d.kind} ${d.host}:${d.port}${d.address ? ` -> ${d.address}` : ''}`;
-    if (d.allowed) log.info(`allowed ${where} (${d.reason})`);
-    else log.warn(`denied ${where} (${d.reason})`);
+    decisionLog.record(d);
     options.hub?.publish({ type: 'egress.decision', decision });
   };
 
@@ -319,6 +320,7 @@ export function createEgressGateway(options: EgressGatewayOptions): EgressGatewa
     onDnsQuery,
     get activeConnections() { return live.size; },
     close() {
+      if (!closed) decisionLog.flush();
       closed = true;
       for (const s of live) s.destroy();
       for (const s of upstreams) s.destroy();
