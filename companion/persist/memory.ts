@@ -7,6 +7,10 @@
 //   temporary name, fsynced and renamed into place; only regular files are written, replaced or deleted.
 // - The store's marker file never crosses the boundary; read-only stores are never written back.
 // - A file the SDK changed on the host during the call is not overwritten (the store wins, as in the SDK).
+// - A store is never held in memory whole, however large: copy-in lists the store first and reads (and hashes)
+//   one batch of at most BATCH_BYTES at a time; copy-out fetches and writes back one batch at a time. A file larger
+//   than MAX_FILE_BYTES (memories are small text files; the service refuses large ones) is not carried either way,
+//   and the model is told when it wrote one.
 import { constants as C, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -14,7 +18,7 @@ import { GuestError, type GuestOps, type PutFile } from '../guest/types';
 import { logger } from '../log';
 import { Refusals, admitEntry } from './admit';
 import { checkGuestPath, isWithin } from './paths';
-import { sha256 } from './store';
+import { readRegularFileHashed, sha256Yielding } from './hash';
 import { materialise } from './materialise';
 import type { MemoryMount } from './types';
 
@@ -22,6 +26,8 @@ const log = logger('persist:memory');
 /** The SDK's store marker (`.anthropic-memory-store`): stays on the host. */
 export const MEMORY_MARKER = '.anthropic-memory-store';
 const BATCH_BYTES = 16 * 1024 * 1024;
+/** The largest memory-store file carried into or out of a VM. */
+export const MAX_FILE_BYTES = BATCH_BYTES;
 
 /** Maps the SDK's memory-store roots (`AgentToolContext.allowedRoots` / `readOnlyRoots`, host paths) to guest mounts:
  *  a store with a `mount_path` keeps that path in the guest; a store the SDK placed under `<workdir>/memory/<name>`
@@ -46,7 +52,7 @@ export class MemoryMountRegistry {
   readonly resolve = (sessionId: string): MemoryMount[] => this.bySession.get(sessionId) ?? [];
 }
 
-interface HostFile { rel: string; abs: string; sha: string; data: Buffer; mtimeMs: number }
+interface HostFile { rel: string; abs: string; size: number }
 
 export class MemoryMirror {
   private readonly mounts: MemoryMount[];
@@ -65,16 +71,21 @@ export class MemoryMirror {
 
   async copyIn(sandbox: GuestOps): Promise<void> {
     for (const mount of this.mounts) {
-      const files = await readHostTree(mount.hostDir);
-      this.placed.set(mount, new Map(files.map((f) => [f.rel, f.sha])));
+      const placed = new Map<string, string>();
+      this.placed.set(mount, placed);
       let batch: PutFile[] = [];
       let bytes = 0;
-      for (const f of files) {
-        batch.push({ path: `${mount.guestPath}/${f.rel}`, data: f.data, mode: 0o644, mtimeMs: f.mtimeMs });
-        bytes += f.data.length;
-        if (bytes >= BATCH_BYTES) { await sandbox.putFiles(batch, []); batch = []; bytes = 0; }
+      for (const f of await listHostTree(mount.hostDir)) {
+        if (f.size > MAX_FILE_BYTES) { log.warn(`memory store ${mount.hostDir}: ${f.rel} is larger than ${MAX_FILE_BYTES} bytes; not placed in the VM`); continue; }
+        if (bytes > 0 && bytes + f.size > BATCH_BYTES) { await sandbox.putFiles(batch, []); batch = []; bytes = 0; }
+        const read = await readRegularFileHashed(f.abs);
+        if (!read) continue;
+        placed.set(f.rel, read.sha256);
+        batch.push({ path: `${mount.guestPath}/${f.rel}`, data: read.data, mode: 0o644, mtimeMs: read.mtimeMs });
+        bytes += read.data.length;
       }
       if (batch.length > 0) await sandbox.putFiles(batch, []);
+      batch = [];
       await materialise(sandbox, [{ dir: mount.guestPath }]);
     }
   }
@@ -103,6 +114,7 @@ export class MemoryMirror {
         if (a.type === 'symlink') { refusals.add(a.path, 'memory stores hold regular files only'); continue; }
         const rel = a.path.slice(mount.guestPath.length + 1);
         if (rel === MEMORY_MARKER) continue;
+        if (a.size > MAX_FILE_BYTES) { refusals.add(a.path, `larger than ${MAX_FILE_BYTES} bytes (memories are small text files)`); continue; }
         present.set(rel, { path: a.path, sha: a.sha256!, size: a.size });
         total += a.size;
       }
@@ -120,7 +132,7 @@ export class MemoryMirror {
         }
         for (const [rel, f] of batch) {
           const g = Array.isArray(got) ? got.find((x) => x?.path === f.path) : undefined;
-          if (!g || !Buffer.isBuffer(g.data) || sha256(g.data) !== f.sha || g.sha256 !== f.sha) { refusals.add(f.path, 'changed while being copied out'); continue; }
+          if (!g || !Buffer.isBuffer(g.data) || g.sha256 !== f.sha || await sha256Yielding(g.data) !== f.sha) { refusals.add(f.path, 'changed while being copied out'); continue; }
           const outcome = await writeBack(mount.hostDir, rel, g.data, placed.get(rel) ?? null);
           if (outcome) refusals.add(f.path, outcome);
         }
@@ -136,8 +148,8 @@ export class MemoryMirror {
   }
 }
 
-/** Reads a store directory: regular files only, never following a symlink. */
-async function readHostTree(root: string): Promise<HostFile[]> {
+/** Lists a store directory: regular files only (lstat: never following a symlink), without reading them. */
+async function listHostTree(root: string): Promise<HostFile[]> {
   const out: HostFile[] = [];
   let rootSt;
   try { rootSt = await fsp.lstat(root); } catch { return out; }
@@ -150,14 +162,8 @@ async function readHostTree(root: string): Promise<HostFile[]> {
       if (checkGuestPath(`/${childRel}`)) continue;
       if (ent.isDirectory()) { await visit(abs, childRel); continue; }
       if (!ent.isFile()) continue;
-      const h = await fsp.open(abs, C.O_RDONLY | C.O_NOFOLLOW).catch(() => null);
-      if (!h) continue;
-      try {
-        const st = await h.stat();
-        if (!st.isFile()) continue;
-        const data = await h.readFile();
-        out.push({ rel: childRel, abs, sha: sha256(data), data, mtimeMs: st.mtimeMs });
-      } finally { await h.close(); }
+      const st = await fsp.lstat(abs).catch(() => null);
+      if (st?.isFile()) out.push({ rel: childRel, abs, size: st.size });
     }
   };
   await visit(root, '');
@@ -182,16 +188,10 @@ async function parentDir(root: string, rel: string, create: boolean): Promise<st
 }
 
 async function hostSha(file: string): Promise<string | null | 'not-a-file'> {
-  let h;
-  try { h = await fsp.open(file, C.O_RDONLY | C.O_NOFOLLOW); } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return null;
-    return 'not-a-file';
-  }
-  try {
-    if (!(await h.stat()).isFile()) return 'not-a-file';
-    return sha256(await h.readFile());
-  } finally { await h.close(); }
+  const st = await fsp.lstat(file).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? null : err));
+  if (st === null) return null;
+  if (st instanceof Error || !st.isFile()) return 'not-a-file';
+  return (await readRegularFileHashed(file))?.sha256 ?? 'not-a-file';
 }
 
 async function writeBack(root: string, rel: string, data: Buffer, placedSha: string | null): Promise<string | null> {

@@ -34,7 +34,8 @@ import { logger } from '../log';
 import type { PersistEntry, PersistGeneration, PersistState } from '../protocol/control';
 import { type CallPersistence, type CommitReport, type MemoryMountResolver, type PersistHistory, type ShellState, PERSIST_NOT_FOUND } from './types';
 import { type Manifest, type ManifestEntry, type FileEntry, sameEntry, totals } from './manifest';
-import { type CommitTxn, IO_PARALLEL, SessionStore, forEachLimit, sha256 } from './store';
+import { type CommitTxn, IO_PARALLEL, SessionStore, forEachLimit } from './store';
+import { sha256Yielding } from './hash';
 import { type PersistPattern, checkSessionId, isWithin, parentOf, parsePatterns, showPath, walkRoots } from './paths';
 import { DEFAULT_SHELL, sameShell, sanitizeShell } from './shell';
 import { MemoryMirror } from './memory';
@@ -470,7 +471,7 @@ export class Persistence implements CallPersistence, PersistHistory {
       seen.add(f.path);
       total += f.data.length;
       if (total > maxTotalBytes) { problems.add(f.path, 'the guest sent more data than the walk announced'); continue; }
-      const hostHash = sha256(f.data);
+      const hostHash = await sha256Yielding(f.data);
       if (f.sha256 !== hostHash) { problems.add(f.path, 'the guest reported a hash that does not match the data'); continue; }
       if ((entry.sha256 !== null && hostHash !== entry.sha256) || f.data.length !== entry.size) { problems.add(f.path, 'changed while being copied out'); continue; }
       out.set(entry, { data: f.data, hash: hostHash });

@@ -17,6 +17,7 @@ import { fatal } from '../errors';
 import { logger } from '../log';
 import { checkSessionId } from './paths';
 import { PERSIST_NOT_FOUND } from './types';
+import { sha256Yielding } from './hash';
 import { type Manifest, ManifestFile, emptyManifest, fromFile, toFile, SHA256_HEX } from './manifest';
 
 const log = logger('persist:store');
@@ -223,7 +224,7 @@ export class SessionStore {
   async readBlob(hash: string): Promise<Buffer> {
     if (!SHA256_HEX.test(hash)) throw fatal('persist_store_corrupt', `invalid blob hash ${hash}`);
     const data = await readNoFollow(this.blobPath(hash));
-    if (sha256(data) !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
+    if (await sha256Yielding(data) !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
     return data;
   }
 
