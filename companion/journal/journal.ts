@@ -1,27 +1,40 @@
 // The call journal: an append-only JSONL file (`<home>/journal/journal.jsonl`) recording every claimed session and
 // every tool call by `tool_use_id`: input (and its sha256), state, timings and the full result text. Invariants:
 // - Each state change is one line, written and fsynced before the caller continues (the result of a call is
-//   durable before it is posted; a post is recorded after the SDK's POST succeeded).
+//   durable before it is posted; a post is recorded after the SDK's POST succeeded). The file itself (strict reading,
+//   durable appends, rewrites off the event loop) is journal-file.ts; what of a call is kept is caps.ts.
+// - A write that fails (disk full) makes the journal unhealthy: the in-memory state stays the truth, every later
+//   append is refused, the worker claims no new work (host/health.ts), and recover() rewrites the file from memory
+//   once the disk allows it. What that means for a call:
+//   - its start cannot be journaled: the call is not run; its result says so (it can never run twice, since it
+//     never ran; it is not lost, since the model gets that result);
+//   - its result cannot be journaled: the result is still posted from memory (not lost), and the journal keeps
+//     saying `running`, durably, until recover() writes the result: if the companion dies first, the call comes back
+//     `interrupted` and is answered with INTERRUPTED_TEXT, never run again.
 // - The line format and recovery are defined once, in companion/protocol/journal.ts (readers open the file directly
-//   while no worker runs). Recovery on open: a torn last line is ignored (and dropped by the next compaction); a call
+//   while no worker runs). Recovery on open: a torn last line is ignored (and dropped by the next compaction), an
+//   unreadable line anywhere else stops the companion with JournalCorrupt (file, line, what to do); a call
 //   left `running` by a crash becomes `interrupted` with an explicit error result; it is never run again; a call that
 //   only waited for its confirmation is forgotten (it never ran). A call that is `done`/`failed` but not `posted`
 //   keeps its result, so the re-dispatched call is answered from the journal.
 // - Each session's transcript lives in its own file (transcript.ts); compaction removes those of dropped sessions.
 // - Compaction rewrites the file (temp file, fsync, rename, fsync dir) with one line per live session and call,
-//   keeping every unposted call and the newest MAX_SESSIONS sessions.
+//   keeping every unposted call and the newest MAX_SESSIONS sessions; after COMPACT_AFTER_RECORDS appends it runs in
+//   the background, in chunks, while appends go on.
 // Only this module writes the journal; the control API reads it through JournalReader.
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync, existsSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import type { SessionSummary, ToolCallState, ToolCallSummary } from '../protocol/control';
 import {
   JOURNAL_FILE, type JournalCall, type JournalLine, type JournalSession, blankCall as blankCallAt, blankSession as blankSessionAt,
-  callSummaryOf, foldJournal, recoverJournal, sessionSummaryOf,
+  JournalLine as JournalLineSchema, callSummaryOf, foldJournal, recoverJournal, sessionSummaryOf,
 } from '../protocol/journal';
 import type { JournalReader, Page } from './types';
 import { TranscriptLog } from './transcript';
-import { fatal } from '../errors';
+import { JournalFile, readJournalText } from './journal-file';
+import { capInput, capResult } from './caps';
+import { errorMessage, fatal } from '../errors';
 import { logger } from '../log';
 
 const log = logger('journal');
@@ -52,18 +65,14 @@ export function hasResult(c: CallEntry): boolean {
 export class Journal implements JournalReader {
   private readonly sessions = new Map<string, SessionEntry>();
   private readonly calls = new Map<string, CallEntry>();
-  private fd: number;
+  private readonly file: JournalFile;
   private appended = 0;
-  private readonly file: string;
-  /** False once a write failed (e.g. disk full): the worker stops claiming work it cannot journal. */
-  healthy = true;
 
   /** The sessions' transcripts (prompts, agent messages, verdicts, egress decisions), one file per session. */
   readonly transcripts: TranscriptLog;
 
   private constructor(readonly dir: string) {
-    this.file = path.join(dir, JOURNAL_FILE);
-    this.fd = -1;
+    this.file = new JournalFile(path.join(dir, JOURNAL_FILE));
     this.transcripts = new TranscriptLog(dir);
   }
 
@@ -72,30 +81,38 @@ export class Journal implements JournalReader {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const j = new Journal(dir);
     const recovered = j.load();
-    j.compact();
+    j.file.rewriteSync(j.retainedLines());
     if (recovered.interrupted || recovered.unposted) log.info(`recovered journal: ${recovered.interrupted} interrupted call(s), ${recovered.unposted} result(s) waiting to be posted`);
     return j;
   }
 
   private load(): { interrupted: number; unposted: number } {
-    const folded = foldJournal(existsSync(this.file) ? readFileSync(this.file, 'utf8') : '');
-    if (folded.unreadable) log.warn(`ignored ${folded.unreadable} unreadable journal line(s) (torn write)`);
+    const { text, torn } = readJournalText(this.file.file, (json) => JournalLineSchema.safeParse(json).success);
+    const folded = foldJournal(text);
+    if (torn) log.warn('ignored the torn last line of the journal (a write cut off by a crash)');
     const recovered = recoverJournal(folded);
     for (const [id, s] of folded.sessions) this.sessions.set(id, s);
     for (const [id, c] of folded.calls) this.calls.set(id, c);
     return recovered;
   }
 
+  /** False once a write failed (e.g. disk full) until recover() succeeds: the worker claims no work meanwhile. */
+  get healthy(): boolean { return this.file.healthy; }
+  /** Why the journal cannot be written (null while it can). */
+  get problem(): string | null { return this.file.problem; }
+
   private append(line: Line): void {
-    if (this.fd < 0) this.fd = openSync(this.file, 'a', 0o600);
-    try {
-      writeSync(this.fd, `${JSON.stringify(line)}\n`);
-      fsyncSync(this.fd);
-    } catch (err) {
-      this.healthy = false;
-      throw fatal('journal_write_failed', `cannot write the journal (${this.file}): ${(err as Error).message}`, err);
+    this.file.append(JSON.stringify(line));
+    if (++this.appended >= COMPACT_AFTER_RECORDS && !this.file.rewriteInProgress) {
+      this.compact().catch((err: unknown) => log.warn(`compaction failed (the journal keeps growing until one succeeds): ${errorMessage(err)}`));
     }
-    if (++this.appended >= COMPACT_AFTER_RECORDS) this.compact();
+  }
+
+  /** Rewrites the file from memory after a failed write; resolves true once the journal can be written again. */
+  async recover(): Promise<boolean> {
+    if (this.healthy) return true;
+    try { await this.compact(); } catch (err) { log.debug(`the journal cannot be rewritten yet: ${errorMessage(err)}`); }
+    return this.healthy;
   }
 
   // ---- writers -------------------------------------------------------------------------------------------------
@@ -113,18 +130,19 @@ export class Journal implements JournalReader {
 
   callStarted(c: { toolUseId: string; sessionId: string; workId: string; name: string; input: unknown; state?: ToolCallState; ranOn?: CallEntry['ranOn'] }): CallEntry {
     const entry: CallEntry = {
-      ...blankCall(c.toolUseId), sessionId: c.sessionId, workId: c.workId, name: c.name, input: c.input,
+      ...blankCall(c.toolUseId), sessionId: c.sessionId, workId: c.workId, name: c.name, input: capInput(c.input),
       inputSha256: inputDigest(c.input), state: c.state ?? 'running', startedAt: Date.now(), ranOn: c.ranOn ?? null,
     };
-    this.calls.set(c.toolUseId, entry);
+    // Only a start that is durable counts: a call whose start could not be journaled is not run (see the header).
     this.append({ k: 'c', ...entry });
+    this.calls.set(c.toolUseId, entry);
     return entry;
   }
 
   callFinished(toolUseId: string, r: { text: string; isError: boolean; exitCode: number | null; state?: ToolCallState; persist?: CallEntry['persist'] }): CallEntry {
     const c = this.mustCall(toolUseId);
     const now = Date.now();
-    Object.assign(c, { state: r.state ?? (r.isError ? 'failed' : 'done'), result: r.text, isError: r.isError, exitCode: r.exitCode, finishedAt: now, durationMs: now - c.startedAt });
+    Object.assign(c, { state: r.state ?? (r.isError ? 'failed' : 'done'), result: capResult(r.text), isError: r.isError, exitCode: r.exitCode, finishedAt: now, durationMs: now - c.startedAt });
     if (r.persist) c.persist = r.persist;
     this.append({ k: 'c', toolUseId, state: c.state, result: c.result, isError: c.isError, exitCode: c.exitCode, finishedAt: c.finishedAt, durationMs: c.durationMs, ...(r.persist ? { persist: r.persist } : {}) });
     return c;
@@ -159,37 +177,31 @@ export class Journal implements JournalReader {
     return c;
   }
 
-  /** Rewrites the journal with only the live state (atomic rename). */
-  compact(): void {
+  /** Rewrites the journal with only the live state, in the background (journal-file.ts). */
+  compact(): Promise<void> {
+    const lines = this.retainedLines();
+    return this.file.rewrite(() => lines).then(() => { this.appended = 0; });
+  }
+
+  /** Drops what is no longer kept and returns the live state, one line per session and call (serialised lazily). */
+  private retainedLines(): Iterable<string> {
     const keepSessions = [...this.sessions.values()].sort((a, b) => b.claimedAt - a.claimedAt).slice(0, MAX_SESSIONS);
     const keepIds = new Set(keepSessions.map((s) => s.sessionId));
     for (const [id, c] of this.calls) {
       if (!keepIds.has(c.sessionId) && c.state === 'posted') this.calls.delete(id);
-      else if (c.state === 'posted' && c.result && c.result.length > POSTED_OUTPUT_KEEP) c.result = `${c.result.slice(0, POSTED_OUTPUT_KEEP)}\n[journal copy truncated]`;
+      else if (c.state === 'posted' && c.result) c.result = capResult(c.result, POSTED_OUTPUT_KEEP);
     }
     for (const id of [...this.sessions.keys()]) if (!keepIds.has(id) && ![...this.calls.values()].some((c) => c.sessionId === id)) this.sessions.delete(id);
     this.transcripts.retain(new Set(this.sessions.keys()));
-    const lines: string[] = [];
-    for (const s of this.sessions.values()) lines.push(JSON.stringify({ k: 's', ...s }));
-    for (const c of this.calls.values()) lines.push(JSON.stringify({ k: 'c', ...c }));
-    const tmp = `${this.file}.tmp`;
-    try {
-      const fd = openSync(tmp, 'w', 0o600);
-      try { writeSync(fd, lines.length ? `${lines.join('\n')}\n` : ''); fsyncSync(fd); } finally { closeSync(fd); }
-      if (this.fd >= 0) { closeSync(this.fd); this.fd = -1; }
-      renameSync(tmp, this.file);
-      const dfd = openSync(this.dir, 'r');
-      try { fsyncSync(dfd); } finally { closeSync(dfd); }
-    } catch (err) {
-      this.healthy = false;
-      throw fatal('journal_write_failed', `cannot compact the journal (${this.file}): ${(err as Error).message}`, err);
-    }
-    this.appended = 0;
+    const sessions = [...this.sessions.values()];
+    const calls = [...this.calls.values()];
+    return (function* () {
+      for (const s of sessions) yield JSON.stringify({ k: 's', ...s });
+      for (const c of calls) yield JSON.stringify({ k: 'c', ...c });
+    })();
   }
 
-  close(): void {
-    if (this.fd >= 0) { closeSync(this.fd); this.fd = -1; }
-  }
+  close(): void { this.file.close(); }
 
   // ---- JournalReader -------------------------------------------------------------------------------------------
 

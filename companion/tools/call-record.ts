@@ -86,7 +86,8 @@ export class CallRecorder {
     try {
       entry = this.journal.callFinished(entry.toolUseId, { text, isError: outcome.isError, exitCode: outcome.exitCode, state: outcome.state, persist: outcome.persist });
     } catch (err) {
-      log.error(`could not journal the result of ${entry.toolUseId}: ${errorMessage(err)}`);
+      // The result is posted all the same (it is kept in memory); see journal.ts for why that is safe.
+      log.error(`could not journal the result of ${entry.toolUseId} (${errorMessage(err)}): posting it from memory; the journal is rewritten once it can be`);
     }
     log.with({ session: entry.sessionId, call: entry.toolUseId, tool: entry.name })
       .info(`call ${entry.toolUseId} (${entry.name}) ${entry.state}${outcome.isError ? ' with an error result' : ''}${entry.durationMs !== null ? ` in ${entry.durationMs} ms` : ''}`);

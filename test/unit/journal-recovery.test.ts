@@ -54,11 +54,11 @@ describe('journal', () => {
     j.close();
   });
 
-  it('compacts: the file shrinks to one line per live entry and nothing unposted is lost', () => {
+  it('compacts: the file shrinks to one line per live entry and nothing unposted is lost', async () => {
     const j = Journal.open(dir);
     j.updateSession('s1', { workId: 'w1', state: 'running', claimedAt: Date.now() });
     for (let i = 0; i < 300; i++) { call(j, `c${i}`); j.callFinished(`c${i}`, { text: `out ${i}`, isError: false, exitCode: 0 }); if (i % 2) j.callPosted(`c${i}`); }
-    j.compact();
+    await j.compact();
     const linesAfter = readFileSync(path.join(dir, JOURNAL_FILE), 'utf8').split('\n').filter(Boolean).length;
     assert.equal(linesAfter, 301, '1 session + 300 calls, after ~750 appended records');
     j.close();
