@@ -113,7 +113,6 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     send(ws, {
       type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, version,
       state: opts.worker.state(), facts: opts.worker.hostFacts(), serverTime: Date.now(),
-      ...(opts.worker.stateDetail?.() ? { stateDetail: opts.worker.stateDetail() } : {}),
     });
   }
 

@@ -51,6 +51,14 @@ describe('extension manifest', () => {
     for (const id of ids) assert.ok(src.includes(`'${id}'`), `${id} is registered`);
   });
 
+  it('names every contributed command in the README\'s command table', () => {
+    const readme = readFileSync(path.join(root, 'README.md'), 'utf8');
+    const start = readme.indexOf('| command | what it does |');
+    assert.ok(start > 0, 'the README has a command table');
+    const table = readme.slice(start, readme.indexOf('\n\n', start));
+    for (const x of c.commands as Array<{ command: string; title: string }>) assert.ok(table.includes(x.title), `${x.command} ("${x.title}") is listed`);
+  });
+
   it('contributes the panel, its three views and an icon that exists', () => {
     assert.equal(c.viewsContainers.activitybar[0].title, 'Perimeter');
     assert.ok(existsSync(path.join(root, c.viewsContainers.activitybar[0].icon)));
