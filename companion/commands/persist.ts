@@ -3,16 +3,18 @@
 // `perimeter persist rollback --session ID --to N` makes a kept generation's content current again. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
-// next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written.
+// next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written. A session
+// the state directory does not know (persist/known-session.ts) is an error for ls and rm; add prepares its list.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 import { PersistState as PersistStateSchema, ServerMessage, type ControlMethod } from '../protocol/control';
 import { statePaths } from '../config';
-import { fatal } from '../errors';
+import { PerimeterError, fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED } from '../persist/persistence';
 import { DiskPersistence } from '../persist/disk/persistence';
 import { DiskStore } from '../persist/disk/store';
+import { SESSION_UNKNOWN, sessionKnownOnDisk, unknownSession } from '../persist/known-session';
 import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
 import type { PersistState } from '../protocol/control';
@@ -107,12 +109,15 @@ export const persistCommand: Command = {
     const config = configFromFlags(values, { control: { enabled: false } });
     const persistence = new Persistence({ home: config.home, persist: config.persist });
     const sessionId = values.session;
-    // The running companion when there is one (its clients hear about the change), else the store directly.
-    const get = async () => (await viaControlApi(config.home, 'getPersist', { sessionId })) ?? persistence.state(sessionId);
+    // The running companion when there is one (its clients hear about the change), else the store directly. A session
+    // neither knows is an error (persist/known-session.ts), except that `add` may prepare the list of a new one.
+    const get = async () => (await viaControlApi(config.home, 'getPersist', { sessionId }))
+      ?? (await sessionKnownOnDisk(config.home, sessionId) ? persistence.state(sessionId) : Promise.reject(unknownSession(sessionId)));
     const set = async (list: string[]) => (await viaControlApi(config.home, 'setPersist', { sessionId, patterns: list })) ?? persistence.setPatterns(sessionId, list);
-    let state = await get();
+    const isUnknownSession = (err: unknown) => err instanceof PerimeterError && (err.code === SESSION_UNKNOWN || err.code === 'control_not_found');
+    let state = await get().catch((err: unknown) => { if (action === 'add' && isUnknownSession(err)) return null; throw err; });
     if (action !== 'ls') {
-      const current = state.patterns;
+      const current = state?.patterns ?? [...config.persist.defaults];
       if (action === 'add') {
         state = await set([...current, ...patterns]);
       } else {
@@ -126,6 +131,7 @@ export const persistCommand: Command = {
         state = await set(current.filter((p) => !patterns.map(normalise).includes(p)));
       }
     }
+    if (!state) throw unknownSession(sessionId);
     process.stdout.write(`${values.json ? JSON.stringify(state) : render(state)}\n`);
     return 0;
   },

@@ -19,10 +19,11 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocketServer, WebSocket, type RawData } from 'ws';
 import {
   CONTROL_PROTOCOL_VERSION, ControlRequest, type ControlErrorCode, type ControlEvent, type ControlResult,
-  type ControlMethod, type ServerMessage, type RequestId, type ToolCallSummary,
+  type ControlMethod, type ServerMessage, RequestId, type ToolCallSummary,
 } from '../protocol/control';
 import type { Page } from '../journal/types';
 import { statePaths } from '../config';
+import { hasSessionStore, unknownSessionMessage } from '../persist/known-session';
 import { logger } from '../log';
 import { errorMessage, PerimeterError } from '../errors';
 import { PERSIST_NOT_FOUND } from '../persist/types';
@@ -163,6 +164,15 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     return opts.persistHistory;
   }
 
+  /** A question about a session this companion never served and holds nothing for is an error, not an empty answer
+   *  (persist/known-session.ts); setting the persist list of a session not seen yet prepares it. */
+  async function requireKnownSession(req: ControlRequest): Promise<void> {
+    if (!('sessionId' in req.params) || req.method === 'setPersist') return;
+    const { sessionId } = req.params;
+    if (opts.journal.hasSession(sessionId) || await hasSessionStore(opts.home, sessionId)) return;
+    throw new RequestError('not_found', unknownSessionMessage(sessionId));
+  }
+
   function requirePersistence() {
     if (!opts.persistence) throw new RequestError('unavailable', 'this companion has no persisted-file store');
     return opts.persistence;
@@ -193,6 +203,7 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
       return;
     }
     try {
+      await requireKnownSession(req);
       const result = await serve(req);
       await respond(ws, { type: 'response', id: req.id, result });
     } catch (err) {
@@ -299,10 +310,9 @@ function persistErrorCode(err: PerimeterError): ControlErrorCode {
 
 function requestIdOf(raw: unknown): RequestId | null {
   if (typeof raw !== 'object' || raw === null) return null;
-  const id = (raw as { id?: unknown }).id;
-  if (typeof id === 'string' && id.length > 0 && id.length <= 64) return id;
-  if (typeof id === 'number' && Number.isInteger(id) && id >= 0) return id;
-  return null;
+  // Only an id the protocol allows is echoed: a reply must parse on the client's side too.
+  const id = RequestId.safeParse((raw as { id?: unknown }).id);
+  return id.success ? id.data : null;
 }
 
 /** Writes control.json with mode 0600 via a temp file and rename, so a reader never sees half a file. */

@@ -127,6 +127,7 @@ export class Journal implements JournalReader {
 
   getCall(toolUseId: string): CallEntry | undefined { return this.calls.get(toolUseId); }
   getSession(sessionId: string): SessionEntry | undefined { return this.sessions.get(sessionId); }
+  hasSession(sessionId: string): boolean { return this.sessions.has(sessionId); }
 
   callStarted(c: { toolUseId: string; sessionId: string; workId: string; name: string; input: unknown; state?: ToolCallState; ranOn?: CallEntry['ranOn'] }): CallEntry {
     const entry: CallEntry = {

@@ -6,6 +6,8 @@ export interface Page<T> { items: T[]; nextCursor: string | null }
 export interface JournalReader {
   listSessions(opts: { limit: number; cursor?: string | null }): Page<SessionSummary>;
   listCalls(sessionId: string, opts: { limit: number; cursor?: string | null }): Page<ToolCallSummary>;
+  /** Whether the journal recorded this session. */
+  hasSession(sessionId: string): boolean;
   /** The full (capped) output text of one call, or null when unknown. */
   callOutput(toolUseId: string): { call: ToolCallSummary; output: string } | null;
 }

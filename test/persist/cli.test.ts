@@ -25,10 +25,13 @@ describe('persist: perimeter persist CLI', function () {
 
   it('add, rm and ls change the list the next call uses; bad input gets a clear error and changes nothing', async () => {
     const s = 'sesn_cli';
-    const empty = cli('ls', '--home', home, '--session', 'sesn_unknown', '--json');
-    assert.equal(empty.code, 0, empty.err);
-    assert.deepEqual(JSON.parse(empty.out), { sessionId: 'sesn_unknown', patterns: ['/workspace'], generation: 0, files: [], totalBytes: 0, fileCount: 0 });
-    assert.equal(existsSync(path.join(home, 'sessions', 'sesn_unknown')), false, 'ls creates nothing');
+    for (const action of ['ls', 'rm']) {
+      const unknown = cli(action, '--home', home, '--session', 'sesn_unknown', '--json', ...(action === 'rm' ? ['/workspace'] : []));
+      assert.equal(unknown.code, 1, `${action}: ${unknown.out}`);
+      assert.equal(unknown.out, '', 'no empty store is printed');
+      assert.match(unknown.err, /no session "sesn_unknown": this companion has not served it and holds no persisted files for it/);
+    }
+    assert.equal(existsSync(path.join(home, 'sessions', 'sesn_unknown')), false, 'asking creates nothing');
     const added = cli('add', '--home', home, '--session', s, '--json', '/srv/data/', '/root/.cache/pip/**');
     assert.equal(added.code, 0, added.err);
     assert.deepEqual(JSON.parse(added.out).patterns, ['/workspace', '/srv/data', '/root/.cache/pip/**']);
@@ -70,15 +73,19 @@ describe('persist: perimeter persist CLI', function () {
       drain: async () => {}, shutdown: async () => {},
     };
     const server = await startControlServer({ home, hub, journal: Journal.open(path.join(home, 'journal')), persistence, worker });
+    // Asynchronous: this process serves the control API the child talks to.
+    const cliAsync = (...args: string[]) => new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+      const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', ...args], { cwd: ROOT });
+      let out = ''; let err = '';
+      child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+      child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+      child.on('exit', (code) => resolve({ code, out, err }));
+    });
     try {
-      const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
-        // Asynchronous: this process serves the control API the child talks to.
-        const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'add', '--home', home, '--session', 'sesn_live', '--json', '/opt/tools/**'], { cwd: ROOT });
-        let out = ''; let err = '';
-        child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-        child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-        child.on('exit', (code) => resolve({ code, out, err }));
-      });
+      const unknown = await cliAsync('ls', '--home', home, '--session', 'nope');
+      assert.equal(unknown.code, 1, unknown.out);
+      assert.match(unknown.err, /no session "nope": this companion has not served it/, 'the running companion refuses it too');
+      const r = await cliAsync('add', '--home', home, '--session', 'sesn_live', '--json', '/opt/tools/**');
       assert.equal(r.code, 0, r.err);
       assert.deepEqual(JSON.parse(r.out).patterns, ['/workspace', '/opt/tools/**']);
       const announced = events.filter((e) => e.type === 'persist.changed' && e.persist.sessionId === 'sesn_live');

@@ -52,6 +52,7 @@ class ScriptedHost implements WorkerHost {
     const journal: JournalReader = this.journal ?? {
       listSessions: () => ({ items: [session('s-old', { state: 'ended' })], nextCursor: null }),
       listCalls: (sid) => ({ items: [call(`c-${sid}`, sid)], nextCursor: null }),
+      hasSession: () => true,
       callOutput: () => null,
     };
     this.server = await startControlServer({ home: this.home, hub: this.hub, worker, journal });
