@@ -18,6 +18,9 @@ export const ConfigSchema = z.object({
   workerId: z.string().optional(),
   concurrency: Concurrency.default(4),
   logLevel: LogLevel.default('info'),
+  /** Below this much free space (MiB) in the state directory's filesystem the worker claims no new work (calls of
+   *  sessions it holds still run); it resumes by itself once space returns. `doctor` and /healthz say so too. */
+  minFreeMiB: z.number().int().min(0).default(1024),
   sandbox: z.object({
     /** `auto` picks a VM driver that can run (never `process`); `process` (no isolation) runs only when named. */
     driver: SandboxDriver.default('auto'),
@@ -83,8 +86,6 @@ export const ConfigSchema = z.object({
     enabled: z.boolean().default(false),
     /** host:port; loopback unless another address is configured (port 0: any free port). */
     listen: z.string().default('127.0.0.1:9464'),
-    /** /healthz fails below this much free space on the state directory's filesystem. */
-    minFreeDiskMiB: z.number().int().min(0).default(1024),
   }).prefault({}),
 });
 export type Config = z.infer<typeof ConfigSchema>;

@@ -4,9 +4,14 @@
 // by `perimeter worker`, `perimeter demo` and the tests, so they all run the same composition. The driver's
 // preparation (e.g. remaking a stale template snapshot) starts once the control API is up, so the panel sees it.
 // With `metrics.enabled` it also serves /metrics and /healthz (service/), fed from the hub and the runtime's status.
-// Invariant: each session served gets its own egress gateway (egress/gateways.ts), released when the session's last
-// work item ends and on close().
+// Invariants: one companion per state directory (host/state-lock.ts: taken before anything touches the directory,
+// released on close), whose log file (worker.log, when a launcher appends our stderr to one) is rotated by size
+// (host/log-rotation.ts); the worker claims no new work while the host health (host/health.ts: free space below
+// minFreeMiB, an unwritable journal) blocks it. Each session served gets its own egress gateway (egress/gateways.ts),
+// released when the session's last work item ends and on close().
 import os from 'node:os';
+import path from 'node:path';
+import { promises as fs } from 'node:fs';
 import type { Config } from './config';
 import { statePaths } from './config';
 import { EventHub } from './events';
@@ -23,6 +28,9 @@ import { findTemplate } from './sandbox/template/manifest';
 import { CompanionMetrics, type RuntimeStatus } from './service/metrics';
 import { startMetricsServer, type MetricsServer } from './service/metrics-server';
 import { errorMessage } from './errors';
+import { acquireStateLock, type StateLock } from './host/state-lock';
+import { HostHealth } from './host/health';
+import { rotateStderrLog } from './host/log-rotation';
 import { logger } from './log';
 
 const log = logger('runtime');
@@ -38,6 +46,8 @@ export interface RuntimeOptions {
   maxIdleMs?: number;
   drainTimeoutMs?: number;
   stallCheckMs?: number;
+  /** How often free space and the journal's health are checked (default 5 s). */
+  healthCheckMs?: number;
   /** Run without persisted files (shell state still carries over within the process). */
   persistence?: boolean;
   /** Makes a session's gateway (default: createEgressGateway; tests wrap it to observe the gateways' lifetime). */
@@ -59,17 +69,29 @@ export interface Runtime {
   /** The metrics and health verdict (null unless `metrics.enabled`), served at `metricsServer.address`. */
   metrics: CompanionMetrics | null;
   metricsServer: MetricsServer | null;
+  /** Free space and journal health: what blocks claiming work (the worker's gate). */
+  health: HostHealth;
   /** Runs the worker until drained; then closes everything. Resolves with the exit code. */
   run(): Promise<number>;
   close(): Promise<void>;
 }
 
 export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
+  const lock = await acquireStateLock(o.config.home);
+  rotateStderrLog();
+  try { return await assembleLocked(o, lock); } catch (err) { lock.release(); throw err; }
+}
+
+async function assembleLocked(o: RuntimeOptions, lock: StateLock): Promise<Runtime> {
   const { config } = o;
+  // Sessions' work directories (skills, memory stores) left by a companion that died: none of ours exists yet.
+  await fs.rm(path.join(config.home, 'work'), { recursive: true, force: true });
   if (config.egress.mode === 'allow') validateEgressPolicy(config.egress);   // a bad allow-list stops start-up
   const hub = o.hub ?? new EventHub();
   const selection = await selectDriver(config, hub, { baseUrl: o.baseUrl, whenNoVm: o.whenNoVm });
   const journal = Journal.open(statePaths(config.home).journal);
+  const health = new HostHealth({ dir: config.home, minFreeBytes: config.minFreeMiB * 2 ** 20, journal, intervalMs: o.healthCheckMs });
+  await health.start();
   const memoryMounts = new MemoryMountRegistry();
   const persistence = o.persistence === false ? undefined : choosePersistence({ config, driver: selection.driver, hub, memoryMounts: memoryMounts.resolve });
   const egress = config.egress.mode === 'allow'
@@ -96,7 +118,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
   const worker = new Worker({
     config, environmentId: o.environmentId, environmentKey: o.environmentKey, baseUrl: o.baseUrl, hub, journal, calls, sandboxFacts,
     memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs, localQueue: o.localQueue,
-    onSessionEnd: (id) => egress?.release(id),
+    onSessionEnd: (id) => egress?.release(id), claimGate: health,
   });
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {
@@ -115,7 +137,7 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
         sandbox: { driver: info.kind, template, running: info.running, pooled: info.pooled, problem: sandboxProblem },
       };
     };
-    metrics = new CompanionMetrics({ hub, status, minFreeDiskBytes: config.metrics.minFreeDiskMiB * 2 ** 20 });
+    metrics = new CompanionMetrics({ hub, status, minFreeDiskBytes: config.minFreeMiB * 2 ** 20 });
     metricsServer = await startMetricsServer(metrics, config.metrics.listen);
   }
   let closed = false;
@@ -127,10 +149,12 @@ export async function assembleRuntime(o: RuntimeOptions): Promise<Runtime> {
     await control?.close().catch(() => {});
     egress?.closeAll();
     await selection.driver.close().catch(() => {});
+    health.close();
     journal.close();
+    lock.release();
   };
   return {
-    hub, journal, selection, worker, control, egress, metrics, metricsServer, close,
+    hub, journal, selection, worker, control, egress, metrics, metricsServer, health, close,
     run: async () => { try { return await worker.run(); } finally { await close(); } },
   };
 }

@@ -1,8 +1,9 @@
 // `perimeter doctor [--json]`: what this host can do, each problem with its fix. Checks: Node version, KVM (usable:
 // /dev/kvm opens and the template booted under it; else why VMs run under TCG), QEMU, the sandbox drivers' own
 // probes (via select.ts), how each VM is confined (namespaces, uid, host cgroup, seccomp), a built template, the
-// template build's inputs in this installation, free disk space and a writable state directory, ripgrep for the
-// process driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}
+// template build's inputs in this installation, free disk space (an error below minFreeMiB: the worker claims nothing
+// then) and a writable state directory, whether a companion uses it, a readable journal, ripgrep for the process
+// driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}
 // (companion/protocol/doctor.ts); the exit code is 1 when an error-severity check failed (warnings do not fail).
 // Fixes fit the host the doctor runs on: CLI commands are named as this installation is run there (`perimeter …` when
 // that is on PATH, else `node <this script> …`, e.g. the copy the extension installs over SSH), and access to
@@ -17,6 +18,11 @@ import { TEMPLATE_ASSETS, findAsset } from '../sandbox/template/build';
 import { EventHub } from '../events';
 import { probeDrivers } from '../sandbox/select';
 import { Confinement, type ConfinementReport } from '../sandbox/qemu/confine';
+import { diskLowMessage } from '../host/health';
+import { stateLockHolder } from '../host/state-lock';
+import { JournalCorrupt, readJournalText } from '../journal/journal-file';
+import { JOURNAL_FILE, JournalLine } from '../protocol/journal';
+import { errorMessage } from '../errors';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
 
@@ -179,9 +185,23 @@ export const doctorCommand: Command = {
     try {
       const st = await fs.statfs(writable ? home : path.dirname(home));
       const free = st.bavail * st.bsize;
-      add({ name: 'disk', ok: free >= MIN_FREE_BYTES, severity: 'warning', detail: `${(free / 2 ** 30).toFixed(1)} GiB free under ${home}`, fix: free >= MIN_FREE_BYTES ? null : 'free at least 2 GiB (templates, persisted files and the journal live there)' });
+      const low = free < config.minFreeMiB * 2 ** 20;
+      add({ name: 'disk', ok: free >= MIN_FREE_BYTES && !low, severity: low ? 'error' : 'warning',
+        detail: low ? diskLowMessage({ dir: home, freeBytes: free, minFreeBytes: config.minFreeMiB * 2 ** 20 }) : `${(free / 2 ** 30).toFixed(1)} GiB free under ${home}`,
+        fix: free >= MIN_FREE_BYTES && !low ? null : `free space under ${home} (templates, persisted files and the journal live there): at least ${Math.max(2048, config.minFreeMiB)} MiB` });
     } catch (err) {
       add({ name: 'disk', ok: false, severity: 'warning', detail: `cannot read free space: ${(err as Error).message}`, fix: null });
+    }
+
+    const holder = stateLockHolder(home);
+    add({ name: 'companion', ok: true, severity: 'warning',
+      detail: !holder ? `no companion uses ${home}` : holder.alive ? `a companion (pid ${holder.pid}, since ${new Date(holder.since).toISOString()}) uses ${home}; another one there refuses to start`
+        : `a companion that stopped without cleaning up (pid ${holder.pid}) left its lock in ${home}; the next one takes it over`, fix: null });
+    try {
+      const { torn } = readJournalText(path.join(statePaths(home).journal, JOURNAL_FILE), (json) => JournalLine.safeParse(json).success);
+      add({ name: 'journal', ok: true, severity: 'error', detail: `the call journal in ${statePaths(home).journal} is readable${torn ? ' (its last line was cut by a crash: it is dropped at the next start)' : ''}`, fix: null });
+    } catch (err) {
+      add({ name: 'journal', ok: false, severity: 'error', detail: errorMessage(err), fix: err instanceof JournalCorrupt ? `repair or remove line ${err.line}, or move the journal aside (mv ${err.file} ${err.file}.damaged)` : null });
     }
 
     const rg = await run('rg', ['--version']);

@@ -6,7 +6,9 @@ import { z } from 'zod';
 
 export const CONTROL_PROTOCOL_VERSION = 1;
 
-export const WorkerState = z.enum(['starting', 'polling', 'draining', 'stopped', 'error']);
+/** `paused`: not claiming new work, for the reason the `worker.state` detail names (disk low, journal unwritable);
+ *  it resumes by itself. */
+export const WorkerState = z.enum(['starting', 'polling', 'paused', 'draining', 'stopped', 'error']);
 export type WorkerState = z.infer<typeof WorkerState>;
 
 export const ToolCallState = z.enum(['waiting_confirmation', 'running', 'done', 'failed', 'interrupted', 'posted', 'denied']);
@@ -251,6 +253,8 @@ export const ServerMessage = z.discriminatedUnion('type', [
   z.object({
     type: z.literal('hello'), protocol: z.number().int(), version: z.string(),
     state: WorkerState, facts: HostFacts, serverTime: z.number(),
+    /** Why the worker is in `state` (as the `worker.state` event's detail), e.g. why it is paused. */
+    stateDetail: z.string().optional(),
   }),
   z.object({ type: z.literal('event'), event: ControlEvent }),
   z.object({ type: z.literal('response'), id: RequestId, result: z.unknown() }),

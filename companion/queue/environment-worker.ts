@@ -7,6 +7,9 @@
 // - At most `concurrency` sessions at once; the poller is not asked for (and so does not ack) more work until a
 //   slot is free. Newest work item per session wins: the older handler is aborted (its teardown force-stops it)
 //   before the newer one starts. Healthcheck items are force-stopped without running anything.
+// - No new work is claimed while the claim gate blocks (host/health.ts: disk below minFreeMiB, journal unwritable):
+//   polls are held and answered "no work" without reaching the service, the state is `paused` (the detail says why),
+//   and polling resumes by itself when the gate clears. Sessions already claimed keep running.
 // - The environment key lives only in this process (the SDK client). Sandboxes receive tool inputs only.
 // - Results are posted by the SDK; the wire observer on the client's fetch (wire-observer.ts) reports each 2xx post.
 // - drain(): stop claiming; in-flight calls finish (bounded by drainTimeoutMs) or are killed and answered with an
@@ -23,6 +26,7 @@ import type { EventHub } from '../events';
 import type { WorkerControl } from '../control/types';
 import type { HostFacts, PollHealth, WorkerState } from '../protocol/control';
 import type { Journal } from '../journal/journal';
+import type { ClaimGate } from '../host/health';
 import type { SessionCallOptions, SessionCalls } from '../tools/call-runner';
 import { sessionTools } from '../tools/runnable';
 import { TOOL_NAMES } from '../tools/schemas';
@@ -39,6 +43,8 @@ const DEFAULT_DRAIN_TIMEOUT_MS = 30_000;
 const POST_GRACE_MS = 5_000;
 const SUPERSEDE_WAIT_MS = 35_000;
 const FACTS_INTERVAL_MS = 10_000;
+/** How long a poll is held while claims are blocked before it is answered "no work" (the service's own block_ms cap). */
+const POLL_HOLD_MS = 1_000;
 const DEFAULT_STALL_CHECK_MS = 15_000;
 /** A finished call whose result is still unposted after this long was given up by the SDK's send loop. */
 const UNPOSTED_GRACE_MS = 120_000;
@@ -79,6 +85,9 @@ export interface WorkerOptions {
   onSessionEnd?: (sessionId: string) => void;
   /** Called by shutdown() after draining. */
   onExit?: (code: number) => void;
+  /** What may stop the worker from claiming new work (disk low, journal unwritable: host/health.ts); without it,
+   *  only the journal's health. While it blocks, the worker is `paused` and polls nothing. */
+  claimGate?: ClaimGate;
   /** The queue is the embedded dev queue (Try Locally): said in the host facts. */
   localQueue?: boolean;
 }
@@ -133,7 +142,7 @@ export class Worker implements WorkerControl {
       authToken: opts.environmentKey,
       baseURL: opts.baseUrl ?? opts.config.baseUrl ?? 'https://api.anthropic.com',
       maxRetries: opts.maxRetries ?? 4,
-      fetch: this.wire.fetch,
+      fetch: this.claimingFetch,
       logger: { debug: (...a) => sdkLog.debug(...a), info: (...a) => sdkLog.info(...a), warn: (...a) => sdkLog.warn(...a), error: (...a) => sdkLog.error(...a) },
       logLevel: opts.config.logLevel === 'debug' ? 'debug' : 'warn',
     });
@@ -142,6 +151,8 @@ export class Worker implements WorkerControl {
   // ---- WorkerControl -----------------------------------------------------------------------------------------------
 
   state(): WorkerState { return this.current; }
+
+  stateDetail(): string | undefined { return this.detail; }
 
   hostFacts(): HostFacts {
     const sandbox = this.opts.sandboxFacts();
@@ -205,7 +216,9 @@ export class Worker implements WorkerControl {
       workerId: this.workerId, signal: this.pollCtrl.signal, autoStop: false,
     });
     let code = 0;
+    const ungate = this.opts.claimGate?.onChange(() => this.claimGateChanged());
     try {
+      await this.waitForSlot();
       for await (const work of poller) {
         this.dispatch(work);
         await this.waitForSlot();
@@ -217,6 +230,7 @@ export class Worker implements WorkerControl {
         this.setState('error', `polling stopped: ${errorMessage(err)}`);
       }
     }
+    ungate?.();
     if (code !== 0) await this.releaseAll('the worker stopped polling after a fatal error');
     else await this.drain();
     if (this.factsTimer) clearInterval(this.factsTimer);
@@ -225,15 +239,59 @@ export class Worker implements WorkerControl {
     return code;
   }
 
+  /** Why no new work may be claimed right now, or null. */
+  private claimBlocked(): string | null {
+    if (this.opts.claimGate) return this.opts.claimGate.blocked();
+    return this.opts.journal.healthy ? null : 'the journal cannot be written; not claiming new work';
+  }
+
   private slotsFree(): boolean {
-    return this.handles.size < this.opts.config.concurrency && this.opts.journal.healthy;
+    return this.handles.size < this.opts.config.concurrency && this.claimBlocked() === null;
+  }
+
+  private claimGateChanged(): void {
+    const blocked = this.claimBlocked();
+    if (blocked && this.current === 'polling') this.setState('paused', blocked);
+    else if (!blocked && this.current === 'paused') this.setState('polling');
+    this.wakeSlotWaiters();
+  }
+
+  /** The SDK client's fetch. A poll claims work: while claims are blocked it is held (up to POLL_HOLD_MS, until they
+   *  are not) and then answered "no work" (204) without reaching the service, so the poller waits and asks again. */
+  private readonly claimingFetch = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    if (this.claimBlocked() !== null && new URL(requestUrl(input)).pathname.endsWith('/work/poll')) {
+      await this.claimUnblocked(POLL_HOLD_MS, init?.signal ?? undefined);
+      if (this.claimBlocked() !== null) {
+        this.claimGateChanged();
+        return new Response(null, { status: 204 });
+      }
+    }
+    return this.wire.fetch(input, init);
+  };
+
+  /** Resolves when claims are no longer blocked, after `ms`, or on abort, whichever comes first. */
+  private claimUnblocked(ms: number, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => { clearTimeout(timer); off?.(); signal?.removeEventListener('abort', done); resolve(); };
+      const timer = setTimeout(done, ms);
+      const off = this.opts.claimGate?.onChange(() => { if (this.claimBlocked() === null) done(); });
+      signal?.addEventListener('abort', done, { once: true });
+    });
   }
 
   private waitForSlot(): Promise<void> {
-    if (this.slotsFree() || this.pollCtrl.signal.aborted) return Promise.resolve();
-    if (!this.opts.journal.healthy) this.setState('error', 'the journal cannot be written; not claiming work');
+    if (this.pollCtrl.signal.aborted) return Promise.resolve();
+    if (this.slotsFree()) {
+      if (this.current === 'paused') this.setState('polling');
+      return Promise.resolve();
+    }
+    const blocked = this.claimBlocked();
+    if (blocked && (this.current === 'polling' || this.current === 'paused')) this.setState('paused', blocked);
     return new Promise((resolve) => {
-      const wake = () => resolve();
+      const wake = () => {
+        if (this.current === 'paused' && !this.pollCtrl.signal.aborted) this.setState('polling');
+        resolve();
+      };
       this.slotWaiters.push(wake);
       this.pollCtrl.signal.addEventListener('abort', wake, { once: true });
     });

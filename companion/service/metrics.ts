@@ -10,7 +10,7 @@
 import { statfsSync } from 'node:fs';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { EventHub, Observation, CallPhases } from '../events';
-import type { ControlEvent, ToolCallSummary, WorkerState } from '../protocol/control';
+import { WorkerState, type ControlEvent, type ToolCallSummary } from '../protocol/control';
 import { TOOL_NAMES } from '../tools/schemas';
 import { VERSION } from '../version';
 
@@ -71,7 +71,7 @@ export class CompanionMetrics {
     new Gauge({ name: 'perimeter_journal_healthy', help: '1 while the call journal can be written, 0 after a write failed (no work is claimed then).', registers: reg, collect() { this.set(status().journalHealthy ? 1 : 0); } });
     new Gauge({
       name: 'perimeter_worker_state', help: 'The worker state (1 for the current one).', labelNames: ['state'], registers: reg,
-      collect() { const now = status().workerState; this.reset(); for (const st of ['starting', 'polling', 'draining', 'stopped', 'error'] as const) this.set({ state: st }, st === now ? 1 : 0); },
+      collect() { const now = status().workerState; this.reset(); for (const st of WorkerState.options) this.set({ state: st }, st === now ? 1 : 0); },
     });
     const self = this;
     new Gauge({ name: 'perimeter_state_disk_free_bytes', help: 'Free bytes (for this user) on the filesystem of the state directory.', registers: reg, collect() { this.set(self.freeDiskBytes() ?? NaN); } });

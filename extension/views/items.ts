@@ -78,6 +78,7 @@ function hostIcon(h: HostEntry): string {
   if (h.connection === 'stopped') return 'circle-outline';
   switch (h.workerState) {
     case 'polling': return 'vm-running testing.iconPassed';
+    case 'paused': return 'warning list.warningForeground';
     case 'draining': return 'debug-pause list.warningForeground';
     case 'error': return 'error errorForeground';
     case 'stopped': return 'circle-outline';

@@ -111,6 +111,7 @@ export class PerimeterModel extends Disposable {
     const h = this.hosts.get(hostId);
     if (!h) return;
     h.workerState = hello.state;
+    h.workerDetail = hello.stateDetail ?? null;
     h.facts = hello.facts;
     this.changes.fire({ kind: 'host', hostId });
   }

@@ -22,9 +22,9 @@ export function parseExposition(text: string): Map<string, number> {
   return out;
 }
 
-async function startMetricsRuntime(dq: DevQueue, home: string, metrics: Record<string, unknown> = {}): Promise<{ runtime: Runtime; running: Promise<number>; base: string }> {
+async function startMetricsRuntime(dq: DevQueue, home: string, metrics: Record<string, unknown> = {}, settings: Record<string, unknown> = {}): Promise<{ runtime: Runtime; running: Promise<number>; base: string }> {
   setStderrLogging(process.env.PERIMETER_TEST_LOGS === '1');
-  const config = loadConfig({ home, sandbox: { driver: 'process' }, control: { enabled: false }, metrics: { enabled: true, listen: '127.0.0.1:0', ...metrics } }, {});
+  const config = loadConfig({ home, sandbox: { driver: 'process' }, control: { enabled: false }, metrics: { enabled: true, listen: '127.0.0.1:0', ...metrics }, ...settings }, {});
   const runtime = await assembleRuntime({ config, environmentId: dq.environmentId, environmentKey: dq.environmentKey, baseUrl: dq.baseUrl, control: false, maxIdleMs: 800 });
   const running = runtime.run();
   return { runtime, running, base: `http://${runtime.metricsServer!.address}` };
@@ -102,7 +102,7 @@ describe('metrics endpoint (process driver)', () => {
   });
 
   it('/healthz fails when the state directory\'s filesystem is below the free-space floor', async () => {
-    const { runtime, running, base } = await startMetricsRuntime(dq, home, { minFreeDiskMiB: 2 ** 40 });
+    const { runtime, running, base } = await startMetricsRuntime(dq, home, {}, { minFreeMiB: 2 ** 40 });
     try {
       const res = await fetch(`${base}/healthz`);
       assert.equal(res.status, 503);
