@@ -215,6 +215,7 @@ describe('history of a large journal', () => {
         const end = start + opts.limit;
         return { items: calls.slice(start, end), nextCursor: end < calls.length ? String(end) : null };
       },
+      hasSession: () => true,
       callOutput: () => null,
     };
   });
