@@ -24,6 +24,14 @@ describe('Perimeter on an SSH host', function () {
   let sshConfig: string;
   const cfg = () => vscode.workspace.getConfiguration('perimeter');
   const env = process.env;
+  /** The ssh_config for the test host; another port makes the host unreachable (an SSH outage). */
+  const writeConfig = (port: string) => writeFileSync(sshConfig, [
+    `Host ${ALIAS}`,
+    `  HostName ${env.SSH_TEST_HOST}`, `  Port ${port}`, `  User ${env.SSH_TEST_USER}`,
+    `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes',
+    `  UserKnownHostsFile ${env.SSH_TEST_KNOWN_HOSTS}`, '  StrictHostKeyChecking yes',
+    `  SetEnv PERIMETER_HOME=${remoteState}`, '',
+  ].join('\n'));
 
   before(async function () {
     if (!env.SSH_TEST_PORT) { this.skip(); return; }   // the Node-side runner always sets it; see test/extension/ssh.test.ts
@@ -31,13 +39,7 @@ describe('Perimeter on an SSH host', function () {
     const dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-sshcfg-'));
     sshConfig = path.join(dir, 'ssh_config');
     remoteState = path.join(dir, 'remote-state');
-    writeFileSync(sshConfig, [
-      `Host ${ALIAS}`,
-      `  HostName ${env.SSH_TEST_HOST}`, `  Port ${env.SSH_TEST_PORT}`, `  User ${env.SSH_TEST_USER}`,
-      `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes',
-      `  UserKnownHostsFile ${env.SSH_TEST_KNOWN_HOSTS}`, '  StrictHostKeyChecking yes',
-      `  SetEnv PERIMETER_HOME=${remoteState}`, '',
-    ].join('\n'));
+    writeConfig(env.SSH_TEST_PORT!);
     remoteDir = `.perimeter-test-${process.pid}-${Date.now()}`;
     await cfg().update('sandboxDriver', 'process', vscode.ConfigurationTarget.Global);
     await cfg().update('ssh.configFile', sshConfig, vscode.ConfigurationTarget.Global);
@@ -93,11 +95,31 @@ describe('Perimeter on an SSH host', function () {
     assert.equal(api.model.host(HOST_ID)!.restarts, 0);
   });
 
-  it('runs the doctor on the remote host', async () => {
-    const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean; detail: string }> }>('perimeter.runDoctor', HOST_ID);
+  it('after an SSH outage says "SSH connection lost" (no close code), and Reconnect attaches to the same worker', async () => {
+    const sup = api.registry.get(HOST_ID)!;
+    const host = sup.host as SshHost;
+    const remotePid = JSON.parse(readFileSync(path.join(remoteState, 'control.json'), 'utf8')).pid as number;
+    writeConfig('1');                     // SSH is down from here on; the remote worker is not
+    process.kill(host.tunnelPid!, 'SIGKILL');
+    await until(api, () => api.model.host(HOST_ID)!.problemKind === 'link' && /cannot reach/.test(api.model.host(HOST_ID)!.problem ?? ''));
+    const [notice] = api.notices.openNotices().filter((n) => n.hostId === HOST_ID);
+    assert.match(notice!.message, new RegExp(`SSH connection to ${ALIAS} lost`));
+    assert.doesNotMatch(notice!.message, /1006|Restart/);
+    writeConfig(env.SSH_TEST_PORT!);
+    assert.equal(await vscode.commands.executeCommand('perimeter.reconnect', HOST_ID), true);
+    assert.equal(api.model.host(HOST_ID)!.connection, 'connected');
+    assert.equal(api.model.host(HOST_ID)!.facts!.pid, remotePid, 'the same remote worker');
+    assert.equal(api.model.host(HOST_ID)!.restarts, 0, 'never restarted');
+    assert.deepEqual(api.notices.openNotices().filter((n) => n.hostId === HOST_ID), [], 'the toast went away');
+  });
+
+  it('runs the doctor on the remote host; its fixes name the companion as installed there', async () => {
+    const report = await vscode.commands.executeCommand<{ checks: Array<{ name: string; ok: boolean; detail: string; fix: string | null }> }>('perimeter.runDoctor', HOST_ID);
     const stateDir = report.checks.find((c) => c.name === 'state-dir');
     assert.ok(stateDir?.ok, JSON.stringify(report.checks));
     assert.ok(stateDir.detail.includes(remoteState), 'it checked the remote state directory');
+    const template = report.checks.find((c) => c.name === 'template')!;
+    assert.equal(template.fix, `node ~/${remoteDir}/bin/perimeter.js template build`, 'not `perimeter template build`: that is not on the remote PATH');
   });
 
   it('stops the remote worker', async () => {
