@@ -17,6 +17,7 @@ import { HostRegistry } from './hosts';
 import { registerWorkerCommands } from './commands/workerCommands';
 import { registerPersistCommands } from './commands/persistCommands';
 import { registerToolCommands } from './commands/toolCommands';
+import { registerTemplates } from './templates/templatesView';
 import { registerHostCommands, applyDoctorContext } from './commands/hostCommands';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
@@ -106,6 +107,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     ...registerHostCommands({ registry, output, doctorReports }),
     ...registerPersistCommands(registry, model),
     ...registerToolCommands(registry, model, output, log),
+    ...registerTemplates(context, model, (line) => log('This machine', line)),
   );
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:

@@ -62,11 +62,14 @@ export class CallRecorder {
     return stored;
   }
 
-  /** Journals a call as running and announces it; a journal that cannot be written answers the call with an error. */
-  start(sessionId: string, workId: string, toolUse: ToolUse): { ok: true; call: CallRecord } | { ok: false; result: CallResult } {
+  /** Journals a call as running and announces it; a journal that cannot be written answers the call with an error.
+   *  `template`: the template the session asked for (its placement then names it instead of the default). */
+  start(sessionId: string, workId: string, toolUse: ToolUse, template?: string): { ok: true; call: CallRecord } | { ok: false; result: CallResult } {
     let entry: CallEntry;
     try {
-      entry = this.journal.callStarted({ toolUseId: toolUse.id, sessionId, workId, name: toolUse.name, input: toolUse.input, ranOn: this.placement?.() });
+      const placement = this.placement?.();
+      const ranOn = placement && template ? { ...placement, template } : placement;
+      entry = this.journal.callStarted({ toolUseId: toolUse.id, sessionId, workId, name: toolUse.name, input: toolUse.input, ranOn });
     } catch (err) {
       return { ok: false, result: { text: this.hostPaths.scrub(`not run: ${errorMessage(err)}`), isError: true } };
     }

@@ -128,7 +128,7 @@ export class SessionCalls {
   }
 
   private async execute(toolUse: ToolUse, signal?: AbortSignal): Promise<CallResult> {
-    const started = this.runner.record.start(this.sessionId, this.workId, toolUse);
+    const started = this.runner.record.start(this.sessionId, this.workId, toolUse, this.template);
     if (!started.ok) return started.result;
     let outcome: CallOutcome;
     if (this.refuseReason) {

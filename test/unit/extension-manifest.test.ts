@@ -59,10 +59,10 @@ describe('extension manifest', () => {
     for (const x of c.commands as Array<{ command: string; title: string }>) assert.ok(table.includes(x.title), `${x.command} ("${x.title}") is listed`);
   });
 
-  it('contributes the panel, its three views and an icon that exists', () => {
+  it('contributes the panel, its four views and an icon that exists', () => {
     assert.equal(c.viewsContainers.activitybar[0].title, 'Perimeter');
     assert.ok(existsSync(path.join(root, c.viewsContainers.activitybar[0].icon)));
-    assert.deepEqual(c.views.perimeter.map((v: { name: string }) => v.name), ['Worker', 'Sessions', 'Persisted Files']);
+    assert.deepEqual(c.views.perimeter.map((v: { name: string }) => v.name), ['Worker', 'Sessions', 'Persisted Files', 'Templates']);
   });
 
   it('writes the environment key only to SecretStorage (V4)', () => {

@@ -159,7 +159,7 @@ describe('call orchestrator', () => {
       override async acquire(opts: AcquireOptions): Promise<Sandbox> {
         this.templates.push(opts.template);
         const sb = await super.acquire(opts);
-        await sb.putFiles([{ path: '/workspace/app/.keep', data: Buffer.alloc(0) }], []);
+        await sb.putFiles([{ path: '/workspace/app/.keep', data: Buffer.alloc(0), mode: 0o644 }], []);
         return Object.assign(sb, { profile: { env: { TEAM: 'platform', HOME: '/template-home' }, workdir: '/workspace/app' } });
       }
     })({ baseDir: dir });
