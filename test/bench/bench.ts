@@ -23,6 +23,7 @@ import { SHELL_BASE_ENV, shellArgv } from '../../companion/guest/ready-shell';
 import { setLogLevel } from '../../companion/log';
 import { persistSection } from './persist-bench';
 import { loadSection } from './load-bench';
+import { templateSection } from './template-bench';
 
 /** A section's results: flat values, or values keyed by a parameter (e.g. by the number of concurrent sessions). */
 export type Metrics = Record<string, number | string | boolean | Record<string, number>>;
@@ -85,8 +86,8 @@ async function restoreTimes(ctx: BenchContext, variants: Array<{ startEmulatorAh
   return times;
 }
 
-/** One restore and its three `echo hi`, timed into `t`. */
-async function restoreOnce(driver: QemuDriver, t: { ready: number[]; first: number[]; backToBack: number[]; next: number[] }): Promise<void> {
+/** One restore and its three `echo hi`, timed into `t`; `inspect` sees the clone before it is destroyed. */
+export async function restoreOnce(driver: QemuDriver, t: { ready: number[]; first: number[]; backToBack: number[]; next: number[] }, inspect?: (s: QemuSandbox) => void): Promise<void> {
   const t0 = now();
   const s = await driver.restore();
   t.ready.push(now() - t0);
@@ -100,6 +101,7 @@ async function restoreOnce(driver: QemuDriver, t: { ready: number[]; first: numb
   t1 = now();
   await s.exec(ECHO_HI);
   t.next.push(now() - t1);
+  inspect?.(s);
   await s.destroy();
   await new Promise((res) => setTimeout(res, 100)); // the QEMU started ahead is ready, as between real calls
 }
@@ -226,6 +228,7 @@ export const SECTIONS: Section[] = [
   },
   persistSection,
   loadSection,
+  templateSection,
 ];
 
 function arg(name: string): string | undefined {
