@@ -6,7 +6,7 @@
 // bar's Select Host works with a row focused; Remove Host stops the worker there and forgets the host.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
@@ -40,11 +40,12 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
   let wb: Workbench;
   let failures = 0;
 
-  const writeConfig = (port: string) => writeFileSync(sshConfig, [
+  /** Writes the ssh_config (replacing it at once, so an ssh never reads half of it); port 1: the host is unreachable. */
+  const writeConfig = (port: string) => { writeFileSync(`${sshConfig}.new`, [
     `Host ${ALIAS}`, `  HostName ${env.SSH_TEST_HOST}`, `  Port ${port}`, `  User ${env.SSH_TEST_USER}`,
     `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes', `  UserKnownHostsFile ${knownHosts}`, '  StrictHostKeyChecking yes',
     `  SetEnv PERIMETER_HOME=${remoteState}`, '',
-  ].join('\n'));
+  ].join('\n')); renameSync(`${sshConfig}.new`, sshConfig); };
   const remotePid = () => JSON.parse(readFileSync(path.join(remoteState, 'control.json'), 'utf8')).pid as number;
   const settingsText = () => ['User', 'Machine'].map((d) => { try { return readFileSync(path.join(profileRoot, 'ud', d, 'settings.json'), 'utf8'); } catch { return ''; } }).join('\n');
 
@@ -111,6 +112,11 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
     await wb.palette('Perimeter: Show Worker Log');
     await browser.page.locator('.part.panel .view-line', { hasText: `installing the companion` }).first().waitFor();
     await wb.sidebarLabel('This machine').waitFor();   // still listed beside the SSH host, idle
+    // With host rows in the tree (no welcome view any more), Try Locally and Connect Environment stay one click away.
+    const row = wb.sidebarRow(ALIAS).filter({ hasText: 'selected' });
+    await row.hover();
+    await row.locator('.action-label[aria-label="Try Locally"]').waitFor();
+    await row.locator('.action-label[aria-label="Connect Environment"]').waitFor();
   });
 
   it('runs a worker on the selected host; the status bar names it', async () => {
@@ -155,7 +161,11 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
   it('Remove Host stops the worker there when asked and forgets the host', async () => {
     const pid = remotePid();
     await wb.sidebarLabel(ALIAS).click({ button: 'right' });
-    await browser.page.locator('.context-view .action-label', { hasText: 'Remove Host' }).click();
+    // The context menu lists Remove Host last: move there with the keyboard (the menu ignores a click that lands while it opens).
+    await browser.page.locator('.context-view .action-label', { hasText: 'Remove Host' }).waitFor();
+    await browser.page.keyboard.press('ArrowUp');
+    await browser.page.locator('.context-view .action-item.focused', { hasText: 'Remove Host' }).waitFor();
+    await browser.page.keyboard.press('Enter');
     await wb.dialog(`remove ${ALIAS}?`).locator('a.monaco-button', { hasText: 'Stop Worker and Remove' }).click();
     await wb.sidebarLabel(ALIAS).waitFor({ state: 'detached' });
     assert.doesNotMatch(settingsText(), new RegExp(`"${ALIAS}"`), 'gone from perimeter.hosts');

@@ -7,7 +7,7 @@
 import * as vscode from 'vscode';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync, existsSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { PerimeterApi } from '../../../extension/extension';
@@ -24,14 +24,14 @@ describe('Perimeter on an SSH host', function () {
   let sshConfig: string;
   const cfg = () => vscode.workspace.getConfiguration('perimeter');
   const env = process.env;
-  /** The ssh_config for the test host; another port makes the host unreachable (an SSH outage). */
-  const writeConfig = (port: string) => writeFileSync(sshConfig, [
+  /** The ssh_config for the test host, replaced at once; another port makes the host unreachable (an SSH outage). */
+  const writeConfig = (port: string) => { writeFileSync(`${sshConfig}.new`, [
     `Host ${ALIAS}`,
     `  HostName ${env.SSH_TEST_HOST}`, `  Port ${port}`, `  User ${env.SSH_TEST_USER}`,
     `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes',
     `  UserKnownHostsFile ${env.SSH_TEST_KNOWN_HOSTS}`, '  StrictHostKeyChecking yes',
     `  SetEnv PERIMETER_HOME=${remoteState}`, '',
-  ].join('\n'));
+  ].join('\n')); renameSync(`${sshConfig}.new`, sshConfig); };
 
   before(async function () {
     if (!env.SSH_TEST_PORT) { this.skip(); return; }   // the Node-side runner always sets it; see test/extension/ssh.test.ts
