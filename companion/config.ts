@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readFileSync, existsSync } from 'node:fs';
 import { fatal } from './errors';
-import { Concurrency, LogLevel, SandboxDriver, WorkerLaunch } from './protocol/launch';
+import { Concurrency, LogLevel, SandboxDriver, VM_SIZES, WorkerLaunch } from './protocol/launch';
 
 export const SandboxMode = z.enum(['per-call', 'per-session']);
 
@@ -142,7 +142,13 @@ export function launchSettings(launch: WorkerLaunch): Omit<ConfigInput, 'home'> 
     environmentId: launch.queue.kind === 'environment' ? launch.queue.environmentId : undefined,
     concurrency: launch.concurrency,
     logLevel: launch.logLevel,
-    sandbox: { driver: launch.sandboxDriver },
+    sandbox: {
+      driver: launch.sandboxDriver,
+      ...(launch.sandbox?.mode ? { mode: launch.sandbox.mode } : {}),
+      ...(launch.sandbox?.poolSize !== undefined ? { poolSize: launch.sandbox.poolSize } : {}),
+      ...(launch.sandbox?.callTimeoutMs !== undefined ? { callTimeoutMs: launch.sandbox.callTimeoutMs } : {}),
+      ...(launch.sandbox?.vmSize ? VM_SIZES[launch.sandbox.vmSize] : {}),
+    },
     persist: { defaults: launch.persistDefaults },
     egress: { mode: launch.egressAllow.length ? 'allow' : 'none', allow: launch.egressAllow },
   };

@@ -6,6 +6,7 @@ import * as vscode from 'vscode';
 import { PerimeterModel } from './views/model';
 import { WorkerTree, SessionsTree, PersistTree } from './views/trees';
 import { statusBarText } from './views/statusText';
+import { withoutIsolation } from './views/items';
 import { NoticeBoard } from './views/noticeBoard';
 import { hostNotices } from './views/notices';
 import { DoctorReportProvider } from './documents/doctorProvider';
@@ -16,6 +17,13 @@ import { CALL_SCHEME } from './documents/callDocument';
 import { HostRegistry } from './hosts';
 import { registerWorkerCommands } from './commands/workerCommands';
 import { registerPersistCommands } from './commands/persistCommands';
+import { registerSessionCommands, restoreForgottenSessions } from './commands/sessionCommands';
+import { TranscriptProvider } from './documents/transcriptProvider';
+import { TRANSCRIPT_SCHEME } from './documents/transcript';
+import { PersistSource } from './persist/persistSource';
+import { PersistFileSystem } from './persist/persistFileSystem';
+import { PERSIST_SCHEME } from './persist/persistUri';
+import { OfflineHistory } from './history/offlineHistory';
 import { registerToolCommands } from './commands/toolCommands';
 import { registerTemplates } from './templates/templatesView';
 import { registerHostCommands, applyDoctorContext } from './commands/hostCommands';
@@ -23,7 +31,9 @@ import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
 import { toDisposable } from './common/lifecycle';
 
-const TICK_MS = 5_000;
+/** Running calls' durations tick every second; uptime, status and the stuck check every SLOW_TICKS seconds. */
+const TICK_MS = 1_000;
+const SLOW_TICKS = 5;
 const WORKER_LOG_CHANNEL = 'Perimeter Worker';
 
 export interface PerimeterApi {
@@ -37,6 +47,8 @@ export interface PerimeterApi {
   logFile: vscode.Uri;
   /** The host notifications on screen. */
   notices: NoticeBoard;
+  /** This machine's history read from its journal while no worker is connected there. */
+  history: OfflineHistory;
 }
 
 export function activate(context: vscode.ExtensionContext): PerimeterApi {
@@ -47,7 +59,12 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
 
   const workerTree = new WorkerTree(model, settings.stuckAfterMs, () => registry.selectedHostId());
   const sessionsTree = new SessionsTree(model, settings.stuckAfterMs);
-  const persistTree = new PersistTree(model, settings.stuckAfterMs);
+  const clientFor = (hostId: string) => registry.get(hostId)?.connection ?? null;
+  const persistSource = new PersistSource(clientFor);
+  const persistTree = new PersistTree(model, settings.stuckAfterMs, persistSource);
+  const transcripts = new TranscriptProvider(model, clientFor, settings.localHome);
+  const offlineHistory = new OfflineHistory(model, settings.localHome, (m) => log('This machine', m));
+  restoreForgottenSessions(context, model);
   const documents = new CallDocumentProvider(model, (hostId) => registry.get(hostId)?.connection ?? null);
 
   const doctorReports = new DoctorReportProvider();
@@ -74,20 +91,36 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   const announced = new Map<string, string>();
   const announceTrouble = () => {
     notices.update(hostNotices(model));
+    // A worker without VM isolation is said once per worker process (the status bar and the host's icon keep saying it).
+    for (const h of model.hostList().filter(withoutIsolation)) {
+      const key = `isolation:${h.hostId}:${h.facts!.pid}`;
+      if (announced.has(key)) continue;
+      announced.set(key, 'isolation');
+      void vscode.window.showWarningMessage(`Perimeter: the worker on ${h.label} runs tool calls WITHOUT VM isolation (sandbox driver "process"): they run as host processes with your user's rights.`, 'Sandbox Driver Setting')
+        .then((c) => { if (c) void vscode.commands.executeCommand('workbench.action.openSettings', 'perimeter.sandboxDriver'); });
+    }
     for (const s of model.stuckSessions(settings.stuckAfterMs())) {
       const key = `stuck:${s.hostId}:${s.summary.sessionId}`;
       if (announced.has(key)) continue;
       announced.set(key, 'stuck');
-      void vscode.window.showWarningMessage(`Perimeter: session ${s.summary.sessionId} on ${s.hostId} has shown no progress for a while (its worker still answers heartbeats).`);
+      const host = model.host(s.hostId)?.label ?? s.hostId;
+      const ref = { hostId: s.hostId, sessionId: s.summary.sessionId };
+      void vscode.window.showWarningMessage(`Perimeter: session "${s.summary.title || s.summary.sessionId}" on ${host} has shown no progress for a while (its worker still answers heartbeats).`, 'Open Transcript', 'Show Worker Log')
+        .then((c) => {
+          if (c === 'Open Transcript') void vscode.commands.executeCommand('perimeter.openTranscript', ref);
+          else if (c === 'Show Worker Log') void vscode.commands.executeCommand('perimeter.showWorkerLog', s.hostId);
+        });
     }
   };
 
   // Durations, uptime and the "stuck" flag depend on the clock: repaint them now and then (this reads only local
   // state; the companion is never polled).
+  let ticks = 0;
   const ticker = setInterval(() => {
     if (!model.hostList().some((h) => h.connection === 'connected')) return;
-    workerTree.refresh(); sessionsTree.refresh(); updateStatus(); announceTrouble();
+    if (++ticks % SLOW_TICKS === 0) { workerTree.refresh(); sessionsTree.refresh(); updateStatus(); announceTrouble(); } else if (sessionsTree.hasRunningCalls()) sessionsTree.refresh();
   }, TICK_MS);
+  const sessionsView = vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true });
 
   context.subscriptions.push(
     output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,
@@ -95,7 +128,14 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     model,
     model.onDidChange(() => { updateStatus(); announceTrouble(); }),
     vscode.window.createTreeView('perimeter.worker', { treeDataProvider: workerTree, showCollapseAll: false }),
-    vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true }),
+    sessionsView, transcripts,
+    // While no worker is connected here, this machine's history is read from its journal (read-only).
+    model.onDidChange((c) => { if (c.kind === 'host' && c.hostId === 'local' && model.host('local')?.connection !== 'connected') void offlineHistory.refresh(); }),
+    vscode.workspace.onDidChangeConfiguration((e) => { if (e.affectsConfiguration('perimeter.home')) void offlineHistory.refresh(); }),
+    vscode.workspace.registerFileSystemProvider(PERSIST_SCHEME, new PersistFileSystem(persistSource), { isReadonly: true, isCaseSensitive: true }),
+    vscode.workspace.registerTextDocumentContentProvider(TRANSCRIPT_SCHEME, transcripts),
+    ...registerSessionCommands(context, model, sessionsTree, sessionsView),
+    vscode.commands.registerCommand('perimeter.showGettingStarted', () => vscode.commands.executeCommand('workbench.action.openWalkthrough', `${context.extension.id}#perimeter.gettingStarted`, false)),
     vscode.window.createTreeView('perimeter.persist', { treeDataProvider: persistTree, showCollapseAll: true }),
     vscode.workspace.registerTextDocumentContentProvider(CALL_SCHEME, documents),
     doctorReports, notices,
@@ -105,19 +145,20 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     vscode.workspace.onDidChangeConfiguration((e) => { if (settings.affectsHosts(e)) registry.sync(true); }),
     ...registerWorkerCommands({ context, registry, output, doctorReports }),
     ...registerHostCommands({ registry, output, doctorReports }),
-    ...registerPersistCommands(registry, model),
+    ...registerPersistCommands(registry, model, persistSource, persistTree),
     ...registerToolCommands(registry, model, output, log),
     ...registerTemplates(context, model, (line) => log('This machine', line)),
   );
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:
   // attaching is harmless, but restarting on loss would start processes.
+  void offlineHistory.refresh();
   const whenTrusted = () => { void registry.attachAll(); void checkLocalHost(registry, log); };
   if (vscode.workspace.isTrusted) whenTrusted();
   else context.subscriptions.push(vscode.workspace.onDidGrantWorkspaceTrust(whenTrusted));
 
   const logFile = vscode.Uri.joinPath(context.logUri, `${WORKER_LOG_CHANNEL}.log`);
-  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile, notices };
+  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile, notices, history: offlineHistory };
 }
 
 /** Runs `perimeter doctor --json` on this machine once, so the welcome views can explain a missing KVM or template. */

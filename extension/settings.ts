@@ -5,6 +5,7 @@ import * as vscode from 'vscode';
 import os from 'node:os';
 import path from 'node:path';
 import type { WorkerSettings, SandboxDriverSetting, LogLevelSetting } from './launcher/workerHost';
+import type { VmSize } from '../companion/protocol/launch';
 
 const SECTION = 'perimeter';
 const cfg = () => vscode.workspace.getConfiguration(SECTION);
@@ -37,8 +38,17 @@ export function workerSettings(mode: WorkerSettings['mode']): WorkerSettings {
     egressAllow: c.get<string[]>('egress.allow') ?? [],
     logLevel: c.get<LogLevelSetting>('logLevel') ?? 'info',
     scenario: mode === 'localQueue' && scenario ? scenario : undefined,
+    sandbox: {
+      mode: c.get<'per-call' | 'per-session'>('sandboxMode') ?? 'per-call',
+      poolSize: c.get<number>('warmPoolSize') ?? 2,
+      callTimeoutMs: (c.get<number>('callTimeoutSeconds') ?? 120) * 1000,
+      vmSize: vmSize(),
+    },
   };
 }
+
+/** The VM size templates are built at and the worker is told (both from this one setting, so they always agree). */
+export function vmSize(): VmSize { return cfg().get<VmSize>('vmSize') ?? 'small'; }
 
 export function affectsHosts(e: vscode.ConfigurationChangeEvent): boolean {
   return ['hosts', 'ssh.configFile', 'ssh.remoteDirectory', 'home', 'nodePath'].some((k) => e.affectsConfiguration(`${SECTION}.${k}`));

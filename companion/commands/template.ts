@@ -16,6 +16,7 @@ import { imageRootfs } from '../sandbox/template/oci';
 import { currentHash, findNamedTemplate, listTemplates, nameTemplate, removeTemplate, type TemplateEntry } from '../sandbox/template/registry';
 import { formatBytes } from '../protocol/format';
 import { buildStage } from '../protocol/template';
+import { VM_SIZES, VmSize } from '../protocol/launch';
 
 const ACTIONS = ['build', 'check', 'ls', 'inspect', 'rm', 'schema'] as const;
 type Action = typeof ACTIONS[number];
@@ -34,6 +35,8 @@ export interface TemplateArgs {
   /** Make the built template the environment's default. */
   makeDefault: boolean;
   json: boolean;
+  /** The VM size of a built-in template (protocol/launch.ts VM_SIZES); a template file names its own. */
+  vmSize?: VmSize;
 }
 
 export function parseTemplateArgs(argv: string[]): TemplateArgs {
@@ -56,6 +59,7 @@ export function parseTemplateArgs(argv: string[]): TemplateArgs {
     else if (flag === '-f' || flag === '--file') out.file = value();
     else if (flag === '--from-image') out.image = value();
     else if (flag === '--name') out.name = value();
+    else if (flag === '--vm-size') { const v = VmSize.safeParse(value()); if (!v.success) throw new Error('--vm-size must be small, medium or large'); out.vmSize = v.data; }
     else if (flag === '--force') out.force = true;
     else if (flag === '--check') out.check = true;
     else if (flag === '--default') out.makeDefault = true;
@@ -143,8 +147,9 @@ export async function templateCommand(argv: string[], config: Config, print: (li
       const spec = loaded?.spec;
       const fromFile = !!args.file;
       const name = args.name ?? spec?.name ?? (args.image ? undefined : 'default');
-      const memoryMiB = fromFile ? spec!.memoryMiB : config.sandbox.memoryMiB;
-      const vcpus = fromFile ? spec!.vcpus : config.sandbox.vcpus;
+      const size = args.vmSize ? VM_SIZES[args.vmSize] : config.sandbox;
+      const memoryMiB = fromFile ? spec!.memoryMiB : size.memoryMiB;
+      const vcpus = fromFile ? spec!.vcpus : size.vcpus;
       const image = 'image' in rootfs ? rootfs.image : null;
       const env = { ...(image?.env ?? {}), ...(spec?.env ?? {}) };
       const workdir = spec && fromFile ? spec.workdir : image?.workdir;

@@ -20,6 +20,31 @@ export type SandboxDriver = z.infer<typeof SandboxDriver>;
 /** Sessions served at once. */
 export const Concurrency = z.number().int().min(1).max(64);
 
+/** A fresh VM per tool call, or one per session. */
+export const SandboxMode = z.enum(['per-call', 'per-session']);
+export type SandboxMode = z.infer<typeof SandboxMode>;
+
+/** Named VM sizes (vCPUs and memory): a template is built at one size, and the worker is told the same. */
+export const VmSize = z.enum(['small', 'medium', 'large']);
+export type VmSize = z.infer<typeof VmSize>;
+export const VM_SIZES: Record<VmSize, { vcpus: number; memoryMiB: number }> = {
+  small: { vcpus: 1, memoryMiB: 256 },
+  medium: { vcpus: 2, memoryMiB: 1024 },
+  large: { vcpus: 4, memoryMiB: 4096 },
+};
+
+/** The VM choices a launcher may make (each optional: the companion's configuration decides what is left out). */
+export const LaunchSandbox = z.object({
+  mode: SandboxMode.optional(),
+  /** VMs restored ahead of need. */
+  poolSize: z.number().int().min(0).max(64).optional(),
+  /** Host wall-clock cap per tool call (the VM is killed past it). */
+  callTimeoutMs: z.number().int().min(1000).max(3_600_000).optional(),
+  /** The VM size the template was built with (vCPUs and memory come from the template; the worker checks they match). */
+  vmSize: VmSize.optional(),
+}).strict();
+export type LaunchSandbox = z.infer<typeof LaunchSandbox>;
+
 /** The work queue a worker serves: a self_hosted environment, or the embedded dev queue playing a scenario. */
 export const LaunchQueue = z.discriminatedUnion('kind', [
   /** Without an id the companion takes ANTHROPIC_ENVIRONMENT_ID from its environment, or refuses to start. */
@@ -38,5 +63,6 @@ export const WorkerLaunch = z.object({
   persistDefaults: z.array(z.string().min(1)),
   /** Host names tool calls may reach; empty: no network. */
   egressAllow: z.array(z.string().min(1)),
+  sandbox: LaunchSandbox.optional(),
 }).strict();
 export type WorkerLaunch = z.infer<typeof WorkerLaunch>;

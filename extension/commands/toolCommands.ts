@@ -6,6 +6,8 @@ import type { HostRegistry } from '../hosts';
 import type { PerimeterModel } from '../views/model';
 import type { PerimeterNode } from '../views/trees';
 import { callUri } from '../documents/provider';
+import { callLabel } from '../views/items';
+import * as settings from '../settings';
 import { requireTrust } from './workerCommands';
 
 export function registerToolCommands(registry: HostRegistry, model: PerimeterModel, output: vscode.LogOutputChannel, log: (hostLabel: string, line: string) => void): vscode.Disposable[] {
@@ -18,7 +20,7 @@ export function registerToolCommands(registry: HostRegistry, model: PerimeterMod
       const r = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Perimeter: building the VM template on ${sup.host.label}`, cancellable: false },
         (progress) => sup.host.runCli('templateBuild', (text) => {
           for (const line of text.split('\n').filter((l) => l.trim())) { log(sup.host.label, line); progress.report({ message: line.slice(0, 120) }); }
-        }));
+        }, { vmSize: settings.vmSize() }));
       if (r.code === 0) {
         void vscode.window.showInformationMessage(`Perimeter: template built on ${sup.host.label}.`);
         await vscode.commands.executeCommand('setContext', 'perimeter.templateMissing', false);
@@ -31,7 +33,7 @@ export function registerToolCommands(registry: HostRegistry, model: PerimeterMod
     vscode.commands.registerCommand('perimeter.openCall', async (node?: PerimeterNode) => {
       if (!node || node.kind !== 'call') return undefined;
       const call = model.findCall(node.hostId, node.toolUseId);
-      const uri = callUri({ hostId: node.hostId, toolUseId: node.toolUseId }, call?.name ?? 'call');
+      const uri = callUri({ hostId: node.hostId, toolUseId: node.toolUseId }, call ? callLabel(call.name, call.input) : 'call');
       const doc = await vscode.workspace.openTextDocument(uri);
       await vscode.window.showTextDocument(doc, { preview: true, preserveFocus: false });
       return doc;

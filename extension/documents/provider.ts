@@ -9,8 +9,8 @@ import { Disposable, toDisposable } from '../common/lifecycle';
 
 const FOLLOW_MS = 150;
 
-export function callUri(ref: CallRef, toolName: string): vscode.Uri {
-  return vscode.Uri.from({ scheme: CALL_SCHEME, path: callUriPath(ref, toolName) });
+export function callUri(ref: CallRef, label: string): vscode.Uri {
+  return vscode.Uri.from({ scheme: CALL_SCHEME, path: callUriPath(ref, label) });
 }
 
 export class CallDocumentProvider extends Disposable implements vscode.TextDocumentContentProvider {

@@ -16,7 +16,7 @@ import { Emitter } from '../common/emitter';
 import { Disposable, toDisposable } from '../common/lifecycle';
 import { LogFollower, tailLines } from './logFollower';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep, type CliOptions,
   launchFor, parseEndpointFile, parseEnvironmentCheck, pidAlive, delay, runProgram, workerStartFailure,
 } from './workerHost';
 import type { EnvironmentCheck } from '../../companion/protocol/environment';
@@ -158,9 +158,10 @@ export class LocalHost extends Disposable implements WorkerHost {
     if (pidAlive(pid)) try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
   }
 
-  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
+  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void, opts: CliOptions = {}): Promise<CommandResult> {
     if (command === 'doctor') this.steps.fire({ step: 'checking', detail: 'checking this machine (Node, QEMU, KVM, template, disk)' });
-    const args = command === 'doctor' ? ['doctor', '--json', '--home', this.opts.home] : ['template', 'build', '--home', this.opts.home];
+    const args = command === 'doctor' ? ['doctor', '--json', '--home', this.opts.home]
+      : ['template', 'build', '--home', this.opts.home, ...(opts.vmSize ? ['--vm-size', opts.vmSize] : [])];
     return runProgram(this.opts.nodePath ?? process.execPath, [this.opts.bundle, ...args], {
       env: { ...process.env, ELECTRON_RUN_AS_NODE: '1' }, onOutput,
     });

@@ -100,7 +100,9 @@ const SCRIPTS = {
    *  letters, digits, "_" and "-", or the script refuses it); the key reaches the CLI through a pipe, as for a start. */
   checkEnvironment: 'IFS= read -r KEY; IFS= read -r ID; case "$ID" in ""|-*|*[!A-Za-z0-9_-]*) echo "refusing environment id" >&2; exit 2;; esac; ' +
     'printf "%s\\n" "$KEY" | node "$D/bin/perimeter.js" environment check --environment-id "$ID" --key-stdin --json --home "$H"; S=$?; KEY=; exit $S',
-  templateBuild: 'node "$D/bin/perimeter.js" template build --home "$H"',
+  /** Builds the template; the first stdin line names the VM size (small, medium or large; empty: the host's configuration). */
+  templateBuild: 'IFS= read -r S; case "$S" in "") set --;; small|medium|large) set -- --vm-size "$S";; *) echo "refusing VM size" >&2; exit 2;; esac; ' +
+    'node "$D/bin/perimeter.js" template build --home "$H" "$@"',
 } as const;
 
 export const REMOTE_SCRIPTS = Object.fromEntries(Object.entries(SCRIPTS).map(([name, body]) => [name, PRELUDE + body])) as Record<keyof typeof SCRIPTS, string>;

@@ -25,7 +25,7 @@ import { Disposable, toDisposable } from '../common/lifecycle';
 import { scriptArgs, tunnelArgs, resolveArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep, type CliOptions,
   HostUnreachableError, HostKeyError, launchFor, parseEndpointFile, parseEnvironmentCheck, delay, freePort, runProgram,
   lineSplitter, workerStartFailure,
 } from './workerHost';
@@ -258,10 +258,11 @@ export class SshHost extends Disposable implements WorkerHost {
     return (await this.ssh('log', undefined, 30_000)).stdout;
   }
 
-  async runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult> {
+  /** The VM size travels on stdin (the remote script accepts only a known size name). */
+  async runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void, opts: CliOptions = {}): Promise<CommandResult> {
     await this.ensureInstalled();
     if (command === 'doctor') this.steps.fire({ step: 'checking', detail: `checking ${this.label} (Node, QEMU, KVM, template, disk)` });
-    return this.ssh(command, undefined, 30 * 60_000, onOutput);
+    return this.ssh(command, command === 'templateBuild' ? `${opts.vmSize ?? ''}\n` : undefined, 30 * 60_000, onOutput);
   }
 
   /** The key and the ID travel on stdin (the remote script checks the ID's characters); nothing in argv. */

@@ -5,7 +5,7 @@
 import { spawn } from 'node:child_process';
 import net from 'node:net';
 import { ControlEndpointFile } from '../../companion/protocol/control';
-import { WorkerLaunch, type LogLevel, type SandboxDriver } from '../../companion/protocol/launch';
+import { WorkerLaunch, type LaunchSandbox, type LogLevel, type SandboxDriver, type VmSize } from '../../companion/protocol/launch';
 import { EnvironmentCheck } from '../../companion/protocol/environment';
 import type { IDisposable } from '../common/lifecycle';
 
@@ -23,6 +23,8 @@ export interface WorkerSettings {
   logLevel: LogLevelSetting;
   /** A scenario file for the local queue (this machine only); the bundled one when absent. */
   scenario?: string;
+  /** VM mode, warm pool size and call timeout (the companion's configuration decides what is left out). */
+  sandbox?: LaunchSandbox;
 }
 
 /**
@@ -40,6 +42,7 @@ export function launchFor(s: WorkerSettings, scenarioHere: boolean): WorkerLaunc
     sandboxDriver: s.driver,
     persistDefaults: list(s.persistDefaults),
     egressAllow: list(s.egressAllow),
+    ...(s.sandbox ? { sandbox: s.sandbox } : {}),
   } satisfies WorkerLaunch);
   if (!parsed.success) throw new Error(`invalid Perimeter settings: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
   return parsed.data;
@@ -62,6 +65,9 @@ export class HostKeyError extends HostUnreachableError {
 
 /** The steps of bringing a host up that a progress notification names. */
 export type HostStep = 'connecting' | 'installing' | 'checking' | 'starting';
+
+/** Choices of a CLI command: the VM size a template is built at. */
+export interface CliOptions { vmSize?: VmSize }
 
 /** Where a running worker's control API can be reached from this machine. */
 export interface ConnectTarget { port: number; token: string; pid: number; version: string }
@@ -88,7 +94,7 @@ export interface WorkerHost extends IDisposable {
   /** The last 200 lines of the worker's log file (`<home>/worker.log` on that machine). */
   logTail(): Promise<string>;
   /** Runs a companion CLI command (`doctor --json`, `template build`) on that machine. */
-  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void): Promise<CommandResult>;
+  runCli(command: 'doctor' | 'templateBuild', onOutput?: (text: string) => void, opts?: CliOptions): Promise<CommandResult>;
   /** Asks the API from that machine (its route, the companion's SDK) whether the environment ID and key are accepted. */
   checkEnvironment(environmentId: string, key: string): Promise<EnvironmentCheck>;
   /** Reports the step a longer operation (connect, install, check, start) is at. */

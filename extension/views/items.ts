@@ -2,7 +2,7 @@
 // The vscode TreeDataProviders (extension/views/trees.ts) only translate these into vscode.TreeItems, so everything a
 // user reads in the trees is unit-tested here without VS Code. contextValues are space-separated words that the
 // manifest's menus match with regexes (`viewItem =~ /\bhost\b/ && viewItem =~ /\brunning\b/`).
-import type { PersistState, ToolCallSummary } from '../../companion/protocol/control';
+import type { PersistGeneration, PersistState, ToolCallSummary } from '../../companion/protocol/control';
 import { formatBytes } from '../../companion/protocol/format';
 import type { HostEntry, SessionEntry } from './model';
 
@@ -70,10 +70,16 @@ export function hostStateLabel(h: HostEntry): string {
   }
 }
 
+/** A connected worker that runs tool calls as host processes (the `process` driver): no VM isolates them. */
+export function withoutIsolation(h: HostEntry): boolean {
+  return h.connection === 'connected' && h.facts?.driver === 'process';
+}
+
 function hostIcon(h: HostEntry): string {
   if (h.connection === 'failed') return h.problemKind === 'link' ? 'debug-disconnect errorForeground' : 'error errorForeground';
   if (h.connection === 'reconnecting') return 'sync~spin list.warningForeground';
   if (h.connection === 'connected' && pollTrouble(h)) return 'warning list.warningForeground';
+  if (withoutIsolation(h)) return 'unlock list.warningForeground';
   if (h.connection === 'starting') return 'loading~spin';
   if (h.connection === 'stopped') return 'circle-outline';
   switch (h.workerState) {
@@ -138,26 +144,62 @@ export function describeHostDetails(h: HostEntry, counts: { activeSessions: numb
 }
 
 // ---- Sessions view ------------------------------------------------------------------------------------------------
-export function describeSession(s: SessionEntry, stuck: boolean, multiHost: boolean): ItemDescriptor {
+/** How long ago `ms` was, compactly: `12s ago`, `5m ago`, `3h ago`, `2d ago`. */
+export function formatAge(ms: number): string {
+  const sec = Math.max(0, Math.floor(ms / 1000));
+  if (sec < 60) return `${sec}s ago`;
+  if (sec < 3600) return `${Math.floor(sec / 60)}m ago`;
+  if (sec < 86_400) return `${Math.floor(sec / 3600)}h ago`;
+  return `${Math.floor(sec / 86_400)}d ago`;
+}
+
+/** A local clock time (`14:03`), with the date when it is not today. */
+export function formatClock(ts: number, now: number): string {
+  const d = new Date(ts);
+  const hm = `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+  return d.toDateString() === new Date(now).toDateString() ? hm : `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')} ${hm}`;
+}
+
+const SESSION_STATE_LABEL: Record<SessionEntry['summary']['state'], string> = {
+  claimed: 'claimed', running: 'running', idle: 'turn ended', ended: 'ended', lost: 'lost',
+};
+export const sessionStateLabel = (state: SessionEntry['summary']['state']): string => SESSION_STATE_LABEL[state];
+
+/** A session row: its title (first prompt line or agent name; the id until one is known), state, calls, start time
+ *  and age. The id is in the tooltip and the Copy Session ID action. */
+export function describeSession(s: SessionEntry, stuck: boolean, multiHost: boolean, now: number = Date.now()): ItemDescriptor {
   const sum = s.summary;
+  const finished = sum.state === 'ended' || sum.state === 'lost';
   const icon = stuck ? 'watch list.warningForeground'
     : sum.state === 'running' ? 'sync~spin'
       : sum.state === 'claimed' ? 'inbox'
-        : sum.state === 'idle' ? 'debug-pause'
+        : sum.state === 'idle' ? 'check'
           : sum.state === 'lost' ? 'error errorForeground' : 'pass testing.iconPassed';
-  const parts: string[] = [stuck ? 'stuck? no progress' : sum.state, `${s.calls.size || sum.callCount} call${(s.calls.size || sum.callCount) === 1 ? '' : 's'}`];
+  const calls = s.calls.size || sum.callCount;
+  const parts: string[] = [stuck ? 'stuck? no progress' : SESSION_STATE_LABEL[sum.state], `${calls} call${calls === 1 ? '' : 's'}`,
+    `${formatClock(sum.claimedAt, now)} (${formatAge(now - sum.claimedAt)})`];
   // With several hosts, a session may have moved (its lease lapsed on one host, another claimed it): name the holder.
   if (multiHost) parts.push(sum.holder ? `${s.hostId}, held by ${sum.holder}` : s.hostId);
   return {
     id: `session:${s.hostId}:${sum.sessionId}`,
-    label: sum.sessionId,
+    label: sum.title || sum.sessionId,
     description: parts.join(' · '),
-    tooltip: [`session ${sum.sessionId}`, `state: ${sum.state}`, sum.lastError ? `last error: ${sum.lastError}` : null,
+    tooltip: [sum.title ?? null, `session ${sum.sessionId}`, `state: ${SESSION_STATE_LABEL[sum.state]}`, `claimed ${new Date(sum.claimedAt).toISOString()}`,
+      sum.endedAt ? `ended ${new Date(sum.endedAt).toISOString()}` : null, sum.lastError ? `last error: ${sum.lastError}` : null,
       stuck ? 'No event for a while although a call is in progress: the session may be stuck.' : null].filter(Boolean).join('\n'),
     icon,
-    contextValue: `session ${sum.state === 'ended' || sum.state === 'lost' ? 'ended' : 'active'}${stuck ? ' stuck' : ''}`,
-    collapsible: sum.state === 'ended' || sum.state === 'lost' ? 'collapsed' : 'expanded',
+    contextValue: `session ${finished ? 'ended' : 'active'}${stuck ? ' stuck' : ''}`,
+    collapsible: finished ? 'collapsed' : 'expanded',
   };
+}
+
+/** Whether a session matches the Sessions view's filter (its title, id, host or a call's label; case-insensitive). */
+export function sessionMatches(s: SessionEntry, filter: string, hostLabel: string): boolean {
+  const f = filter.trim().toLowerCase();
+  if (!f) return true;
+  const hay = [s.summary.title ?? '', s.summary.sessionId, s.hostId, hostLabel, s.summary.state];
+  for (const c of s.calls.values()) hay.push(callLabel(c.name, c.input));
+  return hay.some((x) => x.toLowerCase().includes(f));
 }
 
 /** A one-line summary of a tool call's input: the command, path or pattern it acts on. */
@@ -173,6 +215,12 @@ export function summarizeInput(name: string, input: unknown): string {
   }
   const line = text.split('\n')[0]!.trim();
   return line.length > 60 ? `${line.slice(0, 59)}…` : line;
+}
+
+/** A call as the Sessions view and its document's tab name it: the tool and what it acts on (`bash: make test`). */
+export function callLabel(name: string, input: unknown): string {
+  const summary = summarizeInput(name, input);
+  return summary ? `${name}: ${summary}` : name;
 }
 
 function callIcon(c: ToolCallSummary): string {
@@ -192,10 +240,9 @@ export function describeCall(hostId: string, c: ToolCallSummary, now: number): I
   const status = c.state === 'waiting_confirmation' ? 'waiting for confirmation' : c.isError && c.state !== 'failed' ? 'error' : c.state;
   const parts = [status, formatDuration(duration)];
   if (c.exitCode !== null && c.exitCode !== 0) parts.push(`exit ${c.exitCode}`);
-  const summary = summarizeInput(c.name, c.input);
   return {
     id: `call:${hostId}:${c.toolUseId}`,
-    label: summary ? `${c.name}: ${summary}` : c.name,
+    label: callLabel(c.name, c.input),
     description: parts.filter(Boolean).join(' · '),
     tooltip: `${c.name} (${c.toolUseId})\n${status}${c.outputPreview ? `\n\n${c.outputPreview.slice(0, 500)}` : ''}`,
     icon: callIcon(c),
@@ -205,11 +252,11 @@ export function describeCall(hostId: string, c: ToolCallSummary, now: number): I
 }
 
 // ---- Persisted Files view -----------------------------------------------------------------------------------------
-export function describePersistSession(hostId: string, sessionId: string, p: PersistState | undefined, multiHost: boolean): ItemDescriptor {
+export function describePersistSession(hostId: string, sessionId: string, p: PersistState | undefined, multiHost: boolean, title?: string | null): ItemDescriptor {
   const parts = p ? [`${p.patterns.length} path${p.patterns.length === 1 ? '' : 's'}`, `${p.files.length} file${p.files.length === 1 ? '' : 's'}`, formatBytes(p.totalBytes), `gen ${p.generation}`] : ['not loaded'];
   if (multiHost) parts.push(hostId);
   return {
-    id: `persist:${hostId}:${sessionId}`, label: sessionId, description: parts.join(' · '), icon: 'archive',
+    id: `persist:${hostId}:${sessionId}`, label: title || sessionId, description: parts.join(' · '), tooltip: `session ${sessionId}`, icon: 'archive',
     contextValue: 'persistSession', collapsible: 'expanded',
   };
 }
@@ -221,9 +268,30 @@ export function describePattern(hostId: string, sessionId: string, pattern: stri
   };
 }
 
-export function describePersistedFile(hostId: string, sessionId: string, f: { path: string; size: number }): ItemDescriptor {
+/** A persisted file; `generation` set: a file of an older generation (listed under it), else of the current one. */
+export function describePersistedFile(hostId: string, sessionId: string, f: { path: string; size: number; generation?: number }): ItemDescriptor {
+  const where = f.generation === undefined ? 'file' : `gen:${f.generation}:file`;
   return {
-    id: `persist:${hostId}:${sessionId}:file:${f.path}`, label: f.path, description: formatBytes(f.size), icon: 'file',
-    contextValue: 'persistFile', collapsible: 'none',
+    id: `persist:${hostId}:${sessionId}:${where}:${f.path}`, label: f.path, description: formatBytes(f.size), icon: 'file',
+    contextValue: f.generation === undefined ? 'persistFile' : 'persistFile generationFile', collapsible: 'none',
+  };
+}
+
+export function describeGenerations(hostId: string, sessionId: string, count: number | null): ItemDescriptor {
+  return {
+    id: `persist:${hostId}:${sessionId}:generations`, label: 'Generations', description: count === null ? '' : `${count} kept`,
+    tooltip: 'The kept generations of this session\'s persisted files (one per call that changed them). Open a file of one, compare it, or roll back to it.',
+    icon: 'history', contextValue: 'persistGenerations', collapsible: 'collapsed',
+  };
+}
+
+export function describeGeneration(hostId: string, sessionId: string, g: PersistGeneration, current: number, now: number): ItemDescriptor {
+  const isCurrent = g.generation === current;
+  const parts = [isCurrent ? 'current' : null, g.createdAt ? `${formatClock(g.createdAt, now)} (${formatAge(now - g.createdAt)})` : null,
+    `${g.fileCount} file${g.fileCount === 1 ? '' : 's'}`, formatBytes(g.totalBytes),
+    g.rolledBackFrom !== null ? `rollback to ${g.rolledBackFrom}` : null].filter(Boolean);
+  return {
+    id: `persist:${hostId}:${sessionId}:gen:${g.generation}`, label: `Generation ${g.generation}`, description: parts.join(' · '),
+    icon: isCurrent ? 'circle-filled' : 'circle-outline', contextValue: `persistGeneration${isCurrent ? ' current' : ''}`, collapsible: 'collapsed',
   };
 }

@@ -8,12 +8,14 @@
 //   `getCallOutput`.
 // - Changes are announced with targeted events (which host / session / call changed), never by polling.
 import type {
-  ControlEvent, HelloMessage, HostFacts, PersistState, SessionSummary, ToolCallSummary, WorkerState,
+  ControlEvent, HelloMessage, HostFacts, PersistState, SessionSummary, ToolCallSummary, TranscriptEntry, WorkerState,
 } from '../../companion/protocol/control';
 import { Emitter } from '../common/emitter';
 import { Disposable } from '../common/lifecycle';
 
 export const MAX_LIVE_OUTPUT = 1_000_000;
+/** Transcript entries kept per session (the oldest are dropped first). */
+export const MAX_TRANSCRIPT_ENTRIES = 5000;
 const KEEP_FINISHED_OUTPUTS = 20;
 
 /** How the extension is connected to a host's companion (orthogonal to the worker's own state). */
@@ -52,7 +54,8 @@ export type ModelChange =
   | { kind: 'host'; hostId: string }
   | { kind: 'sessions'; hostId: string }
   | { kind: 'session'; hostId: string; sessionId: string }
-  | { kind: 'persist'; hostId: string; sessionId: string };
+  | { kind: 'persist'; hostId: string; sessionId: string }
+  | { kind: 'transcript'; hostId: string; sessionId: string };
 
 export const sessionKey = (hostId: string, sessionId: string) => `${hostId}\u0000${sessionId}`;
 
@@ -61,6 +64,9 @@ export class PerimeterModel extends Disposable {
   private readonly sessions = new Map<string, SessionEntry>();
   private readonly persist = new Map<string, PersistState>();
   private readonly liveOutput = new Map<string, string>();
+  private readonly transcripts = new Map<string, TranscriptEntry[]>();
+  /** Sessions the user cleared from the history: not shown again when the journal is re-read. */
+  private readonly forgotten = new Set<string>();
   private readonly changes = this._register(new Emitter<ModelChange>());
   private readonly outputs = this._register(new Emitter<{ hostId: string; toolUseId: string }>());
   readonly onDidChange = this.changes.event;
@@ -163,6 +169,40 @@ export class PerimeterModel extends Disposable {
 
   persistOf(hostId: string, sessionId: string): PersistState | undefined { return this.persist.get(sessionKey(hostId, sessionId)); }
 
+  transcriptOf(hostId: string, sessionId: string): TranscriptEntry[] { return this.transcripts.get(sessionKey(hostId, sessionId)) ?? []; }
+
+  /** Replaces a session's transcript with one read in full (entries that arrived live meanwhile are kept once). */
+  loadTranscript(hostId: string, sessionId: string, entries: TranscriptEntry[]): void {
+    const key = sessionKey(hostId, sessionId);
+    const ids = new Set(entries.map((e) => ('eventId' in e ? e.eventId : undefined)).filter(Boolean));
+    const live = (this.transcripts.get(key) ?? []).filter((e) => 'eventId' in e && e.eventId && !ids.has(e.eventId));
+    this.transcripts.set(key, [...entries, ...live].slice(-MAX_TRANSCRIPT_ENTRIES));
+    this.changes.fire({ kind: 'transcript', hostId, sessionId });
+  }
+
+  /** Drops what is shown of a host's sessions (history read from another state directory); nothing is forgotten. */
+  clearSessions(hostId: string): void {
+    for (const [k, s] of this.sessions) {
+      if (s.hostId !== hostId) continue;
+      this.sessions.delete(k);
+      this.persist.delete(k);
+      this.transcripts.delete(k);
+    }
+    this.changes.fire({ kind: 'sessions', hostId });
+  }
+
+  /** Removes sessions from the views for good (Clear Finished History): a later journal read does not bring them back. */
+  forgetSessions(hostId: string, sessionIds: string[]): void {
+    for (const id of sessionIds) {
+      const key = sessionKey(hostId, id);
+      this.forgotten.add(key);
+      this.sessions.delete(key);
+      this.persist.delete(key);
+      this.transcripts.delete(key);
+    }
+    this.changes.fire({ kind: 'sessions', hostId });
+  }
+
   applyEvent(hostId: string, event: ControlEvent): void {
     const h = this.hosts.get(hostId);
     switch (event.type) {
@@ -203,15 +243,27 @@ export class PerimeterModel extends Disposable {
       case 'persist.changed':
         this.loadPersist(hostId, event.persist);
         return;
+      case 'session.transcript': {
+        const key = sessionKey(hostId, event.sessionId);
+        if (this.forgotten.has(key)) return;
+        const list = this.transcripts.get(key) ?? [];
+        const id = 'eventId' in event.entry ? event.entry.eventId : undefined;
+        if (id && list.some((e) => 'eventId' in e && e.eventId === id)) return;
+        list.push(event.entry);
+        if (list.length > MAX_TRANSCRIPT_ENTRIES) list.splice(0, list.length - MAX_TRANSCRIPT_ENTRIES);
+        this.transcripts.set(key, list);
+        this.changes.fire({ kind: 'transcript', hostId, sessionId: event.sessionId });
+        return;
+      }
       case 'egress.decision':
       case 'log':
-        return;   // shown in the worker log channel, not in the trees
+        return;   // shown in the worker log channel (egress decisions also in transcripts), not in the trees
     }
   }
 
   /**
-   * Sessions that look stuck: the session is active and its newest call has been running or waiting for a
-   * confirmation for longer than `thresholdMs` without any event. A live heartbeat does not clear this: liveness of
+   * Sessions that look stuck: the session is active and its newest call has been running for longer than
+   * `thresholdMs` without any event (one waiting for its confirmation waits for a person, not for the worker). A live heartbeat does not clear this: liveness of
    * the socket is not progress of the session.
    */
   stuckSessions(thresholdMs: number): SessionEntry[] {
@@ -221,7 +273,8 @@ export class PerimeterModel extends Disposable {
   isStuck(entry: SessionEntry, thresholdMs: number): boolean {
     if (entry.summary.state === 'ended' || entry.summary.state === 'lost') return false;
     const newest = this.callList(entry.hostId, entry.summary.sessionId)[0];
-    if (!newest || (newest.state !== 'running' && newest.state !== 'waiting_confirmation')) return false;
+    // A call waiting for its confirmation waits for a person, not for the worker: that is not "stuck".
+    if (!newest || newest.state !== 'running') return false;
     return this.now() - entry.lastActivityAt > thresholdMs;
   }
 
@@ -253,6 +306,7 @@ export class PerimeterModel extends Disposable {
 
   private upsertSession(hostId: string, summary: SessionSummary, announce: boolean, keepSummary = false): SessionEntry {
     const key = sessionKey(hostId, summary.sessionId);
+    if (this.forgotten.has(key)) return { hostId, summary, calls: new Map(), lastActivityAt: this.now() };
     let s = this.sessions.get(key);
     const isNew = !s;
     if (!s) {

@@ -5,9 +5,12 @@
 import * as vscode from 'vscode';
 import type { PerimeterModel, ModelChange } from './model';
 import {
-  type ItemDescriptor, describeHost, describeHostDetails, describeSession, describeCall, describePersistSession,
-  describePattern, describePersistedFile,
+  type ItemDescriptor, callLabel, describeHost, describeHostDetails, describeSession, describeCall, describePersistSession,
+  describePattern, describePersistedFile, describeGenerations, describeGeneration, sessionMatches,
 } from './items';
+import type { PersistEntry, PersistGeneration } from '../../companion/protocol/control';
+import { PERSIST_SCHEME, persistUriPath } from '../persist/persistUri';
+import type { PersistSource } from '../persist/persistSource';
 import { callUri } from '../documents/provider';
 import { Disposable } from '../common/lifecycle';
 
@@ -18,7 +21,15 @@ export type PerimeterNode =
   | { kind: 'call'; hostId: string; sessionId: string; toolUseId: string }
   | { kind: 'persistSession'; hostId: string; sessionId: string }
   | { kind: 'pattern'; hostId: string; sessionId: string; pattern: string }
-  | { kind: 'file'; hostId: string; sessionId: string; path: string; size: number };
+  | { kind: 'file'; hostId: string; sessionId: string; path: string; size: number; generation?: number }
+  | { kind: 'generations'; hostId: string; sessionId: string }
+  | { kind: 'generation'; hostId: string; sessionId: string; generation: number }
+  | { kind: 'message'; id: string; text: string };
+
+/** The address of a persisted file node (its generation's, or the current one's). */
+export function persistFileUri(node: Extract<PerimeterNode, { kind: 'file' }>, current: number): vscode.Uri {
+  return vscode.Uri.from({ scheme: PERSIST_SCHEME, path: persistUriPath({ hostId: node.hostId, sessionId: node.sessionId, generation: node.generation ?? current, guestPath: node.path }) });
+}
 
 export function toTreeItem(d: ItemDescriptor): vscode.TreeItem {
   const item = new vscode.TreeItem(d.label, d.collapsible === 'none' ? vscode.TreeItemCollapsibleState.None
@@ -83,8 +94,16 @@ export class WorkerTree extends BaseTree {
 }
 
 export class SessionsTree extends BaseTree {
+  private filterText = '';
+  get filter(): string { return this.filterText; }
+  /** Shows only sessions whose title, id, host or a call's label contains `text` (empty: all). */
+  setFilter(text: string): void { this.filterText = text.trim(); this.changed.fire(undefined); }
+  /** Whether a call is running or waiting in a listed session (its duration then ticks every second). */
+  hasRunningCalls(): boolean {
+    return this.model.sessionList().some((s) => [...s.calls.values()].some((c) => c.state === 'running' || c.state === 'waiting_confirmation'));
+  }
   protected override onModelChange(c: ModelChange): void {
-    if (c.kind === 'persist') return;
+    if (c.kind === 'persist' || c.kind === 'transcript') return;
     if (c.kind === 'session') {
       // A targeted refresh of one session's node (its calls are its children).
       this.changed.fire({ kind: 'session', hostId: c.hostId, sessionId: c.sessionId });
@@ -93,21 +112,25 @@ export class SessionsTree extends BaseTree {
     this.changed.fire(undefined);
   }
   getChildren(node?: PerimeterNode): PerimeterNode[] {
-    if (!node) return this.model.sessionList().map((s) => ({ kind: 'session', hostId: s.hostId, sessionId: s.summary.sessionId }));
+    if (!node) {
+      return this.model.sessionList()
+        .filter((s) => sessionMatches(s, this.filterText, this.model.host(s.hostId)?.label ?? s.hostId))
+        .map((s) => ({ kind: 'session', hostId: s.hostId, sessionId: s.summary.sessionId }));
+    }
     if (node.kind !== 'session') return [];
     return this.model.callList(node.hostId, node.sessionId).map((c) => ({ kind: 'call', hostId: node.hostId, sessionId: node.sessionId, toolUseId: c.toolUseId }));
   }
   getTreeItem(node: PerimeterNode): vscode.TreeItem {
     if (node.kind === 'session') {
       const s = this.model.session(node.hostId, node.sessionId);
-      return s ? toTreeItem(describeSession(s, this.model.isStuck(s, this.stuckAfterMs()), this.multiHost)) : new vscode.TreeItem(node.sessionId);
+      return s ? toTreeItem(describeSession(s, this.model.isStuck(s, this.stuckAfterMs()), this.multiHost, Date.now())) : new vscode.TreeItem(node.sessionId);
     }
     if (node.kind === 'call') {
       const c = this.model.findCall(node.hostId, node.toolUseId);
       if (!c) return new vscode.TreeItem(node.toolUseId);
       const item = toTreeItem(describeCall(node.hostId, c, Date.now()));
       item.command = { command: 'perimeter.openCall', title: 'Open Call Output', arguments: [node] };
-      item.resourceUri = callUri({ hostId: node.hostId, toolUseId: c.toolUseId }, c.name);
+      item.resourceUri = callUri({ hostId: node.hostId, toolUseId: c.toolUseId }, callLabel(c.name, c.input));
       return item;
     }
     return new vscode.TreeItem('?');
@@ -117,30 +140,105 @@ export class SessionsTree extends BaseTree {
   }
 }
 
+/**
+ * Persisted Files: per session its persisted paths, its current files (click: open; context: compare, export) and its
+ * kept generations, each listing its files (context: roll back). Generations and their files are read through the
+ * control API when first expanded and kept until the session's persisted files change.
+ */
 export class PersistTree extends BaseTree {
+  private readonly generationLists = new Map<string, { current: number; generations: PersistGeneration[] } | { error: string } | 'loading'>();
+  private readonly generationFiles = new Map<string, PersistEntry[] | { error: string } | 'loading'>();
+
+  constructor(model: PerimeterModel, stuckAfterMs: () => number, private readonly source?: PersistSource) { super(model, stuckAfterMs); }
+
   protected override onModelChange(c: ModelChange): void {
+    if (c.kind === 'persist') this.forget(c.hostId, c.sessionId);
+    if (c.kind === 'host') for (const k of [...this.generationLists.keys()]) if (k.startsWith(`${c.hostId}\u0000`)) this.generationLists.delete(k);
     if (c.kind === 'persist' || c.kind === 'sessions' || c.kind === 'host') this.changed.fire(undefined);
   }
+
+  /** Drops what was read of a session's generations (after a commit or rollback). */
+  forget(hostId: string, sessionId: string): void {
+    const prefix = `${hostId}\u0000${sessionId}`;
+    for (const k of [...this.generationLists.keys()]) if (k === prefix) this.generationLists.delete(k);
+    for (const k of [...this.generationFiles.keys()]) if (k.startsWith(`${prefix}\u0000`)) this.generationFiles.delete(k);
+  }
+
+  /** The kept generations as last read (null until read). */
+  generationsOf(hostId: string, sessionId: string): { current: number; generations: PersistGeneration[] } | null {
+    const g = this.generationLists.get(`${hostId}\u0000${sessionId}`);
+    return g && typeof g === 'object' && 'generations' in g ? g : null;
+  }
+
   getChildren(node?: PerimeterNode): PerimeterNode[] {
     if (!node) {
       return this.model.sessionList()
         .filter((s) => this.model.persistOf(s.hostId, s.summary.sessionId) || (s.summary.state !== 'ended' && s.summary.state !== 'lost'))
         .map((s) => ({ kind: 'persistSession', hostId: s.hostId, sessionId: s.summary.sessionId }));
     }
-    if (node.kind !== 'persistSession') return [];
-    const p = this.model.persistOf(node.hostId, node.sessionId);
-    if (!p) return [];
-    return [
-      ...p.patterns.map((pattern): PerimeterNode => ({ kind: 'pattern', hostId: node.hostId, sessionId: node.sessionId, pattern })),
-      ...p.files.map((f): PerimeterNode => ({ kind: 'file', hostId: node.hostId, sessionId: node.sessionId, path: f.path, size: f.size })),
-    ];
+    const { hostId } = node as { hostId: string };
+    switch (node.kind) {
+      case 'persistSession': {
+        const p = this.model.persistOf(node.hostId, node.sessionId);
+        if (!p) return [];
+        return [
+          ...p.patterns.map((pattern): PerimeterNode => ({ kind: 'pattern', hostId, sessionId: node.sessionId, pattern })),
+          ...p.files.map((f): PerimeterNode => ({ kind: 'file', hostId, sessionId: node.sessionId, path: f.path, size: f.size })),
+          ...(this.source && p.generation > 0 ? [{ kind: 'generations', hostId, sessionId: node.sessionId } as PerimeterNode] : []),
+        ];
+      }
+      case 'generations': {
+        const key = `${hostId}\u0000${node.sessionId}`;
+        const list = this.generationLists.get(key);
+        if (list === undefined) { this.load(this.generationLists, key, () => this.source!.generations(hostId, node.sessionId)); return [this.message(key, 'reading the kept generations…')]; }
+        if (list === 'loading') return [this.message(key, 'reading the kept generations…')];
+        if ('error' in list) return [this.message(key, list.error)];
+        return list.generations.map((g): PerimeterNode => ({ kind: 'generation', hostId, sessionId: node.sessionId, generation: g.generation }));
+      }
+      case 'generation': {
+        const key = `${hostId}\u0000${node.sessionId}\u0000${node.generation}`;
+        const files = this.generationFiles.get(key);
+        const read = async () => [...(await this.source!.index(hostId, node.sessionId, node.generation)).entries.values()].filter((e) => e.type === 'file');
+        if (files === undefined) { this.load(this.generationFiles, key, read); return [this.message(key, 'reading its files…')]; }
+        if (files === 'loading') return [this.message(key, 'reading its files…')];
+        if ('error' in files) return [this.message(key, files.error)];
+        return files.map((f): PerimeterNode => ({ kind: 'file', hostId, sessionId: node.sessionId, path: f.path, size: f.size, generation: node.generation }));
+      }
+      default: return [];
+    }
   }
+
   getTreeItem(node: PerimeterNode): vscode.TreeItem {
     switch (node.kind) {
-      case 'persistSession': return toTreeItem(describePersistSession(node.hostId, node.sessionId, this.model.persistOf(node.hostId, node.sessionId), this.multiHost));
+      case 'persistSession': return toTreeItem(describePersistSession(node.hostId, node.sessionId, this.model.persistOf(node.hostId, node.sessionId), this.multiHost,
+        this.model.session(node.hostId, node.sessionId)?.summary.title));
       case 'pattern': return toTreeItem(describePattern(node.hostId, node.sessionId, node.pattern));
-      case 'file': return toTreeItem(describePersistedFile(node.hostId, node.sessionId, node));
+      case 'file': {
+        const item = toTreeItem(describePersistedFile(node.hostId, node.sessionId, node));
+        const current = this.model.persistOf(node.hostId, node.sessionId)?.generation ?? 0;
+        item.resourceUri = persistFileUri(node, current);
+        item.command = { command: 'perimeter.openPersistedFile', title: 'Open Persisted File', arguments: [node] };
+        return item;
+      }
+      case 'generations': return toTreeItem(describeGenerations(node.hostId, node.sessionId, this.generationsOf(node.hostId, node.sessionId)?.generations.length ?? null));
+      case 'generation': {
+        const list = this.generationsOf(node.hostId, node.sessionId);
+        const g = list?.generations.find((x) => x.generation === node.generation);
+        return g ? toTreeItem(describeGeneration(node.hostId, node.sessionId, g, list!.current, Date.now())) : new vscode.TreeItem(`Generation ${node.generation}`);
+      }
+      case 'message': {
+        const item = new vscode.TreeItem(node.text);
+        item.id = node.id;
+        return item;
+      }
       default: return new vscode.TreeItem('?');
     }
+  }
+
+  private message(key: string, text: string): PerimeterNode { return { kind: 'message', id: `persist:msg:${key}`, text }; }
+
+  private load<T>(cache: Map<string, T | { error: string } | 'loading'>, key: string, read: () => Promise<T>): void {
+    cache.set(key, 'loading');
+    read().then((v) => cache.set(key, v), (err: Error) => cache.set(key, { error: err.message })).finally(() => this.changed.fire(undefined));
   }
 }

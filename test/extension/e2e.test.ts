@@ -3,7 +3,7 @@
 // palette, watch the session and its calls appear, add a persisted path through the input box, open a call's output
 // document, stop the worker, build a template (its failure path), pick a host. The companion is the real dist/perimeter.js with its dev queue and the process sandbox
 // driver; the extension is installed from the packaged .vsix (PERIMETER_E2E_MODE=dev loads the source folder).
-// Saves media/screenshot-panel.png (shown in the README); failures save test-results/e2e-fail-<n>.png.
+// Failures save test-results/e2e-fail-<n>.png (the README's panel picture comes from e2e-sessions.test.ts).
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -116,7 +116,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await palette('Perimeter: Try Locally');
     await sidebarLabel('This machine').waitFor();
     await sidebarRow('Sandbox driver').filter({ hasText: 'process' }).waitFor();
-    await sidebarLabel('sesn_local_').first().waitFor();
+    await sidebarLabel('Check the e2e workspace').first().waitFor();
     await page.locator('.statusbar-item', { hasText: 'Perimeter: This machine · polling' }).waitFor();
   });
 
@@ -136,28 +136,18 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await call.waitFor();
     await sidebarRow('bash: for i in').filter({ hasText: 'done' }).waitFor();
     await call.click();
-    await page.locator('.part.editor .tab', { hasText: 'bash.log' }).waitFor();
+    await page.locator('.part.editor .tab', { hasText: 'bash: for i in' }).waitFor();   // the call's label, not the tool's name
     await page.locator('.part.editor .view-line', { hasText: 'all-done' }).first().waitFor();
     await page.locator('.part.editor .view-line', { hasText: '## input' }).first().waitFor();
     const labels = await page.locator('.part.sidebar .monaco-list-row .label-name').allTextContents();
     const calls = labels.filter((l) => /^(bash|read|write):/.test(l));
     assert.equal(calls[0], 'bash: for i in $(seq 1 5); do echo line-$i; done; echo all-done', `newest first: ${calls.join(' | ')}`);
-    // Widen the side bar so the screenshot shows whole labels (drag the sash between side bar and editor).
-    const bar = await page.locator('.part.sidebar').boundingBox();
-    if (bar) {
-      await page.mouse.move(bar.x + bar.width + 1, bar.y + 200);
-      await page.mouse.down();
-      await page.mouse.move(bar.x + 560, bar.y + 200, { steps: 5 });
-      await page.mouse.up();
-    }
-    await page.mouse.move(900, 700);
-    await page.screenshot({ path: path.join(root, 'media/screenshot-panel.png') });
   });
 
   it('"Perimeter: Stop Worker" stops it and the sessions stay listed', async () => {
     await palette('Perimeter: Stop Worker');
     await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).waitFor();
-    await sidebarLabel('sesn_local_').first().waitFor();
+    await sidebarLabel('Check the e2e workspace').first().waitFor();
   });
 
   it('"Connect Environment" keeps the key in secret storage; "Start Worker" serves the environment with the key on stdin only', async () => {
@@ -172,7 +162,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await page.keyboard.press('Enter');
     await page.locator('.notifications-toasts .notification-toast', { hasText: `environment ${queue.environmentId} connected` }).waitFor();
     await palette('Perimeter: Start Worker');
-    await sidebarLabel(queue.session).first().waitFor();
+    await sidebarLabel('Say hello from the environment').first().waitFor();
     await sidebarLabel('bash: echo hello-from-the-environment').waitFor();
     // The worker process got the key on stdin: not in its command line, not in its environment.
     const pid = JSON.parse(readFileSync(path.join(home, 'control.json'), 'utf8')).pid as number;
@@ -194,7 +184,7 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await page.locator('.part.sidebar .composite.title', { hasText: 'Explorer' }).waitFor();
     await page.locator('.statusbar-item', { hasText: 'Perimeter: stopped' }).click();
     await page.locator('.part.sidebar .composite.title', { hasText: 'Perimeter' }).waitFor();
-    await sidebarLabel('sesn_local_').first().waitFor();
+    await sidebarLabel('Check the e2e workspace').first().waitFor();
   });
 
   it('"Perimeter: Build Template" reports a failed build with its reason and a way to the log', async () => {

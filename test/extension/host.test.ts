@@ -13,8 +13,13 @@ describe('extension host (code-server 4.100.3 via @vscode/test-electron runTests
     assert.ok(r.passed >= 10, `expected the whole suite to run, got ${JSON.stringify(r)}`);
   });
 
-  it('refuses to start a worker in Restricted Mode (untrusted workspace)', async () => {
+  it('refuses to start a worker in Restricted Mode (untrusted workspace), and shows the journal\'s history there', async () => {
     const r = await runHostSuites('restricted', { EXT_TEST_WORKSPACE_TRUST: '1' });
-    assert.deepEqual(r, { passed: 1, failed: 0, skipped: 0 });
+    assert.deepEqual(r, { passed: 2, failed: 0, skipped: 0 });
+  });
+
+  it('passes the sessions suite: persisted files as files, compare, export, roll back, transcript, filter, clear history', async () => {
+    const r = await runHostSuites('sessions');
+    assert.deepEqual(r, { passed: 6, failed: 0, skipped: 0 });
   });
 });

@@ -44,6 +44,7 @@ describe('control API: transcripts and persisted-file history', () => {
     server = await startControlServer({ home, hub, worker, journal, transcripts, ...(withStore ? { persistence, persistHistory: persistence } : {}) });
     client = new ControlClient({ port: server.endpoint.port, token: server.endpoint.token });
     await client.connect();
+    journal.updateSession('sesn_1', { workId: 'w1', state: 'running' });   // a session this companion served
   }
 
   beforeEach(() => { home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-ctl-hist-')); });
@@ -56,7 +57,7 @@ describe('control API: transcripts and persisted-file history', () => {
     assert.deepEqual(first.items.map((e) => (e.kind === 'agent' ? e.text : e.kind)), ['message 0', 'message 1', 'message 2']);
     const rest = await client.request('getTranscript', { sessionId: 'sesn_1', limit: 3, cursor: first.nextCursor });
     assert.deepEqual([rest.items.length, rest.nextCursor], [2, null]);
-    assert.deepEqual((await client.request('getTranscript', { sessionId: 'sesn_none' })).items, []);
+    await assert.rejects(client.request('getTranscript', { sessionId: 'sesn_none' }), (err: unknown) => err instanceof ControlRequestError && err.code === 'not_found');
   });
 
   it('lists generations and entries, reads a file in ranges, rolls back, and names unknown ones not_found', async () => {

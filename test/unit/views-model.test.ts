@@ -9,7 +9,7 @@ import type { ControlEvent, HelloMessage } from '../../companion/protocol/contro
 import { facts, session, call } from './control-fixtures';
 
 function hello(state: HelloMessage['state'] = 'polling'): HelloMessage {
-  return { type: 'hello', protocol: 1, version: '0.1.0', state, facts: facts({ startedAt: 0 }), serverTime: 0 };
+  return { type: 'hello', protocol: 1, version: '0.1.0', state, facts: facts({ startedAt: 0, driver: 'qemu', accel: 'kvm' }), serverTime: 0 };
 }
 
 describe('view model', () => {
@@ -144,13 +144,13 @@ describe('tree item descriptors', () => {
     const rows = describeHostDetails(h, { activeSessions: 1, runningCalls: 2 }, 70_000);
     const byKey = Object.fromEntries(rows.map((r) => [r.id.split(':').pop(), r.description]));
     assert.equal(byKey.uptime, '1m 10s');
-    assert.equal(byKey.driver, 'process');
+    assert.equal(byKey.driver, 'qemu');
     assert.equal(byKey.concurrency, '2');
     assert.match(byKey.queue!, /1 active session, 2 running calls/);
     assert.equal(byKey.sandbox, undefined, 'no sandbox row while the sandbox is ready');
     m.applyEvent('local', { type: 'host.facts', facts: { ...hello().facts, sandboxNote: 'remaking the template snapshot for QEMU 9: boot: starting the template VM' } });
     const remaking = describeHostDetails(h, { activeSessions: 0, runningCalls: 0 }, 70_000);
-    assert.deepEqual(remaking.slice(2, 4).map((r) => [r.label, r.description]), [['Sandbox driver', 'process'], ['Sandbox', 'remaking the template snapshot for QEMU 9: boot: starting the template VM']]);
+    assert.deepEqual(remaking.slice(2, 4).map((r) => [r.label, r.description]), [['Sandbox driver', 'qemu'], ['Sandbox', 'remaking the template snapshot for QEMU 9: boot: starting the template VM']]);
     m.setConnection('local', 'reconnecting', 'SSH tunnel closed');
     assert.match(describeHost(h).description!, /reconnecting · SSH tunnel closed/);
   });
@@ -259,7 +259,7 @@ describe('call documents', () => {
     const p = callUriPath({ hostId: 'ssh:user@box', toolUseId: 'toolu_01/x' }, 'bash');
     assert.deepEqual(parseCallUriPath(p), { hostId: 'ssh:user@box', toolUseId: 'toolu_01/x' });
     assert.equal(parseCallUriPath('/a/b'), null);
-    assert.equal(parseCallUriPath('/a/b/c.txt'), null);
+    assert.equal(parseCallUriPath('/a/b/c/d'), null);
   });
 
   it('shows input and output, and says when it follows live output', () => {

@@ -1,7 +1,7 @@
 // Mocha runner loaded by the VS Code extension host (extensionTestsPath = dist/test/suite/index.js, bundled by
 // scripts/build.mjs with `mocha` and `vscode` external). Exports run(): it resolves when every test passed and rejects
 // otherwise, which the host turns into its exit code. PERIMETER_EXT_SUITES (comma-separated: integration, ssh,
-// restricted, template) selects the suites (default: integration,ssh; restricted needs Workspace Trust on; template
+// restricted, sessions, template) selects the suites (default: integration,ssh; restricted needs Workspace Trust on; template
 // needs the extension installed from the .vsix, see test/extension/template.test.ts).
 // PERIMETER_EXT_RESULT_FILE, when set, receives a JSON summary.
 import * as fs from 'fs';
@@ -15,6 +15,7 @@ export async function run(): Promise<void> {
   if (wanted.includes('integration')) await import('./integration.suite');
   if (wanted.includes('ssh')) await import('./ssh.suite');
   if (wanted.includes('restricted')) await import('./restricted.suite');
+  if (wanted.includes('sessions')) await import('./sessions.suite');
   if (wanted.includes('template')) await import('./template.suite');
   const resultFile = process.env.PERIMETER_EXT_RESULT_FILE;
   await new Promise<void>((resolve, reject) => {

@@ -142,7 +142,8 @@ describe('Perimeter in the VS Code extension host', function () {
     const persistSession = api.persistTree.getChildren().find((n) => n.kind === 'persistSession' && n.sessionId === session!.sessionId)!;
     const pattern = api.persistTree.getChildren(persistSession).find((n) => n.kind === 'pattern' && n.pattern === '/workspace/keep')!;
     assert.equal(api.persistTree.getTreeItem(pattern).contextValue, 'persistPattern');
-    assert.equal(await vscode.commands.executeCommand('perimeter.stopPersistingPath', pattern), true);
+    // `true`: confirmed (the command asks first, since the next commit drops the path's stored files).
+    assert.equal(await vscode.commands.executeCommand('perimeter.stopPersistingPath', pattern, undefined, true), true);
     assert.deepEqual(api.model.persistOf('local', session!.sessionId)!.patterns, ['/workspace/data']);
   });
 
