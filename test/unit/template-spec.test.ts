@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSyn
 import os from 'node:os';
 import path from 'node:path';
 import { BUILTIN_SPECS, builtinSpec, loadSpecFile, parseSpec, templateJsonSchema, SANDBOX_PACKAGES } from '../../companion/sandbox/template/spec';
-import { debianRootfsKey, mmdebstrapArgs } from '../../companion/sandbox/template/rootfs';
+import { debianRootfsKey, mmdebstrapArgs, subordinateIdsProblem } from '../../companion/sandbox/template/rootfs';
 import { findNamedTemplate, listTemplates, nameTemplate, removeTemplate, setCurrent } from '../../companion/sandbox/template/registry';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { planPools } from '../../companion/sandbox/qemu/template-pools';
@@ -84,6 +84,16 @@ describe('template files', () => {
     assert.match(script, /export A='b'\\''c'/);
     assert.match(script, /echo 'it''s'/);
     assert.deepEqual(args.slice(-3), ['bookworm', '-', 'http://deb.debian.org/debian']);
+  });
+
+  it('says how to give a user the subordinate ids a rootless build needs, before bootstrapping', () => {
+    const user = { uid: 1000, gid: 1000, username: 'dev', homedir: '/home/dev', shell: '/bin/bash' };
+    const files = { uid: path.join(dir, 'subuid'), gid: path.join(dir, 'subgid') };
+    assert.match(subordinateIdsProblem(user, files) ?? '', /dev has no subordinate ids in .*subuid and .*subgid.*usermod --add-subuids 100000-165535 --add-subgids 100000-165535 dev/);
+    writeFileSync(files.uid, 'other:100000:65536\ndev:165536:65536\n');
+    writeFileSync(files.gid, '1000:165536:65536\n');
+    assert.equal(subordinateIdsProblem(user, files), null);
+    assert.equal(subordinateIdsProblem({ ...user, uid: 0, username: 'root' }, { uid: '/nonexistent', gid: '/nonexistent' }), null, 'root needs none');
   });
 
   it('ships the JSON Schema generated from the zod schema, and contributes it to VS Code', () => {

@@ -3,13 +3,18 @@
 // build-time command, an environment and a working directory), a rebuild of the unchanged file answered from the
 // cache without booting, both listed side by side; then sessions (`perimeter demo --scenario`) in the template their
 // `perimeter.template` metadata names, in the default one without it, and refused with a clear result for an unknown
-// one. The state directory is fresh; its cache links to this machine's (kernel and root filesystem images are cached
+// one; then the warm pools per template (one used template gets one ready VM beside the default's two, and the
+// most used is served first when the memory budget is short). The state directory is fresh; its cache links to this machine's (kernel and root filesystem images are cached
 // by content, so only the first run on a machine bootstraps Debian).
 import assert from 'node:assert/strict';
 import { mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { z } from 'zod';
 import { TemplateListSchema } from '../../companion/protocol/template';
+import { loadConfig } from '../../companion/config';
+import { setStderrLogging } from '../../companion/log';
+import { findTemplate } from '../../companion/sandbox/template/manifest';
+import { QemuTemplatePools } from '../../companion/sandbox/qemu/template-pools';
 import { skipWithoutVms, vmConfig } from './helpers';
 import { rmDir, runCli, tmpDir } from '../worker/helpers';
 
@@ -27,12 +32,13 @@ describe('templates from a file, chosen per session (built CLI, real VMs)', func
   let home: string;
   before(function () {
     skipWithoutVms(this);
+    setStderrLogging(process.env.PERIMETER_TEST_LOGS === '1');
     dir = tmpDir('perimeter-templates-');
     home = path.join(dir, 'home');
     mkdirSync(home);
     symlinkSync(path.join(vmConfig().home, 'cache'), path.join(home, 'cache'));
   });
-  after(() => { if (dir) rmDir(dir); });
+  after(() => { setStderrLogging(true); if (dir) rmDir(dir); });
 
   const project = () => {
     const p = path.join(dir, 'project');
@@ -94,5 +100,28 @@ describe('templates from a file, chosen per session (built CLI, real VMs)', func
       { label: 'refused', tool: 'bash', input: { command: 'echo must-not-run' }, expectError: true,
         expectIncludes: ['this host has no template "no-such-template"', 'minimal', 'node-tools'], expectExcludes: ['must-not-run'] },
     ]);
+  });
+
+  it('keeps a warm pool per template, sized by recent use within the memory budget', async () => {
+    const hashOf = (name: string) => findTemplate(home, name)!.manifest.hash;
+    const settle = async (pools: QemuTemplatePools, want: Record<string, number>) => {
+      const expected = Object.fromEntries(Object.entries(want).map(([n, k]) => [hashOf(n), k]));
+      const until = Date.now() + 300_000;
+      let seen: Record<string, number> = {};
+      while (Date.now() < until) {
+        seen = Object.fromEntries(pools.poolSizes());
+        if (JSON.stringify(seen, Object.keys(expected).sort()) === JSON.stringify(expected, Object.keys(expected).sort())) return;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.deepEqual(seen, expected, 'ready VMs per template');
+    };
+    for (const [budget, want] of [[1200, { minimal: 2, 'node-tools': 1 }], [600, { minimal: 0, 'node-tools': 1 }]] as const) {
+      const pools = new QemuTemplatePools(loadConfig({ home, sandbox: { poolSize: 2, poolMemoryMiB: budget } }, {}));
+      try {
+        const s = await pools.acquire({ sessionId: 'pools', template: 'node-tools' });
+        await s.destroy();
+        await settle(pools, want);
+      } finally { await pools.close(); }
+    }
   });
 });

@@ -17,6 +17,9 @@ import { findTemplate, type Template } from '../template/manifest';
 import { templateNames } from '../template/registry';
 import { TEMPLATE_NAME } from '../template/spec';
 import { QemuDriver } from './driver';
+import { logger } from '../../log';
+
+const log = logger('sandbox:pools');
 
 export const USE_WINDOW_MS = 10 * 60_000;
 const REBALANCE_MS = 30_000;
@@ -125,7 +128,12 @@ export class QemuTemplatePools implements SandboxDriver {
       demands.push({ key, memoryMiB: e.memoryMiB, recentUses: e.uses.length, isDefault: e.isDefault });
     }
     const plan = planPools(demands, this.config.sandbox.poolSize, poolBudgetMiB(this.config));
-    for (const [key, n] of plan) this.drivers.get(key)!.driver.setPoolSize(n);
+    for (const [key, n] of plan) {
+      const d = this.drivers.get(key)!.driver;
+      d.setPoolSize(n);
+      // a pool that should hold VMs fills now, not at its template's next call
+      if (n > 0 && !this.closed) d.start().catch((err: Error) => log.warn(`starting the warm pool of template ${key} failed: ${err.message}`));
+    }
   }
 
   /** Ready VMs per template hash (for tests and the benchmark). */

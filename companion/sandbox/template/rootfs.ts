@@ -110,6 +110,18 @@ export function mmdebstrapArgs(loaded: LoadedSpec, scratch: string): string[] {
 
 function cachedImage(cache: string, key: string): string { return path.join(cache, 'rootfs-image', key, 'rootfs.ext4'); }
 
+/** mmdebstrap's unshare mode maps the new root's users onto subordinate uids and gids of the user who runs it (root
+ *  needs none); without a range it fails deep inside, so say what to do instead. */
+export function subordinateIdsProblem(user = os.userInfo(), files = { uid: '/etc/subuid', gid: '/etc/subgid' }): string | null {
+  if (user.uid === 0) return null;
+  const has = (file: string) => {
+    try { return readFileSync(file, 'utf8').split('\n').some((l) => { const [who] = l.split(':'); return who === user.username || who === String(user.uid); }); } catch { return false; }
+  };
+  const missing = [has(files.uid) ? '' : files.uid, has(files.gid) ? '' : files.gid].filter(Boolean);
+  if (!missing.length) return null;
+  return `${user.username} has no subordinate ids in ${missing.join(' and ')}, which mmdebstrap --mode=unshare needs to build a root filesystem without root (fix, once, as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ${user.username})`;
+}
+
 /** The root filesystem image of a Debian template file: from the cache, or built (mmdebstrap → unpack jail). */
 export async function debianRootfs(loaded: LoadedSpec, ctx: RootfsContext): Promise<RootfsImage> {
   const key = debianRootfsKey(loaded);
@@ -119,6 +131,8 @@ export async function debianRootfs(loaded: LoadedSpec, ctx: RootfsContext): Prom
   const result = { image, key: `debian-${key}`, source, full: true };
   if (!ctx.force && existsSync(image)) { ctx.progress(`rootfs: cached image ${image}`); return { ...result, cached: true }; }
   const p = ctx.progress;
+  const ids = subordinateIdsProblem();
+  if (ids) throw fatal('subordinate_ids_missing', ids);
   p(`rootfs: mmdebstrap --mode=unshare ${loaded.spec.base} minbase + ${pkgs.join(' ')}${loaded.spec.commands.length ? ` and ${loaded.spec.commands.length} command(s)` : ''}`);
   const started = Date.now();
   const scratch = mkdtempSync(path.join(os.tmpdir(), 'perimeter-mmdebstrap-'));
