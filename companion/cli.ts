@@ -21,7 +21,7 @@ import { VERSION } from './version';
 /** `perimeter template` keeps its own argument parser; the wrapper only takes `--home DIR` off the front. */
 const templateEntry: Command = {
   name: 'template',
-  summary: 'build or check the microVM template (kernel, rootfs, guest agent, snapshot)',
+  summary: 'build, list, inspect, check or remove microVM templates (kernel, root filesystem, guest agent, snapshot)',
   run: async (argv) => {
     const rest = [...argv];
     let home: string | undefined;
