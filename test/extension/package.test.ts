@@ -1,11 +1,13 @@
 // `vsce package` (what `npm run package` runs after the build) produces a .vsix that carries the companion bundle
-// (dist/perimeter.js and dist/guest/*) next to the extension, and VS Code (code-server) installs it.
+// (dist/perimeter.js and dist/guest/*) next to the extension and a manifest with the walkthrough, the persisted-file
+// scheme and the session and persisted-file commands, and VS Code (code-server) installs it.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { requireHarness } from './harness/host';
+import { checkFeatureManifest } from '../unit/manifest-features';
 
 const root = path.resolve(__dirname, '../..');
 
@@ -24,6 +26,10 @@ describe('packaging', () => {
     assert.ok(guest.length > 0, 'dist/guest has the guest agent (npm run build)');
     for (const g of guest) assert.ok(listing.includes(`extension/dist/guest/${g}`), `guest/${g} is packed`);
     assert.ok(!listing.some((f) => /^extension\/(node_modules|companion|test|\.tools)\//.test(f)), 'no sources, tests or tools in the vsix');
+    // The packed manifest contributes the walkthrough (its media packed too), the perimeter-persist file system and
+    // the new commands.
+    const manifest = JSON.parse(execFileSync('python3', ['-c', 'import sys, zipfile; sys.stdout.write(zipfile.ZipFile(sys.argv[1]).read("extension/package.json").decode())', vsix]).toString());
+    checkFeatureManifest(manifest, (p) => listing.includes(`extension/${p}`));
 
     const cs = await import('./harness/code-server.mjs' as string);
     const profile = cs.makeProfile();
