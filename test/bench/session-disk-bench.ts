@@ -64,7 +64,7 @@ for d in range(${Math.ceil(files / 1000)}):
 
 export async function sessionDiskBench(o: { calls: number; log: (l: string) => void }): Promise<Record<string, unknown>> {
   setStderrLogging(false);
-  const config = loadConfig({ sandbox: { poolSize: 2 } });
+  const config = loadConfig({ sandbox: { poolSize: 2, callTimeoutMs: 900_000 } });
   const t = findTemplate(config.home, config.sandbox.template);
   const bytes = t?.manifest.sessionDisk?.bytes;
   if (!bytes) throw new Error('the template has no session disk (perimeter template build)');
