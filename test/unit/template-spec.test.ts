@@ -10,7 +10,10 @@ import { BUILTIN_SPECS, builtinSpec, loadSpecFile, parseSpec, templateJsonSchema
 import { debianRootfsKey, mmdebstrapArgs, subordinateIdsProblem } from '../../companion/sandbox/template/rootfs';
 import { findNamedTemplate, listTemplates, nameTemplate, removeTemplate, setCurrent } from '../../companion/sandbox/template/registry';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
-import { planPools } from '../../companion/sandbox/qemu/template-pools';
+import { planPools, QemuTemplatePools } from '../../companion/sandbox/qemu/template-pools';
+import { loadConfig } from '../../companion/config';
+import { choosePersistence } from '../../companion/persist/choose';
+import { DiskPersistence } from '../../companion/persist/disk/persistence';
 import { buildStage, sessionTemplate, SESSION_TEMPLATE_KEY } from '../../companion/protocol/template';
 
 const root = path.resolve(__dirname, '../..');
@@ -152,6 +155,17 @@ describe('named templates', () => {
     assert.deepEqual(listTemplates(home), []);
     assert.throws(() => removeTemplate(home, 'default'), /no template "default"/);
     assert.throws(() => nameTemplate(home, '../escape', a), /not a template name/);
+  });
+
+  it('the per-template driver reports the default template\'s session disk (persistence chooses session disks by it)', () => {
+    const a = 'cccccccccccccccccccccccc';
+    fake(a);
+    const manifest = path.join(home, 'templates', a, 'template.json');
+    writeFileSync(manifest, JSON.stringify({ ...JSON.parse(readFileSync(manifest, 'utf8')), sessionDisk: { bytes: 8 * 2 ** 30 } }));
+    setCurrent(home, a);
+    const config = loadConfig({ home }, {});
+    assert.equal(new QemuTemplatePools(config).sessionDiskBytes(), 8 * 2 ** 30);
+    assert.ok(choosePersistence({ config, driver: new QemuTemplatePools(config) }) instanceof DiskPersistence);
   });
 });
 

@@ -72,6 +72,9 @@ export class QemuTemplatePools implements SandboxDriver {
 
   probe(): Promise<DriverProbe> { return this.base.probe(); }
   prepare(): Promise<void> { return this.base.prepare(); }
+  /** The default template's session-disk device: what persistence sizes every session's disk by (a template with a
+   *  smaller device is refused by the session-disk attach, naming the fix). */
+  sessionDiskBytes(): number | null { return this.base.sessionDiskBytes(); }
 
   setWarmup(warmup: (sandbox: GuestOps) => Promise<void>): void {
     this.warmup = warmup;
