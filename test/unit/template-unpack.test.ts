@@ -5,7 +5,7 @@
 // decompression bombs and lying headers.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
@@ -116,6 +116,22 @@ describe('root filesystem unpacker', function () {
     assert.equal(report.diffIds.length, 2);
     assert.deepEqual(report.dropped.map((d) => d.path), ['dev/null']);
     assert.deepEqual(readdirSync(dir).sort(), ['lower.tar', 'out', 'upper.tar.gz'], 'no stage directory left behind');
+  });
+
+  it('removes a stage directory a killed unpack left behind (and no one else\'s)', async () => {
+    const asRoot = process.getuid?.() === 0;
+    const parent = asRoot ? '/var/tmp' : dir;
+    const stale = mkdtempSync(path.join(parent, asRoot ? 'perimeter-unpack-' : '.unpack-'));
+    const recent = mkdtempSync(path.join(parent, asRoot ? 'perimeter-unpack-' : '.unpack-'));
+    try {
+      mkdirSync(path.join(stale, 'tree'));
+      const hoursAgo = new Date(Date.now() - 3 * 3600_000);
+      utimesSync(stale, hoursAgo, hoursAgo);
+      writeFileSync(path.join(dir, 'small.tar'), craftTar([{ name: 'f', data: 'x' }]));
+      await unpackInJail({ layers: [{ file: path.join(dir, 'small.tar') }], limits: LIMITS, prepare: false, output: path.join(dir, 'out', 'rootfs.ext4'), stageParent: dir, rootBuildUid: BUILD_UID });
+      assert.equal(existsSync(stale), false, 'the stale stage is gone');
+      assert.equal(existsSync(recent), true, 'a stage that may belong to a running unpack stays');
+    } finally { rmSync(stale, { recursive: true, force: true }); rmSync(recent, { recursive: true, force: true }); }
   });
 
   for (const c of [

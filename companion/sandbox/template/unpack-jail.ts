@@ -6,10 +6,11 @@
 // path of the host's), the program as a copy. Invariants:
 // - Nothing an archive holds is ever written by root or outside the stage directory; a root companion never lets
 //   the unprivileged uid reach its state directory (the stage lives in /var/tmp, mode 0700, owned by that uid).
-// - The jail is killed at the deadline, and with the companion (--die-with-parent).
+// - The jail is killed at the deadline, and with the companion (--die-with-parent); a stage a killed companion left
+//   behind is removed by a later unpack.
 // - What comes back is checked: report.json against its schema, rootfs.ext4 a regular file of the stage directory.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readFileSync, realpathSync, renameSync, rmSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { fatal } from '../../errors';
@@ -30,10 +31,12 @@ export interface UnpackJailOptions {
   stageParent: string;
   /** The uid a root companion unpacks as. */
   rootBuildUid: number;
-  timeoutMs?: number;
 }
 
-const DEFAULT_TIMEOUT_MS = 60 * 60_000;
+/** An unpack still running after this is killed. */
+const UNPACK_DEADLINE_MS = 60 * 60_000;
+/** A stage this old belongs to no running unpack. */
+const STALE_STAGE_MS = 2 * UNPACK_DEADLINE_MS;
 
 function bwrapArgs(programFd: number, node: { fd: number } | { path: string }): string[] {
   const a = ['--unshare-user', '--uid', '0', '--gid', '0', '--unshare-pid', '--unshare-net', '--unshare-ipc', '--unshare-uts',
@@ -51,9 +54,20 @@ function bwrapArgs(programFd: number, node: { fd: number } | { path: string }): 
   return a;
 }
 
+/** Stage directories an unpack left behind when its companion was killed (older than STALE_STAGE_MS) go. */
+function sweepStages(parent: string, prefix: string): void {
+  let names: string[] = [];
+  try { names = readdirSync(parent).filter((n) => n.startsWith(prefix)); } catch { return; }
+  for (const n of names) {
+    const dir = path.join(parent, n);
+    try { if (Date.now() - lstatSync(dir).mtimeMs > STALE_STAGE_MS) rmSync(dir, { recursive: true, force: true }); } catch { /* gone meanwhile */ }
+  }
+}
+
 /** Unpacks `layers` into one root filesystem image at `output`; returns what the unpack reported. */
 export async function unpackInJail(o: UnpackJailOptions): Promise<UnpackReport> {
   const root = process.getuid?.() === 0;
+  if (root) sweepStages('/var/tmp', 'perimeter-unpack-'); else sweepStages(o.stageParent, '.unpack-');
   const program = findAsset('perimeter-unpack.js');
   const stage = root ? mkdtempSync('/var/tmp/perimeter-unpack-') : (mkdirSync(o.stageParent, { recursive: true }), mkdtempSync(path.join(o.stageParent, '.unpack-')));
   const fds: number[] = [];
@@ -89,7 +103,7 @@ export async function unpackInJail(o: UnpackJailOptions): Promise<UnpackReport> 
     child = spawn(argv[0]!, argv.slice(1), { stdio, env: {} });
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString('utf8')).slice(-4000); });
-    const timer = setTimeout(() => child?.kill('SIGKILL'), o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const timer = setTimeout(() => child?.kill('SIGKILL'), UNPACK_DEADLINE_MS);
     const code = await new Promise<number | null>((resolve, reject) => { child!.once('error', reject); child!.once('exit', (c) => resolve(c)); });
     clearTimeout(timer);
     if (code !== 0) throw fatal('image_unpack_failed', `unpacking the root filesystem failed: ${stderr.trim().split('\n').slice(-3).join(' ') || `exit ${code}`}`);
