@@ -99,7 +99,7 @@ describe('worker isolation: no silent fallback to no isolation', function () {
     const lines = out.split('\n');
     const notes = lines.filter((l) => /isolation/i.test(l));
     assert.equal(notes.length, 1, out);
-    assert.match(notes[0]!, /^no VM isolation available \(qemu: qemu-system-x86_64 is not installed\): these calls run as host processes \(process driver, no isolation\)\. For microVMs: sudo apt-get install qemu-system-x86 .*, then as root: node dist\/perimeter\.js template build .*; then the demo uses them automatically$/);
+    assert.match(notes[0]!, /^no VM isolation available \(qemu: qemu-system-x86_64 is not installed\): these calls run as host processes \(process driver, no isolation\)\. For microVMs: sudo apt-get install qemu-system-x86 .*, then \(as yourself, no root needed\): node dist\/perimeter\.js template build \(once, ~10 min\); then the demo uses them automatically$/);
     assert.match(lines[0]!, /sandbox driver process/);
     assert.match(out, /\n\d+ +grep +grep +ok /, 'grep answered without ripgrep');
     assert.match(out, /\n(\d+)\/\1 calls answered as expected\n/);
