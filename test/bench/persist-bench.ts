@@ -1,4 +1,5 @@
-// Persisted-file benchmark (the persistence section of `npm run bench`): copy-in (prepare) and copy-out (commit)
+// Persisted-file benchmark (the `persist` section of `npm run bench`): the session-disk figures of
+// session-disk-bench.ts (persistOverheadMsP50 keyed by workspace file count, callRatio100k, …), then copy-in (prepare) and copy-out (commit)
 // times for a 10 000-file workspace with one changed file and with 100 MB changed, per sandbox driver (the process
 // driver always; QEMU when a template is built). Called by test/bench/bench.ts; runnable alone with
 // `npx tsx test/bench/persist-bench.ts [--json]`. Each measurement is the median of a few runs; both change-detection
@@ -16,6 +17,8 @@ import { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import type { SandboxDriver } from '../../companion/sandbox/types';
 import type { PutFile } from '../../companion/guest/types';
+import type { Metrics } from './bench';
+import { sessionDiskBench } from './session-disk-bench';
 
 export interface PersistBenchRow {
   driver: string;
@@ -128,11 +131,16 @@ export async function runPersistBench(log: (line: string) => void = () => {}, ru
 /** The `persist` section of test/bench/bench.ts: flat metrics per driver and scenario. */
 export const persistSection = {
   name: 'persist',
-  about: 'persisted files: copy-in (prepare) and copy-out (commit) of a 10 000-file workspace, 1 file changed and ~100 MiB changed',
+  about: 'persisted files: session disks (persistence overhead per call for 0, 10 000 and 100 000 files, the call ratio, the cold path, a 1 GiB commit, compaction) and the file store (copy-in and copy-out of a 10 000-file workspace)',
   needsVm: false,
-  async run(ctx: { n: number; log(line: string): void }): Promise<Record<string, number | string>> {
+  async run(ctx: { n: number; log(line: string): void }): Promise<Metrics> {
+    const out: Metrics = {};
+    try {
+      Object.assign(out, await sessionDiskBench({ calls: 11, log: ctx.log }) as Metrics);
+    } catch (err) {
+      out.sessionDiskError = (err as Error).message;
+    }
     const rows = await runPersistBench(ctx.log, Math.max(1, Math.min(ctx.n, RUNS)));
-    const out: Record<string, number | string> = {};
     for (const r of rows) {
       const key = `persist${r.driver.startsWith('qemu') ? 'Qemu' : 'Process'}${r.scenario[0]!.toUpperCase()}${r.scenario.slice(1)}${r.scenario === 'initial' ? '' : r.mode === 'hash' ? 'Hash' : 'Mtime'}`;
       if (r.copyInMs) out[`${key}CopyInMs`] = Math.round(r.copyInMs);
