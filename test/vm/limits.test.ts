@@ -1,9 +1,15 @@
 // Hostile workloads in real VMs: each is contained with a clear result, and both the same VM (per-session mode)
 // and a fresh one (per-call mode) still work afterwards. Host-side deadlines kill a VM whose agent stops answering.
 import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Sandbox } from '../../companion/sandbox/types';
 import type { QemuDriver, QemuSandbox } from '../../companion/sandbox/qemu/driver';
 import { newDriver, sh, skipWithoutVms, text } from './helpers';
+
+/** Running (a killed process its parent has not reaped yet is a zombie: dead, not running). */
+function running(pid: number): boolean {
+  try { return !/^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); } catch { return false; }
+}
 
 describe('qemu sandbox limits (real VMs)', function () {
   let driver: QemuDriver;
@@ -81,10 +87,15 @@ describe('qemu sandbox limits (real VMs)', function () {
     const s = (await acquire()) as QemuSandbox;
     const q = await s.vm.qmp();
     await q.cmd('stop'); // the guest freezes: the agent can no longer answer
+    const qemuPid = s.vm.pid;
+    assert.ok(running(qemuPid), 'QEMU runs before the deadline');
     const r = await sh(s, 'echo never', { timeoutMs: 1_000 });
     assert.equal(r.timedOut, true);
-    const exit = await s.vm.exited;
-    assert.equal(exit.signal, 'SIGKILL', 'the VM process was killed');
+    assert.equal(s.vm.alive, false, 'the missed deadline killed the VM');
+    await s.vm.exited; // the launcher ended its jail and exited
+    await s.destroy(); // the same teardown the missed deadline started: jail released, run directory removed
+    assert.equal(running(qemuPid), false, `QEMU ${qemuPid} is gone`);
+    assert.equal(existsSync(s.vm.dir), false, 'the run directory is removed');
     await assert.rejects(sh(s, 'echo again'), /closed|did not answer/);
   });
 });
