@@ -1,7 +1,8 @@
 // Which persistence a companion uses: session disks (persist/disk/) when the sandbox driver's VMs have a session-disk
 // device (a QEMU template built with one), else the file store (persistence.ts; the process driver, Firecracker, and
 // templates built before session disks). Invariant: a session disk never exceeds the device: persist.maxBytes larger
-// than the template's disk is capped (and said once), a smaller one makes smaller disks.
+// than the template's disk is capped (and said once), a smaller one makes smaller disks. Disk generations are read
+// from the host through browse VMs of the default template, with no network.
 import type { Config } from '../config';
 import type { EventHub } from '../events';
 import { logger } from '../log';
@@ -25,5 +26,8 @@ export function choosePersistence(o: { config: Config; driver: SandboxDriver; hu
   // The file store keeps the persist list (and files of sessions from before their disk); memory stores are the disk
   // persistence's to mirror.
   const files = new Persistence({ home, persist, hub: o.hub });
-  return new DiskPersistence({ home, persist, files, hub: o.hub, memoryMounts: o.memoryMounts, mode: o.config.sandbox.mode });
+  return new DiskPersistence({
+    home, persist, files, hub: o.hub, memoryMounts: o.memoryMounts, mode: o.config.sandbox.mode,
+    browse: () => o.driver.acquire({ sessionId: 'perimeter-browse' }),
+  });
 }

@@ -18,6 +18,12 @@
 //   their host mirror (memory.ts) and are not put on the disk; the list itself, and sessions the file store still
 //   holds files for, live in the file store (`files`): such a session's files are copied onto its disk once.
 // - Nothing for the model names a host path.
+// - Reading a generation from the host (entries, readFile) goes through a short-lived browse VM (`browse`) with a
+//   throwaway layer over that generation, the filesystem mounted read-only (ro,noload) and walked without following
+//   a symlink; the layer is discarded and the VM destroyed afterwards. The host never mounts or parses the filesystem;
+//   every name the guest sends is checked (under a root, no empty, "." or ".." segment, components of at most 255
+//   bytes) and one listing holds at most BROWSE_MAX_ENTRIES entries. A file is read only when the listing names it
+//   as a regular file (so no symlink along its path is followed in the guest).
 import { PERSIST_NOT_FOUND, type CallPersistence, type CommitReport, type MemoryMountResolver, type PersistHistory, type ShellState } from '../types';
 import type { Sandbox } from '../../sandbox/types';
 import type { SessionDiskPort } from '../../sandbox/session-disk';
@@ -30,7 +36,7 @@ import { logger } from '../../log';
 import { ALWAYS_PERSISTED, type Persistence, type PersistSettings } from '../persistence';
 import { formatBytes } from '../../protocol/format';
 import { MemoryMirror } from '../memory';
-import { isWithin, parsePatterns, walkRoots } from '../paths';
+import { isWithin, parsePatterns, showPath, walkRoots } from '../paths';
 import { DEFAULT_SHELL, sanitizeShell } from '../shell';
 import { DiskConflictError, DiskStore, type DiskGeneration, type PendingLayer } from './store';
 
@@ -41,6 +47,13 @@ const PREPARED_IDLE_MS = 10 * 60_000;
 const FULL_BYTES = 16 * 1024 * 1024;
 /** The guest agent's own directory (the disk is mounted below it): never a persisted root. */
 const AGENT_DIR = '/.perimeter';
+/** Where the guest agent mounts the session disk's persisted roots (`<DISK_ROOT><guest path>`). */
+const DISK_ROOT = '/.perimeter/disk/root';
+/** Entries one generation's listing holds at most. */
+const BROWSE_MAX_ENTRIES = 50_000;
+/** A listing is kept this long for the pages after the first (a generation never changes). */
+const BROWSE_CACHE_MS = 60_000;
+const MAX_NAME_BYTES = 255;
 
 export interface DiskPersistenceOptions {
   home: string;
@@ -53,7 +66,12 @@ export interface DiskPersistenceOptions {
    *  sandbox lives on across calls, each commit switching it to a new layer. */
   mode: 'per-call' | 'per-session';
   preparedIdleMs?: number;
+  /** A fresh sandbox (no network) for reading a generation from the host; absent: generations cannot be browsed. */
+  browse?: () => Promise<Sandbox>;
 }
+
+/** One generation's files as a browse VM listed them, sorted by path. */
+interface Listing { sessionId: string; generation: number; items: PersistEntry[]; byPath: Map<string, PersistEntry>; at: number }
 
 /** A sandbox whose session disk is attached for one session. */
 interface Attached {
@@ -94,6 +112,9 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   private readonly attached = new WeakMap<Sandbox, Attached>();
   private readonly sessions = new Map<string, SessionState>();
   private closed = false;
+  private listing: Promise<Listing> | null = null;
+  /** Browse VMs run one at a time. */
+  private browsing: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: DiskPersistenceOptions) {}
 
@@ -171,8 +192,20 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     return { current: (await store.current()).generation, generations };
   }
 
-  entries(): Promise<{ items: PersistEntry[]; nextCursor: string | null }> { return Promise.reject(notBrowsable()); }
-  readFile(): Promise<{ size: number; data: Buffer }> { return Promise.reject(notBrowsable()); }
+  async entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }> {
+    const { items } = await this.list(sessionId, generation);
+    const start = page.cursor ? Math.max(0, Number.parseInt(page.cursor, 10) || 0) : 0;
+    return { items: items.slice(start, start + page.limit), nextCursor: start + page.limit < items.length ? String(start + page.limit) : null };
+  }
+
+  async readFile(sessionId: string, generation: number, guestPath: string, offset: number, length: number): Promise<{ size: number; data: Buffer }> {
+    const entry = (await this.list(sessionId, generation)).byPath.get(guestPath);
+    if (entry?.type !== 'file') throw fatal(PERSIST_NOT_FOUND, `generation ${generation} of session ${sessionId} has no file ${showPath(guestPath)}`);
+    if (offset >= entry.size) return { size: entry.size, data: Buffer.alloc(0) };
+    const { data, size } = await this.inBrowseVm(sessionId, generation, (sb) => sb.readFile(DISK_ROOT + guestPath, { offset, length: Math.min(length, entry.size - offset) }));
+    if (size !== entry.size || data.length > length) throw fatal('persist_disk_browse', `the browse VM answered inconsistently about ${showPath(guestPath)}`);
+    return { size, data };
+  }
 
   /** Makes generation `to`'s content the session's CURRENT again (as a new generation); waits for a running call and
    *  releases the session's prepared VM (it was made over the old CURRENT). */
@@ -194,6 +227,63 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     this.closed = true;
     await Promise.all([...this.sessions.keys()].map((id) => this.dropReady(id)));
     for (const s of this.stores.values()) await s.then((st) => st.idle(), () => {});
+  }
+
+  // ---- browse ------------------------------------------------------------------------------------------------------
+
+  /** The generation's listing (cached briefly, one at a time: pages of the same generation reuse it). */
+  private list(sessionId: string, generation: number): Promise<Listing> {
+    const cached = this.listing;
+    const fresh = cached?.then((l) => l.sessionId === sessionId && l.generation === generation && Date.now() - l.at < BROWSE_CACHE_MS, () => false);
+    const next = (async () => {
+      if (cached && await fresh) return cached;
+      return this.inBrowseVm(sessionId, generation, async (sb) => {
+        const walked = await sb.walk(DISK_ROOT, { hash: false, maxEntries: BROWSE_MAX_ENTRIES });
+        if (walked.truncated) log.warn(`session ${sessionId}: generation ${generation} holds more than ${BROWSE_MAX_ENTRIES} entries; the listing shows the first`);
+        const items: PersistEntry[] = [];
+        for (const e of walked.entries) {
+          if (e.type === 'other') continue;
+          const p = e.path.startsWith(`${DISK_ROOT}/`) ? e.path.slice(DISK_ROOT.length) : null;
+          const why = p === null ? 'outside the disk' : checkListedPath(p);
+          if (why !== null || p === null) { log.warn(`session ${sessionId}: the browse VM listed a bad name ${showPath(e.path)} (${why}); left out`); continue; }
+          items.push({ path: p, type: e.type, size: e.type === 'file' ? e.size : 0, mode: e.type === 'symlink' ? 0o777 : e.mode, mtimeMs: e.mtimeMs, sha256: null, target: e.type === 'symlink' ? e.linkTarget ?? null : null });
+        }
+        items.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+        return { sessionId, generation, items, byPath: new Map(items.map((i) => [i.path, i])), at: Date.now() };
+      });
+    })();
+    this.listing = next;
+    next.catch(() => { if (this.listing === next) this.listing = null; });
+    return next;
+  }
+
+  /** Runs `fn` in a fresh VM with generation `generation` of the session's disk mounted read-only over a throwaway
+   *  layer; the VM is destroyed and the layer discarded afterwards, whatever happened. */
+  private inBrowseVm<T>(sessionId: string, generation: number, fn: (sb: Sandbox) => Promise<T>): Promise<T> {
+    const run = this.browsing.then(async () => {
+      if (!this.opts.browse) throw fatal('persist_disk_browse', 'this companion cannot start a VM to read a session disk\'s generation');
+      if (!this.stores.has(sessionId) && !await DiskStore.peek(this.opts.home, sessionId)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} has no session disk`);
+      const store = await this.store(sessionId);
+      if (!await store.get(generation)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} keeps no generation ${generation} of its disk`);
+      const sandbox = await this.opts.browse();
+      let pending: PendingLayer | null = null;
+      try {
+        const port = sandbox.sessionDisk;
+        if (!port) throw fatal('persist_disk_unsupported', 'this sandbox has no session disk (rebuild the template: perimeter template build)');
+        if (port.bytes < store.bytes) throw fatal('persist_disk_size', 'the session disk is larger than the template\'s disk device: rebuild the template (perimeter template build)');
+        pending = await store.openLayer((layer, backing) => port.attach({ top: layer.path, backing }), generation);
+        await port.mount([], { readOnly: true });
+        return await fn(sandbox);
+      } catch (err) {
+        if (err instanceof PerimeterError) throw err;
+        throw fatal('persist_disk_browse', `reading generation ${generation} of session ${sessionId}'s disk failed (${errorMessage(err)})`, err);
+      } finally {
+        await sandbox.destroy().catch(() => {});
+        if (pending) await store.discard(pending).catch(() => {});
+      }
+    });
+    this.browsing = run.catch(() => undefined);
+    return run;
   }
 
   // ---- attach ------------------------------------------------------------------------------------------------------
@@ -364,8 +454,16 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   }
 }
 
-function notBrowsable(): PerimeterError {
-  return fatal('persist_disk_browse', 'the files of a session disk\'s generation are read through a VM, which this companion does not offer yet');
+/** Why a path listed by a browse VM is refused, or null: absolute, no empty, "." or ".." segment, every component at
+ *  most 255 bytes (control characters are data here: displays escape them). */
+function checkListedPath(p: string): string | null {
+  if (!p.startsWith('/') || p.length > 4096) return 'not an absolute path of at most 4096 characters';
+  if (p.includes('\0') || p.includes('\ufffd')) return 'not a valid name';
+  for (const seg of p.slice(1).split('/')) {
+    if (seg === '' || seg === '.' || seg === '..') return `a "${seg}" segment`;
+    if (Buffer.byteLength(seg, 'utf8') > MAX_NAME_BYTES) return `a name longer than ${MAX_NAME_BYTES} bytes`;
+  }
+  return null;
 }
 
 /** The note for a generation whose filesystem cannot be mounted: what happened and where to roll back to. */

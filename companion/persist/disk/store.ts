@@ -13,7 +13,7 @@
 //   current(), get(n), list()                                      the generations (list: kept ones, newest first)
 //   chain(gen)                                                     absolute paths of a generation's layers, top first
 //   writer()                                                       the session's one writer slot (in this process)
-//   openLayer(open) / newLayer(over) → PendingLayer; commit(pending, meta); discard(pending)
+//   openLayer(open, over?) / newLayer(over) → PendingLayer; commit(pending, meta); discard(pending)
 //   rollback(to)                                                   a new generation with the content of `to`
 //   compact()                                                      merges the oldest layer into the base (background)
 // Invariants:
@@ -37,6 +37,7 @@ import { z } from 'zod';
 import { fatal, PerimeterError } from '../../errors';
 import { logger } from '../../log';
 import { checkSessionId } from '../paths';
+import { PERSIST_NOT_FOUND } from '../types';
 import { backgroundQemuImg, diskImages, type DiskImages } from './images';
 
 const log = logger('persist:disk');
@@ -201,11 +202,14 @@ export class DiskStore {
 
   async discard(pending: PendingLayer): Promise<void> { await fsp.rm(pending.path, { force: true }); }
 
-  /** A new writable layer over CURRENT, handed with its chain to `open` (which links or opens the chain's files) while
-   *  no compaction can delete a layer of that chain; the layer is discarded when `open` fails. */
-  async openLayer(open: (pending: PendingLayer, backing: string[]) => Promise<void>): Promise<PendingLayer> {
+  /** A new writable layer over CURRENT (or over the kept generation `over`, for a reader whose layer is discarded),
+   *  handed with its chain to `open` (which links or opens the chain's files) while no compaction can delete a layer
+   *  of that chain; the layer is discarded when `open` fails. */
+  async openLayer(open: (pending: PendingLayer, backing: string[]) => Promise<void>, over?: number): Promise<PendingLayer> {
     return this.locked(async () => {
-      const pending = await this.newLayer(await this.current());
+      const gen = over === undefined ? await this.current() : await this.get(over);
+      if (!gen) throw fatal(PERSIST_NOT_FOUND, `session ${this.sessionId} keeps no generation ${over} of its disk`);
+      const pending = await this.newLayer(gen);
       try { await open(pending, this.chain(pending.over)); } catch (err) { await this.discard(pending); throw err; }
       return pending;
     });

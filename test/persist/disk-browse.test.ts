@@ -1,0 +1,108 @@
+// Reading a session disk's generations from the host with REAL VMs: listing and reading files of generation N and
+// N-1 through a short-lived browse VM (read-only mount over a throwaway layer), paging, names with a newline and
+// escape sequences (listed exactly, shown escaped), a 255-byte component, no symlink followed. Skips (saying why) only
+// when QEMU or a template with a session disk is absent.
+import assert from 'node:assert/strict';
+import { readdirSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
+import { loadConfig } from '../../companion/config';
+import { findTemplate } from '../../companion/sandbox/template/manifest';
+import { Persistence } from '../../companion/persist/persistence';
+import { DiskPersistence } from '../../companion/persist/disk/persistence';
+import { showPath } from '../../companion/persist/paths';
+import type { PersistEntry } from '../../companion/protocol/control';
+import { runTool } from '../../companion/tools/semantics';
+import { newDriver, skipWithoutVms } from '../vm/helpers';
+import { tempDir, TEST_LIMITS } from './helpers';
+
+function templateDiskBytes(): number | null {
+  const config = loadConfig({});
+  return findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null;
+}
+
+async function bash(p: DiskPersistence, driver: QemuDriver, sessionId: string, command: string): Promise<number> {
+  const sb = await p.acquire(sessionId, () => driver.acquire({ sessionId }));
+  try {
+    const shell = await p.prepare(sessionId, sb);
+    const outcome = await runTool('bash', { command }, { sandbox: sb, shell, callTimeoutMs: 600_000 });
+    assert.equal(outcome.isError, false, outcome.text);
+    return (await p.commit(sessionId, sb, outcome.shell, {})).generation;
+  } finally { await sb.destroy(); }
+}
+
+async function allEntries(p: DiskPersistence, s: string, generation: number, limit: number): Promise<PersistEntry[]> {
+  const out: PersistEntry[] = [];
+  let cursor: string | null = null;
+  do {
+    const page: { items: PersistEntry[]; nextCursor: string | null } = await p.entries(s, generation, { limit, cursor });
+    assert.ok(page.items.length <= limit);
+    out.push(...page.items);
+    cursor = page.nextCursor;
+  } while (cursor !== null);
+  return out;
+}
+
+async function readAll(p: DiskPersistence, s: string, generation: number, file: string): Promise<string> {
+  const { data } = await p.readFile(s, generation, file, 0, 1024 * 1024);
+  return data.toString('utf8');
+}
+
+const ODD = 'bad\nname\u001b[31mred\u001b]0;title\u0007';
+const LONG = `${'x'.repeat(251)}.txt`;
+
+describe('persist: browsing session-disk generations from the host (real VMs)', function () {
+  let driver: QemuDriver;
+  let home: string;
+  before(function () {
+    skipWithoutVms(this);
+    if (!templateDiskBytes()) {
+      console.log('      SKIPPED: the template has no session disk (rebuild it: perimeter template build)');
+      this.skip();
+    }
+    driver = newDriver({ poolSize: 1 });
+  });
+  after(async () => { await driver?.close(); });
+  beforeEach(() => { home = tempDir('disk-browse'); });
+  afterEach(() => { rmSync(home, { recursive: true, force: true }); });
+
+  it('lists and reads generation N and N-1 through a browse VM; odd and long names; no symlink followed; nothing left behind', async function () {
+    this.timeout(900_000);
+    const persist = { ...TEST_LIMITS, maxBytes: templateDiskBytes()!, keepGenerations: 3 };
+    const p = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse: () => driver.acquire({ sessionId: 'perimeter-browse' }) });
+    const s = 'sesn_disk_browse';
+    const g1 = await bash(p, driver, s, `mkdir -p /workspace/d && printf one > /workspace/a.txt && printf long > /workspace/${LONG}`
+      + ` && printf odd > "/workspace/$(printf 'bad\\nname\\033[31mred\\033]0;title\\007')" && ln -s /etc /workspace/d/etc`);
+    const g2 = await bash(p, driver, s, 'printf two > /workspace/a.txt && printf bee > /workspace/d/b.txt && rm /workspace/' + LONG);
+    assert.deepEqual([g1, g2], [1, 2]);
+
+    const older = await allEntries(p, s, g1, 2);
+    const newer = await allEntries(p, s, g2, 1000);
+    const paths = (es: PersistEntry[]) => es.map((e) => e.path).filter((x) => x.startsWith('/workspace/'));
+    assert.deepEqual(paths(older), [...['/workspace/a.txt', `/workspace/${ODD}`, '/workspace/d', '/workspace/d/etc', `/workspace/${LONG}`]].sort());
+    assert.deepEqual(paths(newer), ['/workspace/a.txt', `/workspace/${ODD}`, '/workspace/d', '/workspace/d/b.txt', '/workspace/d/etc'].sort());
+    const link = newer.find((e) => e.path === '/workspace/d/etc')!;
+    assert.deepEqual([link.type, link.target], ['symlink', '/etc']);
+    assert.deepEqual(newer.find((e) => e.path === '/workspace/a.txt')!.size, 3);
+
+    assert.equal(await readAll(p, s, g1, '/workspace/a.txt'), 'one');
+    assert.equal(await readAll(p, s, g2, '/workspace/a.txt'), 'two');
+    assert.equal(await readAll(p, s, g2, '/workspace/d/b.txt'), 'bee');
+    assert.equal(await readAll(p, s, g1, `/workspace/${LONG}`), 'long');
+    const part = await p.readFile(s, g2, '/workspace/d/b.txt', 1, 1);
+    assert.deepEqual([part.size, part.data.toString()], [3, 'e']);
+    await assert.rejects(p.readFile(s, g2, `/workspace/${LONG}`, 0, 10), /has no file/);
+    await assert.rejects(p.readFile(s, g2, '/workspace/d/etc/hostname', 0, 10), /has no file/);
+    await assert.rejects(p.entries(s, 9, { limit: 10, cursor: null }), /keeps no generation 9/);
+
+    const shown = showPath(`/workspace/${ODD}`);
+    for (const raw of ['\n', '\u001b', '\u0007']) assert.ok(!shown.includes(raw), `shown raw: ${JSON.stringify(shown)}`);
+    assert.equal(JSON.parse(shown), `/workspace/${ODD}`);
+
+    // the throwaway layers are gone, and the session goes on writing from generation 2
+    const layers = readdirSync(path.join(home, 'disks', s, 'layers'));
+    assert.ok(layers.length <= 4, `layers left: ${layers.join(', ')}`);
+    assert.equal(await bash(p, driver, s, 'cat /workspace/a.txt /workspace/d/b.txt | grep -c .'), 3);
+    await p.close();
+  });
+});
