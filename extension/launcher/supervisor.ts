@@ -312,11 +312,13 @@ export class HostSupervisor extends Disposable {
       this.logs.fire(`attempt ${this.attempts} failed: ${(err as Error).message}`);
       this.lastFailure = err instanceof HostUnreachableError ? 'link' : 'worker';
       this.model.setConnection(this.hostId, 'reconnecting', (err as Error).message, this.lastFailure);
-      this.recovering = false;
       this.scheduleRetry();
       return;
     }
     this.recovering = false;
+    // A connection lost again while this attempt was still reading history was noted but not acted on (lost() leaves
+    // an attempt in progress alone): act on it now.
+    if (this.desired === 'running' && !this.client?.connected) this.lost('the connection closed again while reconnecting');
   }
 
   private clearRetry(): void {

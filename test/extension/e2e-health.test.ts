@@ -1,7 +1,7 @@
 // Browser test (code-server 4.100.3 in headless Chromium, the extension loaded from this folder): the panel tells the
 // truth about a worker's health. Connect Environment checks the ID and key with the API before it says "connected";
 // a worker whose polls fail (the API unreachable through a relay that is switched off) turns to a warning state (status
-// bar colour and text, the tree's icon and last error, a toast with its fix) that clears once polls work again; Try
+// bar text, the tree's icon and last error, a toast with its fix) that clears once polls work again; Try
 // Locally while the environment worker runs offers a restart in local mode; Run Doctor shows a readable report that
 // agrees with its toast; Forget Key deletes the key. The control plane is `perimeter dev-queue`.
 import assert from 'node:assert/strict';
@@ -86,19 +86,19 @@ describe('e2e: health of the worker in the workbench (Chromium)', function () {
     await wb.sidebarLabel('bash: echo hello-from-the-environment').waitFor();
     await wb.statusItem('Perimeter: This machine · polling').waitFor();
     relay.down();
-    const status = wb.statusItem('Perimeter: This machine · cannot poll');
-    await status.waitFor();
-    assert.match(await status.getAttribute('class') ?? '', /warning-kind/, 'the status bar item turns to the warning colour');
+    await wb.statusItem('Perimeter: This machine · cannot poll').waitFor();
     const toast = wb.toast('cannot poll its queue: no answer from the API');
     await toast.waitFor();
     assert.match(await toast.innerText(), /failed polls in a row; last: .+\)/, 'the toast names the last error');
     await toast.locator('a', { hasText: 'Show Worker Log' }).waitFor();
     await wb.sidebarRow('Polling').filter({ hasText: 'failed in a row' }).waitFor();
-    await wb.sidebarRow('This machine').locator('.codicon-warning').waitFor();
+    const warningIcon = wb.sidebarRow('This machine').locator('.codicon-warning');
+    await warningIcon.waitFor();
     relay.up = true;
     await toast.waitFor({ state: 'detached', timeout: 120_000 });
     await wb.statusItem('Perimeter: This machine · polling').waitFor();
-    assert.doesNotMatch(await wb.statusItem('Perimeter: This machine').getAttribute('class') ?? '', /warning-kind/);
+    await warningIcon.waitFor({ state: 'detached' });
+    await wb.sidebarRow('Polling').waitFor({ state: 'detached' });
   });
 
   it('Try Locally while the environment worker runs says so and restarts it in local mode when asked', async () => {

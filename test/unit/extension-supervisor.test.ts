@@ -32,7 +32,16 @@ class ScriptedHost implements WorkerHost {
   private readonly down = new Emitter<string>(); private readonly logs = new Emitter<string>();
   readonly onLinkDown = this.down.event; readonly onLog = this.logs.event;
   onStep() { return { dispose() {} }; }
-  constructor(private readonly home: string, private readonly journal?: JournalReader) {}
+  /** What the worker's control API reads its history from (a test may wrap it). */
+  readonly journal: JournalReader;
+  constructor(private readonly home: string, journal?: JournalReader) {
+    this.journal = journal ?? {
+      listSessions: () => ({ items: [session('s-old', { state: 'ended' })], nextCursor: null }),
+      listCalls: (sid) => ({ items: [call(`c-${sid}`, sid)], nextCursor: null }),
+      hasSession: () => true,
+      callOutput: () => null,
+    };
+  }
   async findWorker(): Promise<ConnectTarget | null> {
     if (!this.reachable) throw new HostUnreachableError('cannot reach test host over SSH: Connection refused');
     return this.server ? this.server.endpoint : null;
@@ -49,12 +58,7 @@ class ScriptedHost implements WorkerHost {
       drain: async () => { this.state = 'stopped'; },
       shutdown: async () => { this.shutdowns++; await this.crash(); },
     };
-    const journal: JournalReader = this.journal ?? {
-      listSessions: () => ({ items: [session('s-old', { state: 'ended' })], nextCursor: null }),
-      listCalls: (sid) => ({ items: [call(`c-${sid}`, sid)], nextCursor: null }),
-      hasSession: () => true,
-      callOutput: () => null,
-    };
+    const journal: JournalReader = { ...this.journal, listSessions: (opts) => this.journal.listSessions(opts) };
     this.server = await startControlServer({ home: this.home, hub: this.hub, worker, journal });
   }
   facts = facts();
@@ -118,6 +122,21 @@ describe('host supervisor', () => {
     await until(model, () => status(model) === 'reconnecting');
     await until(model, () => status(model) === 'connected');
     assert.equal(host.starts, 1, 'no restart');
+  });
+
+  it('recovers again when the new connection drops while it is still reading history', async () => {
+    await sup.start(SETTINGS);
+    let drops = 1;
+    const listSessions = host.journal.listSessions.bind(host.journal);
+    host.journal.listSessions = (opts) => {
+      if (drops > 0 && model.host('local')!.restarts === 0 && status(model) === 'connected' && sup.connection) { drops--; sup.connection.terminate(); }
+      return listSessions(opts);
+    };
+    sup.connection!.terminate();          // the first drop; the reconnect's history read meets the second
+    await until(model, () => status(model) === 'reconnecting');
+    await until(model, () => drops === 0 && status(model) === 'connected' && sup.connection !== null);
+    assert.ok(sup.connection!.connected, 'a live connection, not a model that says "connected" over a dead one');
+    assert.equal(host.starts, 1);
   });
 
   it('does not silently switch a running worker to another mode', async () => {
