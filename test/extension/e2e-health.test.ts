@@ -98,7 +98,7 @@ describe('e2e: health of the worker in the workbench (Chromium)', function () {
     await toast.waitFor({ state: 'detached', timeout: 120_000 });
     await wb.statusItem('Perimeter: This machine · polling').waitFor();
     await warningIcon.waitFor({ state: 'detached' });
-    await wb.sidebarRow('Polling').waitFor({ state: 'detached' });
+    await wb.sidebarLabel(/^Polling$/).waitFor({ state: 'detached' });
   });
 
   it('Try Locally while the environment worker runs says so and restarts it in local mode when asked', async () => {
