@@ -1,5 +1,7 @@
 // `perimeter persist add|rm|ls --session ID [--home DIR] [--json] [PATTERN...]`: view and change a session's persist
-// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds;
+// list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds (a session
+// disk's files are listed through a short-lived VM: the running companion's, else one this command starts; every name
+// is shown escaped on one line);
 // `perimeter persist rollback --session ID --to N` makes a kept generation's content current again. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
@@ -8,7 +10,8 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
-import { PersistState as PersistStateSchema, ServerMessage, type ControlMethod } from '../protocol/control';
+import type { z } from 'zod';
+import { ControlResults, ServerMessage, type ControlMethod, type PersistEntry } from '../protocol/control';
 import { statePaths } from '../config';
 import { PerimeterError, fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED } from '../persist/persistence';
@@ -18,8 +21,16 @@ import { SESSION_UNKNOWN, sessionKnownOnDisk, unknownSession } from '../persist/
 import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
 import type { PersistState } from '../protocol/control';
+import { showPath } from '../persist/paths';
+import { EventHub } from '../events';
+import { selectDriver } from '../sandbox/select';
 import { CONFIG_FLAGS, UsageError, configFromFlags } from './options';
 import type { Command } from './types';
+
+/** Entries `persist ls` shows of a session disk's generation. */
+const LS_ENTRIES = 1000;
+/** How long `persist ls` waits for the running companion's browse VM. */
+const BROWSE_TIMEOUT_MS = 300_000;
 
 const USAGE = [
   'usage: perimeter persist ls  --session ID [--json] [--home DIR]',
@@ -31,16 +42,19 @@ const USAGE = [
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
 ].join('\n');
 
+type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles'>;
+type CliResult<M extends CliMethod> = z.infer<(typeof ControlResults)[M]>;
+
 /** One request to the companion running on `home`, or null when none is reachable (no control.json, dead pid,
  *  connection refused). A companion that answers with an error makes the command fail with that message. */
-async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist'>, params: Record<string, unknown>): Promise<PersistState | null> {
+async function viaControlApi<M extends CliMethod>(home: string, method: M, params: Record<string, unknown>, timeoutMs = 5000): Promise<CliResult<M> | null> {
   let endpoint: { port: number; token: string; pid: number };
   try { endpoint = JSON.parse(readFileSync(statePaths(home).controlFile, 'utf8')) as typeof endpoint; } catch { return null; }
   if (!Number.isInteger(endpoint.port) || typeof endpoint.token !== 'string') return null;
   try { process.kill(endpoint.pid, 0); } catch { return null; }
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`ws://127.0.0.1:${endpoint.port}/`, { headers: { Authorization: `Bearer ${endpoint.token}` }, handshakeTimeout: 3000 });
-    const timer = setTimeout(() => { ws.terminate(); resolve(null); }, 5000);
+    const timer = setTimeout(() => { ws.terminate(); resolve(null); }, timeoutMs);
     const done = (fn: () => void) => { clearTimeout(timer); ws.close(); fn(); };
     ws.on('error', () => done(() => resolve(null)));
     ws.on('close', () => done(() => resolve(null)));
@@ -49,13 +63,19 @@ async function viaControlApi(home: string, method: Extract<ControlMethod, 'getPe
       try { msg = ServerMessage.parse(JSON.parse(data.toString())); } catch { return; }
       if (msg.type === 'hello') ws.send(JSON.stringify({ id: 1, method, params }));
       else if (msg.type === 'response' && msg.id === 1) {
-        const parsed = PersistStateSchema.safeParse(msg.result);
-        done(() => (parsed.success ? resolve(parsed.data) : reject(fatal('control_bad_reply', 'the companion sent an invalid persist state'))));
+        const parsed = (ControlResults[method] as unknown as z.ZodType<CliResult<M>>).safeParse(msg.result);
+        done(() => (parsed.success ? resolve(parsed.data) : reject(fatal('control_bad_reply', `the companion sent an invalid ${method} reply`))));
       } else if (msg.type === 'error' && (msg.id === 1 || msg.id === null)) {
         done(() => (msg.code === 'unavailable' ? resolve(null) : reject(fatal(`control_${msg.code}`, msg.message))));
       }
     });
   });
+}
+
+/** The session's disk persistence when it has a session disk (its state names the disk's generation), else null. */
+async function localDisks(config: Config, sessionId: string): Promise<DiskPersistence | null> {
+  if (!await DiskStore.peek(config.home, sessionId)) return null;
+  return new DiskPersistence({ home: config.home, persist: config.persist, files: new Persistence({ home: config.home, persist: config.persist }), mode: config.sandbox.mode });
 }
 
 /** Through the running companion when there is one (it waits for a running call and drops what it prepared), else
@@ -78,10 +98,41 @@ function render(state: PersistState): string {
   ];
   if (state.files.length > 0) {
     lines.push('files:');
-    for (const f of state.files) lines.push(`  ${f.mode.toString(8).padStart(4, '0')} ${String(f.size).padStart(10)}  ${JSON.stringify(f.path).slice(1, -1)}`);
+    for (const f of state.files) lines.push(`  ${f.mode.toString(8).padStart(4, '0')} ${String(f.size).padStart(10)}  ${shownName(f.path)}`);
     if (count > state.files.length) lines.push(`  … and ${count - state.files.length} more`);
   }
   return lines.join('\n');
+}
+
+/** A guest name on one line of a listing: escaped (newlines, escape sequences, C1 and direction characters), whole. */
+function shownName(p: string): string { return showPath(p, { full: true }).slice(1, -1); }
+
+/** A disk generation's entries (the first page of a listing) under `render`'s header. */
+export function renderDiskFiles(page: { items: PersistEntry[]; nextCursor: string | null }): string {
+  const lines = ['files:'];
+  for (const e of page.items) {
+    const name = e.type === 'dir' ? `${shownName(e.path)}/` : e.type === 'symlink' ? `${shownName(e.path)} -> ${shownName(e.target ?? '')}` : shownName(e.path);
+    lines.push(`  ${e.mode.toString(8).padStart(4, '0')} ${String(e.size).padStart(10)}  ${name}`);
+  }
+  if (page.nextCursor !== null) lines.push(`  … and more (the first ${page.items.length} entries are shown)`);
+  return lines.join('\n');
+}
+
+/** The first LS_ENTRIES entries of a disk session's generation: through the running companion, else through a
+ *  browse VM this command starts (the host never reads the disk itself). */
+async function diskEntries(config: Config, sessionId: string, generation: number): Promise<{ items: PersistEntry[]; nextCursor: string | null }> {
+  const params = { sessionId, generation, limit: LS_ENTRIES };
+  const live = await viaControlApi(config.home, 'listPersistFiles', params, BROWSE_TIMEOUT_MS);
+  if (live) return live;
+  const { driver } = await selectDriver({ ...config, sandbox: { ...config.sandbox, poolSize: 0 } }, new EventHub());
+  const disks = new DiskPersistence({
+    home: config.home, persist: config.persist, files: new Persistence({ home: config.home, persist: config.persist }), mode: config.sandbox.mode,
+    browse: () => driver.acquire({ sessionId: 'perimeter-browse' }),
+  });
+  try { return await disks.entries(sessionId, generation, { limit: LS_ENTRIES, cursor: null }); } finally {
+    await disks.close();
+    await driver.close();
+  }
 }
 
 export const persistCommand: Command = {
@@ -112,7 +163,7 @@ export const persistCommand: Command = {
     // The running companion when there is one (its clients hear about the change), else the store directly. A session
     // neither knows is an error (persist/known-session.ts), except that `add` may prepare the list of a new one.
     const get = async () => (await viaControlApi(config.home, 'getPersist', { sessionId }))
-      ?? (await sessionKnownOnDisk(config.home, sessionId) ? persistence.state(sessionId) : Promise.reject(unknownSession(sessionId)));
+      ?? (await sessionKnownOnDisk(config.home, sessionId) ? (await localDisks(config, sessionId) ?? persistence).state(sessionId) : Promise.reject(unknownSession(sessionId)));
     const set = async (list: string[]) => (await viaControlApi(config.home, 'setPersist', { sessionId, patterns: list })) ?? persistence.setPatterns(sessionId, list);
     const isUnknownSession = (err: unknown) => err instanceof PerimeterError && (err.code === SESSION_UNKNOWN || err.code === 'control_not_found');
     let state = await get().catch((err: unknown) => { if (action === 'add' && isUnknownSession(err)) return null; throw err; });
@@ -132,7 +183,10 @@ export const persistCommand: Command = {
       }
     }
     if (!state) throw unknownSession(sessionId);
-    process.stdout.write(`${values.json ? JSON.stringify(state) : render(state)}\n`);
+    const diskGeneration = action === 'ls' ? await DiskStore.peek(config.home, sessionId) : null;
+    const disk = diskGeneration ? await diskEntries(config, sessionId, diskGeneration.generation) : null;
+    if (values.json) process.stdout.write(`${JSON.stringify(disk ? { ...state, entries: disk.items, moreEntries: disk.nextCursor !== null } : state)}\n`);
+    else process.stdout.write(`${render(state)}\n${disk ? `${renderDiskFiles(disk)}\n` : ''}`);
     return 0;
   },
 };

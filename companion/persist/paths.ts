@@ -41,10 +41,10 @@ function checkChars(s: string, what: string): string | null {
   return null;
 }
 
-/** A path as it may appear in a user-visible note: quoted, escaped, bounded. */
-export function showPath(p: unknown): string {
+/** A path as it may appear in a user-visible note: quoted, escaped, bounded (whole with `full`, for listings). */
+export function showPath(p: unknown, o: { full?: boolean } = {}): string {
   const s = typeof p === 'string' ? p : String(p);
-  const shown = JSON.stringify(s.length > 200 ? `${s.slice(0, 200)}…` : s);
+  const shown = JSON.stringify(s.length > 200 && !o.full ? `${s.slice(0, 200)}…` : s);
   return shown.replace(/[\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/gu, (c) => `\\u${c.codePointAt(0)!.toString(16).padStart(4, '0')}`);
 }
 

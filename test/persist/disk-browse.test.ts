@@ -1,9 +1,10 @@
 // Reading a session disk's generations from the host with REAL VMs: listing and reading files of generation N and
 // N-1 through a short-lived browse VM (read-only mount over a throwaway layer), paging, names with a newline and
-// escape sequences (listed exactly, shown escaped), a 255-byte component, no symlink followed. Skips (saying why) only
+// escape sequences (listed exactly, shown escaped by `perimeter persist ls`), a 255-byte component, no symlink followed. Skips (saying why) only
 // when QEMU or a template with a session disk is absent.
 import assert from 'node:assert/strict';
-import { readdirSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { readdirSync, rmSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { loadConfig } from '../../companion/config';
@@ -15,6 +16,8 @@ import type { PersistEntry } from '../../companion/protocol/control';
 import { runTool } from '../../companion/tools/semantics';
 import { newDriver, skipWithoutVms } from '../vm/helpers';
 import { tempDir, TEST_LIMITS } from './helpers';
+
+const ROOT = path.resolve(__dirname, '..', '..');
 
 function templateDiskBytes(): number | null {
   const config = loadConfig({});
@@ -102,7 +105,21 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     // the throwaway layers are gone, and the session goes on writing from generation 2
     const layers = readdirSync(path.join(home, 'disks', s, 'layers'));
     assert.ok(layers.length <= 4, `layers left: ${layers.join(', ')}`);
-    assert.equal(await bash(p, driver, s, 'cat /workspace/a.txt /workspace/d/b.txt | grep -c .'), 3);
+    assert.equal(await bash(p, driver, s, 'printf three > /workspace/a.txt'), 3);
     await p.close();
+
+    // perimeter persist ls (no companion on this state directory: it starts a browse VM of the same template itself)
+    symlinkSync(path.join(loadConfig({}).home, 'templates'), path.join(home, 'templates'));
+    const ls = spawnSync(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'ls', '--session', s, '--home', home],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PERIMETER_HOME: '' }, timeout: 600_000 });
+    assert.equal(ls.status, 0, ls.stderr);
+    const out = ls.stdout;
+    for (const raw of ['\u001b', '\u0007']) assert.ok(!out.includes(raw), `raw control character in: ${JSON.stringify(out)}`);
+    assert.match(out, /^session sesn_disk_browse: generation 3,/);
+    const lines = out.split('\n');
+    assert.ok(lines.includes(`  ${'0644'}          5  /workspace/a.txt`), out);
+    assert.ok(lines.includes(`  0644          3  /workspace/${JSON.stringify(ODD).slice(1, -1)}`), out);
+    assert.ok(lines.includes('  0777          0  /workspace/d/etc -> /etc'), out);
+    assert.ok(lines.includes('  0755          0  /workspace/d/'), out);
   });
 });
