@@ -2,16 +2,18 @@
 // save` archive, or from a root filesystem directory), list, inspect and remove them, check one, print the template
 // file's JSON Schema. Progress goes to stdout one line at a time (the extension's Build Template command streams it;
 // `--json` makes each line a JSON object with its stage and percent); the exit code is 0 on success, 1 on failure
-// with a one-line reason on stderr, 2 for usage errors.
+// with a one-line reason on stderr, 2 for usage errors. A build checks every tool its steps need before the first of
+// them (sandbox/template/preflight.ts): a host that lacks one fails at once, naming all that is missing.
 import path from 'node:path';
 import type { Config } from '../config';
-import { buildTemplate, checkTemplate } from '../sandbox/template/build';
+import { buildTemplate, checkTemplate, tinyKernelCached } from '../sandbox/template/build';
+import { checkTemplateBuild } from '../sandbox/template/preflight';
 import { warmUpSandbox } from '../tools/semantics';
 import { guestLimits } from '../sandbox/limits';
 import { errorMessage } from '../errors';
 import { Confinement } from '../sandbox/qemu/confine';
 import { BUILTIN_SPECS, builtinSpec, loadSpecFile, templateJsonSchema, type LoadedSpec } from '../sandbox/template/spec';
-import { debianRootfs, type RootfsImage } from '../sandbox/template/rootfs';
+import { debianRootfs, debianRootfsCached, type RootfsImage } from '../sandbox/template/rootfs';
 import { imageRootfs } from '../sandbox/template/oci';
 import { currentHash, findNamedTemplate, listTemplates, nameTemplate, removeTemplate, type TemplateEntry } from '../sandbox/template/registry';
 import { formatBytes } from '../protocol/format';
@@ -136,16 +138,22 @@ export async function templateCommand(argv: string[], config: Config, print: (li
     if (args.action === 'build') {
       const progress = args.json ? (line: string) => print(JSON.stringify({ type: 'progress', ...buildStage(line), message: line })) : print;
       const ctx = { cache: path.join(home, 'cache'), progress, force: args.force, rootBuildUid: config.sandbox.vmUidBase - 1 };
-      let loaded: LoadedSpec | null = null;
+      const loaded: LoadedSpec | null = args.rootfs || args.image ? null : args.file ? loadSpecFile(args.file) : builtinSpec(args.ref ?? 'default');
+      const spec = loaded?.spec;
+      const fromFile = !!args.file;
+      const kernel = args.kernel ?? (fromFile ? spec!.kernel : 'tiny');
+      // every tool the steps below need is checked before the first of them (bootstrap, unpack, kernel compile)
+      checkTemplateBuild({
+        qemuBinary: config.sandbox.qemuBinary, confinement,
+        steps: {
+          rootfs: args.rootfs ? 'directory' : args.image ? 'unpack' : debianRootfsCached(loaded!, ctx) ? 'cached' : 'bootstrap',
+          compileKernel: kernel === 'tiny' && !(await tinyKernelCached(ctx.cache)),
+        },
+      });
       let rootfs: { image: RootfsImage } | { dir: string };
       if (args.rootfs) rootfs = { dir: args.rootfs };
       else if (args.image) rootfs = { image: await imageRootfs(args.image, ctx) };
-      else {
-        loaded = args.file ? loadSpecFile(args.file) : builtinSpec(args.ref ?? 'default');
-        rootfs = { image: await debianRootfs(loaded, ctx) };
-      }
-      const spec = loaded?.spec;
-      const fromFile = !!args.file;
+      else rootfs = { image: await debianRootfs(loaded!, ctx) };
       const name = args.name ?? spec?.name ?? (args.image ? undefined : 'default');
       const size = args.vmSize ? VM_SIZES[args.vmSize] : config.sandbox;
       const memoryMiB = fromFile ? spec!.memoryMiB : size.memoryMiB;
@@ -154,7 +162,7 @@ export async function templateCommand(argv: string[], config: Config, print: (li
       const env = { ...(image?.env ?? {}), ...(spec?.env ?? {}) };
       const workdir = spec && fromFile ? spec.workdir : image?.workdir;
       const t = await buildTemplate({
-        home, kernel: args.kernel ?? (fromFile ? spec!.kernel : 'tiny'), rootfs, force: args.force,
+        home, kernel, rootfs, force: args.force,
         setCurrent: args.makeDefault || (!args.file && !args.image && (args.ref ?? 'default') === 'default') || !currentHash(home),
         profile: {
           ...(Object.keys(env).length ? { env } : {}), ...(workdir ? { workdir } : {}),

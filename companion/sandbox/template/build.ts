@@ -138,11 +138,21 @@ function duBytes(dir: string): number {
 // ------------------------------------------------------------------ kernels
 interface KernelArtifact { vmlinux: string; modules: { name: string; file: string }[]; machineOpts: string; appendExtra: string; key: string }
 
-async function tinyKernel(cache: string, progress: (l: string) => void): Promise<KernelArtifact> {
+/** The tiny kernel's cache directory, keyed by the config fragment and the installed linux-source-6.1 version. */
+async function tinyKernelCacheDir(cache: string): Promise<{ out: string; key: string; fragment: string }> {
   const fragment = readFileSync(findAsset('microvm.config.fragment'), 'utf8');
   const srcVersion = (await run('dpkg-query', ['-W', '-f=${Version}', 'linux-source-6.1']).catch(() => 'not-installed')).trim();
   const key = sha256(JSON.stringify({ fragment, srcVersion, recipe: 1 })).slice(0, 16);
-  const out = path.join(cache, 'kernel', `tiny-${key}`);
+  return { out: path.join(cache, 'kernel', `tiny-${key}`), key, fragment };
+}
+
+/** Whether a tiny kernel build would be served from the cache (no compiler needed). */
+export async function tinyKernelCached(cache: string): Promise<boolean> {
+  return existsSync(path.join((await tinyKernelCacheDir(cache)).out, 'vmlinux'));
+}
+
+async function tinyKernel(cache: string, progress: (l: string) => void): Promise<KernelArtifact> {
+  const { out, key, fragment } = await tinyKernelCacheDir(cache);
   const artifact = { vmlinux: path.join(out, 'vmlinux'), modules: [], machineOpts: 'acpi=off', appendExtra: '', key: `tiny-${key}` };
   if (existsSync(artifact.vmlinux)) { progress(`kernel: cached tiny kernel ${out}`); return artifact; }
   const work = `${out}.build-${process.pid}`;

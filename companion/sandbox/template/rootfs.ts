@@ -122,6 +122,11 @@ export function subordinateIdsProblem(user = os.userInfo(), files = { uid: '/etc
   return `${user.username} has no subordinate ids in ${missing.join(' and ')}, which mmdebstrap --mode=unshare needs to build a root filesystem without root (fix, once, as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ${user.username})`;
 }
 
+/** Whether `debianRootfs` would take the image from the cache (no bootstrap, no unpack). */
+export function debianRootfsCached(loaded: LoadedSpec, ctx: Pick<RootfsContext, 'cache' | 'force'>): boolean {
+  return !ctx.force && existsSync(cachedImage(ctx.cache, debianRootfsKey(loaded)));
+}
+
 /** The root filesystem image of a Debian template file: from the cache, or built (mmdebstrap → unpack jail). */
 export async function debianRootfs(loaded: LoadedSpec, ctx: RootfsContext): Promise<RootfsImage> {
   const key = debianRootfsKey(loaded);
