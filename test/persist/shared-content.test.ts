@@ -21,7 +21,7 @@ function sharedContentCases(getDriver: () => SandboxDriver): void {
     const p = newPersistence(home);
     const s = 'sesn_shared_empty';
     const made = await runCall(getDriver(), p, s, 'bash', { command: 'mkdir -p pkg && touch pkg/__init__.py pkg/sub.py' });
-    assert.deepEqual(made.report, { generation: 1, notes: [] });
+    assert.deepEqual(made.report, { generation: 1, notes: [], changes: { added: ['/workspace/pkg/__init__.py', '/workspace/pkg/sub.py'], changed: [], removed: [] } });
     const next = await runCall(getDriver(), p, s, 'bash', { command: 'ls -A pkg' });
     assert.equal(next.outcome.text.trim(), '__init__.py\nsub.py');
   });
@@ -35,7 +35,9 @@ function sharedContentCases(getDriver: () => SandboxDriver): void {
       timeout_ms: 120_000,
     });
     assert.equal(made.outcome.isError, false, made.outcome.text);
-    assert.deepEqual(made.report, { generation: 1, notes: [] });
+    assert.deepEqual(made.report, { generation: 1, notes: [], changes: {
+      added: ['a/big', 'a/deep/x', 'a/e1', 'b/big', 'b/e2', 'b/y', 'c/big', 'c/z'].map((f) => `/workspace/${f}`), changed: [], removed: [],
+    } });
     const next = await runCall(getDriver(), p, s, 'bash', { command: LIST, timeout_ms: 120_000 });
     const big = '17000000 79641e8b4ab6';
     assert.equal(next.outcome.text.trim(), [
@@ -48,11 +50,13 @@ function sharedContentCases(getDriver: () => SandboxDriver): void {
     const p = newPersistence(home);
     const s = 'sesn_shared_calls';
     const first = await runCall(getDriver(), p, s, 'bash', { command: 'echo same > one && : > empty1' });
-    assert.deepEqual(first.report, { generation: 1, notes: [] });
+    assert.deepEqual(first.report, { generation: 1, notes: [], changes: { added: ['/workspace/empty1', '/workspace/one'], changed: [], removed: [] } });
     const second = await runCall(getDriver(), p, s, 'bash', { command: 'mkdir -p d && echo same > d/two && echo same > d/three && : > d/empty2 && : > empty3 && echo new > d/n1 && echo new > n2' });
-    assert.deepEqual(second.report, { generation: 2, notes: [] });
+    assert.deepEqual(second.report, { generation: 2, notes: [], changes: {
+      added: ['d/empty2', 'd/n1', 'd/three', 'd/two', 'empty3', 'n2'].map((f) => `/workspace/${f}`), changed: [], removed: [],
+    } });
     const third = await runCall(getDriver(), p, s, 'bash', { command: 'rm one && echo same > four' });
-    assert.deepEqual(third.report, { generation: 3, notes: [] });
+    assert.deepEqual(third.report, { generation: 3, notes: [], changes: { added: ['/workspace/four'], changed: [], removed: ['/workspace/one'] } });
     const next = await runCall(getDriver(), p, s, 'bash', { command: LIST });
     assert.equal(next.outcome.text.trim(), [
       'd/empty2 0 e3b0c44298fc', 'd/n1 4 7aa7a5359173', 'd/three 5 a6328afc76e9', 'd/two 5 a6328afc76e9', 'empty1 0 e3b0c44298fc',
