@@ -62,7 +62,7 @@ describe('persist: a session stays usable whatever its persisted files (process 
     const s = 'sesn_space_refused';
     const small = smallSandboxes(sbx.driver, { writableBytes: 32 * 1024 * 1024 });
     const kept = await runCall(small, p, s, 'bash', { command: 'echo keep > keep.txt' });
-    assert.deepEqual(kept.report, { generation: 1, notes: [] });
+    assert.deepEqual(kept.report, { generation: 1, notes: [], changes: { added: ['/workspace/keep.txt'], changed: [], removed: [] } });
     const fill = await runCall(small, p, s, 'bash', { command: 'head -c 20000000 /dev/zero > fill && echo filled' });
     assert.equal(fill.outcome.text.trim(), 'filled');
     assert.equal(fill.report.generation, 1);
@@ -73,10 +73,10 @@ describe('persist: a session stays usable whatever its persisted files (process 
     assert.equal(next.outcome.text.trim(), 'alive\nkeep.txt');
     // What fits is accepted, and a generation that shrinks is accepted even when it is still too large.
     const fits = await runCall(small, p, s, 'bash', { command: 'head -c 10000000 /dev/zero > ten && echo ok' });
-    assert.deepEqual(fits.report, { generation: 2, notes: [] });
+    assert.deepEqual(fits.report, { generation: 2, notes: [], changes: { added: ['/workspace/ten'], changed: [], removed: [] } });
     await runCall(sbx.driver, p, s, 'bash', { command: 'head -c 30000000 /dev/zero > thirty' });
     const shrink = await runCall(small, p, s, 'bash', { command: 'rm ten' });
-    assert.deepEqual(shrink.report, { generation: 4, notes: [] });
+    assert.deepEqual(shrink.report, { generation: 4, notes: [], changes: { added: [], changed: [], removed: ['/workspace/ten'] } });
   });
 
   it('files a sandbox cannot take are left out with a note; the call runs; they stay saved until replaced or their directory goes', async () => {
@@ -85,7 +85,7 @@ describe('persist: a session stays usable whatever its persisted files (process 
     const made = await runCall(sbx.driver, p, s, 'bash', {
       command: 'mkdir -p data big && echo small > data/small.txt && head -c 3000000 /dev/urandom > data/a.bin && head -c 20000000 /dev/urandom > big/huge.bin && sha256sum data/a.bin big/huge.bin',
     });
-    assert.deepEqual(made.report, { generation: 1, notes: [] });
+    assert.deepEqual(made.report, { generation: 1, notes: [], changes: { added: ['/workspace/big/huge.bin', '/workspace/data/a.bin', '/workspace/data/small.txt'], changed: [], removed: [] } });
     const tight = smallSandboxes(sbx.driver, { refuseAbove: 1_000_000 });
 
     const alive = await runCall(tight, p, s, 'bash', { command: 'echo alive; find . -type f | sort' });
@@ -99,6 +99,7 @@ describe('persist: a session stays usable whatever its persisted files (process 
     // A call that changes something else commits without losing the missing files.
     const other = await runCall(tight, p, s, 'bash', { command: 'echo more > data/more.txt' });
     assert.equal(other.report.generation, 2);
+    assert.deepEqual(other.report.changes, { added: ['/workspace/data/more.txt'], changed: [], removed: [] }, 'the missing files are not removed');
     const all = await runCall(sbx.driver, p, s, 'bash', { command: 'find . -type f | sort; sha256sum data/a.bin big/huge.bin' });
     assert.equal(all.outcome.text.trim(), `./big/huge.bin\n./data/a.bin\n./data/more.txt\n./data/small.txt\n${made.outcome.text.trim()}`);
 
@@ -185,7 +186,7 @@ describe('persist: a session stays usable whatever its persisted files (real VMs
     const p = newPersistence(home, { limits: { maxBytes: 1024 * 1024 * 1024 } });
     const s = 'sesn_vm_fill';
     const first = await runCall(roomy, p, s, 'bash', { command: 'echo keep > keep.txt' });
-    assert.deepEqual(first.report, { generation: 1, notes: [] });
+    assert.deepEqual(first.report, { generation: 1, notes: [], changes: { added: ['/workspace/keep.txt'], changed: [], removed: [] } });
     const fill = await runCall(roomy, p, s, 'bash', { command: 'dd if=/dev/zero of=/workspace/fill bs=1M count=20000 2>&1 | head -1; ls -s --block-size=1M fill', timeout_ms: 120_000 });
     assert.match(fill.outcome.text, /No space left on device/);
     assert.equal(fill.report.generation, 1);
@@ -204,7 +205,9 @@ describe('persist: a session stays usable whatever its persisted files (real VMs
       command: 'for i in 1 2 3 4 5; do head -c 7000000 /dev/urandom > s$i; done && head -c 40000000 /dev/urandom > big.bin && sha256sum s5 big.bin',
       timeout_ms: 120_000,
     });
-    assert.deepEqual(made.report, { generation: 1, notes: [] });
+    assert.deepEqual(made.report, { generation: 1, notes: [], changes: {
+      added: ['big.bin', 's1', 's2', 's3', 's4', 's5'].map((f) => `/workspace/${f}`), changed: [], removed: [],
+    } });
 
     const alive = await runCall(tight, p, s, 'bash', { command: 'echo alive; ls; df -B1M --output=avail /workspace | tail -1', timeout_ms: 120_000 });
     assert.equal(alive.outcome.isError, false, alive.outcome.text);
@@ -222,6 +225,7 @@ describe('persist: a session stays usable whatever its persisted files (real VMs
 
     const replaced = await runCall(tight, p, s, 'bash', { command: ': > big.bin', timeout_ms: 120_000 });
     assert.equal(replaced.report.generation, 2);
+    assert.deepEqual(replaced.report.changes, { added: [], changed: ['/workspace/big.bin'], removed: [] }, 'the files this VM lacked are not removed');
     await runCall(tight, p, s, 'bash', { command: 'rm big.bin', timeout_ms: 120_000 });
     const end = await runCall(roomy, p, s, 'bash', { command: 'ls', timeout_ms: 120_000 });
     assert.equal(end.outcome.text.trim(), 's1\ns2\ns3\ns4\ns5');
