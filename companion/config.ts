@@ -63,6 +63,8 @@ export const ConfigSchema = z.object({
     maxBytes: z.number().int().positive().default(16 * 1024 * 1024 * 1024),
     maxFiles: z.number().int().positive().default(200_000),
     keepGenerations: z.number().int().min(1).default(3),
+    /** Days a terminated session's disks are kept before they are deleted (`perimeter persist gc` deletes them now). */
+    retainDays: z.number().int().min(0).default(7),
     /** How copy-out finds changed files: `hash` (the guest hashes every persisted file; exact) or `mtime` (size,
      *  mtime and mode compared with the stored generation, as rsync does; only candidates are read and hashed). */
     changeDetection: z.enum(['hash', 'mtime']).default('hash'),

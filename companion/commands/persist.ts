@@ -2,7 +2,8 @@
 // list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds (a session
 // disk's files are listed through a short-lived VM: the running companion's, else one this command starts; every name
 // is shown escaped on one line);
-// `perimeter persist rollback --session ID --to N` makes a kept generation's content current again. When a
+// `perimeter persist rollback --session ID --to N` makes a kept generation's content current again; `perimeter persist
+// gc` deletes now the session disks of sessions that ended persist.retainDays (or --retain-days) ago. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
 // next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written. A session
@@ -17,6 +18,7 @@ import { PerimeterError, fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED } from '../persist/persistence';
 import { DiskPersistence } from '../persist/disk/persistence';
 import { DiskStore } from '../persist/disk/store';
+import { collectDisks } from '../persist/disk/retention';
 import { SESSION_UNKNOWN, sessionKnownOnDisk, unknownSession } from '../persist/known-session';
 import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
@@ -37,6 +39,7 @@ const USAGE = [
   '       perimeter persist add --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rm  --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rollback --session ID --to N [--json] [--home DIR]',
+  '       perimeter persist gc [--retain-days N] [--json] [--home DIR]',
   '',
   'PATTERN is an absolute guest path: a directory (/workspace), a file, or a glob (/home/agent/.cache/pip/**,',
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
@@ -141,12 +144,21 @@ export const persistCommand: Command = {
   async run(argv) {
     let parsed;
     try {
-      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' } }, strict: true, allowPositionals: true });
+      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' }, 'retain-days': { type: 'string' } }, strict: true, allowPositionals: true });
     } catch (err) { throw new UsageError((err as Error).message); }
     const { values, positionals } = parsed;
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     const [action, ...patterns] = positionals;
-    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback') throw new UsageError('expected one of: ls, add, rm, rollback');
+    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback' && action !== 'gc') throw new UsageError('expected one of: ls, add, rm, rollback, gc');
+    if (action === 'gc') {
+      const days = values['retain-days'];
+      if (patterns.length > 0 || values.session || (days !== undefined && !/^\d{1,6}$/.test(days))) throw new UsageError('gc takes no session or patterns, and --retain-days N (whole days)');
+      const config = configFromFlags(values, { control: { enabled: false } });
+      const report = await collectDisks(config.home, { retainDays: days === undefined ? config.persist.retainDays : Number(days) });
+      process.stdout.write(values.json ? `${JSON.stringify(report)}\n`
+        : `${report.removed.map((id) => `deleted the session disk of ${id}\n`).join('')}${report.removed.length} session disk(s) deleted, ${report.retained.length} of ended sessions kept until their retention passes\n`);
+      return 0;
+    }
     if (!values.session) throw new UsageError('--session ID is required');
     if (action === 'rollback') {
       if (patterns.length > 0 || !values.to || !/^\d{1,15}$/.test(values.to)) throw new UsageError('rollback takes --to N (a kept generation) and no patterns');

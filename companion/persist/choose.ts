@@ -2,7 +2,8 @@
 // device (a QEMU template built with one), else the file store (persistence.ts; the process driver, Firecracker, and
 // templates built before session disks). Invariant: a session disk never exceeds the device: persist.maxBytes larger
 // than the template's disk is capped (and said once), a smaller one makes smaller disks. Disk generations are read
-// from the host through browse VMs of the default template, with no network.
+// from the host through browse VMs of the default template, with no network; the disks of sessions that ended
+// persist.retainDays ago are deleted at start and every COLLECT_EVERY_MS.
 import type { Config } from '../config';
 import type { EventHub } from '../events';
 import { logger } from '../log';
@@ -13,6 +14,8 @@ import { DiskPersistence } from './disk/persistence';
 import type { MemoryMountResolver } from './types';
 
 const log = logger('persist');
+/** How often a companion deletes the disks of sessions that ended persist.retainDays ago. */
+const COLLECT_EVERY_MS = 6 * 60 * 60 * 1000;
 
 export function choosePersistence(o: { config: Config; driver: SandboxDriver; hub?: EventHub; memoryMounts?: MemoryMountResolver }): Persistence | DiskPersistence {
   const { home } = o.config;
@@ -28,6 +31,6 @@ export function choosePersistence(o: { config: Config; driver: SandboxDriver; hu
   const files = new Persistence({ home, persist, hub: o.hub });
   return new DiskPersistence({
     home, persist, files, hub: o.hub, memoryMounts: o.memoryMounts, mode: o.config.sandbox.mode,
-    browse: () => o.driver.acquire({ sessionId: 'perimeter-browse' }),
+    browse: () => o.driver.acquire({ sessionId: 'perimeter-browse' }), collectEveryMs: COLLECT_EVERY_MS,
   });
 }

@@ -63,7 +63,7 @@ const STATE_FILES_LIMIT = 5000;
 const PatternList = z.array(z.string()).max(256);
 
 /** The persist configuration; `changeDetection` defaults to 'hash'. */
-export type PersistSettings = Omit<Config['persist'], 'changeDetection'> & Partial<Pick<Config['persist'], 'changeDetection'>>;
+export type PersistSettings = Omit<Config['persist'], 'changeDetection' | 'retainDays'> & Partial<Pick<Config['persist'], 'changeDetection' | 'retainDays'>>;
 
 export interface PersistenceOptions {
   home: string;

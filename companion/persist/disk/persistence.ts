@@ -18,6 +18,8 @@
 //   their host mirror (memory.ts) and are not put on the disk; the list itself, and sessions the file store still
 //   holds files for, live in the file store (`files`): such a session's files are copied onto its disk once.
 // - Nothing for the model names a host path.
+// - Retention (retention.ts): a session whose control plane terminated it has its end recorded on its disk; its disks
+//   are deleted persist.retainDays later.
 // - Reading a generation from the host (entries, readFile) goes through a short-lived browse VM (`browse`) with a
 //   throwaway layer over that generation, the filesystem mounted read-only (ro,noload) and walked without following
 //   a symlink; the layer is discarded and the VM destroyed afterwards. The host never mounts or parses the filesystem;
@@ -39,6 +41,7 @@ import { MemoryMirror } from '../memory';
 import { isWithin, parsePatterns, showPath, walkRoots } from '../paths';
 import { DEFAULT_SHELL, sanitizeShell } from '../shell';
 import { DiskConflictError, DiskStore, type DiskGeneration, type PendingLayer } from './store';
+import { collectDisks, markEnded, type CollectReport } from './retention';
 
 const log = logger('persist:disk');
 /** A prepared VM nobody took within this time is released (its layer discarded). */
@@ -54,6 +57,8 @@ const BROWSE_MAX_ENTRIES = 50_000;
 /** A listing is kept this long for the pages after the first (a generation never changes). */
 const BROWSE_CACHE_MS = 60_000;
 const MAX_NAME_BYTES = 255;
+/** persist.retainDays when the settings do not say. */
+const DEFAULT_RETAIN_DAYS = 7;
 
 export interface DiskPersistenceOptions {
   home: string;
@@ -68,6 +73,9 @@ export interface DiskPersistenceOptions {
   preparedIdleMs?: number;
   /** A fresh sandbox (no network) for reading a generation from the host; absent: generations cannot be browsed. */
   browse?: () => Promise<Sandbox>;
+  /** Deletes the disks of sessions that ended `persist.retainDays` ago at start and then this often (retention.ts);
+   *  absent: never (the CLI's `persist gc` does it). */
+  collectEveryMs?: number;
 }
 
 /** One generation's files as a browse VM listed them, sorted by path. */
@@ -115,8 +123,33 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   private listing: Promise<Listing> | null = null;
   /** Browse VMs run one at a time. */
   private browsing: Promise<unknown> = Promise.resolve();
+  private readonly unsubscribe: (() => void) | null;
+  private readonly collectTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly opts: DiskPersistenceOptions) {}
+  constructor(private readonly opts: DiskPersistenceOptions) {
+    // A terminated session gets its end recorded on its disk: retention counts from there.
+    this.unsubscribe = opts.hub?.subscribe((ev) => {
+      if (ev.type !== 'session.transcript' || ev.entry.kind !== 'turn' || ev.entry.status !== 'terminated') return;
+      markEnded(opts.home, ev.sessionId, ev.entry.ts).catch((err: Error) => log.warn(`session ${ev.sessionId}: recording its end failed: ${err.message}`));
+    }) ?? null;
+    if (opts.collectEveryMs) {
+      void this.collect();
+      this.collectTimer = setInterval(() => { void this.collect(); }, opts.collectEveryMs);
+      this.collectTimer.unref();
+    }
+  }
+
+  /** Deletes the disks of sessions that ended `persist.retainDays` ago (and forgets their open stores). */
+  async collect(): Promise<CollectReport> {
+    try {
+      const report = await collectDisks(this.opts.home, { retainDays: this.opts.persist.retainDays ?? DEFAULT_RETAIN_DAYS });
+      for (const id of report.removed) this.stores.delete(id);
+      return report;
+    } catch (err) {
+      log.warn(`deleting the disks of ended sessions failed: ${errorMessage(err)}`);
+      return { removed: [], retained: [] };
+    }
+  }
 
   patterns(sessionId: string): Promise<string[]> { return this.opts.files.patterns(sessionId); }
 
@@ -225,6 +258,8 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
 
   async close(): Promise<void> {
     this.closed = true;
+    this.unsubscribe?.();
+    if (this.collectTimer) clearInterval(this.collectTimer);
     await Promise.all([...this.sessions.keys()].map((id) => this.dropReady(id)));
     for (const s of this.stores.values()) await s.then((st) => st.idle(), () => {});
   }

@@ -1,0 +1,83 @@
+// Retention of session disks (no VMs, real stores made with qemu-img): a terminated session's disks are deleted once
+// persist.retainDays have passed since it ended, never before and never without a recorded end; the companion records
+// the end from the session's `terminated` turn; `perimeter persist gc` deletes them now.
+import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { DiskStore } from '../../companion/persist/disk/store';
+import { DiskPersistence } from '../../companion/persist/disk/persistence';
+import { collectDisks, markEnded } from '../../companion/persist/disk/retention';
+import { Persistence } from '../../companion/persist/persistence';
+import { EventHub } from '../../companion/events';
+import { tempDir, TEST_LIMITS } from './helpers';
+
+const ROOT = path.resolve(__dirname, '..', '..');
+const DAY = 24 * 60 * 60 * 1000;
+const NOW = Date.UTC(2026, 0, 20);
+
+describe('persist: session-disk retention (no VMs)', function () {
+  this.timeout(120_000);
+  let home: string;
+  before(function () {
+    try { execFileSync('sh', ['-c', 'command -v qemu-img && command -v mke2fs'], { stdio: 'ignore' }); } catch {
+      console.log('      SKIPPED: qemu-img or mke2fs is not installed');
+      this.skip();
+    }
+  });
+  beforeEach(() => { home = tempDir('disk-retention'); });
+  afterEach(() => { rmSync(home, { recursive: true, force: true }); });
+
+  const disks = () => readdirSync(path.join(home, 'disks')).sort();
+  const open = async (id: string) => { const s = await DiskStore.open(home, id, { bytes: 64 << 20, keepGenerations: 3 }); await s.idle(); };
+
+  it('deletes the disks of sessions ended retainDays ago; keeps younger ones and sessions not known to have ended', async () => {
+    for (const id of ['sesn_old', 'sesn_recent', 'sesn_live', 'sesn_bad']) await open(id);
+    await markEnded(home, 'sesn_old', NOW - 8 * DAY);
+    await markEnded(home, 'sesn_old', NOW - DAY); // the first end counts
+    await markEnded(home, 'sesn_recent', NOW - 6 * DAY);
+    await markEnded(home, 'sesn_unknown', NOW - 30 * DAY); // no disk: nothing recorded
+    writeFileSync(path.join(home, 'disks', 'sesn_bad', 'ENDED'), 'yesterday\n'); // not a valid marker: never collected
+    mkdirSync(path.join(home, 'disks', '.gc-sesn_gone-0123456789ab', 'layers'), { recursive: true }); // a crash's leftover
+    const outside = tempDir('disk-retention-outside');
+    try {
+      symlinkSync(outside, path.join(home, 'disks', 'sesn_link')); // not a directory of the store: never followed
+      const r = await collectDisks(home, { retainDays: 7, now: NOW });
+      assert.deepEqual(r, { removed: ['sesn_old'], retained: ['sesn_recent'] });
+      assert.deepEqual(disks(), ['sesn_bad', 'sesn_link', 'sesn_live', 'sesn_recent']);
+      assert.ok(existsSync(outside));
+      assert.deepEqual(await collectDisks(home, { retainDays: 7, now: NOW + DAY }), { removed: ['sesn_recent'], retained: [] });
+      assert.deepEqual(disks(), ['sesn_bad', 'sesn_link', 'sesn_live']);
+    } finally { rmSync(outside, { recursive: true, force: true }); }
+  });
+
+  it('the companion records the end of a terminated session and deletes its disks when retainDays have passed', async () => {
+    const hub = new EventHub();
+    await open('sesn_term');
+    await open('sesn_idle');
+    const p = new DiskPersistence({ home, persist: { ...TEST_LIMITS, retainDays: 0 }, files: new Persistence({ home, persist: TEST_LIMITS }), hub, mode: 'per-call' });
+    hub.publish({ type: 'session.transcript', sessionId: 'sesn_idle', entry: { kind: 'turn', ts: NOW, status: 'idle', stopReason: 'end_turn' } });
+    hub.publish({ type: 'session.transcript', sessionId: 'sesn_term', entry: { kind: 'turn', ts: NOW, status: 'terminated', stopReason: null } });
+    for (let i = 0; i < 100 && !existsSync(path.join(home, 'disks', 'sesn_term', 'ENDED')); i++) await new Promise((r) => setTimeout(r, 20));
+    assert.deepEqual(await p.collect(), { removed: ['sesn_term'], retained: [] });
+    assert.deepEqual(disks(), ['sesn_idle']);
+    await p.close();
+  });
+
+  it('perimeter persist gc deletes them now (persist.retainDays, or --retain-days)', async () => {
+    await open('sesn_a');
+    await open('sesn_b');
+    await markEnded(home, 'sesn_a', Date.now() - 8 * DAY);
+    await markEnded(home, 'sesn_b', Date.now() - DAY);
+    const gc = (...args: string[]) => spawnSync(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'gc', '--home', home, ...args],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PERIMETER_HOME: '' } });
+    const first = gc();
+    assert.equal(first.status, 0, first.stderr);
+    assert.equal(first.stdout, 'deleted the session disk of sesn_a\n1 session disk(s) deleted, 1 of ended sessions kept until their retention passes\n');
+    const now = gc('--retain-days', '0', '--json');
+    assert.equal(now.status, 0, now.stderr);
+    assert.deepEqual(JSON.parse(now.stdout), { removed: ['sesn_b'], retained: [] });
+    assert.deepEqual(disks(), []);
+    assert.equal(gc('--retain-days', 'soon').status, 2);
+  });
+});
