@@ -50,14 +50,16 @@ describe('persist: real VMs', function () {
     const s = 'sesn_vm_roundtrip';
     const w = await runCall(driver, p, s, 'write', { file_path: '/workspace/notes/todo.txt', content: 'first line\n' });
     assert.equal(w.outcome.isError, false, w.outcome.text);
-    assert.deepEqual(w.report, { generation: 1, notes: [] });
+    assert.deepEqual(w.report, { generation: 1, notes: [], changes: { added: ['/workspace/notes/todo.txt'], changed: [], removed: [] } });
     const r = await runCall(driver, p, s, 'read', { file_path: '/workspace/notes/todo.txt' });
     assert.match(r.outcome.text, /first line/);
     const b = await runCall(driver, p, s, 'bash', { command: 'echo "second line" >> notes/todo.txt && wc -l < notes/todo.txt' });
     assert.equal(b.outcome.text.trim(), '2');
+    assert.deepEqual(b.report, { generation: 2, notes: [], changes: { added: [], changed: ['/workspace/notes/todo.txt'], removed: [] } });
     const r2 = await runCall(driver, p, s, 'read', { file_path: '/workspace/notes/todo.txt' });
     assert.match(r2.outcome.text, /first line[\s\S]*second line/);
-    await runCall(driver, p, s, 'bash', { command: 'rm notes/todo.txt' });
+    const rm = await runCall(driver, p, s, 'bash', { command: 'rm notes/todo.txt' });
+    assert.deepEqual(rm.report, { generation: 3, notes: [], changes: { added: [], changed: [], removed: ['/workspace/notes/todo.txt'] } });
     const gone = await runCall(driver, p, s, 'bash', { command: 'ls notes/ | wc -l; test -e notes/todo.txt && echo present || echo absent' });
     assert.equal(gone.outcome.text.trim(), '0\nabsent');
   });
