@@ -114,6 +114,7 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
     send(ws, {
       type: 'hello', protocol: CONTROL_PROTOCOL_VERSION, version,
       state: opts.worker.state(), facts: opts.worker.hostFacts(), serverTime: Date.now(),
+      ...(opts.worker.stateDetail?.() ? { stateDetail: opts.worker.stateDetail() } : {}),
     });
   }
 
