@@ -72,7 +72,9 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
   it('lists and reads generation N and N-1 through a browse VM; odd and long names; no symlink followed; nothing left behind', async function () {
     this.timeout(900_000);
     const persist = { ...TEST_LIMITS, maxBytes: templateDiskBytes()!, keepGenerations: 3 };
-    const p = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse: () => driver.acquire({ sessionId: 'perimeter-browse' }) });
+    let browseVms = 0;
+    const browse = () => { browseVms += 1; return driver.acquire({ sessionId: 'perimeter-browse' }); };
+    const p = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse });
     const s = 'sesn_disk_browse';
     const g1 = await bash(p, driver, s, `mkdir -p /workspace/d && printf one > /workspace/a.txt && printf long > /workspace/${LONG}`
       + ` && printf odd > "/workspace/$(printf 'bad\\nname\\033[31mred\\033]0;title\\007')" && ln -s /etc /workspace/d/etc`);
@@ -102,11 +104,17 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     for (const raw of ['\n', '\u001b', '\u0007']) assert.ok(!shown.includes(raw), `shown raw: ${JSON.stringify(shown)}`);
     assert.equal(JSON.parse(shown), `/workspace/${ODD}`);
 
-    // the throwaway layers are gone, and the session goes on writing from generation 2
-    const layers = readdirSync(path.join(home, 'disks', s, 'layers'));
-    assert.ok(layers.length <= 4, `layers left: ${layers.join(', ')}`);
+    // requests for one generation in a row share a browse VM
+    const before = browseVms;
+    for (const f of ['/workspace/a.txt', '/workspace/d/b.txt', '/workspace/a.txt']) await readAll(p, s, g1 + 1, f);
+    assert.ok(browseVms - before <= 1, `${browseVms - before} browse VMs for three reads of one generation`);
+
+    // the session goes on writing from generation 2; once closed, only the generations' layers are left
     assert.equal(await bash(p, driver, s, 'printf three > /workspace/a.txt'), 3);
     await p.close();
+    let layers: string[] = [];
+    for (let i = 0; i < 50 && (layers = readdirSync(path.join(home, 'disks', s, 'layers'))).length > 4; i++) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(layers.length, 4, `layers left: ${layers.join(', ')}`);
 
     // perimeter persist ls (no companion on this state directory: it starts a browse VM of the same template itself)
     symlinkSync(path.join(loadConfig({}).home, 'templates'), path.join(home, 'templates'));

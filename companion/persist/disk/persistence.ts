@@ -22,7 +22,8 @@
 //   are deleted persist.retainDays later.
 // - Reading a generation from the host (entries, readFile) goes through a short-lived browse VM (`browse`) with a
 //   throwaway layer over that generation, the filesystem mounted read-only (ro,noload) and walked without following
-//   a symlink; the layer is discarded and the VM destroyed afterwards. The host never mounts or parses the filesystem;
+//   a symlink; the VM serves the requests for that generation that follow within seconds, then it is destroyed and
+//   its layer discarded. The host never mounts or parses the filesystem;
 //   every name the guest sends is checked (under a root, no empty, "." or ".." segment, components of at most 255
 //   bytes) and one listing holds at most BROWSE_MAX_ENTRIES entries. A file is read only when the listing names it
 //   as a regular file (so no symlink along its path is followed in the guest).
@@ -56,6 +57,8 @@ const DISK_ROOT = '/.perimeter/disk/root';
 const BROWSE_MAX_ENTRIES = 50_000;
 /** A listing is kept this long for the pages after the first (a generation never changes). */
 const BROWSE_CACHE_MS = 60_000;
+/** A browse VM nobody used for this long is destroyed. */
+const BROWSE_IDLE_MS = 5_000;
 const MAX_NAME_BYTES = 255;
 /** persist.retainDays when the settings do not say. */
 const DEFAULT_RETAIN_DAYS = 7;
@@ -76,6 +79,17 @@ export interface DiskPersistenceOptions {
   /** Deletes the disks of sessions that ended `persist.retainDays` ago at start and then this often (retention.ts);
    *  absent: never (the CLI's `persist gc` does it). */
   collectEveryMs?: number;
+}
+
+/** A browse VM showing one generation (read-only, over a throwaway layer). */
+interface Browser {
+  readonly sessionId: string;
+  readonly generation: number;
+  readonly sandbox: Sandbox;
+  readonly store: DiskStore;
+  readonly pending: PendingLayer;
+  idle: NodeJS.Timeout | null;
+  dead: boolean;
 }
 
 /** One generation's files as a browse VM listed them, sorted by path. */
@@ -123,6 +137,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   private listing: Promise<Listing> | null = null;
   /** Browse VMs run one at a time. */
   private browsing: Promise<unknown> = Promise.resolve();
+  private browser: Browser | null = null;
   private readonly unsubscribe: (() => void) | null;
   private readonly collectTimer: NodeJS.Timeout | null = null;
 
@@ -260,6 +275,8 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     this.closed = true;
     this.unsubscribe?.();
     if (this.collectTimer) clearInterval(this.collectTimer);
+    await this.browsing;
+    if (this.browser) await this.closeBrowser(this.browser);
     await Promise.all([...this.sessions.keys()].map((id) => this.dropReady(id)));
     for (const s of this.stores.values()) await s.then((st) => st.idle(), () => {});
   }
@@ -292,33 +309,63 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     return next;
   }
 
-  /** Runs `fn` in a fresh VM with generation `generation` of the session's disk mounted read-only over a throwaway
-   *  layer; the VM is destroyed and the layer discarded afterwards, whatever happened. */
+  /** Runs `fn` in a VM with generation `generation` of the session's disk mounted read-only over a throwaway layer:
+   *  the browse VM of the previous request when it shows the same generation and is alive, else a fresh one. A browse
+   *  VM is destroyed and its layer discarded once idle for BROWSE_IDLE_MS, when another generation is asked for, on a
+   *  failure, and at close. */
   private inBrowseVm<T>(sessionId: string, generation: number, fn: (sb: Sandbox) => Promise<T>): Promise<T> {
     const run = this.browsing.then(async () => {
-      if (!this.opts.browse) throw fatal('persist_disk_browse', 'this companion cannot start a VM to read a session disk\'s generation');
-      if (!this.stores.has(sessionId) && !await DiskStore.peek(this.opts.home, sessionId)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} has no session disk`);
-      const store = await this.store(sessionId);
-      if (!await store.get(generation)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} keeps no generation ${generation} of its disk`);
-      const sandbox = await this.opts.browse();
-      let pending: PendingLayer | null = null;
+      let b = this.browser;
+      if (b && (b.dead || b.sessionId !== sessionId || b.generation !== generation)) { await this.closeBrowser(b); b = null; }
+      if (b?.idle) { clearTimeout(b.idle); b.idle = null; }
+      b ??= await this.openBrowser(sessionId, generation);
       try {
-        const port = sandbox.sessionDisk;
-        if (!port) throw fatal('persist_disk_unsupported', 'this sandbox has no session disk (rebuild the template: perimeter template build)');
-        if (port.bytes < store.bytes) throw fatal('persist_disk_size', 'the session disk is larger than the template\'s disk device: rebuild the template (perimeter template build)');
-        pending = await store.openLayer((layer, backing) => port.attach({ top: layer.path, backing }), generation);
-        await port.mount([], { readOnly: true });
-        return await fn(sandbox);
+        const out = await fn(b.sandbox);
+        b.idle = setTimeout(() => { this.browsing = this.browsing.then(() => this.closeBrowser(b)); }, BROWSE_IDLE_MS);
+        b.idle.unref();
+        return out;
       } catch (err) {
+        await this.closeBrowser(b);
         if (err instanceof PerimeterError) throw err;
         throw fatal('persist_disk_browse', `reading generation ${generation} of session ${sessionId}'s disk failed (${errorMessage(err)})`, err);
-      } finally {
-        await sandbox.destroy().catch(() => {});
-        if (pending) await store.discard(pending).catch(() => {});
       }
     });
     this.browsing = run.catch(() => undefined);
     return run;
+  }
+
+  private async openBrowser(sessionId: string, generation: number): Promise<Browser> {
+    if (this.closed) throw transient('persist_closed', 'the companion is shutting down');
+    if (!this.opts.browse) throw fatal('persist_disk_browse', 'this companion cannot start a VM to read a session disk\'s generation');
+    if (!this.stores.has(sessionId) && !await DiskStore.peek(this.opts.home, sessionId)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} has no session disk`);
+    const store = await this.store(sessionId);
+    if (!await store.get(generation)) throw fatal(PERSIST_NOT_FOUND, `session ${sessionId} keeps no generation ${generation} of its disk`);
+    const sandbox = await this.opts.browse();
+    let pending: PendingLayer | null = null;
+    try {
+      const port = sandbox.sessionDisk;
+      if (!port) throw fatal('persist_disk_unsupported', 'this sandbox has no session disk (rebuild the template: perimeter template build)');
+      if (port.bytes < store.bytes) throw fatal('persist_disk_size', 'the session disk is larger than the template\'s disk device: rebuild the template (perimeter template build)');
+      pending = await store.openLayer((layer, backing) => port.attach({ top: layer.path, backing }), generation);
+      await port.mount([], { readOnly: true });
+      const b: Browser = { sessionId, generation, sandbox, store, pending, idle: null, dead: false };
+      void port.closed.then(() => { b.dead = true; });
+      this.browser = b;
+      return b;
+    } catch (err) {
+      await sandbox.destroy().catch(() => {});
+      if (pending) await store.discard(pending).catch(() => {});
+      if (err instanceof PerimeterError) throw err;
+      throw fatal('persist_disk_browse', `reading generation ${generation} of session ${sessionId}'s disk failed (${errorMessage(err)})`, err);
+    }
+  }
+
+  private async closeBrowser(b: Browser): Promise<void> {
+    if (b.idle) { clearTimeout(b.idle); b.idle = null; }
+    if (this.browser === b) this.browser = null;
+    b.dead = true;
+    await b.sandbox.destroy().catch(() => {});
+    await b.store.discard(b.pending).catch((err: Error) => log.warn(`session ${b.sessionId}: discarding a browse layer failed: ${err.message}`));
   }
 
   // ---- attach ------------------------------------------------------------------------------------------------------
