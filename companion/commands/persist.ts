@@ -2,6 +2,7 @@
 // list (guest paths, directories or globs such as /workspace/** ) and see what its latest generation holds (a session
 // disk's files are listed through a short-lived VM: the running companion's, else one this command starts; every name
 // is shown escaped on one line);
+// `perimeter persist cat --session ID [--generation N] PATH` writes a persisted file to stdout;
 // `perimeter persist rollback --session ID --to N` makes a kept generation's content current again; `perimeter persist
 // gc` deletes now the session disks of sessions that ended persist.retainDays (or --retain-days) ago. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
@@ -12,7 +13,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 import type { z } from 'zod';
-import { ControlResults, ServerMessage, type ControlMethod, type PersistEntry } from '../protocol/control';
+import { ControlResults, PERSIST_READ_MAX, ServerMessage, type ControlMethod, type PersistEntry } from '../protocol/control';
 import { statePaths } from '../config';
 import { PerimeterError, fatal } from '../errors';
 import { Persistence, ALWAYS_PERSISTED } from '../persist/persistence';
@@ -39,13 +40,14 @@ const USAGE = [
   '       perimeter persist add --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rm  --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rollback --session ID --to N [--json] [--home DIR]',
+  '       perimeter persist cat --session ID [--generation N] PATH [--home DIR]',
   '       perimeter persist gc [--retain-days N] [--json] [--home DIR]',
   '',
   'PATTERN is an absolute guest path: a directory (/workspace), a file, or a glob (/home/agent/.cache/pip/**,',
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
 ].join('\n');
 
-type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles'>;
+type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles' | 'readPersistFile'>;
 type CliResult<M extends CliMethod> = z.infer<(typeof ControlResults)[M]>;
 
 /** One request to the companion running on `home`, or null when none is reachable (no control.json, dead pid,
@@ -127,15 +129,55 @@ async function diskEntries(config: Config, sessionId: string, generation: number
   const params = { sessionId, generation, limit: LS_ENTRIES };
   const live = await viaControlApi(config.home, 'listPersistFiles', params, BROWSE_TIMEOUT_MS);
   if (live) return live;
+  return withBrowseVms(config, (disks) => disks.entries(sessionId, generation, { limit: LS_ENTRIES, cursor: null }));
+}
+
+/** `fn` with disk persistence that starts its browse VMs here (no pool, no network); all stopped afterwards. */
+async function withBrowseVms<T>(config: Config, fn: (disks: DiskPersistence) => Promise<T>): Promise<T> {
   const { driver } = await selectDriver({ ...config, sandbox: { ...config.sandbox, poolSize: 0 } }, new EventHub());
   const disks = new DiskPersistence({
     home: config.home, persist: config.persist, files: new Persistence({ home: config.home, persist: config.persist }), mode: config.sandbox.mode,
     browse: () => driver.acquire({ sessionId: 'perimeter-browse' }),
   });
-  try { return await disks.entries(sessionId, generation, { limit: LS_ENTRIES, cursor: null }); } finally {
+  try { return await fn(disks); } finally {
     await disks.close();
     await driver.close();
   }
+}
+
+/** Writes one persisted file of a generation (default: the latest) to stdout, PERSIST_READ_MAX bytes at a time:
+ *  through the running companion, else from the state directory (a session disk through a browse VM started here). */
+async function cat(config: Config, sessionId: string, file: string, generation: number | undefined): Promise<void> {
+  const out = (data: Buffer) => new Promise<void>((resolve, reject) => { process.stdout.write(data, (err) => (err ? reject(err) : resolve())); });
+  const copy = async (read: (offset: number) => Promise<{ size: number; data: Buffer }>) => {
+    for (let offset = 0; ;) {
+      const { size, data } = await read(offset);
+      if (data.length > 0) await out(data);
+      offset += data.length;
+      if (offset >= size || data.length === 0) return;
+    }
+  };
+  const liveState = generation === undefined ? await viaControlApi(config.home, 'getPersist', { sessionId }) : null;
+  const liveGen = generation ?? liveState?.generation;
+  if (liveGen !== undefined) {
+    const first = await viaControlApi(config.home, 'readPersistFile', { sessionId, generation: liveGen, path: file, offset: 0, length: PERSIST_READ_MAX }, BROWSE_TIMEOUT_MS);
+    if (first) {
+      return copy(async (offset) => {
+        const r = offset === 0 ? first : await viaControlApi(config.home, 'readPersistFile', { sessionId, generation: liveGen, path: file, offset, length: PERSIST_READ_MAX }, BROWSE_TIMEOUT_MS);
+        if (!r) throw fatal('control_gone', 'the companion stopped answering');
+        return { size: r.size, data: Buffer.from(r.data, 'base64') };
+      });
+    }
+  }
+  if (!await sessionKnownOnDisk(config.home, sessionId)) throw unknownSession(sessionId);
+  const disk = await DiskStore.peek(config.home, sessionId);
+  if (disk) {
+    const gen = generation ?? disk.generation;
+    return withBrowseVms(config, (disks) => copy((offset) => disks.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX)));
+  }
+  const files = new Persistence({ home: config.home, persist: config.persist });
+  const gen = generation ?? (await files.state(sessionId)).generation;
+  return copy((offset) => files.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX));
 }
 
 export const persistCommand: Command = {
@@ -144,12 +186,12 @@ export const persistCommand: Command = {
   async run(argv) {
     let parsed;
     try {
-      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' }, 'retain-days': { type: 'string' } }, strict: true, allowPositionals: true });
+      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' }, 'retain-days': { type: 'string' }, generation: { type: 'string' } }, strict: true, allowPositionals: true });
     } catch (err) { throw new UsageError((err as Error).message); }
     const { values, positionals } = parsed;
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     const [action, ...patterns] = positionals;
-    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback' && action !== 'gc') throw new UsageError('expected one of: ls, add, rm, rollback, gc');
+    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback' && action !== 'gc' && action !== 'cat') throw new UsageError('expected one of: ls, cat, add, rm, rollback, gc');
     if (action === 'gc') {
       const days = values['retain-days'];
       if (patterns.length > 0 || values.session || (days !== undefined && !/^\d{1,6}$/.test(days))) throw new UsageError('gc takes no session or patterns, and --retain-days N (whole days)');
@@ -165,6 +207,12 @@ export const persistCommand: Command = {
       const config = configFromFlags(values, { control: { enabled: false } });
       const state = await rollback(config, values.session, Number(values.to));
       process.stdout.write(`${values.json ? JSON.stringify(state) : `rolled back: generation ${state.generation} has the content of generation ${values.to}\n${render(state)}`}\n`);
+      return 0;
+    }
+    if (action === 'cat') {
+      const gen = values.generation;
+      if (patterns.length !== 1 || !patterns[0]!.startsWith('/') || (gen !== undefined && !/^\d{1,15}$/.test(gen))) throw new UsageError('cat takes one absolute guest PATH and optionally --generation N');
+      await cat(configFromFlags(values, { control: { enabled: false } }), values.session, patterns[0]!, gen === undefined ? undefined : Number(gen));
       return 0;
     }
     if (action === 'ls' && patterns.length > 0) throw new UsageError('ls takes no patterns');

@@ -59,6 +59,11 @@ describe('persist: perimeter persist CLI', function () {
       assert.match(listed.out, /generation 1, 1 file\(s\), 2 B/);
       assert.match(listed.out, /0644 +2 {2}\/srv\/data\/x/);
       assert.doesNotMatch(listed.out, /w\.txt/, '/workspace is no longer persisted');
+      const cat = cli('cat', '--home', home, '--session', s, '/srv/data/x');
+      assert.deepEqual([cat.code, cat.out], [0, 'd\n'], cat.err);
+      const none = cli('cat', '--home', home, '--session', s, '--generation', '1', '/srv/data/nope');
+      assert.equal(none.code, 1);
+      assert.match(none.err, /has no file \/srv\/data\/nope/);
     } finally { await sbx.dispose(); }
   });
 

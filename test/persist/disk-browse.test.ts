@@ -1,6 +1,6 @@
 // Reading a session disk's generations from the host with REAL VMs: listing and reading files of generation N and
 // N-1 through a short-lived browse VM (read-only mount over a throwaway layer), paging, names with a newline and
-// escape sequences (listed exactly, shown escaped by `perimeter persist ls`), a 255-byte component, no symlink followed. Skips (saying why) only
+// escape sequences (listed exactly, shown escaped by `perimeter persist ls`, read by `perimeter persist cat`), a 255-byte component, no symlink followed. Skips (saying why) only
 // when QEMU or a template with a session disk is absent.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -129,5 +129,17 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     assert.ok(lines.includes(`  0644          3  /workspace/${JSON.stringify(ODD).slice(1, -1)}`), out);
     assert.ok(lines.includes('  0777          0  /workspace/d/etc -> /etc'), out);
     assert.ok(lines.includes('  0755          0  /workspace/d/'), out);
+
+    // perimeter persist cat: the latest generation, or --generation N
+    const cat = (...args: string[]) => spawnSync(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'cat', '--session', s, '--home', home, ...args],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PERIMETER_HOME: '' }, timeout: 600_000 });
+    for (const [args, expected] of [[['/workspace/a.txt'], 'three'], [['--generation', '1', '/workspace/a.txt'], 'one'], [[`/workspace/${ODD}`], 'odd']] as const) {
+      const r = cat(...args);
+      assert.equal(r.status, 0, r.stderr);
+      assert.equal(r.stdout, expected);
+    }
+    const missing = cat('/workspace/d/etc/hostname');
+    assert.notEqual(missing.status, 0);
+    assert.match(missing.stderr, /has no file/);
   });
 });
