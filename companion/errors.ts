@@ -28,3 +28,13 @@ export class ToolFailure extends Error {
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
+
+/** An error and its causes, innermost last (fetch and connection errors say why only in their causes). */
+export function causeChain(err: unknown): string {
+  const parts: string[] = [];
+  for (let e: unknown = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    const m = errorMessage(e).replace(/\.$/, '');
+    if (!parts.includes(m)) parts.push(m);
+  }
+  return parts.join(': ');
+}

@@ -6,7 +6,7 @@
 import Anthropic from '@anthropic-ai/sdk';
 import { EnvironmentCheck, verdictOf } from '../protocol/environment';
 import { loadEnvironmentKey, refuseApiKey } from '../queue/credentials';
-import { errorMessage } from '../errors';
+import { causeChain, errorMessage } from '../errors';
 import { redact } from '../log';
 import { CONFIG_FLAGS, configFromFlags, parse, requireValue, UsageError } from './options';
 import type { Command } from './types';
@@ -26,16 +26,6 @@ export async function checkEnvironment(environmentId: string, key: string, baseU
     const detail = status === null ? causeChain(err) : `${status} ${body ?? errorMessage(err)}`;
     return { verdict: verdictOf(status), environmentId, baseUrl, status, detail: redact(detail.split('\n')[0]!), queued: null };
   }
-}
-
-/** An error and its causes, innermost last (a connection error says why only in its causes). */
-function causeChain(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const m = errorMessage(e).replace(/\.$/, '');
-    if (!parts.includes(m)) parts.push(m);
-  }
-  return parts.join(': ');
 }
 
 export const environmentCommand: Command = {

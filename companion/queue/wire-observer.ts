@@ -10,7 +10,7 @@
 // - A session's memory stores are moved from their host mount path into the session's own work directory
 //   (relocateMemoryStores); no other response is altered. An observer failure never fails the request.
 import { logger } from '../log';
-import { errorMessage } from '../errors';
+import { causeChain, errorMessage } from '../errors';
 import type { QueueOperation } from '../events';
 
 const log = logger('worker');
@@ -216,14 +216,4 @@ export function sseEvents(onData: (data: string) => void): (chunk: Uint8Array) =
       } else if (line.startsWith('data:')) data.push(line.slice(5).replace(/^ /, ''));
     }
   };
-}
-
-/** An error and its causes (fetch says why a connection failed only in its causes). */
-function causeChain(err: unknown): string {
-  const parts: string[] = [];
-  for (let e: unknown = err, depth = 0; e && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    const m = errorMessage(e).replace(/\.$/, '');
-    if (!parts.includes(m)) parts.push(m);
-  }
-  return parts.join(': ');
 }
