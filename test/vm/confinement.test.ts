@@ -168,7 +168,8 @@ describe('VM confinement: the jail QEMU runs in, probed', function () {
       assert.equal(res[`list ${home}`], 'ok: templates vms', 'of the state directory only the mount points of its own files exist');
       assert.equal(res[`list ${paths.vms}`], `ok: ${path.basename(runDir)}`, 'no other VM\'s run directory');
       assert.equal(res[`list ${template.dir}`], 'ok: initramfs.cpio mem.bin rootfs.ext4 vmlinux', 'of the template only the files QEMU opens');
-      const beside = [home, probeDir].filter((d) => path.dirname(d) === path.dirname(home)).map((d) => path.basename(d)).sort();
+      // The companion's own code (its bundle, bound read-only for the jail's launcher) shows where it shares that directory.
+      const beside = [home, probeDir, path.resolve(__dirname, '../..')].filter((d) => path.dirname(d) === path.dirname(home)).map((d) => path.basename(d)).sort();
       assert.equal(res[`list ${path.dirname(home)}`], `ok: ${beside.join(' ')}`, 'nothing else of the host directory that holds the state directory');
       assert.equal(res['read /etc/passwd'], 'ENOENT');
       assert.equal(res['list /proc'], 'ENOENT', 'no /proc in the jail');

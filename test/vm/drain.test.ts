@@ -91,10 +91,13 @@ describe('worker SIGTERM drain in real VMs (built CLI)', function () {
     assert.equal(step.isError, false);
     assert.match(step.text ?? '', /call-running\s+finished/);
 
-    const ls = runCli(['persist', 'ls', '--session', sid, '--json', '--home', home], { PERIMETER_HOME: home });
+    const ls = runCli(['persist', 'ls', '--session', sid, '--json', '--home', home], { PERIMETER_HOME: home, PERIMETER_TEMPLATE: findTemplate(vmConfig().home)!.dir });
     assert.equal((await ls.exit).code, 0, ls.stderr());
-    const listing = PersistState.parse(JSON.parse(ls.stdout()));
-    assert.ok(listing.files.some((f) => f.path === '/workspace/f'), `the file written during the drain is committed: ${ls.stdout()}`);
+    // A file store lists `files`; a session disk, read through a browse VM, lists `entries` of the generation.
+    const raw = JSON.parse(ls.stdout()) as { entries?: Array<{ path: string; type: string }> };
+    const listing = PersistState.parse(raw);
+    const paths = [...listing.files.map((f) => f.path), ...(raw.entries ?? []).filter((e) => e.type === 'file').map((e) => e.path)];
+    assert.ok(paths.includes('/workspace/f'), `the file written during the drain is committed: ${ls.stdout()}`);
   });
 
   it('a call still running at the drain deadline is answered with an error, and then its VM is killed', async () => {
