@@ -115,6 +115,9 @@ export const PersistState = z.object({
   files: z.array(PersistedFile),
   totalBytes: z.number().nonnegative(),
   fileCount: z.number().int().nonnegative().optional(),
+  /** Where the files live: the file store lists them in `files`; a session disk lists each generation's files on
+   *  request (`listPersistFiles`, read through a VM), so its `files` stays empty and `fileCount` is absent. */
+  store: z.enum(['files', 'disk']).optional(),
 });
 export type PersistState = z.infer<typeof PersistState>;
 

@@ -253,7 +253,7 @@ export function describeCall(hostId: string, c: ToolCallSummary, now: number): I
 
 // ---- Persisted Files view -----------------------------------------------------------------------------------------
 export function describePersistSession(hostId: string, sessionId: string, p: PersistState | undefined, multiHost: boolean, title?: string | null): ItemDescriptor {
-  const parts = p ? [`${p.patterns.length} path${p.patterns.length === 1 ? '' : 's'}`, `${p.files.length} file${p.files.length === 1 ? '' : 's'}`, formatBytes(p.totalBytes), `gen ${p.generation}`] : ['not loaded'];
+  const parts = p ? [`${p.patterns.length} path${p.patterns.length === 1 ? '' : 's'}`, p.store === 'disk' ? 'session disk' : `${p.files.length} file${p.files.length === 1 ? '' : 's'}`, formatBytes(p.totalBytes), `gen ${p.generation}`] : ['not loaded'];
   if (multiHost) parts.push(hostId);
   return {
     id: `persist:${hostId}:${sessionId}`, label: title || sessionId, description: parts.join(' · '), tooltip: `session ${sessionId}`, icon: 'archive',

@@ -531,8 +531,9 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   /** The persist list with the disk's generation and usage (its files are read through a VM, not listed here). */
   private async withDisk(state: PersistState): Promise<PersistState> {
     const gen = this.stores.has(state.sessionId) ? await (await this.store(state.sessionId)).current() : await DiskStore.peek(this.opts.home, state.sessionId);
-    if (!gen) return { ...state, generation: 0, files: [], fileCount: 0, totalBytes: 0 };
-    return { ...state, generation: gen.generation, files: [], fileCount: 0, totalBytes: gen.usage ? gen.usage.bytes - gen.usage.availableBytes : 0 };
+    const { fileCount: _listedByGeneration, ...rest } = state;
+    if (!gen) return { ...rest, store: 'disk', generation: 0, files: [], totalBytes: 0 };
+    return { ...rest, store: 'disk', generation: gen.generation, files: [], totalBytes: gen.usage ? gen.usage.bytes - gen.usage.availableBytes : 0 };
   }
 }
 
