@@ -86,17 +86,22 @@ export const PersistChange = z.object({
 });
 export type PersistChange = z.infer<typeof PersistChange>;
 
-export const ToolCallSummary = z.object({
-  toolUseId: z.string(),
-  sessionId: z.string(),
-  name: z.string(),
-  input: z.unknown(),
+/** A call's progress and outcome, as the journal keeps it and the control API shows it. */
+export const CallOutcomeFields = {
   state: ToolCallState,
   startedAt: z.number(),
   finishedAt: z.number().nullable(),
   durationMs: z.number().nullable(),
   exitCode: z.number().int().nullable(),
   isError: z.boolean().nullable(),
+};
+
+export const ToolCallSummary = z.object({
+  toolUseId: z.string(),
+  sessionId: z.string(),
+  name: z.string(),
+  input: z.unknown(),
+  ...CallOutcomeFields,
   /** First part of the output (the full text is fetched with `getCallOutput`). */
   outputPreview: z.string(),
   /** Long strings in `input` were cut (in pages and events; `getCallOutput` carries the whole input). */

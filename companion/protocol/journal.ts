@@ -9,7 +9,7 @@
 // and is forgotten, and a session that was being served is `ended`.
 import { z } from 'zod';
 import {
-  CallPlacement, PersistChange, SessionState, ToolCallState, TranscriptEntry,
+  CallOutcomeFields, CallPlacement, PersistChange, SessionState, TranscriptEntry,
   type SessionSummary, type ToolCallSummary,
 } from './control';
 
@@ -35,12 +35,7 @@ export const JournalCallFields = z.object({
   name: z.string(),
   input: z.unknown(),
   inputSha256: z.string(),
-  state: ToolCallState,
-  startedAt: z.number(),
-  finishedAt: z.number().nullable(),
-  durationMs: z.number().nullable(),
-  exitCode: z.number().int().nullable(),
-  isError: z.boolean().nullable(),
+  ...CallOutcomeFields,
   /** The full result text, as posted (null until the call finished). */
   result: z.string().nullable(),
   /** How often the same call was re-dispatched and answered from the journal. */
