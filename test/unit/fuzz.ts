@@ -1,23 +1,8 @@
-// Seeded generators for the fuzz tests: a small PRNG (mulberry32, so a failing case reproduces from its seed) and byte
+// Seeded generators for the fuzz tests: the egress tests' PRNG (mulberry32, so a failing case reproduces from its seed) and byte
 // mutations of valid inputs (flips, truncations, extensions, splices, random lengths written over length fields).
-export function prng(seed: number) {
-  let a = seed >>> 0;
-  const next = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const int = (lo: number, hi: number) => lo + Math.floor(next() * (hi - lo + 1));
-  return {
-    next,
-    int,
-    bytes: (n: number) => { const b = Buffer.alloc(n); for (let i = 0; i < n; i++) b[i] = int(0, 255); return b; },
-    pick: <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)]!,
-  };
-}
-export type Rng = ReturnType<typeof prng>;
+import { prng, type Rng } from '../egress/helpers/hello';
+
+export { prng, type Rng };
 
 /** One to four random mutations of `input`. */
 export function mutate(input: Buffer, rng: Rng): Buffer {
