@@ -4,15 +4,14 @@
 // the worker, whether it drained or was SIGKILLed (parent-death signal). Each call proves it is running by streaming
 // a line over the control API first.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
-import path from 'node:path';
+import { readdirSync, readFileSync } from 'node:fs';
 import { PersistState } from '../../companion/protocol/control';
-import { ControlClient } from '../../extension/launcher/controlClient';
-import { parseEndpointFile, delay } from '../../extension/launcher/workerHost';
+import type { ControlClient } from '../../extension/launcher/controlClient';
+import { delay } from '../../extension/launcher/workerHost';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import type { DevQueue } from '../../companion/devqueue/server';
 import { skipWithoutVms, vmConfig } from './helpers';
-import { rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from '../worker/helpers';
+import { connectControl, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from '../worker/helpers';
 
 /** Live (not zombie) QEMU processes whose run directory is under `home`. */
 function qemusOf(home: string): number[] {
@@ -32,20 +31,6 @@ function qemusOf(home: string): number[] {
 async function noQemuLeft(home: string): Promise<number[]> {
   for (let i = 0; i < 100 && qemusOf(home).length > 0; i++) await delay(50);
   return qemusOf(home);
-}
-
-async function connectControl(home: string, worker: Child): Promise<ControlClient> {
-  const file = path.join(home, 'control.json');
-  for (;;) {
-    if (worker.proc.exitCode !== null) throw new Error(`the worker exited during start-up:\n${worker.stderr()}`);
-    const target = existsSync(file) ? parseEndpointFile(readFileSync(file, 'utf8')) : null;
-    if (target && target.pid === worker.proc.pid) {
-      const client = new ControlClient({ port: target.port, token: target.token });
-      await client.connect();
-      return client;
-    }
-    await delay(100);
-  }
 }
 
 describe('worker SIGTERM drain in real VMs (built CLI)', function () {

@@ -9,13 +9,13 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { ControlClient } from '../../extension/launcher/controlClient';
-import { parseEndpointFile, delay } from '../../extension/launcher/workerHost';
+import type { ControlClient } from '../../extension/launcher/controlClient';
+import { delay } from '../../extension/launcher/workerHost';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { INTERRUPTED_TEXT } from '../../companion/journal/journal';
 import type { DevQueue } from '../../companion/devqueue/server';
 import { skipWithoutVms, vmConfig } from './helpers';
-import { answeredOnce, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from '../worker/helpers';
+import { answeredOnce, connectControl, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from '../worker/helpers';
 
 const SOAK_CALLS = Number(process.env.PERIMETER_SOAK_CALLS ?? 50);
 
@@ -69,20 +69,6 @@ async function until(cond: () => boolean, what: string, ms = 60_000): Promise<vo
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await delay(50);
-  }
-}
-
-async function connectControl(home: string, worker: Child): Promise<ControlClient> {
-  const file = path.join(home, 'control.json');
-  for (;;) {
-    if (worker.proc.exitCode !== null) throw new Error(`the worker exited during start-up:\n${worker.stderr()}`);
-    const target = existsSync(file) ? parseEndpointFile(readFileSync(file, 'utf8')) : null;
-    if (target && target.pid === worker.proc.pid) {
-      const client = new ControlClient({ port: target.port, token: target.token });
-      await client.connect();
-      return client;
-    }
-    await delay(100);
   }
 }
 

@@ -1,7 +1,7 @@
 // Shared fixtures for the worker suite: a dev queue on loopback, scenarios, an in-process runtime on the process
 // driver, and the built CLI (dist/perimeter.js) as a child process for crash/signal tests.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { mkdtempSync, rmSync, existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DevQueue, type DevQueueOptions } from '../../companion/devqueue/server';
@@ -9,6 +9,8 @@ import { parseScenario, type Scenario } from '../../companion/devqueue/scenario'
 import { loadConfig } from '../../companion/config';
 import { assembleRuntime, type Runtime } from '../../companion/runtime';
 import { setStderrLogging } from '../../companion/log';
+import { ControlClient } from '../../extension/launcher/controlClient';
+import { parseEndpointFile, delay } from '../../extension/launcher/workerHost';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(ROOT, 'dist', 'perimeter.js');
@@ -66,4 +68,19 @@ export function answeredOnce(dq: DevQueue, toolUseIds: string[]): { missing: str
     missing: toolUseIds.filter((id) => !dq.results.has(id)),
     duplicated: toolUseIds.filter((id) => (dq.results.get(id)?.length ?? 0) > 1 || dq.duplicateResults.includes(id)),
   };
+}
+
+/** Connects to the control API of the worker CLI `worker` started on `home`, once its control.json names that process. */
+export async function connectControl(home: string, worker: Child): Promise<ControlClient> {
+  const file = path.join(home, 'control.json');
+  for (;;) {
+    if (worker.proc.exitCode !== null) throw new Error(`the worker exited during start-up:\n${worker.stderr()}`);
+    const target = existsSync(file) ? parseEndpointFile(readFileSync(file, 'utf8')) : null;
+    if (target && target.pid === worker.proc.pid) {
+      const client = new ControlClient({ port: target.port, token: target.token });
+      await client.connect();
+      return client;
+    }
+    await delay(100);
+  }
 }
