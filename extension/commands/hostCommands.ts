@@ -109,7 +109,9 @@ export function registerHostCommands(deps: HostCommandDeps): vscode.Disposable[]
       const sup = registry.get(hostIdOf(registry, node));
       if (!sup) return false;
       for (;;) {
-        const ok = await vscode.window.withProgress({ location: vscode.ProgressLocation.Notification, title: `Perimeter: reconnecting to the worker on ${sup.host.label}…` },
+        // The attempt's progress shows on the Worker view, not as a toast: the outcome is a notice of its own, and VS Code
+        // drops a toast that arrives among several others in under a second (its spam guard), which hid that notice.
+        const ok = await vscode.window.withProgress({ location: { viewId: 'perimeter.worker' }, title: `Perimeter: reconnecting to the worker on ${sup.host.label}…` },
           () => sup.reconnect());
         if (ok) return true;
         const problem = registry.get(sup.hostId) === sup ? sup.lastError : null;
