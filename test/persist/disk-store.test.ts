@@ -131,4 +131,27 @@ describe('persist: the session-disk store (qemu-io, no VMs)', function () {
     const referenced = new Set(gens.flatMap((g) => g.layers));
     assert.deepEqual(readdirSync(path.join(store.dir, 'layers')).sort(), [...referenced].sort());
   });
+
+  it('compaction never changes a chain a reader holds, even of a generation pruned meanwhile; it runs once the reader lets go', async () => {
+    // A browse VM reading the oldest kept generation (here generation 0, the bare base) while calls commit: when its
+    // record is pruned and compaction would merge the next layer into the base, the reader's content must not move.
+    const store = await DiskStore.open(home, 'sesn_f', { bytes: BYTES, keepGenerations: 1 });
+    await commitPattern(store, [[1, 0x41]]);
+    const reader = await store.openLayer(async () => {}, 0);
+    const readerChain = [reader.path, ...store.chain(reader.over)];
+    const blank: Array<[number, number]> = [[1, 0], [2, 0], [6, 0]];
+    assert.ok(holds(store, reader.over, blank));
+    for (let g = 2; g <= 6; g++) { await commitPattern(store, [[g, 0x40 + g]]); await store.idle(); }
+    assert.deepEqual((await store.list()).map((g) => g.generation), [6, 5], 'generation 0 is pruned while the reader holds it');
+    // what the reader's VM sees through the chain it opened: generation 0, untouched
+    const seen = io(readerChain, blank.map(([mib]) => `read -P 0 ${mib}M 64k`), true);
+    assert.doesNotMatch(seen, /Pattern verification failed/, 'the base changed under a reader');
+    assert.equal((seen.match(/read 65536\/65536/g) ?? []).length, blank.length);
+    assert.equal((await store.current()).layers.length, 7, 'no compaction while the reader holds the bare base');
+    await store.discard(reader);
+    await store.idle();
+    const top = await store.current();
+    assert.ok(top.layers.length <= 1 + 1 + 2, `chain of ${top.layers.length} layers after the reader let go`);
+    assert.ok(holds(store, top, [[1, 0x41], [2, 0x42], [6, 0x46]]));
+  });
 });

@@ -27,6 +27,9 @@
 // - Layer chains are the store's: QEMU is given every layer explicitly (no qcow2 header names a backing file), so
 //   compaction changes records, never a file a VM has open, except the base, into which it writes only clusters
 //   that the layer above it, present in every kept generation and every open chain, hides.
+// - Every chain a VM of this process has open (a call's, a browse VM's, also of a generation whose record was pruned
+//   meanwhile) is leased from newLayer until its layer is committed or discarded; compaction merges nothing a leased
+//   chain lacks, and tries again when the lease ends.
 // - Chains stay short: after a commit, compaction merges the layer right above the base into it (`qemu-img commit`)
 //   while more than keepGenerations + 2 layers sit above the base and every kept generation contains that layer.
 // - Errors name files relative to the state directory, never by host path.
@@ -120,6 +123,8 @@ export class DiskStore {
   /** Serialises changes of the records (commit, rollback, compaction's record rewrite). */
   private meta: Promise<unknown> = Promise.resolve();
   private compacting: Promise<void> | null = null;
+  /** The chains open in VMs (layer names, top first, base last), by the name of the layer written over them. */
+  private readonly leases = new Map<string, readonly string[]>();
 
   private constructor(home: string, readonly sessionId: string, private readonly images: DiskImages, private readonly keep: number) {
     this.stateDir = home;
@@ -197,10 +202,15 @@ export class DiskStore {
     await fsp.copyFile(this.images.empty, file, C.COPYFILE_EXCL);
     await fsp.chmod(file, 0o600);
     await fsyncPath(this.layersDir);
+    this.leases.set(name, over.layers);
     return { name, path: file, over };
   }
 
-  async discard(pending: PendingLayer): Promise<void> { await fsp.rm(pending.path, { force: true }); }
+  /** Deletes an uncommitted layer; the chain under it is no longer leased (a compaction it held back may run now). */
+  async discard(pending: PendingLayer): Promise<void> {
+    await fsp.rm(pending.path, { force: true });
+    if (this.leases.delete(pending.name)) this.compactSoon();
+  }
 
   /** A new writable layer over CURRENT (or over the kept generation `over`, for a reader whose layer is discarded),
    *  handed with its chain to `open` (which links or opens the chain's files) while no compaction can delete a layer
@@ -227,6 +237,7 @@ export class DiskStore {
         parent: base.generation, createdAt: Date.now(), shell: meta.shell, usage: meta.usage,
       };
       await this.publish(gen, this.seal(pending.path));
+      this.leases.delete(pending.name);
       this.compactSoon();
       return gen;
     });
@@ -270,7 +281,8 @@ export class DiskStore {
         const top = gens[0];
         if (!top || top.layers.length <= this.keep + 1 + COMPACT_SLACK) return null;
         const [baseName, layerName] = [top.layers[top.layers.length - 1]!, top.layers[top.layers.length - 2]!];
-        const all = gens.every((g) => g.layers.length >= 2 && g.layers[g.layers.length - 1] === baseName && g.layers[g.layers.length - 2] === layerName);
+        const chains = [...gens.map((g) => g.layers), ...this.leases.values()];
+        const all = chains.every((c) => c.length >= 2 && c[c.length - 1] === baseName && c[c.length - 2] === layerName);
         return all ? { baseName, layerName } : null;
       });
       if (!plan) return merged;
