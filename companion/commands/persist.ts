@@ -3,13 +3,17 @@
 // disk's files are listed through a short-lived VM: the running companion's, else one this command starts; every name
 // is shown escaped on one line);
 // `perimeter persist cat --session ID [--generation N] PATH` writes a persisted file to stdout;
+// `perimeter persist export --session ID [--generation N] --to DIR [--overwrite] [PATH...]` copies a generation's
+// files (or those under each PATH) into DIR under the safe-copy rules (protocol/safe-export.ts), a file at a time in
+// PERSIST_READ_MAX slices, never a whole file in memory;
 // `perimeter persist rollback --session ID --to N` makes a kept generation's content current again; `perimeter persist
 // gc` deletes now the session disks of sessions that ended persist.retainDays (or --retain-days) ago. When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
 // next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written. A session
 // the state directory does not know (persist/known-session.ts) is an error for ls and rm; add prepares its list.
-import { readFileSync } from 'node:fs';
+import { readFileSync, promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
 import type { z } from 'zod';
@@ -24,7 +28,8 @@ import { SESSION_UNKNOWN, sessionKnownOnDisk, unknownSession } from '../persist/
 import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
 import type { PersistState } from '../protocol/control';
-import { showPath } from '../persist/paths';
+import { checkGuestPath, showPath } from '../persist/paths';
+import { ExportRefused, planExport, writeExported, type ExportPlan } from '../protocol/safe-export';
 import { EventHub } from '../events';
 import { selectDriver } from '../sandbox/select';
 import { CONFIG_FLAGS, UsageError, configFromFlags } from './options';
@@ -41,10 +46,16 @@ const USAGE = [
   '       perimeter persist rm  --session ID PATTERN... [--json] [--home DIR]',
   '       perimeter persist rollback --session ID --to N [--json] [--home DIR]',
   '       perimeter persist cat --session ID [--generation N] PATH [--home DIR]',
+  '       perimeter persist export --session ID [--generation N] --to DIR [--overwrite] [PATH...] [--json] [--home DIR]',
   '       perimeter persist gc [--retain-days N] [--json] [--home DIR]',
   '',
   'PATTERN is an absolute guest path: a directory (/workspace), a file, or a glob (/home/agent/.cache/pip/**,',
   `/workspace/**/*.py). ${ALWAYS_PERSISTED.join(' and ')} are always carried.`,
+  'export copies the regular files of a generation (default: the latest), or those under each guest PATH, into DIR',
+  '(created if absent) at their path below the PATH\'s parent (without PATH: /workspace/a.txt goes to DIR/workspace/a.txt).',
+  'Never written: symlinks (persisted ones, or one met in DIR), names that are not plain (control characters, ., ..,',
+  'over 255 bytes), a destination that is not a regular file, an existing file unless --overwrite. Each is reported;',
+  'the exit status is 1 when DIR refused a file.',
 ].join('\n');
 
 type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles' | 'readPersistFile'>;
@@ -145,39 +156,104 @@ async function withBrowseVms<T>(config: Config, fn: (disks: DiskPersistence) => 
   }
 }
 
-/** Writes one persisted file of a generation (default: the latest) to stdout, PERSIST_READ_MAX bytes at a time:
- *  through the running companion, else from the state directory (a session disk through a browse VM started here). */
-async function cat(config: Config, sessionId: string, file: string, generation: number | undefined): Promise<void> {
-  const out = (data: Buffer) => new Promise<void>((resolve, reject) => { process.stdout.write(data, (err) => (err ? reject(err) : resolve())); });
-  const copy = async (read: (offset: number) => Promise<{ size: number; data: Buffer }>) => {
-    for (let offset = 0; ;) {
-      const { size, data } = await read(offset);
-      if (data.length > 0) await out(data);
-      offset += data.length;
-      if (offset >= size || data.length === 0) return;
-    }
-  };
-  const liveState = generation === undefined ? await viaControlApi(config.home, 'getPersist', { sessionId }) : null;
-  const liveGen = generation ?? liveState?.generation;
-  if (liveGen !== undefined) {
-    const first = await viaControlApi(config.home, 'readPersistFile', { sessionId, generation: liveGen, path: file, offset: 0, length: PERSIST_READ_MAX }, BROWSE_TIMEOUT_MS);
-    if (first) {
-      return copy(async (offset) => {
-        const r = offset === 0 ? first : await viaControlApi(config.home, 'readPersistFile', { sessionId, generation: liveGen, path: file, offset, length: PERSIST_READ_MAX }, BROWSE_TIMEOUT_MS);
-        if (!r) throw fatal('control_gone', 'the companion stopped answering');
+/** One generation of a session, read a page or a slice at a time. */
+interface GenerationReader {
+  readonly generation: number;
+  entries(page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }>;
+  /** At most PERSIST_READ_MAX bytes of `file` from `offset`, and the file's size. */
+  read(file: string, offset: number): Promise<{ size: number; data: Buffer }>;
+}
+
+/** `fn` with generation `generation` (default: the latest) of the session: through the running companion, else from
+ *  the state directory (a session disk through a browse VM started here, else the file store). */
+async function withGeneration<T>(config: Config, sessionId: string, generation: number | undefined, fn: (g: GenerationReader) => Promise<T>): Promise<T> {
+  const live = await viaControlApi(config.home, 'getPersist', { sessionId });
+  if (live) {
+    const gen = generation ?? live.generation;
+    const ask = async <M extends CliMethod>(method: M, params: Record<string, unknown>): Promise<CliResult<M>> => {
+      const r = await viaControlApi(config.home, method, params, BROWSE_TIMEOUT_MS);
+      if (!r) throw fatal('control_gone', 'the companion stopped answering');
+      return r;
+    };
+    return fn({
+      generation: gen,
+      entries: async (page) => { const r = await ask('listPersistFiles', { sessionId, generation: gen, ...page }); return { items: r.items, nextCursor: r.nextCursor }; },
+      read: async (file, offset) => {
+        const r = await ask('readPersistFile', { sessionId, generation: gen, path: file, offset, length: PERSIST_READ_MAX });
         return { size: r.size, data: Buffer.from(r.data, 'base64') };
-      });
-    }
+      },
+    });
   }
   if (!await sessionKnownOnDisk(config.home, sessionId)) throw unknownSession(sessionId);
+  const local = (history: Pick<DiskPersistence, 'entries' | 'readFile'>, gen: number): GenerationReader => ({
+    generation: gen,
+    entries: (page) => history.entries(sessionId, gen, page),
+    read: (file, offset) => history.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX),
+  });
   const disk = await DiskStore.peek(config.home, sessionId);
-  if (disk) {
-    const gen = generation ?? disk.generation;
-    return withBrowseVms(config, (disks) => copy((offset) => disks.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX)));
-  }
+  if (disk) return withBrowseVms(config, (disks) => fn(local(disks, generation ?? disk.generation)));
   const files = new Persistence({ home: config.home, persist: config.persist });
-  const gen = generation ?? (await files.state(sessionId)).generation;
-  return copy((offset) => files.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX));
+  return fn(local(files, generation ?? (await files.state(sessionId)).generation));
+}
+
+/** A file's bytes in order, PERSIST_READ_MAX at a time; `size` (what the listing said): a file that answers with
+ *  another size, or more bytes, fails. */
+async function* fileChunks(g: GenerationReader, file: string, size: number | null): AsyncGenerator<Buffer> {
+  for (let offset = 0; ;) {
+    const r = await g.read(file, offset);
+    if (size !== null && r.size !== size) throw fatal('persist_export_size', `${showPath(file)} is listed with ${size} bytes but read with ${r.size}`);
+    if (r.data.length > 0) yield r.data;
+    offset += r.data.length;
+    if (offset > r.size) throw fatal('persist_export_size', `${showPath(file)} gave more bytes than its size`);
+    if (offset >= r.size || r.data.length === 0) return;
+  }
+}
+
+/** Writes one persisted file of a generation (default: the latest) to stdout. */
+async function cat(config: Config, sessionId: string, file: string, generation: number | undefined): Promise<void> {
+  const out = (data: Buffer) => new Promise<void>((resolve, reject) => { process.stdout.write(data, (err) => (err ? reject(err) : resolve())); });
+  await withGeneration(config, sessionId, generation, async (g) => { for await (const chunk of fileChunks(g, file, null)) await out(chunk); });
+}
+
+export interface ExportReport {
+  generation: number;
+  /** Files written, relative to the target directory. */
+  written: string[];
+  /** Persisted entries not exported (symlinks, names that are not plain), with why. */
+  skipped: ExportPlan['skipped'];
+  /** Files the target directory refused (a symlink or non-file there, an existing file without --overwrite). */
+  refused: string[];
+}
+
+/** Exports the regular files of a generation under `roots` into `to` (created when absent; it must be a real
+ *  directory, not a symlink). */
+async function exportFiles(config: Config, sessionId: string, generation: number | undefined, to: string, roots: string[], overwrite: boolean): Promise<ExportReport> {
+  try { await fsp.mkdir(to, { mode: 0o755 }); } catch (err) { if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err; }
+  const st = await fsp.lstat(to);
+  if (!st.isDirectory()) throw fatal('persist_export_target', `${to} is not a directory${st.isSymbolicLink() ? ' (a symlink: not followed)' : ''}`);
+  return withGeneration(config, sessionId, generation, async (g) => {
+    const entries: PersistEntry[] = [];
+    for (let cursor: string | null = null; ;) {
+      const page: { items: PersistEntry[]; nextCursor: string | null } = await g.entries({ limit: LS_ENTRIES, cursor });
+      entries.push(...page.items);
+      if ((cursor = page.nextCursor) === null) break;
+    }
+    const report: ExportReport = { generation: g.generation, written: [], skipped: [], refused: [] };
+    for (const root of roots) {
+      const plan = planExport(entries, root);
+      report.skipped.push(...plan.skipped);
+      for (const f of plan.files) {
+        try {
+          await writeExported(to, f.relative, fileChunks(g, f.guestPath, f.size), overwrite);
+          report.written.push(f.relative);
+        } catch (err) {
+          if (!(err instanceof ExportRefused)) throw err;
+          report.refused.push(err.message);
+        }
+      }
+    }
+    return report;
+  });
 }
 
 export const persistCommand: Command = {
@@ -186,12 +262,12 @@ export const persistCommand: Command = {
   async run(argv) {
     let parsed;
     try {
-      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' }, 'retain-days': { type: 'string' }, generation: { type: 'string' } }, strict: true, allowPositionals: true });
+      parsed = parseArgs({ args: argv, options: { ...CONFIG_FLAGS, session: { type: 'string' }, json: { type: 'boolean' }, to: { type: 'string' }, 'retain-days': { type: 'string' }, generation: { type: 'string' }, overwrite: { type: 'boolean' } }, strict: true, allowPositionals: true });
     } catch (err) { throw new UsageError((err as Error).message); }
     const { values, positionals } = parsed;
     if (values.help) { process.stdout.write(`${USAGE}\n`); return 0; }
     const [action, ...patterns] = positionals;
-    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback' && action !== 'gc' && action !== 'cat') throw new UsageError('expected one of: ls, cat, add, rm, rollback, gc');
+    if (action !== 'ls' && action !== 'add' && action !== 'rm' && action !== 'rollback' && action !== 'gc' && action !== 'cat' && action !== 'export') throw new UsageError('expected one of: ls, cat, export, add, rm, rollback, gc');
     if (action === 'gc') {
       const days = values['retain-days'];
       if (patterns.length > 0 || values.session || (days !== undefined && !/^\d{1,6}$/.test(days))) throw new UsageError('gc takes no session or patterns, and --retain-days N (whole days)');
@@ -214,6 +290,24 @@ export const persistCommand: Command = {
       if (patterns.length !== 1 || !patterns[0]!.startsWith('/') || (gen !== undefined && !/^\d{1,15}$/.test(gen))) throw new UsageError('cat takes one absolute guest PATH and optionally --generation N');
       await cat(configFromFlags(values, { control: { enabled: false } }), values.session, patterns[0]!, gen === undefined ? undefined : Number(gen));
       return 0;
+    }
+    if (action === 'export') {
+      const gen = values.generation;
+      if (!values.to || (gen !== undefined && !/^\d{1,15}$/.test(gen))) throw new UsageError('export takes --to DIR, optionally --generation N and guest PATHs');
+      const roots = patterns.length === 0 ? ['/'] : patterns.map((p) => (p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p));
+      for (const r of roots) {
+        const bad = r === '/' ? null : checkGuestPath(r);
+        if (bad) throw new UsageError(`guest path ${showPath(r)}: ${bad}`);
+      }
+      const config = configFromFlags(values, { control: { enabled: false } });
+      const report = await exportFiles(config, values.session, gen === undefined ? undefined : Number(gen), path.resolve(values.to), roots, values.overwrite === true);
+      if (values.json) process.stdout.write(`${JSON.stringify(report)}\n`);
+      else {
+        process.stdout.write(`exported ${report.written.length} file(s) of generation ${report.generation} to ${shownName(path.resolve(values.to))}\n`);
+        for (const x of report.skipped) process.stderr.write(`skipped ${shownName(x.guestPath)}: ${shownName(x.reason)}\n`);
+        for (const x of report.refused) process.stderr.write(`not written: ${shownName(x)}\n`);
+      }
+      return report.refused.length > 0 ? 1 : 0;
     }
     if (action === 'ls' && patterns.length > 0) throw new UsageError('ls takes no patterns');
     if (action !== 'ls' && patterns.length === 0) throw new UsageError(`${action} needs at least one PATTERN`);

@@ -11,7 +11,7 @@ import { type PerimeterNode, type PersistTree, persistFileUri } from '../views/t
 import { validatePersistPath } from '../validation';
 import type { PersistSource } from '../persist/persistSource';
 import { PERSIST_SCHEME, parsePersistUriPath, persistUriPath, guestBase, type PersistRef } from '../persist/persistUri';
-import { ExportRefused, badName, destinationState, ensureExportRoot, planExport, writeExported } from '../persist/exportFiles';
+import { ExportRefused, badName, destinationState, ensureExportRoot, planExport, writeExported } from '../../companion/protocol/safe-export';
 
 interface SessionRef { hostId: string; sessionId: string }
 

@@ -1,8 +1,9 @@
-// `perimeter persist add|rm|ls`: the real CLI entry point in a child process against a state directory; the list it
-// writes is the one the next tool call uses.
+// `perimeter persist add|rm|ls|export`: the real CLI entry point in a child process against a state directory; the
+// list it writes is the one the next tool call uses; export writes under the safe-copy rules, from the state directory
+// or through a running companion's control API.
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { startControlServer } from '../../companion/control/server';
 import type { WorkerControl } from '../../companion/control/types';
@@ -65,6 +66,82 @@ describe('persist: perimeter persist CLI', function () {
       assert.equal(none.code, 1);
       assert.match(none.err, /has no file \/srv\/data\/nope/);
     } finally { await sbx.dispose(); }
+  });
+
+  it('export --to DIR: regular files only, in slices; a symlink in DIR is never followed; existing files need --overwrite; also through a running companion', async () => {
+    const s = 'sesn_export';
+    // 600 000 lines: about 4 MiB, read in several PERSIST_READ_MAX slices
+    const big = Array.from({ length: 600_000 }, (_, i) => `${i + 1}\n`).join('');
+    const sbx = processDriver();
+    const persistence = newPersistence(home);
+    const outside = tempDir('persist-cli-outside');
+    try {
+      await runCall(sbx.driver, persistence, s, 'bash', { command: 'mkdir -p sub && printf one > a.txt && seq 1 600000 > sub/big.txt && ln -s a.txt link && : > empty' });
+      const to = path.join(home, 'out');
+      const first = cli('export', '--home', home, '--session', s, '--to', to, '--json');
+      assert.equal(first.code, 0, first.err);
+      const report = JSON.parse(first.out) as { generation: number; written: string[]; skipped: Array<{ guestPath: string; reason: string }>; refused: string[] };
+      assert.deepEqual([report.generation, report.written, report.refused], [1, ['workspace/a.txt', 'workspace/empty', 'workspace/sub/big.txt'], []]);
+      assert.deepEqual(report.skipped.map((x) => x.guestPath), ['/workspace/link']);
+      assert.equal(readFileSync(path.join(to, 'workspace/sub/big.txt'), 'utf8'), big);
+      assert.equal(readFileSync(path.join(to, 'workspace/a.txt'), 'utf8'), 'one');
+      assert.equal(lstatSync(path.join(to, 'workspace/link'), { throwIfNoEntry: false }), undefined, 'no symlink is exported');
+
+      // a symlinked directory in the target: nothing is written through it
+      const viaLink = path.join(home, 'out-link');
+      mkdirSync(viaLink);
+      symlinkSync(outside, path.join(viaLink, 'workspace'));
+      const linked = cli('export', '--home', home, '--session', s, '--to', viaLink);
+      assert.equal(linked.code, 1, linked.err);
+      assert.match(linked.err, /not written: workspace is a symlink: not followed/);
+      assert.deepEqual(readdirSync(outside), []);
+      // the target itself a symlink: refused
+      const linkedRoot = cli('export', '--home', home, '--session', s, '--to', path.join(viaLink, 'workspace'));
+      assert.equal(linkedRoot.code, 1);
+      assert.match(linkedRoot.err, /is not a directory \(a symlink: not followed\)/);
+
+      // a symlinked file in the target is refused even with --overwrite; an existing file is replaced only with it
+      writeFileSync(path.join(outside, 'secret'), 'keep');
+      rmSync(path.join(to, 'workspace/a.txt'));
+      symlinkSync(path.join(outside, 'secret'), path.join(to, 'workspace/a.txt'));
+      writeFileSync(path.join(to, 'workspace/empty'), 'old');
+      const again = cli('export', '--home', home, '--session', s, '--to', to, '/workspace');
+      assert.equal(again.code, 1);
+      assert.match(again.err, /not written: workspace\/a\.txt exists and is not a regular file/);
+      assert.match(again.err, /not written: workspace\/empty exists \(not replaced\)/);
+      assert.match(again.err, /skipped \/workspace\/link: a symlink \(→ a\.txt\): not followed/);
+      const forced = cli('export', '--home', home, '--session', s, '--to', to, '--overwrite', '/workspace/');
+      assert.equal(forced.code, 1);
+      assert.doesNotMatch(forced.err, /workspace\/empty/);
+      assert.equal(readFileSync(path.join(outside, 'secret'), 'utf8'), 'keep', 'the symlink\'s target is untouched');
+      assert.equal(readFileSync(path.join(to, 'workspace/empty'), 'utf8'), '');
+
+      const usage = cli('export', '--home', home, '--session', s, '--to', to, '/workspace/../etc');
+      assert.equal(usage.code, 2);
+      assert.match(usage.err, /"\.\." segment/);
+
+      // through a running companion (its control API), one directory of generation 1
+      const worker: WorkerControl = {
+        state: () => 'polling',
+        hostFacts: () => ({ hostname: 'test', driver: 'process', accel: 'none', vmsRunning: 0, vmsPooled: 0, memoryAvailableMb: 1, concurrency: 1, version: 'test', pid: process.pid, startedAt: Date.now() }),
+        drain: async () => {}, shutdown: async () => {},
+      };
+      const server = await startControlServer({ home, hub: new EventHub(), journal: Journal.open(path.join(home, 'journal')), persistence, persistHistory: persistence, worker });
+      try {
+        const live = path.join(home, 'out-live');
+        const r = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'export', '--home', home, '--session', s, '--generation', '1', '--to', live, '/workspace/sub'], { cwd: ROOT });
+          let out = ''; let err = '';
+          child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+          child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+          child.on('exit', (code) => resolve({ code, out, err }));
+        });
+        assert.equal(r.code, 0, r.err);
+        assert.match(r.out, /^exported 1 file\(s\) of generation 1 to /);
+        assert.deepEqual(readdirSync(live), ['sub']);
+        assert.equal(readFileSync(path.join(live, 'sub/big.txt'), 'utf8'), big);
+      } finally { await server.close(); }
+    } finally { await sbx.dispose(); rmSync(outside, { recursive: true, force: true }); }
   });
 
   it('with a companion running on the same home, the change goes through its control API and clients get the event', async () => {

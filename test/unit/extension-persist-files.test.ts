@@ -10,7 +10,7 @@ import path from 'node:path';
 import type { PersistEntry } from '../../companion/protocol/control';
 import { parsePersistUriPath, persistUriPath } from '../../extension/persist/persistUri';
 import { GenerationIndex, PersistSource, PersistTooLarge, type PersistApi } from '../../extension/persist/persistSource';
-import { ExportRefused, badName, ensureExportRoot, planExport, writeExported } from '../../extension/persist/exportFiles';
+import { ExportRefused, badName, ensureExportRoot, planExport, writeExported } from '../../companion/protocol/safe-export';
 
 const file = (p: string, size = 3): PersistEntry => ({ path: p, type: 'file', size, mode: 0o644, mtimeMs: 1, sha256: 'a'.repeat(64), target: null });
 const link = (p: string, target: string): PersistEntry => ({ path: p, type: 'symlink', size: 0, mode: 0o777, mtimeMs: 1, sha256: null, target });

@@ -1,6 +1,7 @@
-// Export to Workspace: copies persisted files (read through the control API) into a folder of the user's workspace
-// under the safe-copy rules. Plain Node, no `vscode`: the command (commands/persistCommands.ts) asks where and whether
-// to overwrite, this module decides what may be written and writes it. Invariants:
+// Export of persisted files to a host directory under the safe-copy rules, for the extension's Export to Workspace…
+// (extension/commands/persistCommands.ts asks where and whether to overwrite) and `perimeter persist export`
+// (commands/persist.ts). The callers read the files (through the control API or a browse VM) and hand them over in
+// chunks; this module decides what may be written and writes it. Invariants:
 // - Names are validated before anything is written: every component of a destination path is a plain name (not
 //   empty, `.` or `..`, no `/`, NUL or control character, at most 255 bytes); a persisted name that is not is skipped
 //   with its reason.
@@ -12,7 +13,7 @@
 // - Everything stays below the destination root: relative paths come from validated components only.
 import { constants as C, promises as fsp } from 'node:fs';
 import path from 'node:path';
-import type { PersistEntry } from '../../companion/protocol/control';
+import type { PersistEntry } from './control';
 
 export interface ExportPlanItem { guestPath: string; relative: string; size: number }
 export interface ExportPlan { files: ExportPlanItem[]; skipped: Array<{ guestPath: string; reason: string }> }
