@@ -8,6 +8,10 @@
 //   only one the VM may write; every layer below it is opened read-only.
 // - A device is attached at most once per sandbox, before the guest mounted anything from it.
 // - After `quiesce` resolved, the VM writes nothing more to the top layer: the store may fsync and commit it.
+// - A chain is opened with every layer named explicitly (`layerChainNode`, for QEMU and qemu-storage-daemon alike):
+//   the chain is the store's, never what a qcow2 header says; image locking is off (the store guarantees one writer
+//   per layer and compacts only layers no VM writes); the top layer ignores flush requests (durability comes from
+//   the host's fsync at commit).
 import type { DiskRoot, DiskUsage } from '../guest/session-disk';
 
 export interface DiskLayers {
@@ -33,4 +37,17 @@ export interface SessionDiskPort {
   continueOn(top: string): Promise<void>;
   /** Resolves once the sandbox is gone (destroyed, or its VM died). */
   readonly closed: Promise<void>;
+}
+
+/** The QEMU block options (blockdev-add / --blockdev) of a layer chain: files[0] is the writable top named `name`,
+ *  each next one its read-only backing. */
+export function layerChainNode(files: readonly string[], name: string, i = 0): Record<string, unknown> {
+  return {
+    driver: 'qcow2',
+    'node-name': i === 0 ? name : `${name}-b${i}`,
+    'read-only': i > 0,
+    file: { driver: 'file', filename: files[i], locking: 'off' },
+    backing: i + 1 < files.length ? layerChainNode(files, name, i + 1) : null,
+    ...(i === 0 ? { cache: { 'no-flush': true } } : {}),
+  };
 }

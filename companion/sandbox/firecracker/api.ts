@@ -1,5 +1,5 @@
 // Firecracker's REST API (HTTP/1.1 over its Unix API socket) and the vsock CONNECT handshake. Request bodies follow
-// the published swagger definitions (BootSource, Drive, MachineConfiguration, Vsock, InstanceActionInfo, Vm,
+// the published swagger definitions (BootSource, Drive, PartialDrive, MachineConfiguration, Vsock, InstanceActionInfo, Vm,
 // SnapshotCreateParams, SnapshotLoadParams); test/unit/firecracker-contract.test.ts checks every request this module
 // sends against our contract of that API (test/unit/fixtures/firecracker-contract.ts). Invariants: every call has a
 // deadline; a non-2xx answer becomes an error carrying Firecracker's `fault_message`; answers are size-capped.
@@ -9,6 +9,8 @@ import { z } from 'zod';
 
 export interface BootSource { kernel_image_path: string; initrd_path?: string; boot_args?: string }
 export interface Drive { drive_id: string; path_on_host: string; is_root_device: boolean; is_read_only: boolean; cache_type?: 'Unsafe' | 'Writeback'; io_engine?: 'Sync' | 'Async' }
+/** PATCH /drives/{id} after boot or snapshot load: Firecracker reopens `path_on_host` and tells the guest. */
+export interface PartialDrive { drive_id: string; path_on_host: string }
 export interface MachineConfiguration { vcpu_count: number; mem_size_mib: number; smt?: boolean; track_dirty_pages?: boolean }
 export interface Vsock { guest_cid: number; uds_path: string }
 export interface SnapshotCreateParams { snapshot_type?: 'Full' | 'Diff'; snapshot_path: string; mem_file_path: string }
@@ -33,6 +35,7 @@ export class FirecrackerApi {
 
   putBootSource(b: BootSource) { return this.call('PUT', '/boot-source', b); }
   putDrive(d: Drive) { return this.call('PUT', `/drives/${encodeURIComponent(d.drive_id)}`, d); }
+  patchDrive(d: PartialDrive) { return this.call('PATCH', `/drives/${encodeURIComponent(d.drive_id)}`, d); }
   putMachineConfig(m: MachineConfiguration) { return this.call('PUT', '/machine-config', m); }
   putVsock(v: Vsock) { return this.call('PUT', '/vsock', v); }
   start() { return this.call('PUT', '/actions', { action_type: 'InstanceStart' }); }

@@ -7,9 +7,12 @@
 //   own copies (the root image is hard-linked, read-only).
 // - The Firecracker snapshot is built once per template and Firecracker version under <template>/firecracker-<v>/.
 // - Every sandbox is ready only after snapshot load + vsock connect + ping + init (clock, entropy, limits).
+// - A template with a session disk is snapshotted with a second, writable drive on a sparse placeholder of the disk's
+//   size; each VM gets its own placeholder (never shared: the drive is writable), and the session's layers are
+//   attached later through a raw export (session-disk.ts).
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { copyFileSync, existsSync, linkSync, mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, copyFileSync, existsSync, ftruncateSync, linkSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Config } from '../../config';
 import { statePaths } from '../../config';
@@ -23,6 +26,8 @@ import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { sweepOrphans } from '../qemu/sweep';
 import { FirecrackerApi, connectVsock } from './api';
+import { FirecrackerSessionDisk, SESSION_DRIVE } from './session-disk';
+import type { SessionDiskPort } from '../session-disk';
 import { attachEgress } from '../attach-egress';
 import { guestLimits } from '../limits';
 
@@ -51,15 +56,18 @@ class FirecrackerVm {
   agent!: GuestClient;
   readonly exited: Promise<void>;
   private killed = false;
+  /** Ends what lives in the VM's directory beside Firecracker (a disk export) before the directory is removed. */
+  beforeRemove: (() => Promise<void>) | null = null;
 
-  private constructor(readonly layout: VmLayout, readonly proc: ChildProcess, readonly api: FirecrackerApi) {
+  private constructor(readonly layout: VmLayout, readonly proc: ChildProcess, readonly api: FirecrackerApi, readonly owner?: { uid: number; gid: number }) {
     this.exited = new Promise((r) => proc.once('exit', () => r()));
   }
 
   get id(): string { return this.layout.id; }
+  get dir(): string { return this.layout.hostDir; }
 
   /** Starts Firecracker (through the jailer when configured) with the given files linked into its directory. */
-  static async spawn(o: { binary: string; vmsDir: string; jailer?: JailerOptions; files: Record<string, string> }): Promise<FirecrackerVm> {
+  static async spawn(o: { binary: string; vmsDir: string; jailer?: JailerOptions; files: Record<string, string>; placeholderBytes?: number }): Promise<FirecrackerVm> {
     hookExit();
     const id = `fc-${process.pid}-${randomBytes(4).toString('hex')}`;
     let layout: VmLayout;
@@ -80,11 +88,12 @@ class FirecrackerVm {
     }
     writeFileSync(path.join(layout.hostDir, 'owner'), String(process.pid));
     for (const [name, src] of Object.entries(o.files)) linkInto(src, path.join(layout.hostDir, name));
+    if (o.placeholderBytes !== undefined) makePlaceholder(path.join(layout.hostDir, SESSION_DRIVE.placeholder), o.placeholderBytes, o.jailer);
     const proc = spawn(cmd, args, { cwd: layout.hostDir, env: {}, stdio: ['ignore', 'ignore', 'pipe'] });
     live.add(proc);
     proc.once('exit', () => live.delete(proc));
     if (proc.pid) writeFileSync(layout.pidFile, String(proc.pid));
-    const vm = new FirecrackerVm(layout, proc, new FirecrackerApi(layout.apiSock));
+    const vm = new FirecrackerVm(layout, proc, new FirecrackerApi(layout.apiSock), o.jailer ? { uid: o.jailer.uid, gid: o.jailer.gid } : undefined);
     const early = new Promise<never>((_, reject) => { proc.once('error', reject); proc.once('exit', (c) => reject(new Error(`firecracker exited (${c})`))); });
     try { await Promise.race([vm.api.waitReady(), early]); } catch (err) {
       await vm.kill();
@@ -116,6 +125,7 @@ class FirecrackerVm {
       try { this.proc.kill('SIGKILL'); } catch { /* gone */ }
     }
     if (this.proc.exitCode === null && this.proc.signalCode === null && this.proc.pid) await this.exited;
+    await this.beforeRemove?.();
     rmSync(this.layout.hostDir, { recursive: true, force: true });
   }
 }
@@ -129,11 +139,25 @@ function linkInto(src: string, dst: string): void {
   try { linkSync(src, dst); } catch { copyFileSync(src, dst); }
 }
 
+/** A VM's own session-disk placeholder: a sparse file of the disk's size (the VM's user may open it read-write). */
+function makePlaceholder(file: string, bytes: number, jailer?: JailerOptions): void {
+  const fd = openSync(file, 'wx', 0o600);
+  try { ftruncateSync(fd, bytes); } finally { closeSync(fd); }
+  if (jailer) chownSync(file, jailer.uid, jailer.gid);
+}
+
 class FirecrackerSandbox implements Sandbox {
   readonly driver = 'firecracker' as const;
+  readonly sessionDisk?: SessionDiskPort;
   private destroyed: Promise<void> | null = null;
   constructor(readonly vm: FirecrackerVm, private readonly callTimeoutMs: number, private readonly onGone: (s: FirecrackerSandbox) => void,
-    readonly writableBytes: number) {}
+    readonly writableBytes: number, sessionDiskBytes?: number) {
+    if (sessionDiskBytes !== undefined) {
+      const disk = new FirecrackerSessionDisk(vm, sessionDiskBytes);
+      vm.beforeRemove = () => disk.end();
+      this.sessionDisk = disk;
+    }
+  }
   get id(): string { return this.vm.id; }
   exec(req: ExecRequest, onOutput?: (c: Buffer) => void): Promise<ExecResult> { return this.vm.agent.exec({ ...req, timeoutMs: Math.min(req.timeoutMs, this.callTimeoutMs) }, onOutput); }
   readFile(p: string, o?: { offset?: number; length?: number }) { return this.vm.agent.readFile(p, o); }
@@ -197,15 +221,17 @@ export class FirecrackerDriver implements SandboxDriver {
   /** Boots the template once under Firecracker and snapshots it (cached per template and Firecracker version). */
   private async ensureSnapshot(t: Template): Promise<FcSnapshot> {
     const version = this.version().replace(/[^A-Za-z0-9._-]/g, '_');
-    const dir = path.join(t.dir, `firecracker-${version}`);
+    const disk = t.manifest.sessionDisk;
+    const dir = path.join(t.dir, `firecracker-${version}${disk ? '-sdisk' : ''}`);
     const snap = { dir, state: path.join(dir, 'vm.state'), mem: path.join(dir, 'mem.bin') };
     if (existsSync(path.join(dir, 'complete'))) return snap;
     const files = { 'vmlinux': t.image.kernel, 'initramfs.cpio': t.image.initrd, 'rootfs.ext4': t.image.rootfs };
-    const vm = await FirecrackerVm.spawn({ binary: this.config.sandbox.firecrackerBinary, vmsDir: this.vmsDir, jailer: this.jailer, files });
+    const vm = await FirecrackerVm.spawn({ binary: this.config.sandbox.firecrackerBinary, vmsDir: this.vmsDir, jailer: this.jailer, files, placeholderBytes: disk?.bytes });
     try {
       await vm.api.putMachineConfig({ vcpu_count: t.manifest.vcpus, mem_size_mib: t.manifest.memoryMiB, smt: false, track_dirty_pages: false });
       await vm.api.putBootSource({ kernel_image_path: 'vmlinux', initrd_path: 'initramfs.cpio', boot_args: firecrackerBootArgs(t) });
       await vm.api.putDrive({ drive_id: 'rootfs', path_on_host: 'rootfs.ext4', is_root_device: false, is_read_only: true });
+      if (disk) await vm.api.putDrive({ drive_id: SESSION_DRIVE.id, path_on_host: SESSION_DRIVE.placeholder, is_root_device: false, is_read_only: false });
       await vm.api.putVsock({ guest_cid: GUEST_CID, uds_path: 'v.sock' });
       await vm.api.start();
       await vm.connectAgent(() => {}, 30_000);
@@ -234,8 +260,9 @@ export class FirecrackerDriver implements SandboxDriver {
     const t = this.template!;
     const snap = this.snapshot!;
     const files = { 'rootfs.ext4': t.image.rootfs, 'vm.state': snap.state, 'mem.bin': snap.mem };
-    const vm = await FirecrackerVm.spawn({ binary: this.config.sandbox.firecrackerBinary, vmsDir: this.vmsDir, jailer: this.jailer, files });
-    const sandbox = new FirecrackerSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), guestLimits(this.config.sandbox, t.manifest.memoryMiB).writableBytes);
+    const disk = t.manifest.sessionDisk;
+    const vm = await FirecrackerVm.spawn({ binary: this.config.sandbox.firecrackerBinary, vmsDir: this.vmsDir, jailer: this.jailer, files, placeholderBytes: disk?.bytes });
+    const sandbox = new FirecrackerSandbox(vm, this.config.sandbox.callTimeoutMs, (s) => this.active.delete(s), guestLimits(this.config.sandbox, t.manifest.memoryMiB).writableBytes, disk?.bytes);
     try {
       await vm.api.loadSnapshot({
         snapshot_path: 'vm.state', mem_backend: { backend_type: 'File', backend_path: 'mem.bin' }, resume_vm: true,
@@ -256,6 +283,11 @@ export class FirecrackerDriver implements SandboxDriver {
     const s = await this.pool!.take();
     this.active.add(s);
     return attachEgress(s, opts.egress);
+  }
+
+  /** The template's session-disk size (its snapshot has the drive), or null: persistence then copies files. */
+  sessionDiskBytes(): number | null {
+    try { return findTemplate(this.config.home, this.config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null; } catch { return null; }
   }
 
   info(): DriverInfo { return { kind: 'firecracker', accel: 'kvm', running: this.active.size, pooled: this.pool?.readyCount ?? 0 }; }

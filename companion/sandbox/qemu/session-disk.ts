@@ -3,18 +3,16 @@
 // placeholder of the disk's virtual size; the guest never opens it before the snapshot (the kernel's partition scan
 // reads zeros, which the agent drops from its cache before it mounts). A clone's QEMU is started with the same nodes
 // (a snapshot restores only into the same devices); `attach` adds the session's layer chain with one `blockdev-add`
-// (every layer named explicitly: the chain is the store's, never what a qcow2 header says) and swaps the raw node's
-// `file` child to it with `blockdev-reopen` (QEMU >= 6.0), then deletes the placeholder.
+// (layerChainNode) and swaps the raw node's `file` child to it with `blockdev-reopen` (QEMU >= 6.0), then deletes the
+// placeholder.
 // Invariants:
 // - QEMU opens only links to the layers inside the VM's own run directory (what a confined QEMU can see), the top
 //   layer owned by the VM's user, the lower ones read-only (and not writable by that user).
-// - The top layer ignores the guest's flush requests (`cache.no-flush`): durability comes from the host's fsync at
-//   commit; `quiesce` (QMP `stop`) still writes QEMU's cached qcow2 metadata into the file before it returns.
-// - Image locking is off: the store guarantees one writer per layer and compacts only layers no VM writes.
+// - `quiesce` (QMP `stop`) writes QEMU's cached qcow2 metadata into the top layer before it returns.
 import { chownSync, linkSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import type { DiskRoot, DiskUsage } from '../../guest/session-disk';
-import type { DiskLayers, SessionDiskPort } from '../session-disk';
+import { layerChainNode, type DiskLayers, type SessionDiskPort } from '../session-disk';
 import type { QemuVm } from './vm';
 
 export const SESSION_DISK_SERIAL = 'perimeter-disk';
@@ -29,18 +27,6 @@ export function sessionDiskArgs(bytes: number | undefined): string[] {
     '-blockdev', `driver=raw,node-name=${DEVICE_NODE},file=${PLACEHOLDER_NODE}`,
     '-device', `virtio-blk-device,drive=${DEVICE_NODE},serial=${SESSION_DISK_SERIAL}`,
   ];
-}
-
-/** The blockdev-add options of a layer chain: files[0] is the writable top, each next one its backing. */
-function layerNode(files: readonly string[], i: number, name: string): Record<string, unknown> {
-  return {
-    driver: 'qcow2',
-    'node-name': i === 0 ? name : `${name}-b${i}`,
-    'read-only': i > 0,
-    file: { driver: 'file', filename: files[i], locking: 'off' },
-    backing: i + 1 < files.length ? layerNode(files, i + 1, name) : null,
-    ...(i === 0 ? { cache: { 'no-flush': true } } : {}),
-  };
 }
 
 export class QemuSessionDisk implements SessionDiskPort {
@@ -58,7 +44,7 @@ export class QemuSessionDisk implements SessionDiskPort {
     const name = this.nextNode();
     const files = [this.reachable(layers.top, true), ...layers.backing.map((f) => this.reachable(f, false))];
     const q = await this.vm.qmp();
-    await q.cmd('blockdev-add', layerNode(files, 0, name));
+    await q.cmd('blockdev-add', layerChainNode(files, name));
     await q.cmd('blockdev-reopen', { options: [{ driver: 'raw', 'node-name': DEVICE_NODE, file: name }] });
     await q.cmd('blockdev-del', { 'node-name': PLACEHOLDER_NODE });
     this.topNode = name;
@@ -78,7 +64,7 @@ export class QemuSessionDisk implements SessionDiskPort {
     if (!this.topNode) throw new Error('the session disk is not attached');
     const name = this.nextNode();
     const q = await this.vm.qmp();
-    await q.cmd('blockdev-add', layerNode([this.reachable(top, true)], 0, name));
+    await q.cmd('blockdev-add', layerChainNode([this.reachable(top, true)], name));
     await q.cmd('blockdev-snapshot', { node: this.topNode, overlay: name });
     this.topNode = name;
     await q.cmd('cont');

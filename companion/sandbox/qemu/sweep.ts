@@ -2,9 +2,30 @@
 // Invariants: a run directory whose owner process is still alive (another live companion using the same home) is
 // left alone; a QEMU (or the jail around it, whose pid the launcher records in jail.pid: killing it takes the whole
 // PID namespace down) is killed only if its pidfile names a live process whose command line is a QEMU or jail started
-// with that very run directory, so a recycled pid is never killed by mistake.
+// with that very run directory, so a recycled pid is never killed by mistake. The same holds for the
+// qemu-storage-daemon of a Firecracker VM's session disk (qsd-*.pid); a FUSE mount it left in the run directory (it
+// was killed) is unmounted before the directory is removed.
+import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
+
+/** The mount points of this mount namespace (octal escapes of /proc/self/mountinfo decoded). */
+export function mountPoints(): string[] {
+  return readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
+    .map((l) => l.split(' ')[4]!.replace(/\\([0-7]{3})/g, (_m, o: string) => String.fromCharCode(parseInt(o, 8))));
+}
+
+/** Lazily unmounts everything mounted at or below `dir` (deepest first); returns how many mounts were removed. */
+export function unmountUnder(dir: string): number {
+  const root = path.resolve(dir);
+  const under = mountPoints().filter((m) => m === root || m.startsWith(`${root}/`)).sort((a, b) => b.length - a.length);
+  for (const m of under) {
+    try { execFileSync('umount', ['-l', m], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: 'ignore', timeout: 10_000 }); } catch {
+      throw new Error(`cannot unmount ${path.relative(root, m) || '.'} in ${path.basename(root)}`);
+    }
+  }
+  return under.length;
+}
 
 function cmdline(pid: number): string | null {
   try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '); } catch { return null; }
@@ -24,13 +45,15 @@ export function sweepOrphans(vmsDir: string): number {
     if (owner === process.pid) continue;
     const ownerCmd = owner ? cmdline(owner) : null;
     if (ownerCmd && /node|perimeter/.test(ownerCmd)) continue; // a live companion owns it
-    for (const pidFile of ['qemu.pid', 'vmm.pid', 'jail.pid']) {
+    const pidFiles = ['qemu.pid', 'vmm.pid', 'jail.pid', ...readdirSync(dir).filter((f) => /^qsd-[\w.-]+\.pid$/.test(f))];
+    for (const pidFile of pidFiles) {
       const vmm = readPid(path.join(dir, pidFile));
       const vmmCmd = vmm ? cmdline(vmm) : null;
-      if (vmm && vmmCmd && /qemu-system|firecracker|bwrap/.test(vmmCmd) && vmmCmd.includes(dir)) {
+      if (vmm && vmmCmd && /qemu-system|qemu-storage-daemon|firecracker|bwrap/.test(vmmCmd) && vmmCmd.includes(dir)) {
         try { process.kill(vmm, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
       }
     }
+    try { unmountUnder(dir); } catch { continue; } // a mount that stays makes the directory unremovable: kept
     rmSync(dir, { recursive: true, force: true });
   }
   return killed;
