@@ -1,10 +1,12 @@
 // Reading a session disk's generations from the host with REAL VMs: listing and reading files of generation N and
 // N-1 through a short-lived browse VM (read-only mount over a throwaway layer), paging, names with a newline and
-// escape sequences (listed exactly, shown escaped by `perimeter persist ls`, read by `perimeter persist cat`), a 255-byte component, no symlink followed. Skips (saying why) only
+// escape sequences (listed exactly, shown escaped by `perimeter persist ls`, read by `perimeter persist cat`), a 255-byte component, no symlink followed;
+// `perimeter persist export` of a generation (hostile names skipped and shown escaped, a guest symlink and FIFO not
+// exported, a file of several read slices intact, a symlink in the target directory not followed). Skips (saying why) only
 // when QEMU or a template with a session disk is absent.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { loadConfig } from '../../companion/config';
@@ -110,7 +112,7 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     assert.ok(browseVms - before <= 1, `${browseVms - before} browse VMs for three reads of one generation`);
 
     // the session goes on writing from generation 2; once closed, only the generations' layers are left
-    assert.equal(await bash(p, driver, s, 'printf three > /workspace/a.txt'), 3);
+    assert.equal(await bash(p, driver, s, 'printf three > /workspace/a.txt && seq 1 600000 > /workspace/big.txt && mkfifo /workspace/fifo'), 3);
     await p.close();
     let layers: string[] = [];
     for (let i = 0; i < 50 && (layers = readdirSync(path.join(home, 'disks', s, 'layers'))).length > 4; i++) await new Promise((r) => setTimeout(r, 100));
@@ -141,5 +143,32 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     const missing = cat('/workspace/d/etc/hostname');
     assert.notEqual(missing.status, 0);
     assert.match(missing.stderr, /has no file/);
+
+    // perimeter persist export: what may be written is written, the rest is reported (escaped), nothing followed
+    const exportCli = (...args: string[]) => spawnSync(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'export', '--session', s, '--home', home, ...args],
+      { cwd: ROOT, encoding: 'utf8', env: { ...process.env, PERIMETER_HOME: '' }, timeout: 600_000 });
+    const exported = path.join(home, 'export');
+    const all = exportCli('--to', exported);
+    assert.equal(all.status, 0, all.stderr);
+    assert.match(all.stdout, /^exported \d+ file\(s\) of generation 3 to /);
+    assert.deepEqual(readdirSync(path.join(exported, 'workspace')).sort(), ['a.txt', 'big.txt', 'd']);
+    assert.deepEqual(readdirSync(path.join(exported, 'workspace', 'd')), ['b.txt']);
+    assert.equal(readFileSync(path.join(exported, 'workspace', 'a.txt'), 'utf8'), 'three');
+    assert.equal(readFileSync(path.join(exported, 'workspace', 'big.txt'), 'utf8'), Array.from({ length: 600_000 }, (_, i) => `${i + 1}\n`).join(''));
+    for (const raw of ['\n', '\u001b', '\u0007']) assert.ok(!all.stderr.replace(/\n$/, '').split('\n').some((l) => l.includes(raw)), `raw control character in: ${JSON.stringify(all.stderr)}`);
+    assert.ok(all.stderr.includes(`skipped /workspace/${JSON.stringify(ODD).slice(1, -1)}: its name contains a control character`), all.stderr);
+    assert.match(all.stderr, /skipped \/workspace\/d\/etc: a symlink \(→ \/etc\): not followed/);
+    const long = exportCli('--generation', '1', '--to', path.join(home, 'export-long'), `/workspace/${LONG}`);
+    assert.equal(long.status, 0, long.stderr);
+    assert.equal(readFileSync(path.join(home, 'export-long', LONG), 'utf8'), 'long');
+    const trap = path.join(home, 'export-trap');
+    const outside = path.join(home, 'outside');
+    mkdirSync(trap);
+    mkdirSync(outside);
+    symlinkSync(outside, path.join(trap, 'workspace'));
+    const trapped = exportCli('--to', trap, '/workspace');
+    assert.equal(trapped.status, 1, trapped.stderr);
+    assert.match(trapped.stderr, /not written: workspace is a symlink: not followed/);
+    assert.deepEqual(readdirSync(outside), []);
   });
 });
