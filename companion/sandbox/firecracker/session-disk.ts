@@ -40,7 +40,7 @@ export class FirecrackerSessionDisk implements SessionDiskPort {
   /** The attached chain, top first. */
   private chain: string[] = [];
   private exports = 0;
-  private ended = false;
+  private ending: Promise<void> | null = null;
 
   constructor(private readonly vm: FirecrackerDiskHost, readonly bytes: number) {
     this.closed = vm.exited.then(() => this.end());
@@ -71,11 +71,13 @@ export class FirecrackerSessionDisk implements SessionDiskPort {
   }
 
   /** Kills the export (if any) and removes its mount; no export is made after this. */
-  async end(): Promise<void> {
-    this.ended = true;
-    const exp = this.exp;
-    this.exp = null;
-    await exp?.kill();
+  end(): Promise<void> {
+    this.ending ??= (async () => {
+      const exp = this.exp;
+      this.exp = null;
+      await exp?.kill();
+    })();
+    return this.ending;
   }
 
   /** The id the guest sees for the drive (its /sys/block/vdX/serial). */
@@ -86,14 +88,14 @@ export class FirecrackerSessionDisk implements SessionDiskPort {
 
   /** Exports `chain` and points the drive at it (the previous export, stopped or not, is ended). */
   private async pointAt(chain: string[]): Promise<void> {
-    if (this.ended) throw new Error('the sandbox is gone');
+    if (this.ending) throw new Error('the sandbox is gone');
     await this.exp?.kill();
     this.exp = null;
     const n = this.exports++;
     const file = `sdisk-${n}.raw`;
     const exp = await RawExport.start({ layers: chain, mountpoint: path.join(this.vm.dir, file), pidFile: path.join(this.vm.dir, `qsd-${n}.pid`), owner: this.vm.owner });
+    if (this.ending) { await exp.kill(); throw new Error('the sandbox is gone'); }
     this.exp = exp;
-    if (this.ended) { await this.end(); throw new Error('the sandbox is gone'); }
     await this.vm.api.patchDrive({ drive_id: SESSION_DRIVE.id, path_on_host: file });
     this.chain = chain;
   }
