@@ -2,12 +2,16 @@
 // default state directory, or PERIMETER_HOME). Tests skip, saying why, only when QEMU or the template is genuinely
 // absent; everything else is a real failure.
 import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { loadConfig, type Config } from '../../companion/config';
 import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import type { Sandbox } from '../../companion/sandbox/types';
 import type { ExecResult } from '../../companion/guest/types';
 import { SHELL_BASE_ENV } from '../../companion/guest/ready-shell';
+import type { DevQueue } from '../../companion/devqueue/server';
+import { runCli, workerArgs, type Child } from '../worker/helpers';
 
 export function vmConfig(sandbox: Record<string, unknown> = {}): Config {
   return loadConfig({ sandbox: { poolSize: 0, ...sandbox } });
@@ -46,3 +50,25 @@ export function sh(s: Sandbox, script: string, o: { timeoutMs?: number; maxOutpu
 }
 
 export function text(r: ExecResult): string { return r.output.toString('utf8'); }
+
+/** The built worker CLI on the QEMU driver (default template, control API on) serving `dq`, with `home` as its state. */
+export function startQemuWorker(dq: DevQueue, home: string): Child {
+  const env = { PERIMETER_HOME: home, PERIMETER_TEMPLATE: findTemplate(vmConfig().home)!.dir, ANTHROPIC_ENVIRONMENT_KEY: dq.environmentKey };
+  const args = workerArgs(dq, home, ['--max-idle-ms', '60000']).filter((a) => a !== '--no-control');
+  args[args.indexOf('--driver') + 1] = 'qemu';
+  return runCli(args, env);
+}
+
+export function cmdlineOf(pid: string): string | null {
+  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '); } catch { return null; }
+}
+const zombie = (pid: string) => { try { return /^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); } catch { return true; } };
+
+/** Live processes (other than `except`) whose command line names something under `dir`, as "pid: command line". */
+export function processesUnder(dir: string, except: number[] = []): string[] {
+  return readdirSync('/proc').filter((p) => /^\d+$/.test(p) && !except.includes(Number(p)))
+    .filter((p) => !zombie(p) && (cmdlineOf(p) ?? '').includes(`${dir}/`)).map((p) => `${p}: ${cmdlineOf(p)!.slice(0, 160)}`);
+}
+
+/** The QEMU processes of the VMs of the companion whose state directory is `home`. */
+export const qemusUnder = (home: string) => processesUnder(path.join(home, 'vms')).filter((p) => /qemu-system/.test(p));

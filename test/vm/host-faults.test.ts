@@ -11,26 +11,12 @@ import { existsSync, readdirSync, readFileSync, readlinkSync, writeFileSync } fr
 import path from 'node:path';
 import type { ControlClient } from '../../extension/launcher/controlClient';
 import { delay } from '../../extension/launcher/workerHost';
-import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { INTERRUPTED_TEXT } from '../../companion/journal/journal';
 import type { DevQueue } from '../../companion/devqueue/server';
-import { skipWithoutVms, vmConfig } from './helpers';
-import { answeredOnce, connectControl, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from '../worker/helpers';
+import { cmdlineOf, processesUnder, qemusUnder, skipWithoutVms, startQemuWorker } from './helpers';
+import { answeredOnce, connectControl, rmDir, scenario, startDevQueue, tmpDir, type Child } from '../worker/helpers';
 
 const SOAK_CALLS = Number(process.env.PERIMETER_SOAK_CALLS ?? 50);
-
-function cmdlineOf(pid: string): string | null {
-  try { return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '); } catch { return null; }
-}
-const zombie = (pid: string) => { try { return /^State:\s+Z/m.test(readFileSync(`/proc/${pid}/status`, 'utf8')); } catch { return true; } };
-
-/** Live processes (other than `except`) whose command line names something under `dir`. */
-function processesUnder(dir: string, except: number[] = []): string[] {
-  return readdirSync('/proc').filter((p) => /^\d+$/.test(p) && !except.includes(Number(p)))
-    .filter((p) => !zombie(p) && (cmdlineOf(p) ?? '').includes(`${dir}/`)).map((p) => `${p}: ${cmdlineOf(p)!.slice(0, 160)}`);
-}
-
-const qemusUnder = (home: string) => processesUnder(path.join(home, 'vms')).filter((p) => /qemu-system/.test(p));
 
 /** Files, sockets and directories left in the VMs' and sessions' working areas of `home`. */
 function filesUnder(home: string): string[] {
@@ -95,10 +81,7 @@ describe('the host through its own failures (real VMs, built CLI)', function () 
   }
 
   function startWorker(h: string): Child {
-    const env = { PERIMETER_HOME: h, PERIMETER_TEMPLATE: findTemplate(vmConfig().home)!.dir, ANTHROPIC_ENVIRONMENT_KEY: dq!.environmentKey };
-    const args = workerArgs(dq!, h, ['--max-idle-ms', '60000']).filter((a) => a !== '--no-control');
-    args[args.indexOf('--driver') + 1] = 'qemu';
-    const w = runCli(args, env);
+    const w = startQemuWorker(dq!, h);
     workers.push(w);
     return w;
   }

@@ -1,0 +1,354 @@
+// The session-disk soak (issue 11: "nothing lost, ever"): one session of N per-call VMs served by the real worker CLI
+// (QEMU driver, session disk) from the dev queue, with the worker SIGKILLed (and restarted on the same home, as
+// systemd would) and the call's QEMU killed at seeded random points. Used by test/vm/session-soak.test.ts (a CI-sized
+// run) and by the bench's `soak` section (the full run).
+// Each call is a bash script generated from a seeded PRNG (mulberry32): it prints the whole tree under /workspace/soak
+// (sha256 of every file) and the call log, then writes, appends, copies, moves and deletes files (empty ones, identical
+// ones, sometimes one of several MiB), sometimes pausing half-way, and appends its marker to the call log. Every step is
+// a pure function of the tree it starts on (writes of fixed content, `rm -f`, moves only of files that exist), so the
+// host models the tree for every outcome of a call.
+// Oracle (zero tolerance): the tree a call prints equals the modelled tree exactly. For a call a kill interrupted
+// (its result not yet posted when the kill came) the next printed tree must equal EITHER the tree before it OR the tree
+// after it (never a mix), and the model adopts whichever it is. A call marker twice in the log is a re-run; every tool
+// call is answered exactly once. A last call changes nothing and prints the tree the soak left. Kills are planned for
+// no two calls in a row, but a kill lands on whichever call is running when it comes, so the oracle keeps every tree
+// possible after a run of interrupted calls (before or after each) until a printed tree picks one.
+import { createHash } from 'node:crypto';
+import { existsSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { ControlClient } from '../../extension/launcher/controlClient';
+import { delay } from '../../extension/launcher/workerHost';
+import type { DevQueue } from '../../companion/devqueue/server';
+import type { StepReport } from '../../companion/devqueue/player';
+import { prng, type Rng } from '../unit/fuzz';
+import { cmdlineOf, qemusUnder, startQemuWorker } from './helpers';
+import { answeredOnce, connectControl, rmDir, scenario, startDevQueue, tmpDir, type Child } from '../worker/helpers';
+
+export interface SoakOptions {
+  calls: number;
+  seed: number;
+  /** Chance that a call gets a kill (planned for no two calls in a row). */
+  killRate: number;
+  log?: (line: string) => void;
+}
+
+export interface SoakResult {
+  calls: number;
+  workerKills: number;
+  qemuKills: number;
+  /** Calls a kill interrupted (no result posted yet), by what the next call saw. */
+  interruptedCommitted: number;
+  interruptedNotCommitted: number;
+  /** Files the model holds that a call did not find. */
+  lost: number;
+  /** Files with other content than the model's, or present though deleted. */
+  stale: number;
+  /** Call markers found more than once in the call log, plus tool calls answered more than once. */
+  reruns: number;
+  /** Calls no kill touched that did not end normally (an error, no tree printed). */
+  failedCalls: number;
+  /** Tool calls the worker never answered. */
+  unanswered: number;
+  /** What went wrong first, for the report (empty when nothing did). */
+  firstProblem: string;
+  minutes: number;
+}
+
+// ---- the model of the tree --------------------------------------------------------------------------------------
+
+/** A file: its sha256, and its content when small (appends need it). */
+interface FileValue { sha: string; small: string | null }
+interface Tree { files: Map<string, FileValue>; log: string[] }
+
+const sha256 = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+/** Every file content the model has made, by sha256 (to take over a tree a call printed that the model did not expect). */
+const known = new Map<string, FileValue>();
+const remember = (v: FileValue) => { known.set(v.sha, v); return v; };
+const smallFile = (content: string): FileValue => remember({ sha: sha256(content), small: content });
+const cloneTree = (t: Tree): Tree => ({ files: new Map(t.files), log: [...t.log] });
+
+type Op =
+  | { kind: 'write'; path: string; content: string }
+  | { kind: 'append'; path: string; content: string }
+  | { kind: 'big'; path: string; bytes: number; line: string }
+  | { kind: 'rm'; path: string }
+  | { kind: 'mv' | 'cp'; from: string; to: string }
+  | { kind: 'pause'; seconds: number };
+
+const ROOT = '/workspace/soak';
+const LOG = 'calls.log';
+const DIRS = ['', 'a/', 'a/b/', 'c/'];
+const SMALL_NAMES = DIRS.flatMap((d) => Array.from({ length: 12 }, (_, i) => `${d}f${i}.txt`));
+const BIG_NAMES = ['big0.bin', 'big1.bin', 'c/big2.bin'];
+const MAX_SMALL = 36;
+const MAX_BIG = 2;
+const bigContent = (bytes: number, line: string) => Buffer.alloc(bytes, `${line}\n`);
+
+function apply(tree: Tree, ops: Op[], marker: string): Tree {
+  const t = cloneTree(tree);
+  for (const op of ops) {
+    switch (op.kind) {
+      case 'write': t.files.set(op.path, smallFile(op.content)); break;
+      case 'append': t.files.set(op.path, smallFile((t.files.get(op.path)?.small ?? '') + op.content)); break;
+      case 'big': t.files.set(op.path, remember({ sha: sha256(bigContent(op.bytes, op.line)), small: null })); break;
+      case 'rm': t.files.delete(op.path); break;
+      case 'mv': case 'cp': {
+        const v = t.files.get(op.from);
+        if (!v) break;
+        t.files.set(op.to, v);
+        if (op.kind === 'mv') t.files.delete(op.from);
+        break;
+      }
+      case 'pause': break;
+    }
+  }
+  t.log.push(marker);
+  return t;
+}
+
+const q = (p: string) => `'${ROOT}/${p}'`;
+function opScript(op: Op): string {
+  switch (op.kind) {
+    case 'write': return op.content === '' ? `: > ${q(op.path)}` : `printf '%s' '${op.content}' > ${q(op.path)}`;
+    case 'append': return `printf '%s' '${op.content}' >> ${q(op.path)}`;
+    case 'big': return `yes '${op.line}' | head -c ${op.bytes} > ${q(op.path)}`;
+    case 'rm': return `rm -f ${q(op.path)}`;
+    case 'mv': return `if [ -e ${q(op.from)} ]; then mv -f ${q(op.from)} ${q(op.to)}; fi`;
+    case 'cp': return `if [ -e ${q(op.from)} ]; then cp ${q(op.from)} ${q(op.to)}; fi`;
+    case 'pause': return `sleep ${op.seconds}`;
+  }
+}
+
+const WORDS = ['alpha', 'beta', 'gamma', 'delta', 'soak', 'disk', 'layer', 'commit', 'x', '0', '42'];
+const text = (rng: Rng, maxWords: number) => Array.from({ length: rng.int(1, maxWords) }, () => rng.pick(WORDS)).join(' ');
+
+/** The random changes of call `i`, chosen against `predicted` (the tree if every call so far committed). */
+function randomOps(rng: Rng, predicted: Tree, i: number, bigMiB: [number, number]): Op[] {
+  const ops: Op[] = [];
+  const t = cloneTree(predicted);
+  const smalls = () => [...t.files.keys()].filter((p) => SMALL_NAMES.includes(p));
+  const bigs = () => [...t.files.keys()].filter((p) => BIG_NAMES.includes(p));
+  const push = (op: Op) => { ops.push(op); t.files = apply(t, [op], '').files; };
+  for (let n = rng.int(1, 6); n > 0; n--) {
+    const r = rng.next();
+    const existing = smalls();
+    if (r < 0.3 || existing.length === 0) {
+      const target = existing.length >= MAX_SMALL ? rng.pick(existing) : rng.pick(SMALL_NAMES);
+      const kind = rng.next();
+      // An empty file, a copy of another file's content (identical files), or new text.
+      const content = kind < 0.15 ? '' : kind < 0.3 && existing.length ? (t.files.get(rng.pick(existing))!.small ?? '') : `${text(rng, 12)} c${i}`;
+      push({ kind: 'write', path: target, content });
+    } else if (r < 0.45) push({ kind: 'append', path: rng.pick(existing), content: ` +${text(rng, 3)}` });
+    else if (r < 0.65) push({ kind: 'rm', path: rng.pick(existing) });
+    else if (r < 0.85 && (r < 0.75 || existing.length < MAX_SMALL)) {
+      const from = rng.pick(existing);
+      push({ kind: r < 0.75 ? 'mv' : 'cp', from, to: rng.pick(SMALL_NAMES.filter((n) => n !== from)) });
+    }
+    else if (r < 0.9) push({ kind: 'pause', seconds: rng.pick([0.1, 0.3, 0.6]) });
+    else if (r < 0.95) {
+      const present = bigs();
+      if (present.length >= MAX_BIG || (present.length && rng.next() < 0.4)) push({ kind: 'rm', path: rng.pick(present) });
+      else push({ kind: 'big', path: rng.pick(BIG_NAMES), bytes: rng.int(bigMiB[0] << 20, bigMiB[1] << 20), line: `big c${i} ${rng.int(0, 1e6)}` });
+    } else {
+      const present = bigs();
+      if (present.length === 1) push({ kind: 'cp', from: present[0]!, to: rng.pick(BIG_NAMES.filter((b) => b !== present[0])) });
+      else push({ kind: 'write', path: rng.pick(SMALL_NAMES), content: '' });
+    }
+  }
+  return ops;
+}
+
+const startMarker = (i: number) => `soak-start-${i}`;
+const treeEnd = (i: number) => `soak-tree-end-${i}`;
+const endMarker = (i: number) => `soak-end-${i}`;
+const callMarker = (i: number) => `call-${i}`;
+
+/** Call `i`'s bash script: print the tree and the log, change it, append the call's marker. */
+function callScript(i: number, ops: Op[]): string {
+  return [
+    `echo ${startMarker(i)}`,
+    `mkdir -p ${DIRS.map((d) => q(d)).join(' ')}`,
+    `cd ${ROOT} && find . -type f ! -path ./${LOG} -print0 | sort -z | xargs -0 -r sha256sum`,
+    `echo --log--; cat ${q(LOG)} 2>/dev/null; echo ${treeEnd(i)}`,
+    ...ops.map(opScript),
+    `echo ${callMarker(i)} >> ${q(LOG)}`,
+    `echo ${endMarker(i)}`,
+  ].join('\n');
+}
+
+/** The tree call `i` printed, or null when its output does not hold it whole. */
+function parsePrinted(i: number, output: string | null): { files: Map<string, string>; log: string[] } | null {
+  if (!output) return null;
+  const start = output.indexOf(`${startMarker(i)}\n`);
+  const end = output.indexOf(treeEnd(i));
+  if (start < 0 || end < 0) return null;
+  const [sums, log] = output.slice(start + startMarker(i).length + 1, end).split('--log--\n') as [string, string?];
+  const files = new Map<string, string>();
+  for (const line of sums.split('\n').filter(Boolean)) {
+    const m = /^([0-9a-f]{64}) {2}\.\/(.+)$/.exec(line);
+    if (!m) return null;
+    files.set(m[2]!, m[1]!);
+  }
+  return { files, log: (log ?? '').split('\n').filter(Boolean) };
+}
+
+/** Differences between a printed tree and a modelled one: files lost, files stale (other content, or resurrected). */
+function compare(printed: Map<string, string>, model: Tree): { lost: string[]; stale: string[] } {
+  const lost = [...model.files.keys()].filter((p) => !printed.has(p));
+  const stale = [...printed.entries()].filter(([p, sha]) => model.files.get(p)?.sha !== sha).map(([p]) => p);
+  return { lost, stale };
+}
+const sameLog = (a: string[], b: string[]) => a.length === b.length && a.every((x, k) => x === b[k]);
+
+// ---- the run ------------------------------------------------------------------------------------------------------
+
+/** A step the worker answered (the dev queue judged its result). */
+const answered = (s: StepReport) => s.status === 'passed' || s.status === 'failed';
+
+type Kill = { kind: 'worker' | 'qemu'; after: 'start' | 'end'; delayMs: number };
+
+/** Runs the soak; cleans up everything it started (worker, VMs, dev queue, home). */
+export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
+  const log = o.log ?? (() => {});
+  const t0 = Date.now();
+  const rng = prng(o.seed);
+  // The plan: every call's changes and whether (and when) a kill comes, fixed by the seed.
+  const plans: Array<{ ops: Op[]; kill: Kill | null }> = [];
+  let predicted: Tree = { files: new Map(), log: [] };
+  for (let i = 0; i < o.calls; i++) {
+    const ops = randomOps(rng, predicted, i, [2, 6]);
+    predicted = apply(predicted, ops, callMarker(i));
+    const killed = i > 0 && plans[i - 1]!.kill === null && rng.next() < o.killRate;
+    const after = rng.next() < 0.5 ? 'start' : 'end';
+    // Mostly within the command or the commit; sometimes later (between calls: the next call's prepared VM).
+    const delayMs = after === 'start' ? rng.int(0, 500) : rng.next() < 0.7 ? rng.int(0, 200) : rng.int(200, 1500);
+    plans.push({ ops, kill: killed ? { kind: rng.next() < 0.5 ? 'worker' : 'qemu', after, delayMs } : null });
+  }
+  plans.push({ ops: [], kill: null }); // a last call that only prints the tree the soak left
+
+  const result: SoakResult = { calls: o.calls, workerKills: 0, qemuKills: 0, interruptedCommitted: 0, interruptedNotCommitted: 0, lost: 0, stale: 0, reruns: 0, failedCalls: 0, unanswered: 0, firstProblem: '', minutes: 0 };
+  const problem = (what: string) => { if (!result.firstProblem) result.firstProblem = what; log(`soak: ${what}`); };
+  const dq: DevQueue = await startDevQueue({ leaseTtlSeconds: 5 });
+  const home = tmpDir('perimeter-soak-');
+  writeFileSync(path.join(home, 'config.json'), JSON.stringify({}));
+  // The running worker and its control connection (replaced after each worker kill).
+  const live: { worker: Child | null; client: ControlClient | null } = { worker: null, client: null };
+  // Markers the calls printed (streamed over the control API), and who waits for one.
+  const seen = new Set<string>();
+  const waiters = new Map<string, () => void>();
+  const start = async () => {
+    live.worker = startQemuWorker(dq, home);
+    live.client = await connectControl(home, live.worker);
+    live.client.onEvent((e) => {
+      if (e.type !== 'call.output') return;
+      for (const [m] of e.chunk.matchAll(/soak-(?:start|end)-\d+/g)) { seen.add(m); waiters.get(m)?.(); }
+    });
+  };
+  const printedOrAnswered = (sid: string, i: number, marker: string) => Promise.race([
+    new Promise<void>((resolve) => { if (seen.has(marker)) resolve(); else waiters.set(marker, resolve); }),
+    dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to print ${marker}`),
+  ]).finally(() => waiters.delete(marker));
+  const interrupted = new Set<number>();
+  try {
+    await start();
+    const sid = dq.createSession(scenario(plans.map((p, i) => ({ label: `soak call ${i}`, tool: 'bash', input: { command: callScript(i, p.ops) } }))));
+    const unfinished = () => dq.report(sid).steps.findIndex((s) => !answered(s));
+    for (let i = 0; i < plans.length; i++) {
+      const kill = plans[i]!.kill;
+      if (kill) {
+        const marker = kill.after === 'start' ? startMarker(i) : endMarker(i);
+        await printedOrAnswered(sid, i, marker);
+        await delay(kill.delayMs);
+        const victim = unfinished();
+        if (kill.kind === 'worker') {
+          live.client?.close();
+          live.worker!.proc.kill('SIGKILL');
+          await live.worker!.exit;
+          result.workerKills++;
+          if (victim >= 0) interrupted.add(victim);
+          log(`soak: call ${i}: worker SIGKILLed ${kill.delayMs} ms after ${marker} (call ${victim} unfinished)`);
+          await start();
+        } else {
+          const qemu = await callQemu(home);
+          if (qemu) {
+            process.kill(qemu, 'SIGKILL');
+            result.qemuKills++;
+            if (victim >= 0) interrupted.add(victim);
+            log(`soak: call ${i}: QEMU ${qemu} SIGKILLed ${kill.delayMs} ms after ${marker} (call ${victim} unfinished)`);
+          } else log(`soak: call ${i}: no QEMU with the session disk to kill`);
+        }
+      }
+      await dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to be answered`);
+      if (i % 25 === 24) log(`soak: ${i + 1}/${o.calls} calls, ${Math.round((Date.now() - t0) / 1000)} s`);
+    }
+    await dq.waitFor(() => dq.report(sid).finished, 60_000, 'the session to finish');
+
+    // The oracle: replay the calls against the model. `candidates`: the trees the next call may find; a call that
+    // was interrupted (or failed) doubles them (its tree before, its tree after), each remembering which of those
+    // calls it assumes committed until a printed tree picks one.
+    const steps = dq.report(sid).steps;
+    let candidates: Array<{ tree: Tree; committed: number; notCommitted: number }> = [{ tree: { files: new Map(), log: [] }, committed: 0, notCommitted: 0 }];
+    const reran = new Set<string>();
+    for (let i = 0; i < plans.length; i++) {
+      const step = steps[i]!;
+      const printed = parsePrinted(i, step.text);
+      if (printed) {
+        for (const m of printed.log.filter((x, k) => printed.log.indexOf(x) !== k)) reran.add(m);
+        const calls = [...new Set(printed.log)];
+        const match = candidates.find(({ tree }) => { const d = compare(printed.files, tree); return sameLog(tree.log, calls) && !d.lost.length && !d.stale.length; });
+        if (match) {
+          result.interruptedCommitted += match.committed;
+          result.interruptedNotCommitted += match.notCommitted;
+          candidates = [{ tree: match.tree, committed: 0, notCommitted: 0 }];
+        } else {
+          const nearest = candidates[candidates.length - 1]!.tree;
+          const d = compare(printed.files, nearest);
+          result.lost += d.lost.length;
+          result.stale += d.stale.length;
+          problem(`call ${i} found a tree matching none of the ${candidates.length} possible (the previous call's changes: ${JSON.stringify(plans[i - 1]?.ops)}): lost ${JSON.stringify(d.lost)}, stale ${JSON.stringify(d.stale)}, call log ${sameLog(nearest.log, calls) ? 'as expected' : `ends ${JSON.stringify(calls.slice(-3))}, expected ${JSON.stringify(nearest.log.slice(-3))}`}`);
+          // Go on from what the call found, so one loss is counted once.
+          const found: Tree = { files: new Map([...printed.files].map(([p, sha]) => [p, known.get(sha) ?? { sha, small: null }])), log: calls };
+          candidates = [{ tree: found, committed: 0, notCommitted: 0 }];
+        }
+      }
+      const endedNormally = !step.isError && (step.text ?? '').includes(endMarker(i)) && printed !== null;
+      if (!interrupted.has(i) && !endedNormally) {
+        result.failedCalls++;
+        problem(`call ${i} (no kill) did not end normally: ${JSON.stringify((step.text ?? '').slice(-300))}`);
+      }
+      const ops = plans[i]!.ops;
+      candidates = endedNormally
+        ? candidates.map((c) => ({ ...c, tree: apply(c.tree, ops, callMarker(i)) }))
+        : candidates.flatMap((c) => [{ ...c, notCommitted: c.notCommitted + 1 }, { ...c, tree: apply(c.tree, ops, callMarker(i)), committed: c.committed + 1 }]);
+      if (candidates.length > 64) throw new Error(`too many calls in a row were interrupted (at call ${i}) to tell the trees apart`);
+    }
+    const ids = steps.map((s) => s.toolUseId).filter((x): x is string => x !== null);
+    const once = answeredOnce(dq, ids);
+    result.unanswered = once.missing.length + (plans.length - ids.length);
+    result.reruns = reran.size + once.duplicated.length;
+    if (reran.size) problem(`calls run more than once: ${[...reran].join(', ')}`);
+    if (once.duplicated.length) problem(`tool calls answered more than once: ${once.duplicated.join(', ')}`);
+    if (result.unanswered) problem(`${result.unanswered} tool calls were never answered`);
+    return result;
+  } finally {
+    result.minutes = Math.round((Date.now() - t0) / 600) / 100;
+    live.client?.close();
+    const w = live.worker;
+    if (w && w.proc.exitCode === null && w.proc.signalCode === null) { w.proc.kill('SIGTERM'); await w.exit; }
+    await dq.close();
+    rmDir(home);
+  }
+}
+
+/** The pid of the QEMU holding the session disk (a VM with a layer attached: `disk/` in its run directory). */
+async function callQemu(home: string): Promise<number | null> {
+  for (let tries = 0; tries < 40; tries++) {
+    for (const line of qemusUnder(home)) {
+      const pid = line.split(':')[0]!;
+      const runDir = new RegExp(`(${home}/vms/vm-[^/\\s]+)`).exec(cmdlineOf(pid) ?? '')?.[1];
+      if (runDir && existsSync(path.join(runDir, 'disk'))) return Number(pid);
+    }
+    await delay(50);
+  }
+  return null;
+}
