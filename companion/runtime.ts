@@ -93,7 +93,12 @@ async function assembleLocked(o: RuntimeOptions, lock: StateLock): Promise<Runti
   const health = new HostHealth({ dir: config.home, minFreeBytes: config.minFreeMiB * 2 ** 20, journal, intervalMs: o.healthCheckMs });
   await health.start();
   const memoryMounts = new MemoryMountRegistry();
-  const persistence = o.persistence === false ? undefined : choosePersistence({ config, driver: selection.driver, hub, memoryMounts: memoryMounts.resolve });
+  // Retention asks the service (through the worker's client) whether sessions with a disk were archived.
+  let workerReady: (w: Worker) => void = () => {};
+  const workerMade = new Promise<Worker>((resolve) => { workerReady = resolve; });
+  const persistence = o.persistence === false ? undefined : choosePersistence({
+    config, driver: selection.driver, hub, memoryMounts: memoryMounts.resolve, sessionEnd: async (id) => (await workerMade).sessionEnd(id),
+  });
   const egress = config.egress.mode === 'allow'
     ? new SessionEgressGateways((sessionId) => (o.createEgressGateway ?? createEgressGateway)({ policy: config.egress, hub, sessionId }))
     : null;
@@ -120,6 +125,7 @@ async function assembleLocked(o: RuntimeOptions, lock: StateLock): Promise<Runti
     memoryMounts, maxIdleMs: o.maxIdleMs, drainTimeoutMs: o.drainTimeoutMs, stallCheckMs: o.stallCheckMs, localQueue: o.localQueue,
     onSessionEnd: (id) => egress?.release(id), claimGate: health,
   });
+  workerReady(worker);
   let control: ControlServer | null = null;
   if (o.control ?? config.control.enabled) {
     control = await startControlServer({ home: config.home, hub, journal, persistence, persistHistory: persistence, transcripts: journal.transcripts, worker });

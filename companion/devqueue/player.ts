@@ -9,6 +9,8 @@
 // - Results for `ask`-gated calls wait for `user.tool_confirmation`; denied calls take none; text blocks are never empty.
 // - The event list honours `types[]` and `created_at[gt|gte|lt|lte]` before paging.
 // - A terminated session runs no more scheduled steps and takes no more events.
+// - Archiving (POST /v1/sessions/{id}/archive, an organisation API key) sets the record's `archived_at` once; an
+//   archived session takes no more events.
 import type http from 'node:http';
 import { logger } from '../log';
 import type { Scenario, ScenarioStep } from './scenario';
@@ -54,6 +56,8 @@ export interface DevSession {
   subscribers: Map<http.ServerResponse, number>;
   timers: Set<NodeJS.Timeout>;
   createdAt: string;
+  /** When the session was archived (ISO), or null. */
+  archivedAt: string | null;
 }
 
 export interface PlayerOptions {
@@ -72,7 +76,7 @@ export class ScenarioPlayer {
     const id = rid('sesn_local');
     const s: DevSession = {
       id, status: 'running', scenario, events: [], stepIndex: 0, stepStartedAt: Date.now(), finished: false, skills, memoryStores,
-      subscribers: new Map(), timers: new Set(), createdAt: iso(),
+      subscribers: new Map(), timers: new Set(), createdAt: iso(), archivedAt: null,
       steps: scenario.steps.map((st, index) => ({ index, label: st.label ?? `${st.tool} #${index + 1}`, tool: st.tool, toolUseId: null, status: 'pending', isError: null, text: null, ms: null, reason: null, needsPersistence: st.needsPersistence })),
     };
     this.sessions.set(id, s);
@@ -86,6 +90,13 @@ export class ScenarioPlayer {
     const s = this.mustExist(sessionId);
     s.status = 'terminated';
     this.emit(s, { type: 'session.status_terminated' });
+  }
+
+  /** Archives the session (its record gets `archived_at`; the first archive counts). */
+  archive(sessionId: string): Reply {
+    const s = this.mustExist404(sessionId);
+    s.archivedAt ??= iso();
+    return this.retrieve(sessionId);
   }
 
   /** Appends a user event (e.g. a `user.tool_confirmation`) as if the user's client had sent it. */
@@ -117,7 +128,7 @@ export class ScenarioPlayer {
     return {
       status: 200,
       body: {
-        id: s.id, type: 'session', status: s.status, title: s.scenario.name, environment_id: this.opts.environmentId, created_at: s.createdAt, updated_at: iso(),
+        id: s.id, type: 'session', status: s.status, title: s.scenario.name, environment_id: this.opts.environmentId, created_at: s.createdAt, updated_at: iso(), archived_at: s.archivedAt,
         agent: { id: 'agent_local', type: 'agent', name: 'scripted agent', version: 1, skills: s.skills.map((k) => ({ skill_id: k.skill_id, type: 'custom', version: 'latest' })), tools: [] },
         resources: s.memoryStores.map((m) => ({ type: 'memory_store', memory_store_id: m.memory_store_id, name: m.name, access: m.access, description: '', instructions: null, mount_path: `/mnt/memory/${m.name}` })),
         metadata: { scenario: s.scenario.name, ...s.scenario.metadata },
@@ -139,6 +150,7 @@ export class ScenarioPlayer {
   sendEvents(id: string, body: unknown): Reply {
     const s = this.mustExist404(id);
     if (s.status === 'terminated') throw new HttpError(400, 'invalid_request_error', 'the session is terminated');
+    if (s.archivedAt !== null) throw new HttpError(400, 'invalid_request_error', 'the session is archived');
     if (!isObj(body) || !Array.isArray(body.events) || body.events.length === 0) throw new HttpError(400, 'invalid_request_error', 'events: expected a non-empty array');
     const checked: Array<{ ev: Record<string, unknown>; answer?: { id: string; isError: boolean; text: string } }> = [];
     for (const ev of body.events as unknown[]) {

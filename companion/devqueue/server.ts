@@ -134,6 +134,9 @@ export class DevQueue {
 
   terminateSession(sessionId: string): void { this.player.terminate(sessionId); }
 
+  /** Archives a session as its owner would (POST /v1/sessions/{id}/archive). */
+  archiveSession(sessionId: string): void { this.player.archive(sessionId); }
+
   /** Appends a user event (e.g. a `user.tool_confirmation`) as if the user's client had sent it. */
   userEvent(sessionId: string, event: Record<string, unknown>): void { this.player.userEvent(sessionId, event); }
 
@@ -257,6 +260,7 @@ export class DevQueue {
       const session = seg[2];
       const player = this.player;
       if (method === 'GET' && seg.length === 3) return R('sessions.retrieve', MANAGED_AGENTS_BETA, { session }, () => player.retrieve(session));
+      if (method === 'POST' && seg[3] === 'archive' && seg.length === 4) return R('sessions.archive', MANAGED_AGENTS_BETA, { session }, () => player.archive(session));
       if (method === 'GET' && seg[3] === 'events' && seg.length === 4) return R('events.list', MANAGED_AGENTS_BETA, { session }, (url) => player.listEvents(session, url));
       if (method === 'POST' && seg[3] === 'events' && seg.length === 4) return R('events.send', MANAGED_AGENTS_BETA, { session }, (_u, body) => player.sendEvents(session, body));
       if (method === 'GET' && seg[3] === 'events' && seg[4] === 'stream' && seg.length === 5) return R('events.stream', MANAGED_AGENTS_BETA, { session }, (_u, _b, req, res) => player.stream(session, req, res));

@@ -37,6 +37,7 @@ export const ROUTE_CREDENTIALS: Readonly<Record<string, readonly Credential[]>> 
   'work.stats': ['env', 'api'],
   'work.retrieve': ['api'],
   'sessions.retrieve': ['session', 'env'],
+  'sessions.archive': ['api'],
   'events.list': ['session', 'env'],
   'events.send': ['session', 'env'],
   'events.stream': ['session', 'env'],

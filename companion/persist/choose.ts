@@ -3,7 +3,8 @@
 // templates built before session disks). Invariant: a session disk never exceeds the device: persist.maxBytes larger
 // than the template's disk is capped (and said once), a smaller one makes smaller disks. Disk generations are read
 // from the host through browse VMs of the default template, with no network; the disks of sessions that ended
-// persist.retainDays ago are deleted at start and every COLLECT_EVERY_MS.
+// persist.retainDays ago (terminated, or archived or terminated as the service says: `sessionEnd`) are deleted at
+// start and every COLLECT_EVERY_MS.
 import type { Config } from '../config';
 import type { EventHub } from '../events';
 import { logger } from '../log';
@@ -17,7 +18,7 @@ const log = logger('persist');
 /** How often a companion deletes the disks of sessions that ended persist.retainDays ago. */
 const COLLECT_EVERY_MS = 6 * 60 * 60 * 1000;
 
-export function choosePersistence(o: { config: Config; driver: SandboxDriver; hub?: EventHub; memoryMounts?: MemoryMountResolver }): Persistence | DiskPersistence {
+export function choosePersistence(o: { config: Config; driver: SandboxDriver; hub?: EventHub; memoryMounts?: MemoryMountResolver; sessionEnd?: (sessionId: string) => Promise<number | null> }): Persistence | DiskPersistence {
   const { home } = o.config;
   const device = o.driver.sessionDiskBytes?.() ?? null;
   if (device === null) return new Persistence({ home, persist: o.config.persist, hub: o.hub, memoryMounts: o.memoryMounts });
@@ -31,6 +32,6 @@ export function choosePersistence(o: { config: Config; driver: SandboxDriver; hu
   const files = new Persistence({ home, persist, hub: o.hub });
   return new DiskPersistence({
     home, persist, files, hub: o.hub, memoryMounts: o.memoryMounts, mode: o.config.sandbox.mode,
-    browse: () => o.driver.acquire({ sessionId: 'perimeter-browse' }), collectEveryMs: COLLECT_EVERY_MS,
+    browse: () => o.driver.acquire({ sessionId: 'perimeter-browse' }), collectEveryMs: COLLECT_EVERY_MS, sessionEnd: o.sessionEnd,
   });
 }

@@ -166,6 +166,15 @@ export class Worker implements WorkerControl {
     };
   }
 
+  /** When the session ended for good, as its record at the service says: archived (`archived_at`) or terminated
+   *  (its last update); null while it lives. Fails when the service cannot be asked (retention tries again later). */
+  async sessionEnd(sessionId: string): Promise<number | null> {
+    const s = await this.client.beta.sessions.retrieve(sessionId, {}, { maxRetries: 1 });
+    const at = (iso: string | null | undefined) => Date.parse(iso ?? '') || Date.now();
+    if (s.archived_at) return at(s.archived_at);
+    return s.status === 'terminated' ? at(s.updated_at) : null;
+  }
+
   drain(): Promise<void> {
     this.drainPromise ??= this.doDrain();
     return this.drainPromise;

@@ -1,6 +1,7 @@
 // Retention of session disks (no VMs, real stores made with qemu-img): a terminated session's disks are deleted once
 // persist.retainDays have passed since it ended, never before and never without a recorded end; the companion records
-// the end from the session's `terminated` turn; `perimeter persist gc` deletes them now.
+// the end from the session's `terminated` turn, and of sessions the service says are archived or terminated (asked
+// through the worker's SDK client, here against the dev queue); `perimeter persist gc` deletes them now.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,8 @@ import { DiskPersistence } from '../../companion/persist/disk/persistence';
 import { collectDisks, markEnded } from '../../companion/persist/disk/retention';
 import { Persistence } from '../../companion/persist/persistence';
 import { EventHub } from '../../companion/events';
+import Anthropic from '@anthropic-ai/sdk';
+import { scenario, startDevQueue, startRuntime } from '../worker/helpers';
 import { tempDir, TEST_LIMITS } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -62,6 +65,35 @@ describe('persist: session-disk retention (no VMs)', function () {
     assert.deepEqual(await p.collect(), { removed: ['sesn_term'], retained: [] });
     assert.deepEqual(disks(), ['sesn_idle']);
     await p.close();
+  });
+
+  it('a session the service archived or terminated (asked with the real SDK, dev queue) has its disks deleted after retainDays', async () => {
+    const dq = await startDevQueue();
+    const rt = await startRuntime(dq, { home: tempDir('disk-retention-worker') });
+    try {
+      const [archived, live, terminated] = [0, 1, 2].map(() => dq.createSession(scenario([{ tool: 'bash', input: { command: 'true' } }])));
+      await dq.waitFor(() => [archived, live, terminated].every((id) => dq.report(id!).finished), 60_000, 'the scenarios');
+      const before = Date.now();
+      // the session's owner archives it with an organisation API key
+      const owner = new Anthropic({ apiKey: dq.apiKey, baseURL: dq.baseUrl, maxRetries: 0 });
+      assert.ok((await owner.beta.sessions.archive(archived!)).archived_at);
+      dq.terminateSession(terminated!);
+      for (const id of [archived!, live!, terminated!, 'sesn_unknown_to_the_service']) await open(id);
+      let asked: string[] = [];
+      const p = new DiskPersistence({
+        home, persist: { ...TEST_LIMITS, retainDays: 7 }, files: new Persistence({ home, persist: TEST_LIMITS }), mode: 'per-call',
+        sessionEnd: (id) => { asked.push(id); return rt.runtime.worker.sessionEnd(id); },
+      });
+      assert.deepEqual(await p.collect(), { removed: [], retained: [archived, terminated].sort() }, 'ended sessions are kept for retainDays');
+      assert.deepEqual(asked.sort(), [archived, live, terminated, 'sesn_unknown_to_the_service'].sort());
+      asked = [];
+      assert.deepEqual((await p.collect()).retained, [archived, terminated].sort());
+      assert.deepEqual(asked.sort(), [live, 'sesn_unknown_to_the_service'].sort(), 'a recorded end is not asked for again');
+      const r = await collectDisks(home, { retainDays: 7, now: before + 7 * DAY + 60_000 });
+      assert.deepEqual(r, { removed: [archived, terminated].sort(), retained: [] });
+      assert.deepEqual(disks(), [live, 'sesn_unknown_to_the_service'].sort(), 'a live session and one the service does not answer for keep their disks');
+      await p.close();
+    } finally { await rt.stop(); await dq.close(); rmSync(rt.home, { recursive: true, force: true }); }
   });
 
   it('perimeter persist gc deletes them now (persist.retainDays, or --retain-days)', async () => {

@@ -18,8 +18,9 @@
 //   their host mirror (memory.ts) and are not put on the disk; the list itself, and sessions the file store still
 //   holds files for, live in the file store (`files`): such a session's files are copied onto its disk once.
 // - Nothing for the model names a host path.
-// - Retention (retention.ts): a session whose control plane terminated it has its end recorded on its disk; its disks
-//   are deleted persist.retainDays later.
+// - Retention (retention.ts): a session whose control plane terminated it, or that the service says is archived or
+//   terminated (`sessionEnd`, asked before each collection for disks with no recorded end and no call running), has its
+//   end recorded on its disk; its disks are deleted persist.retainDays later.
 // - Reading a generation from the host (entries, readFile) goes through a short-lived browse VM (`browse`) with a
 //   throwaway layer over that generation, the filesystem mounted read-only (ro,noload) and walked without following
 //   a symlink; the VM serves the requests for that generation that follow within seconds, then it is destroyed and
@@ -42,7 +43,7 @@ import { MemoryMirror } from '../memory';
 import { isWithin, parsePatterns, showPath, walkRoots } from '../paths';
 import { DEFAULT_SHELL, sanitizeShell } from '../shell';
 import { DiskConflictError, DiskStore, type DiskGeneration, type PendingLayer } from './store';
-import { collectDisks, markEnded, type CollectReport } from './retention';
+import { collectDisks, disksWithoutEnd, markEnded, type CollectReport } from './retention';
 
 const log = logger('persist:disk');
 /** A prepared VM nobody took within this time is released (its layer discarded). */
@@ -79,6 +80,9 @@ export interface DiskPersistenceOptions {
   /** Deletes the disks of sessions that ended `persist.retainDays` ago at start and then this often (retention.ts);
    *  absent: never (the CLI's `persist gc` does it). */
   collectEveryMs?: number;
+  /** When a session ended for good (archived or terminated) as the service says, or null while it lives; absent:
+   *  only the terminations the worker sees are recorded. */
+  sessionEnd?: (sessionId: string) => Promise<number | null>;
 }
 
 /** A browse VM showing one generation (read-only, over a throwaway layer). */
@@ -157,12 +161,32 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
   /** Deletes the disks of sessions that ended `persist.retainDays` ago (and forgets their open stores). */
   async collect(): Promise<CollectReport> {
     try {
+      await this.recordEnds();
       const report = await collectDisks(this.opts.home, { retainDays: this.opts.persist.retainDays ?? DEFAULT_RETAIN_DAYS });
       for (const id of report.removed) this.stores.delete(id);
       return report;
     } catch (err) {
       log.warn(`deleting the disks of ended sessions failed: ${errorMessage(err)}`);
       return { removed: [], retained: [] };
+    }
+  }
+
+  /** Records the end of every session with a disk, no recorded end and no call here that the service says ended
+   *  (archived or terminated). A session the service does not know (404) keeps its disk; any other failure ends this
+   *  round (asked again at the next collection). */
+  private async recordEnds(): Promise<void> {
+    const lookup = this.opts.sessionEnd;
+    if (!lookup) return;
+    for (const id of await disksWithoutEnd(this.opts.home)) {
+      if (this.closed) return;
+      if (this.sessions.has(id)) continue;
+      let endedAt: number | null;
+      try { endedAt = await lookup(id); } catch (err) {
+        if ((err as { status?: unknown }).status === 404) { log.debug(`session ${id}: the service does not know it; its disk is kept`); continue; }
+        log.warn(`asking the service whether sessions with a disk ended failed (${errorMessage(err)}); asking again at the next collection`);
+        return;
+      }
+      if (endedAt !== null) await markEnded(this.opts.home, id, endedAt);
     }
   }
 

@@ -1,5 +1,6 @@
-// Retention of session disks: a session that ended for good (its control plane said `session.status_terminated`)
-// gets an ENDED marker in its disk directory (<home>/disks/<sessionId>/ENDED, "<epoch ms>\n", written once: the
+// Retention of session disks: a session that ended for good (its control plane said `session.status_terminated`, or
+// its record at the service says it is archived or terminated: persistence.ts asks for the disks `disksWithoutEnd`
+// lists) gets an ENDED marker in its disk directory (<home>/disks/<sessionId>/ENDED, "<epoch ms>\n", written once: the
 // first end counts); `collectDisks` deletes the whole directory of every session whose marker is at least
 // `retainDays` old (`perimeter persist gc`, and the companion periodically). Invariants:
 // - Only directories named by a valid session id with a valid marker are deleted; nothing without a marker is ever
@@ -39,6 +40,22 @@ async function readEnded(dir: string): Promise<number | null> {
   } catch { return null; }
   const m = /^(\d{1,15})\n/.exec(text);
   return m ? Number(m[1]) : null;
+}
+
+/** Sessions with a session disk and no recorded end (whose end retention does not know yet). */
+export async function disksWithoutEnd(home: string): Promise<string[]> {
+  let names: string[];
+  try { names = await fsp.readdir(disksDir(home)); } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw err;
+  }
+  const out: string[] = [];
+  for (const name of names.sort()) {
+    if (checkSessionId(name) !== null) continue;
+    const dir = path.join(disksDir(home), name);
+    if ((await fsp.lstat(dir).catch(() => null))?.isDirectory() && await readEnded(dir) === null) out.push(name);
+  }
+  return out;
 }
 
 export interface CollectReport {
