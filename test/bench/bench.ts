@@ -24,6 +24,7 @@ import { setLogLevel } from '../../companion/log';
 import { persistSection } from './persist-bench';
 import { loadSection } from './load-bench';
 import { templateSection } from './template-bench';
+import { runSessionSoak } from '../vm/session-soak';
 
 /** A section's results: flat values, or values keyed by a parameter (e.g. by the number of concurrent sessions). */
 export type Metrics = Record<string, number | string | boolean | Record<string, number>>;
@@ -229,6 +230,14 @@ export const SECTIONS: Section[] = [
   persistSection,
   loadSection,
   templateSection,
+  {
+    name: 'soak', about: `one session of PERIMETER_SOAK_CALLS (default 500) per-call VMs on a session disk through the worker CLI, random file changes, the worker SIGKILLed and the call's QEMU killed at random points (test/vm/session-soak.ts): files lost or stale, calls re-run (all must be 0)`, needsVm: true,
+    async run(ctx) {
+      const r = await runSessionSoak({ calls: Number(process.env.PERIMETER_SOAK_CALLS ?? 500), seed: 500, killRate: 0.12, log: ctx.log });
+      const { firstProblem, ...counts } = r;
+      return { soak: counts, ...(firstProblem ? { soakFirstProblem: firstProblem } : {}) };
+    },
+  },
 ];
 
 function arg(name: string): string | undefined {

@@ -13,7 +13,8 @@ import { ControlClient } from '../../extension/launcher/controlClient';
 import { parseEndpointFile, delay } from '../../extension/launcher/workerHost';
 
 export const ROOT = path.resolve(__dirname, '..', '..');
-export const CLI = path.join(ROOT, 'dist', 'perimeter.js');
+/** The built CLI; beside this code when it runs bundled (the bench, dist/bench.js). */
+export const CLI = existsSync(path.join(__dirname, 'perimeter.js')) ? path.join(__dirname, 'perimeter.js') : path.join(ROOT, 'dist', 'perimeter.js');
 
 export function tmpDir(prefix = 'perimeter-test-'): string { return mkdtempSync(path.join(os.tmpdir(), prefix)); }
 export function rmDir(dir: string): void { rmSync(dir, { recursive: true, force: true }); }
