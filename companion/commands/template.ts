@@ -3,7 +3,9 @@
 // file's JSON Schema. Progress goes to stdout one line at a time (the extension's Build Template command streams it;
 // `--json` makes each line a JSON object with its stage and percent); the exit code is 0 on success, 1 on failure
 // with a one-line reason on stderr, 2 for usage errors. A build checks every tool its steps need before the first of
-// them (sandbox/template/preflight.ts): a host that lacks one fails at once, naming all that is missing.
+// them (sandbox/template/preflight.ts): a host that lacks one fails at once, naming all that is missing. A build
+// stopped by SIGINT, SIGTERM or SIGHUP exits 128+signal after ending every program it started and removing its
+// partial outputs (sandbox/template/build-tools.ts): no half-built template or root filesystem image stays.
 import path from 'node:path';
 import type { Config } from '../config';
 import { buildTemplate, checkTemplate, tinyKernelCached } from '../sandbox/template/build';
@@ -135,6 +137,7 @@ export async function templateCommand(argv: string[], config: Config, print: (li
     }
     const confinement = Confinement.fromConfig(config.sandbox, { warn: (m) => process.stderr.write(`perimeter template: ${m}\n`) });
     let built: string | undefined;
+    if (args.action === 'build') stopOnSignals();
     if (args.action === 'build') {
       const progress = args.json ? (line: string) => print(JSON.stringify({ type: 'progress', ...buildStage(line), message: line })) : print;
       const ctx = { cache: path.join(home, 'cache'), progress, force: args.force, rootBuildUid: config.sandbox.vmUidBase - 1 };
@@ -191,5 +194,29 @@ export async function templateCommand(argv: string[], config: Config, print: (li
   } catch (err) {
     process.stderr.write(`perimeter template: ${errorMessage(err)}\n`);
     return 1;
+  } finally {
+    keepSignals();
   }
+}
+
+const STOP_SIGNALS = { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 } as const;
+const stopListeners = new Map<NodeJS.Signals, () => void>();
+
+/** A build stopped by a signal (Ctrl-C, the extension's Cancel, systemd) exits as the signal would; the exit hooks
+ *  end what it started (build-tools.ts: mmdebstrap, make, the unpack jail; qemu/vm.ts: the template VM) and remove
+ *  its partial outputs, so nothing half-built is kept. */
+function stopOnSignals(): void {
+  for (const [sig, n] of Object.entries(STOP_SIGNALS) as Array<[NodeJS.Signals, number]>) {
+    const stop = () => {
+      process.stderr.write(`perimeter template: build stopped by ${sig}; what it started is ended and nothing of it is kept\n`);
+      process.exit(128 + n);
+    };
+    stopListeners.set(sig, stop);
+    process.on(sig, stop);
+  }
+}
+
+function keepSignals(): void {
+  for (const [sig, stop] of stopListeners) process.off(sig, stop);
+  stopListeners.clear();
 }

@@ -40,7 +40,7 @@ describe('template build preflight', () => {
   });
 
   it('bootstrapping Debian and compiling the kernel need their tools, looked up on PATH as the build spawns them', () => {
-    const all = ['mmdebstrap', 'newuidmap', 'newgidmap', 'make', 'gcc', 'bc', 'bison', 'flex', 'tar', 'xz', 'mkfs.ext4'];
+    const all = ['mmdebstrap', 'newuidmap', 'newgidmap', 'nice', 'make', 'gcc', 'bc', 'bison', 'flex', 'tar', 'xz', 'mkfs.ext4'];
     const full = pathWith(all);
     const user = { uid: 4242, gid: 4242, username: 'perimeter-preflight-test-user', homedir: dir, shell: '/bin/sh' };
     const root = { ...user, uid: 0, username: 'root' };
@@ -50,7 +50,7 @@ describe('template build preflight', () => {
       `${user.username} has no subordinate ids in /etc/subuid and /etc/subgid, which mmdebstrap --mode=unshare needs to build a root filesystem without root (fix, once, as root: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 ${user.username})`,
       'bison is missing',
     ]);
-    assert.deepEqual(problems({ rootfs: 'bootstrap', compileKernel: false }, { searchPath: pathWith([]), user: root }), ['mmdebstrap is missing'], 'root needs no uid maps');
+    assert.deepEqual(problems({ rootfs: 'bootstrap', compileKernel: false }, { searchPath: pathWith([]), user: root }), ['mmdebstrap is missing', 'nice is missing'], 'root needs no uid maps');
     assert.deepEqual(problems({ rootfs: 'directory', compileKernel: false }, { searchPath: pathWith([]), user: root }), ['mkfs.ext4 is missing']);
     assert.deepEqual(problems(CACHED, { searchPath: pathWith([]), user }), [], 'a cached root filesystem and kernel need neither');
   });

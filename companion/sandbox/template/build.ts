@@ -11,7 +11,6 @@
 // - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
 // - The snapshot is taken warm: configured limits applied, a real bash tool call run and common programs read (so
 //   clones find them in the page cache), and the guest's ready shell started (guest/ready-shell.ts).
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, lstatSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, copyFileSync, linkSync, chmodSync, chownSync } from 'node:fs';
 import os from 'node:os';
@@ -27,9 +26,14 @@ import { fatal } from '../../errors';
 import type { GuestOps } from '../../guest/types';
 import type { GuestLimits } from '../../guest/client';
 import type { RootfsImage } from './rootfs';
+import { startHelper, sweepDeadBuilds, trackPartial } from './build-tools';
 const HELLO_TIMEOUT_MS = 120_000;
 /** Compiler invocations of the tiny kernel build (for progress only). */
 const KERNEL_OBJECTS = 985;
+/** Work directories of a build (their first group: the building process's pid), swept once that process is gone. */
+const TEMPLATE_WORK = /^\.(?:build|remake)-(\d+)-[0-9a-f]+$/;
+const KERNEL_WORK = /\.build-(\d+)$/;
+const USER_TREE = /\.tree-(\d+)$/;
 
 export interface BuildOptions {
   home: string;
@@ -95,26 +99,25 @@ export function sha256File(file: string): Promise<string> {
   });
 }
 
-/** Runs a command; output lines go to `onLine` (or are summarised); rejects with the tail of the output on failure. */
-function run(cmd: string, args: string[], o: { cwd?: string; onLine?: (l: string) => void; nice?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const argv = o.nice ? ['-n', '10', cmd, ...args] : args;
-    const p = spawn(o.nice ? 'nice' : cmd, argv, { cwd: o.cwd, env: o.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let tail = '';
-    let partial = '';
-    const onData = (d: Buffer) => {
-      const text = d.toString('utf8');
-      tail = (tail + text).slice(-4000);
-      partial += text;
-      const lines = partial.split('\n');
-      partial = lines.pop() ?? '';
-      for (const l of lines) o.onLine?.(l);
-    };
-    p.stdout.on('data', onData);
-    p.stderr.on('data', onData);
-    p.once('error', (e) => reject(new Error(`${cmd}: ${e.message}`)));
-    p.once('exit', (code) => (code === 0 ? resolve(tail) : reject(new Error(`${cmd} ${args.slice(0, 4).join(' ')} failed (exit ${code}):\n${tail.slice(-1500)}`))));
-  });
+/** Runs a command (build-tools.ts: its own process group, a clear error when it cannot start); output lines go to
+ *  `onLine`; rejects with the tail of the output on failure. */
+async function run(cmd: string, args: string[], o: { cwd?: string; onLine?: (l: string) => void; nice?: boolean; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const h = startHelper(cmd, args, { cwd: o.cwd, env: o.env, nice: o.nice });
+  let tail = '';
+  let partial = '';
+  const onData = (d: Buffer) => {
+    const text = d.toString('utf8');
+    tail = (tail + text).slice(-4000);
+    partial += text;
+    const lines = partial.split('\n');
+    partial = lines.pop() ?? '';
+    for (const l of lines) o.onLine?.(l);
+  };
+  h.child.stdout!.on('data', onData);
+  h.child.stderr!.on('data', onData);
+  const [{ code, signal }] = await Promise.all([h.exited, new Promise((resolve) => h.child.once('close', resolve))]);
+  if (code === 0) return tail;
+  throw new Error(`${cmd} ${args.slice(0, 4).join(' ')} failed (${code !== null ? `exit ${code}` : signal}):\n${tail.slice(-1500)}`);
 }
 
 function hardlinkOrCopy(from: string, to: string): void {
@@ -155,7 +158,9 @@ async function tinyKernel(cache: string, progress: (l: string) => void): Promise
   const { out, key, fragment } = await tinyKernelCacheDir(cache);
   const artifact = { vmlinux: path.join(out, 'vmlinux'), modules: [], machineOpts: 'acpi=off', appendExtra: '', key: `tiny-${key}` };
   if (existsSync(artifact.vmlinux)) { progress(`kernel: cached tiny kernel ${out}`); return artifact; }
+  sweepDeadBuilds(path.dirname(out), KERNEL_WORK);
   const work = `${out}.build-${process.pid}`;
+  const release = trackPartial(work);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   const started = Date.now();
@@ -187,6 +192,7 @@ async function tinyKernel(cache: string, progress: (l: string) => void): Promise
   copyFileSync(path.join(src, '.config'), path.join(`${out}.tmp`, 'config'));
   renameSync(`${out}.tmp`, out);
   rmSync(work, { recursive: true, force: true });
+  release();
   progress(`kernel: tiny kernel built in ${Math.round((Date.now() - started) / 1000)} s`);
   return artifact;
 }
@@ -205,7 +211,9 @@ async function debianKernel(cache: string, progress: (l: string) => void): Promi
   const modules = DEBIAN_MODULES.map((m) => ({ name: path.basename(m), file: path.join(out, 'modules', path.basename(m)) }));
   const artifact = { vmlinux: path.join(out, 'vmlinux'), modules, machineOpts: '', appendExtra: 'cryptomgr.notests', key: `debian-${kver}` };
   if (existsSync(artifact.vmlinux)) { progress(`kernel: cached Debian kernel ${kver}`); return artifact; }
+  sweepDeadBuilds(path.dirname(out), KERNEL_WORK);
   const work = `${out}.build-${process.pid}`;
+  const release = trackPartial(work);
   rmSync(work, { recursive: true, force: true });
   mkdirSync(work, { recursive: true });
   progress(`kernel: downloading ${pkg} from the Debian archive`);
@@ -222,6 +230,7 @@ async function debianKernel(cache: string, progress: (l: string) => void): Promi
   for (const m of DEBIAN_MODULES) copyFileSync(path.join(work, 'pkg', 'lib', 'modules', kver, 'kernel', m), path.join(tmp, 'modules', path.basename(m)));
   renameSync(tmp, out);
   rmSync(work, { recursive: true, force: true });
+  release();
   return artifact;
 }
 
@@ -231,13 +240,13 @@ async function extractVmlinux(bzImage: string, out: string): Promise<void> {
   const magic = Buffer.from([0x02, 0x21, 0x4c, 0x18]);
   for (let pos = data.indexOf(magic); pos >= 0; pos = data.indexOf(magic, pos + 1)) {
     const elf = await new Promise<Buffer | null>((resolve) => {
-      const p = spawn('lz4', ['-d', '-c'], { stdio: ['pipe', 'pipe', 'ignore'] });
+      const lz4 = startHelper('lz4', ['-d', '-c'], { stdio: ['pipe', 'pipe', 'ignore'] });
       const chunks: Buffer[] = [];
-      p.stdout.on('data', (d: Buffer) => chunks.push(d));
-      p.once('error', () => resolve(null));
-      p.once('close', () => resolve(Buffer.concat(chunks)));
-      p.stdin.on('error', () => {});
-      p.stdin.end(data.subarray(pos));
+      lz4.child.stdout!.on('data', (d: Buffer) => chunks.push(d));
+      lz4.exited.catch(() => resolve(null));
+      lz4.child.once('close', () => resolve(Buffer.concat(chunks)));
+      lz4.child.stdin!.on('error', () => {});
+      lz4.child.stdin!.end(data.subarray(pos));
     });
     if (elf && elf.length > 1 << 20 && elf.subarray(0, 4).equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]))) { writeFileSync(out, elf); return; }
   }
@@ -245,7 +254,8 @@ async function extractVmlinux(bzImage: string, out: string): Promise<void> {
 }
 
 // ------------------------------------------------------------------ root filesystem
-interface RootfsArtifact { tree: string; key: string; source: string; disposable: boolean }
+/** A tree made for this build; `release` is called once it is removed (build-tools.ts trackPartial). */
+interface RootfsArtifact { tree: string; key: string; source: string; release: () => void }
 
 /** A user's tree: keyed by its listing (names, sizes, modes, mtimes); copied so our adjustments never touch it. */
 async function userRootfs(dir: string, cache: string, progress: (l: string) => void): Promise<RootfsArtifact> {
@@ -264,12 +274,14 @@ async function userRootfs(dir: string, cache: string, progress: (l: string) => v
   progress(`rootfs: indexing ${root}`);
   walk(root);
   const key = h.digest('hex').slice(0, 16);
+  sweepDeadBuilds(path.join(cache, 'rootfs'), USER_TREE);
   const tree = path.join(cache, 'rootfs', `user-${key}.tree-${process.pid}`);
+  const release = trackPartial(tree);
   rmSync(tree, { recursive: true, force: true });
   mkdirSync(path.dirname(tree), { recursive: true });
   await run('cp', ['-a', '--reflink=auto', `${root}/.`, tree]);
   prepareTree(tree);
-  return { tree, key: `user-${key}`, source: root, disposable: true };
+  return { tree, key: `user-${key}`, source: root, release };
 }
 
 /** Adjusts a tree for sandbox use: DNS through the agent, no shared machine identity or seeds, no apt caches. */
@@ -424,6 +436,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
   const tdir = templatesDir(o.home);
   mkdirSync(tdir, { recursive: true });
   const work = path.join(tdir, `.remake-${process.pid}-${randomBytes(3).toString('hex')}`);
+  const release = trackPartial(work);
   mkdirSync(work, { recursive: true });
   try {
     p(`template: remaking the snapshot of ${t.manifest.hash} for ${qver} (it was made with ${t.manifest.qemuVersion}) from its kernel and root filesystem`);
@@ -451,6 +464,7 @@ export async function remakeSnapshot(t: Template, o: RemakeOptions): Promise<Tem
     });
   } finally {
     rmSync(work, { recursive: true, force: true });
+    release();
   }
 }
 
@@ -458,6 +472,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
   const cache = path.join(o.home, 'cache');
   const tdir = templatesDir(o.home);
   mkdirSync(tdir, { recursive: true });
+  sweepDeadBuilds(tdir, TEMPLATE_WORK);
   const qver = qemuVersion(o.qemuBinary);
   const p = o.progress;
   p(`template: ${o.kernel} kernel, ${o.memoryMiB} MiB, ${o.vcpus} vCPU, ${qver}`);
@@ -466,6 +481,7 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
   const rootfsKey = rootfs?.key ?? ('image' in o.rootfs ? o.rootfs.image.key : '');
 
   const work = path.join(tdir, `.build-${process.pid}-${randomBytes(3).toString('hex')}`);
+  const release = trackPartial(work);
   mkdirSync(work, { recursive: true });
   try {
     hardlinkOrCopy(kernel.vmlinux, path.join(work, 'vmlinux'));
@@ -510,7 +526,8 @@ export async function buildTemplate(o: BuildOptions): Promise<Template> {
     }, { setCurrent: o.setCurrent, progress: p });
   } finally {
     rmSync(work, { recursive: true, force: true });
-    if (rootfs?.disposable) rmSync(rootfs.tree, { recursive: true, force: true });
+    release();
+    if (rootfs) { rmSync(rootfs.tree, { recursive: true, force: true }); rootfs.release(); }
   }
 }
 

@@ -8,11 +8,11 @@
 // - Checking only reads (PATH lookups, QEMU's `--version`, the confinement's report): nothing is built or started.
 import { accessSync, constants } from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { fatal } from '../../errors';
 import { qemuVersion } from '../qemu/accel';
 import { BWRAP, SETPRIV, type Confinement } from '../qemu/confine';
 import { subordinateIdsProblem } from './rootfs';
+import { findProgram, packageOf } from './build-tools';
 
 /** The steps a build will run, as far as they need tools of the host. */
 export interface BuildSteps {
@@ -26,30 +26,13 @@ export interface BuildSteps {
 /** One missing piece; `fix` is absent when the problem says its own fix. */
 export interface BuildNeed { problem: string; fix?: string }
 
-interface Tool { program: string; pkg: string }
 /** The unpack jail (unpack-jail.ts): bubblewrap, setpriv and prlimit around the unpacker, mke2fs and debugfs after it. */
-const UNPACK_TOOLS: Tool[] = [
-  { program: BWRAP, pkg: 'bubblewrap' }, { program: SETPRIV, pkg: 'util-linux' }, { program: '/usr/bin/prlimit', pkg: 'util-linux' },
-  { program: '/usr/sbin/mke2fs', pkg: 'e2fsprogs' }, { program: '/usr/sbin/debugfs', pkg: 'e2fsprogs' },
-];
-/** The tiny kernel's compile (build.ts tinyKernel); its config builds objtool, which needs libelf. */
-const KERNEL_TOOLS: Tool[] = [
-  { program: 'make', pkg: 'build-essential' }, { program: 'gcc', pkg: 'build-essential' }, { program: 'bc', pkg: 'bc' },
-  { program: 'bison', pkg: 'bison' }, { program: 'flex', pkg: 'flex' }, { program: 'tar', pkg: 'tar' }, { program: 'xz', pkg: 'xz-utils' },
-];
+const UNPACK_TOOLS = [BWRAP, SETPRIV, '/usr/bin/prlimit', '/usr/sbin/mke2fs', '/usr/sbin/debugfs'];
+/** The tiny kernel's compile (build.ts tinyKernel, under nice); its config builds objtool, which needs libelf. */
+const KERNEL_TOOLS = ['make', 'gcc', 'bc', 'bison', 'flex', 'tar', 'xz', 'nice'];
 const KERNEL_HEADERS = [{ file: '/usr/include/libelf.h', pkg: 'libelf-dev' }];
 
 const can = (file: string, mode: number) => { try { accessSync(file, mode); return true; } catch { return false; } };
-
-/** Where `program` is found as spawn finds it (a path as given, a bare name on `searchPath`), or null. */
-export function findProgram(program: string, searchPath: string): string | null {
-  if (program.includes('/')) return can(program, constants.X_OK) ? program : null;
-  for (const dir of searchPath.split(':').filter(Boolean)) {
-    const p = path.join(dir, program);
-    if (can(p, constants.X_OK)) return p;
-  }
-  return null;
-}
 
 /** Everything missing for a build of `steps` on this host, each with its fix; empty when it can run. */
 export function templateBuildNeeds(o: { qemuBinary: string; confinement: Confinement; steps: BuildSteps; searchPath?: string; user?: os.UserInfo<string> }): BuildNeed[] {
@@ -57,20 +40,20 @@ export function templateBuildNeeds(o: { qemuBinary: string; confinement: Confine
   const user = o.user ?? os.userInfo();
   const needs: BuildNeed[] = [];
   const need = (problem: string, fix?: string) => { if (!needs.some((n) => n.problem === problem)) needs.push({ problem, ...(fix ? { fix } : {}) }); };
-  const tools = (list: Tool[]) => {
-    for (const t of list) if (!findProgram(t.program, searchPath)) need(`${t.program} is missing`, `sudo apt-get install ${t.pkg}`);
+  const tools = (list: string[]) => {
+    for (const program of list) if (!findProgram(program, searchPath)) need(`${program} is missing`, `sudo apt-get install ${packageOf(program)}`);
   };
   let qver: string | null = null;
   try { qver = qemuVersion(o.qemuBinary); } catch (err) { need((err as Error).message, 'sudo apt-get install qemu-system-x86'); }
   const jail = o.confinement.report(qver);
   if (!jail.ok) jail.problems.forEach((p, i) => need(p, jail.fixes[i]));
   if (o.steps.rootfs === 'bootstrap') {
-    tools([{ program: 'mmdebstrap', pkg: 'mmdebstrap' }, ...(user.uid === 0 ? [] : [{ program: 'newuidmap', pkg: 'uidmap' }, { program: 'newgidmap', pkg: 'uidmap' }])]);
+    tools(['mmdebstrap', ...(user.uid === 0 ? [] : ['newuidmap', 'newgidmap']), 'nice']);
     const ids = subordinateIdsProblem(user);
     if (ids) need(ids);
   }
   if (o.steps.rootfs === 'bootstrap' || o.steps.rootfs === 'unpack') tools(UNPACK_TOOLS);
-  if (o.steps.rootfs === 'directory') tools([{ program: 'mkfs.ext4', pkg: 'e2fsprogs' }]);
+  if (o.steps.rootfs === 'directory') tools(['mkfs.ext4']);
   if (o.steps.compileKernel) {
     tools(KERNEL_TOOLS);
     for (const h of KERNEL_HEADERS) if (!can(h.file, constants.R_OK)) need(`${h.file} is missing`, `sudo apt-get install ${h.pkg}`);

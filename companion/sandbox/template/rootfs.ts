@@ -7,14 +7,16 @@
 //   package set, each copied file's content, mode and destination, the commands and their environment. A template
 //   file that did not change reuses its image (commands that fetch from the network are not re-run: `--force` does).
 // - The image is renamed into the cache complete (info.json first); a half-built one is never found.
-import { spawn } from 'node:child_process';
+// - A stopped bootstrap leaves nothing: mmdebstrap runs in its own process group (build-tools.ts) and its temporary
+//   root, our scratch directory and the staged image are removed with the build.
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fatal } from '../../errors';
 import { SANDBOX_PACKAGES, resolveSpecFile, type LoadedSpec } from './spec';
 import { unpackInJail } from './unpack-jail';
+import { startHelper, sweepDeadBuilds, trackPartial } from './build-tools';
 import { DEFAULT_UNPACK_LIMITS, type UnpackLimits, type UnpackReport } from './unpack';
 
 /** Bump when the way images are made changes (it re-addresses every cached image). */
@@ -108,6 +110,9 @@ export function mmdebstrapArgs(loaded: LoadedSpec, scratch: string): string[] {
   return args;
 }
 
+/** A bootstrap's scratch directories in the system's temporary directory (the group: the building process's pid). */
+const BOOTSTRAP_SCRATCH = /^perimeter-mmdebstrap-(?:root-)?(\d+)-/;
+
 function cachedImage(cache: string, key: string): string { return path.join(cache, 'rootfs-image', key, 'rootfs.ext4'); }
 
 /** mmdebstrap's unshare mode maps the new root's users onto subordinate uids and gids of the user who runs it (root
@@ -140,36 +145,45 @@ export async function debianRootfs(loaded: LoadedSpec, ctx: RootfsContext): Prom
   if (ids) throw fatal('subordinate_ids_missing', ids);
   p(`rootfs: mmdebstrap --mode=unshare ${loaded.spec.base} minbase + ${pkgs.join(' ')}${loaded.spec.commands.length ? ` and ${loaded.spec.commands.length} command(s)` : ''}`);
   const started = Date.now();
-  const scratch = mkdtempSync(path.join(os.tmpdir(), 'perimeter-mmdebstrap-'));
+  sweepDeadBuilds(os.tmpdir(), BOOTSTRAP_SCRATCH);
+  const scratch = mkdtempSync(path.join(os.tmpdir(), `perimeter-mmdebstrap-${process.pid}-`));
+  // mmdebstrap's own temporary root goes into a directory of ours (removed with the build, also a killed one) that,
+  // like /tmp, is open to the subordinate uids the new root's files belong to
+  const mmTmp = mkdtempSync(path.join(os.tmpdir(), `perimeter-mmdebstrap-root-${process.pid}-`));
+  chmodSync(mmTmp, 0o1777);
+  const releaseScratch = [trackPartial(scratch), trackPartial(mmTmp)];
+  const releaseNew = trackPartial(`${image}.new`);
   try {
-    const mm = spawn('nice', ['-n', '10', 'mmdebstrap', ...mmdebstrapArgs(loaded, scratch)], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C.UTF-8' } });
+    const mm = startHelper('mmdebstrap', mmdebstrapArgs(loaded, scratch), { nice: true, env: { ...process.env, LC_ALL: 'C.UTF-8', TMPDIR: mmTmp } });
     let tail = '';
     let partial = '';
-    mm.stderr!.on('data', (d: Buffer) => {
+    mm.child.stderr!.on('data', (d: Buffer) => {
       const text = d.toString('utf8');
       tail = (tail + text).slice(-3000);
       const lines = (partial + text).split('\n');
       partial = lines.pop() ?? '';
       for (const l of lines) if (/^I: (downloading|extracting|installing|running|creating|success)/.test(l)) p(`rootfs: ${l.slice(3)}`);
     });
-    const mmExit = new Promise<number | null>((resolve, reject) => { mm.once('error', (e) => reject(fatal('mmdebstrap_missing', `mmdebstrap: ${e.message} (sudo apt-get install mmdebstrap uidmap)`))); mm.once('exit', resolve); });
     let report: UnpackReport;
     try {
-      report = await unpackInJail({ layers: [{ stream: mm.stdout! }], limits: ctx.limits ?? DEFAULT_UNPACK_LIMITS, prepare: true,
+      report = await unpackInJail({ layers: [{ stream: mm.child.stdout! }], limits: ctx.limits ?? DEFAULT_UNPACK_LIMITS, prepare: true,
         output: `${image}.new`, stageParent: path.join(ctx.cache, 'rootfs-image'), rootBuildUid: ctx.rootBuildUid });
     } catch (err) {
-      mm.kill('SIGKILL');
-      const code = await mmExit.catch(() => null);
-      if (code) throw fatal('rootfs_build_failed', `mmdebstrap failed (exit ${code}): ${tail.trim().split('\n').slice(-8).join('\n')}`);
+      mm.end();
+      const ended = await mm.exited.catch((e: Error) => e);
+      if (ended instanceof Error) throw ended;   // mmdebstrap could not start: that, not the empty unpack, is the error
+      if (ended.code) throw fatal('rootfs_build_failed', `mmdebstrap failed (exit ${ended.code}): ${tail.trim().split('\n').slice(-8).join('\n')}`);
       throw err;
     }
-    const code = await mmExit;
+    const { code } = await mm.exited;
     if (code !== 0) { rmSync(`${image}.new`, { force: true }); throw fatal('rootfs_build_failed', `mmdebstrap failed (exit ${code}): ${tail.trim().split('\n').slice(-8).join('\n')}`); }
     writeFileSync(path.join(path.dirname(image), 'info.json'), JSON.stringify({ source, packages: pkgs, spec: loaded.spec, report: { ...report, dropped: report.dropped.slice(0, 20) }, builtAt: new Date().toISOString() }, null, 2));
     renameSync(`${image}.new`, image);
+    releaseNew();
     p(`rootfs: ${report.entries} entries, ${Math.round(report.bytes / 2 ** 20)} MiB of files, in ${Math.round((Date.now() - started) / 1000)} s`);
     return { ...result, cached: false };
   } finally {
-    rmSync(scratch, { recursive: true, force: true });
+    for (const dir of [scratch, mmTmp]) rmSync(dir, { recursive: true, force: true });
+    for (const release of releaseScratch) release();
   }
 }

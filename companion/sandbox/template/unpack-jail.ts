@@ -6,15 +6,16 @@
 // path of the host's), the program as a copy. Invariants:
 // - Nothing an archive holds is ever written by root or outside the stage directory; a root companion never lets
 //   the unprivileged uid reach its state directory (the stage lives in /var/tmp, mode 0700, owned by that uid).
-// - The jail is killed at the deadline, and with the companion (--die-with-parent); a stage a killed companion left
+// - The jail is killed at the deadline, when the build ends early (its own process group, build-tools.ts) and with
+//   the companion (--die-with-parent); its stage goes with it, and a stage a SIGKILLed companion left
 //   behind is removed by a later unpack.
 // - What comes back is checked: report.json against its schema, rootfs.ext4 a regular file of the stage directory.
-import { spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, realpathSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { fatal } from '../../errors';
 import { findAsset } from './build';
+import { startHelper, trackPartial, type Helper } from './build-tools';
 import { BWRAP, SETPRIV } from '../qemu/confine';
 import { UnpackReportSchema, type UnpackLimits, type UnpackReport, type UnpackRequest } from './unpack';
 
@@ -71,7 +72,8 @@ export async function unpackInJail(o: UnpackJailOptions): Promise<UnpackReport> 
   const program = findAsset('perimeter-unpack.js');
   const stage = root ? mkdtempSync('/var/tmp/perimeter-unpack-') : (mkdirSync(o.stageParent, { recursive: true }), mkdtempSync(path.join(o.stageParent, '.unpack-')));
   const fds: number[] = [];
-  let child: ChildProcess | null = null;
+  let jail: Helper | null = null;
+  const release = [trackPartial(stage), trackPartial(`${o.output}.tmp-${process.pid}`)];
   try {
     if (root) chownSync(stage, o.rootBuildUid, o.rootBuildUid);
     const open = (f: string) => { const fd = openSync(f, 'r'); fds.push(fd); return fd; };
@@ -100,12 +102,12 @@ export async function unpackInJail(o: UnpackJailOptions): Promise<UnpackReport> 
     const argv = root
       ? [SETPRIV, `--reuid=${o.rootBuildUid}`, `--regid=${o.rootBuildUid}`, '--clear-groups', '--inh-caps=-all', '--bounding-set=-all', '--no-new-privs', '--', ...prlimit, ...inner]
       : [SETPRIV, '--no-new-privs', '--', ...prlimit, ...inner];
-    child = spawn(argv[0]!, argv.slice(1), { stdio, env: {} });
+    const started = startHelper(argv[0]!, argv.slice(1), { stdio, env: {} });
+    jail = started;
     let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString('utf8')).slice(-4000); });
-    const timer = setTimeout(() => child?.kill('SIGKILL'), UNPACK_DEADLINE_MS);
-    const code = await new Promise<number | null>((resolve, reject) => { child!.once('error', reject); child!.once('exit', (c) => resolve(c)); });
-    clearTimeout(timer);
+    started.child.stderr!.on('data', (d: Buffer) => { stderr = (stderr + d.toString('utf8')).slice(-4000); });
+    const timer = setTimeout(() => started.end(), UNPACK_DEADLINE_MS);
+    const { code } = await started.exited.finally(() => clearTimeout(timer));
     if (code !== 0) throw fatal('image_unpack_failed', `unpacking the root filesystem failed: ${stderr.trim().split('\n').slice(-3).join(' ') || `exit ${code}`}`);
     const report = UnpackReportSchema.parse(JSON.parse(readFileSync(path.join(stage, 'report.json'), 'utf8')));
     const image = path.join(stage, 'rootfs.ext4');
@@ -113,14 +115,17 @@ export async function unpackInJail(o: UnpackJailOptions): Promise<UnpackReport> 
     mkdirSync(path.dirname(o.output), { recursive: true });
     const tmp = `${o.output}.tmp-${process.pid}`;
     try { renameSync(image, tmp); } catch {
-      await new Promise<void>((resolve, reject) => spawn('cp', ['--sparse=always', image, tmp], { stdio: 'ignore' }).once('exit', (c) => (c === 0 ? resolve() : reject(new Error(`cp exited ${c}`)))));
+      const cp = await startHelper('cp', ['--sparse=always', image, tmp], { stdio: 'ignore' }).exited;
+      if (cp.code !== 0) throw new Error(`cp exited ${cp.code ?? cp.signal}`);
     }
     if (root) chownSync(tmp, 0, 0);
     renameSync(tmp, o.output);
     return report;
   } finally {
-    if (child && child.exitCode === null) child.kill('SIGKILL');
+    jail?.end();
     for (const fd of fds) closeSync(fd);
     rmSync(stage, { recursive: true, force: true });
+    rmSync(`${o.output}.tmp-${process.pid}`, { force: true });
+    for (const r of release) r();
   }
 }
