@@ -6,17 +6,19 @@
 // visible through the raw file; a block written through it lands in the call's layer, is committed as the next
 // generation, and is read back through that generation's export while the older generation keeps its content; only
 // the VM's user can open the file; a qsd killed with SIGKILL can never lead to a commit and leaves no mount once
-// cleaned up; the startup sweep ends a dead companion's exports (live or killed) and removes their mounts.
+// cleaned up; the startup sweep ends a dead companion's exports (live or killed) and removes their mounts; an export
+// mounted after a jailer-style mount namespace was made (the jailer's own steps, up to its pivot_root) reaches it, and
+// its end does too. A real jailer and Firecracker run only on a KVM host.
 // Needs root (FUSE mounts with allow_other, setpriv to another uid), /dev/fuse and qemu-storage-daemon: a machine
 // without them skips under a title that says so.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, openSync, readFileSync, closeSync, readSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DiskStore, type PendingLayer } from '../../companion/persist/disk/store';
-import { RawExport } from '../../companion/sandbox/firecracker/disk-export';
-import { mountPoints, sweepOrphans } from '../../companion/sandbox/qemu/sweep';
+import { RawExport, shareForExports } from '../../companion/sandbox/firecracker/disk-export';
+import { mountPoints, sweepOrphans, unmountUnder } from '../../companion/sandbox/qemu/sweep';
 
 const JAIL = { uid: 65534, gid: 65534 };
 const MiB = 1024 * 1024;
@@ -57,7 +59,7 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
   });
   afterEach(async () => {
     await store.idle();
-    for (const m of mountPoints().filter((p) => p.startsWith(`${home}/`))) execFileSync('umount', ['-l', m]);
+    unmountUnder(home);
     rmSync(home, { recursive: true, force: true });
   });
 
@@ -104,6 +106,24 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     assert.deepEqual(readAt(old.file, MARK_AT, 4096), Buffer.alloc(4096), 'generation 0 keeps its content');
     await old.exp.kill();
     await store.discard(old.pending);
+  });
+
+  it('an export mounted after the jail\'s mount namespace was made reaches it (the jail root is shared first), for the jail\'s uid', async () => {
+    shareForExports(vmDir);
+    // the jailer's steps (its chroot.rs): a new mount namespace, every mount made a slave, the chroot bound onto itself
+    const jail = spawn('unshare', ['--mount', '--propagation', 'unchanged', 'sh', '-c', `mount --make-rslave / && mount --rbind ${vmDir} ${vmDir} && echo ready && exec sleep 600`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => { jail.stdout.once('data', () => resolve()); jail.once('exit', (c) => reject(new Error(`unshare exited ${c}`))); });
+      const a = await exported(0);
+      const inJail = () => readFileSync(`/proc/${jail.pid}/mountinfo`, 'utf8').includes(` ${a.file} `);
+      assert.ok(inJail(), 'the export is mounted in the jail\'s namespace');
+      const r = spawnSync('nsenter', ['-t', String(jail.pid), '-m', 'setpriv', '--reuid', String(JAIL.uid), '--regid', String(JAIL.gid), '--clear-groups',
+        'dd', `if=${a.file}`, 'bs=1', 'skip=1080', 'count=2', 'status=none']);
+      assert.deepEqual(r.stdout, Buffer.from([0x53, 0xef]), r.stderr.toString());
+      await a.exp.stop();
+      assert.ok(!inJail(), 'the end of the export reaches the jail too');
+      await store.discard(a.pending);
+    } finally { jail.kill('SIGKILL'); }
   });
 
   it('a qsd killed with SIGKILL cannot lead to a commit, and leaves no mount once its export is ended', async () => {

@@ -11,9 +11,12 @@
 //   whatever is still mounted at or below the VM's directory (a qsd killed with SIGKILL leaves its mount behind).
 // - The export file is given to the VM's user (the jailer's uid) and mounted with allow_other where the companion
 //   may (root); nobody else can open it.
+// - A jailed Firecracker lives in its own mount namespace (the jailer unshares it, makes every mount a slave, binds
+//   the chroot onto itself and pivots into it): an export mounted later reaches it only by propagation, so the jail's
+//   root is made a shared mount before the jailer starts (shareForExports), whatever the host's / is.
 // - qsd runs with an empty environment and parses only layers the store created; the guest writes raw blocks, never
 //   qcow2 metadata (qsd writes that).
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { chownSync, closeSync, openSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { layerChainNode } from '../session-disk';
 import { mountPoints, unmountUnder } from '../qemu/sweep';
@@ -115,4 +118,12 @@ export class RawExport {
       await new Promise((r) => setTimeout(r, 5));
     }
   }
+}
+
+/** Makes `dir` a shared mount (bound onto itself), so that exports mounted in it later propagate into a mount
+ *  namespace made from this one meanwhile (the jailer's); `unmountUnder(dir)` undoes it. */
+export function shareForExports(dir: string): void {
+  const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+  execFileSync('mount', ['--bind', dir, dir], { env, stdio: 'ignore', timeout: 10_000 });
+  execFileSync('mount', ['--make-shared', dir], { env, stdio: 'ignore', timeout: 10_000 });
 }

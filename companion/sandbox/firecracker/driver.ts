@@ -24,7 +24,8 @@ import type { AcquireOptions, DriverInfo, DriverProbe, Sandbox, SandboxDriver } 
 import type { ExecRequest, ExecResult, GotFile, GuestEntry, GuestStat, PutFile } from '../../guest/types';
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
-import { sweepOrphans } from '../qemu/sweep';
+import { sweepOrphans, unmountUnder } from '../qemu/sweep';
+import { shareForExports } from './disk-export';
 import { FirecrackerApi, connectVsock } from './api';
 import { FirecrackerSessionDisk, SESSION_DRIVE } from './session-disk';
 import type { SessionDiskPort } from '../session-disk';
@@ -76,6 +77,7 @@ class FirecrackerVm {
     if (o.jailer) {
       const root = path.join(o.jailer.chrootBase, path.basename(o.binary), id, 'root');
       mkdirSync(root, { recursive: true });
+      if (o.placeholderBytes !== undefined) shareForExports(root);
       layout = { id, hostDir: root, apiSock: path.join(root, 'fc.sock'), vsockHost: path.join(root, 'v.sock'), pidFile: path.join(root, 'firecracker.pid') };
       cmd = o.jailer.binary;
       args = jailerArgs(o.jailer, o.binary, id);
@@ -126,6 +128,7 @@ class FirecrackerVm {
     }
     if (this.proc.exitCode === null && this.proc.signalCode === null && this.proc.pid) await this.exited;
     await this.beforeRemove?.();
+    unmountUnder(this.layout.hostDir);
     rmSync(this.layout.hostDir, { recursive: true, force: true });
   }
 }
@@ -208,6 +211,7 @@ export class FirecrackerDriver implements SandboxDriver {
     if (!t) throw fatal('template_missing', 'no sandbox template: run `perimeter template build`');
     mkdirSync(this.vmsDir, { recursive: true, mode: 0o700 });
     sweepOrphans(this.vmsDir);
+    if (this.jailer) sweepOrphans(path.join(this.jailer.chrootBase, path.basename(this.config.sandbox.firecrackerBinary)), 'root');
     this.template = t;
     this.snapshot = await this.ensureSnapshot(t);
     this.pool = new WarmPool<FirecrackerSandbox>(this.config.sandbox.poolSize, {

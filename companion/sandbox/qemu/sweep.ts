@@ -35,17 +35,21 @@ function readPid(file: string): number | null {
   try { const n = Number(readFileSync(file, 'utf8').trim()); return Number.isInteger(n) && n > 1 ? n : null; } catch { return null; }
 }
 
-/** Kills orphaned QEMUs and removes their run directories; returns how many processes were killed. */
-export function sweepOrphans(vmsDir: string): number {
+/** Kills orphaned QEMUs and removes their run directories (`<vmsDir>/<name>`, whose files are in `inner` below it,
+ *  as in a jailer's `<id>/root`); returns how many processes were killed. */
+export function sweepOrphans(vmsDir: string, inner = ''): number {
   if (!existsSync(vmsDir)) return 0;
   let killed = 0;
   for (const name of readdirSync(vmsDir)) {
-    const dir = path.join(vmsDir, name);
+    const top = path.join(vmsDir, name);
+    const dir = path.join(top, inner);
+    let files: string[];
+    try { files = readdirSync(dir); } catch { files = []; }
     const owner = readPid(path.join(dir, 'owner'));
     if (owner === process.pid) continue;
     const ownerCmd = owner ? cmdline(owner) : null;
     if (ownerCmd && /node|perimeter/.test(ownerCmd)) continue; // a live companion owns it
-    const pidFiles = ['qemu.pid', 'vmm.pid', 'jail.pid', ...readdirSync(dir).filter((f) => /^qsd-[\w.-]+\.pid$/.test(f))];
+    const pidFiles = ['qemu.pid', 'vmm.pid', 'jail.pid', ...files.filter((f) => /^qsd-[\w.-]+\.pid$/.test(f))];
     for (const pidFile of pidFiles) {
       const vmm = readPid(path.join(dir, pidFile));
       const vmmCmd = vmm ? cmdline(vmm) : null;
@@ -53,8 +57,8 @@ export function sweepOrphans(vmsDir: string): number {
         try { process.kill(vmm, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
       }
     }
-    try { unmountUnder(dir); } catch { continue; } // a mount that stays makes the directory unremovable: kept
-    rmSync(dir, { recursive: true, force: true });
+    try { unmountUnder(top); } catch { continue; } // a mount that stays makes the directory unremovable: kept
+    rmSync(top, { recursive: true, force: true });
   }
   return killed;
 }
