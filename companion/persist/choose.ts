@@ -1,6 +1,6 @@
 // Which persistence a companion uses: session disks (persist/disk/) when the sandbox driver's VMs have a session-disk
-// device (a QEMU template built with one), else the file store (persistence.ts; the process driver, Firecracker, and
-// templates built before session disks). Invariant: a session disk never exceeds the device: persist.maxBytes larger
+// device (a template built with one, under QEMU or Firecracker), else the file store (persistence.ts; the process
+// driver, and templates built before session disks). Invariant: a session disk never exceeds the device: persist.maxBytes larger
 // than the template's disk is capped (and said once), a smaller one makes smaller disks. Disk generations are read
 // from the host through browse VMs of the default template, with no network; the disks of sessions that ended
 // persist.retainDays ago (terminated, or archived or terminated as the service says: `sessionEnd`) are deleted at
