@@ -7,7 +7,9 @@
 // files (or those under each PATH) into DIR under the safe-copy rules (protocol/safe-export.ts), a file at a time in
 // PERSIST_READ_MAX slices, never a whole file in memory;
 // `perimeter persist rollback --session ID --to N` makes a kept generation's content current again; `perimeter persist
-// gc` deletes now the session disks of sessions that ended persist.retainDays (or --retain-days) ago. When a
+// gc` deletes now the session disks of sessions that ended persist.retainDays (or --retain-days) ago (a running
+// companion first asks the service which sessions were archived or terminated; without one, the ends it recorded
+// count). When a
 // companion runs on this state directory, the change goes through its control API (so connected clients see the
 // `persist.changed` event); otherwise the state directory is changed directly. Either way the list applies from the
 // next tool call on, and every pattern is validated (companion/persist/paths.ts) before anything is written. A session
@@ -58,7 +60,7 @@ const USAGE = [
   'the exit status is 1 when DIR refused a file.',
 ].join('\n');
 
-type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles' | 'readPersistFile'>;
+type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles' | 'readPersistFile' | 'collectDisks'>;
 type CliResult<M extends CliMethod> = z.infer<(typeof ControlResults)[M]>;
 
 /** One request to the companion running on `home`, or null when none is reachable (no control.json, dead pid,
@@ -272,7 +274,8 @@ export const persistCommand: Command = {
       const days = values['retain-days'];
       if (patterns.length > 0 || values.session || (days !== undefined && !/^\d{1,6}$/.test(days))) throw new UsageError('gc takes no session or patterns, and --retain-days N (whole days)');
       const config = configFromFlags(values, { control: { enabled: false } });
-      const report = await collectDisks(config.home, { retainDays: days === undefined ? config.persist.retainDays : Number(days) });
+      const report = await viaControlApi(config.home, 'collectDisks', days === undefined ? {} : { retainDays: Number(days) }, BROWSE_TIMEOUT_MS)
+        ?? await collectDisks(config.home, { retainDays: days === undefined ? config.persist.retainDays : Number(days) });
       process.stdout.write(values.json ? `${JSON.stringify(report)}\n`
         : `${report.removed.map((id) => `deleted the session disk of ${id}\n`).join('')}${report.removed.length} session disk(s) deleted, ${report.retained.length} of ended sessions kept until their retention passes\n`);
       return 0;

@@ -150,6 +150,11 @@ export async function startControlServer(opts: ControlServerOptions): Promise<Co
         return { size, offset, data: data.toString('base64'), eof: offset + data.length >= size };
       }
       case 'rollbackPersist': return requireHistory().rollback(req.params.sessionId, req.params.generation);
+      case 'collectDisks': {
+        const history = requireHistory();
+        if (!history.collect) throw new RequestError('unavailable', 'this companion keeps no session disks');
+        return history.collect(req.params);
+      }
       case 'drain':
         await opts.worker.drain();
         return { state: opts.worker.state() };

@@ -61,4 +61,7 @@ export interface PersistHistory {
   readFile(sessionId: string, generation: number, path: string, offset: number, length: number): Promise<{ size: number; data: Buffer }>;
   /** Commits a new generation with the content of `generation` (kept, not current); publishes `persist.changed`. */
   rollback(sessionId: string, generation: number): Promise<PersistState>;
+  /** Deletes now the session disks of sessions that ended `retainDays` (default: persist.retainDays) ago, after
+   *  asking the service about sessions with no recorded end; absent where sessions have no disks. */
+  collect?(o?: { retainDays?: number }): Promise<{ removed: string[]; retained: string[] }>;
 }

@@ -220,6 +220,7 @@ export const ControlRequest = z.discriminatedUnion('method', [
   z.object({ id: RequestId, method: z.literal('listPersistFiles'), params: z.object({ sessionId: SessionId, generation: Generation, limit: z.number().int().min(1).max(2000).default(1000), cursor: PageParams.cursor }) }),
   z.object({ id: RequestId, method: z.literal('readPersistFile'), params: z.object({ sessionId: SessionId, generation: Generation, path: PersistPattern, offset: z.number().int().nonnegative().default(0), length: z.number().int().min(1).max(PERSIST_READ_MAX).default(PERSIST_READ_MAX) }) }),
   z.object({ id: RequestId, method: z.literal('rollbackPersist'), params: z.object({ sessionId: SessionId, generation: Generation }) }),
+  z.object({ id: RequestId, method: z.literal('collectDisks'), params: z.object({ retainDays: z.number().int().min(0).max(999_999).optional() }).default({}) }),
   z.object({ id: RequestId, method: z.literal('drain'), params: z.object({}).default({}) }),
   z.object({ id: RequestId, method: z.literal('shutdown'), params: z.object({}).default({}) }),
 ]);
@@ -243,6 +244,7 @@ export const ControlResults = {
   listPersistFiles: z.object({ sessionId: z.string(), generation: z.number().int().nonnegative(), items: z.array(PersistEntry), nextCursor: z.string().nullable() }),
   readPersistFile: z.object({ size: z.number().int().nonnegative(), offset: z.number().int().nonnegative(), data: z.string(), eof: z.boolean() }),
   rollbackPersist: PersistState,
+  collectDisks: z.object({ removed: z.array(z.string()), retained: z.array(z.string()) }),
   drain: z.object({ state: WorkerState }),
   shutdown: z.object({ accepted: z.literal(true) }),
 } satisfies Record<ControlMethod, z.ZodType>;

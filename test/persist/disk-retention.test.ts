@@ -3,7 +3,7 @@
 // the end from the session's `terminated` turn, and of sessions the service says are archived or terminated (asked
 // through the worker's SDK client, here against the dev queue); `perimeter persist gc` deletes them now.
 import assert from 'node:assert/strict';
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { DiskStore } from '../../companion/persist/disk/store';
@@ -13,6 +13,9 @@ import { Persistence } from '../../companion/persist/persistence';
 import { EventHub } from '../../companion/events';
 import Anthropic from '@anthropic-ai/sdk';
 import { scenario, startDevQueue, startRuntime } from '../worker/helpers';
+import { startControlServer } from '../../companion/control/server';
+import type { WorkerControl } from '../../companion/control/types';
+import { Journal } from '../../companion/journal/journal';
 import { tempDir, TEST_LIMITS } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -92,6 +95,27 @@ describe('persist: session-disk retention (no VMs)', function () {
       const r = await collectDisks(home, { retainDays: 7, now: before + 7 * DAY + 60_000 });
       assert.deepEqual(r, { removed: [archived, terminated].sort(), retained: [] });
       assert.deepEqual(disks(), [live, 'sesn_unknown_to_the_service'].sort(), 'a live session and one the service does not answer for keep their disks');
+
+      // perimeter persist gc with a companion running: it asks the service now, so a session archived a moment ago goes
+      dq.archiveSession(live!);
+      const worker: WorkerControl = {
+        state: () => 'polling',
+        hostFacts: () => ({ hostname: 'test', driver: 'process', accel: 'none', vmsRunning: 0, vmsPooled: 0, memoryAvailableMb: 1, concurrency: 1, version: 'test', pid: process.pid, startedAt: Date.now() }),
+        drain: async () => {}, shutdown: async () => {},
+      };
+      const server = await startControlServer({ home, hub: new EventHub(), journal: Journal.open(path.join(home, 'journal')), persistHistory: p, worker });
+      try {
+        const gc = await new Promise<{ code: number | null; out: string; err: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'gc', '--home', home, '--retain-days', '0', '--json'], { cwd: ROOT, env: { ...process.env, PERIMETER_HOME: '' } });
+          let out = ''; let err = '';
+          child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+          child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+          child.on('exit', (code) => resolve({ code, out, err }));
+        });
+        assert.equal(gc.code, 0, gc.err);
+        assert.deepEqual(JSON.parse(gc.out), { removed: [live], retained: [] });
+        assert.deepEqual(disks(), ['sesn_unknown_to_the_service']);
+      } finally { await server.close(); }
       await p.close();
     } finally { await rt.stop(); await dq.close(); rmSync(rt.home, { recursive: true, force: true }); }
   });

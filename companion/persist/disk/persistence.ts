@@ -152,23 +152,20 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
       markEnded(opts.home, ev.sessionId, ev.entry.ts).catch((err: Error) => log.warn(`session ${ev.sessionId}: recording its end failed: ${err.message}`));
     }) ?? null;
     if (opts.collectEveryMs) {
-      void this.collect();
-      this.collectTimer = setInterval(() => { void this.collect(); }, opts.collectEveryMs);
+      const collect = () => { this.collect().catch((err: unknown) => log.warn(`deleting the disks of ended sessions failed: ${errorMessage(err)}`)); };
+      collect();
+      this.collectTimer = setInterval(collect, opts.collectEveryMs);
       this.collectTimer.unref();
     }
   }
 
-  /** Deletes the disks of sessions that ended `persist.retainDays` ago (and forgets their open stores). */
-  async collect(): Promise<CollectReport> {
-    try {
-      await this.recordEnds();
-      const report = await collectDisks(this.opts.home, { retainDays: this.opts.persist.retainDays ?? DEFAULT_RETAIN_DAYS });
-      for (const id of report.removed) this.stores.delete(id);
-      return report;
-    } catch (err) {
-      log.warn(`deleting the disks of ended sessions failed: ${errorMessage(err)}`);
-      return { removed: [], retained: [] };
-    }
+  /** Deletes the disks of sessions that ended `retainDays` (default: persist.retainDays) ago (and forgets their open
+   *  stores). */
+  async collect(o: { retainDays?: number } = {}): Promise<CollectReport> {
+    await this.recordEnds();
+    const report = await collectDisks(this.opts.home, { retainDays: o.retainDays ?? this.opts.persist.retainDays ?? DEFAULT_RETAIN_DAYS });
+    for (const id of report.removed) this.stores.delete(id);
+    return report;
   }
 
   /** Records the end of every session with a disk, no recorded end and no call here that the service says ended
