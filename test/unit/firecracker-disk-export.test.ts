@@ -141,7 +141,7 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     assert.equal((await store.current()).generation, 0);
   });
 
-  it('the startup sweep ends the exports of a companion that died (a live qsd and a killed one) and removes their mounts', async () => {
+  it('the startup sweep ends the exports of a companion that died (a live qsd, a killed one, one in a jail directory) and removes their mounts', async () => {
     writeFileSync(path.join(vmDir, 'owner'), '999999999');
     const killed = await exported(0);
     process.kill(Number(readFileSync(path.join(vmDir, 'qsd-0.pid'), 'utf8')), 'SIGKILL');
@@ -152,5 +152,17 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     await alive.exp.exited;
     assert.deepEqual(mountPoints().filter((m) => m.startsWith(`${home}/`)), []);
     assert.ok(!existsSync(vmDir), 'the run directory is removed');
+
+    // a jailed VM's directory: <chroot base>/firecracker/<id>/root, its root made a shared mount
+    const jailRoot = path.join(home, 'jail', 'firecracker', 'fc-jailed', 'root');
+    mkdirSync(jailRoot, { recursive: true });
+    writeFileSync(path.join(jailRoot, 'owner'), '999999999');
+    shareForExports(jailRoot);
+    vmDir = jailRoot;
+    const jailed = await exported(2);
+    assert.equal(sweepOrphans(path.join(home, 'jail', 'firecracker'), 'root'), 1);
+    await jailed.exp.exited;
+    assert.deepEqual(mountPoints().filter((m) => m.startsWith(`${home}/`)), [], 'the export and the shared root are unmounted');
+    assert.ok(!existsSync(path.dirname(jailRoot)), 'the jail directory is removed');
   });
 });

@@ -17,7 +17,7 @@
 // - qsd runs with an empty environment and parses only layers the store created; the guest writes raw blocks, never
 //   qcow2 metadata (qsd writes that).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, openSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { accessSync, chownSync, closeSync, constants, openSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { layerChainNode } from '../session-disk';
 import { mountPoints, unmountUnder } from '../qemu/sweep';
 
@@ -126,4 +126,12 @@ export function shareForExports(dir: string): void {
   const env = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
   execFileSync('mount', ['--bind', dir, dir], { env, stdio: 'ignore', timeout: 10_000 });
   execFileSync('mount', ['--make-shared', dir], { env, stdio: 'ignore', timeout: 10_000 });
+}
+
+/** What exports need that this host lacks (qemu-storage-daemon, /dev/fuse, root), or null. */
+export function exportMissing(binary = 'qemu-storage-daemon'): string | null {
+  try { execFileSync(binary, ['--version'], { env: { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: 'ignore', timeout: 10_000 }); } catch { return `${binary}, which is not installed`; }
+  try { accessSync('/dev/fuse', constants.R_OK | constants.W_OK); } catch { return '/dev/fuse, which this companion cannot open'; }
+  if (process.getuid?.() !== 0) return 'a root companion (FUSE mounts other users can open, the jailer)';
+  return null;
 }

@@ -25,7 +25,7 @@ import type { ExecRequest, ExecResult, GotFile, GuestEntry, GuestStat, PutFile }
 import { WarmPool } from '../pool';
 import { findTemplate, type Template } from '../template/manifest';
 import { sweepOrphans, unmountUnder } from '../qemu/sweep';
-import { shareForExports } from './disk-export';
+import { exportMissing, shareForExports } from './disk-export';
 import { FirecrackerApi, connectVsock } from './api';
 import { FirecrackerSessionDisk, SESSION_DRIVE } from './session-disk';
 import type { SessionDiskPort } from '../session-disk';
@@ -202,6 +202,10 @@ export class FirecrackerDriver implements SandboxDriver {
     const t = findTemplate(this.config.home, this.config.sandbox.template);
     if (!t) return { ok: false, accel: 'kvm', detail: `${version}; no template built yet`, fixes: ['perimeter template build'] };
     if (t.manifest.kernel !== 'tiny') return { ok: false, accel: 'kvm', detail: 'Firecracker needs the tiny kernel (virtio-mmio command-line devices)', fixes: ['perimeter template build --kernel tiny'] };
+    if (t.manifest.sessionDisk) {
+      const missing = exportMissing();
+      if (missing) return { ok: false, accel: 'kvm', detail: `${version}; the template's session disk needs ${missing}`, fixes: ['apt-get install qemu-system-common (qemu-storage-daemon); modprobe fuse; run the companion as root'] };
+    }
     return { ok: true, accel: 'kvm', detail: `${version}, template ${t.manifest.hash}${this.jailer ? ', under jailer' : ''}`, fixes: [] };
   }
 
