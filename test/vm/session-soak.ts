@@ -14,7 +14,7 @@
 // no two calls in a row, but a kill lands on whichever call is running when it comes, so the oracle keeps every tree
 // possible after a run of interrupted calls (before or after each) until a printed tree picks one.
 import { createHash } from 'node:crypto';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, watch, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { ControlClient } from '../../extension/launcher/controlClient';
 import { delay } from '../../extension/launcher/workerHost';
@@ -205,7 +205,9 @@ const sameLog = (a: string[], b: string[]) => a.length === b.length && a.every((
 /** A step the worker answered (the dev queue judged its result). */
 const answered = (s: StepReport) => s.status === 'passed' || s.status === 'failed';
 
-type Kill = { kind: 'worker' | 'qemu'; after: 'start' | 'end'; delayMs: number };
+/** When a kill comes: `delayMs` after the call printed its first (`start`) or last (`end`) line, or at once when the
+ *  session's store writes the call's generation record (`record`) or replaces CURRENT with it (`current`). */
+type Kill = { kind: 'worker' | 'qemu'; after: 'start' | 'end' | 'record' | 'current'; delayMs: number };
 
 /** Runs the soak; cleans up everything it started (worker, VMs, dev queue, home). */
 export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
@@ -219,10 +221,12 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
     const ops = randomOps(rng, predicted, i, [2, 6]);
     predicted = apply(predicted, ops, callMarker(i));
     const killed = i > 0 && plans[i - 1]!.kill === null && rng.next() < o.killRate;
-    const after = rng.next() < 0.5 ? 'start' : 'end';
-    // Mostly within the command or the commit; sometimes later (between calls: the next call's prepared VM).
-    const delayMs = after === 'start' ? rng.int(0, 500) : rng.next() < 0.7 ? rng.int(0, 200) : rng.int(200, 1500);
-    plans.push({ ops, kill: killed ? { kind: rng.next() < 0.5 ? 'worker' : 'qemu', after, delayMs } : null });
+    const after = rng.pick(['start', 'start', 'end', 'end', 'record', 'current'] as const);
+    // Within the command, the seal, the commit's steps; sometimes later (between calls: the next call's prepared VM).
+    const delayMs = after === 'start' ? rng.int(0, 500) : after === 'end' ? (rng.next() < 0.7 ? rng.int(0, 200) : rng.int(200, 1500)) : 0;
+    // QEMU is gone by the time the store writes (the VM is destroyed first): a QEMU kill there hits the next VM.
+    const kind = rng.next() < (after === 'record' || after === 'current' ? 0.8 : 0.5) ? 'worker' : 'qemu';
+    plans.push({ ops, kill: killed ? { kind, after, delayMs } : null });
   }
   plans.push({ ops: [], kill: null }); // a last call that only prints the tree the soak left
 
@@ -248,6 +252,15 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
     new Promise<void>((resolve) => { if (seen.has(marker)) resolve(); else waiters.set(marker, resolve); }),
     dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to print ${marker}`),
   ]).finally(() => waiters.delete(marker));
+  /** Resolves when the session's store writes its next generation record or CURRENT, or call `i` is answered first. */
+  const commitStep = (sid: string, i: number, step: 'record' | 'current') => new Promise<void>((resolve) => {
+    const dir = path.join(home, 'disks', sid);
+    const watcher = watch(dir);
+    const next = `gen-${Number(readFileSync(path.join(dir, 'CURRENT'), 'utf8')) + 1}.json`;
+    const done = () => { watcher.close(); resolve(); };
+    watcher.on('change', (_type, name) => { if (String(name) === (step === 'current' ? 'CURRENT' : next)) done(); });
+    dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to be answered`).then(done, done);
+  });
   const interrupted = new Set<number>();
   try {
     await start();
@@ -256,26 +269,29 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
     for (let i = 0; i < plans.length; i++) {
       const kill = plans[i]!.kill;
       if (kill) {
-        const marker = kill.after === 'start' ? startMarker(i) : endMarker(i);
+        const marker = kill.after === 'end' ? endMarker(i) : startMarker(i);
         await printedOrAnswered(sid, i, marker);
+        if (kill.after === 'record' || kill.after === 'current') await commitStep(sid, i, kill.after);
         await delay(kill.delayMs);
-        const victim = unfinished();
+        const when = kill.after === 'record' || kill.after === 'current' ? `at the ${kill.after === 'record' ? 'generation record' : 'CURRENT'} write of call ${i}` : `${kill.delayMs} ms after ${marker}`;
         if (kill.kind === 'worker') {
+          const victim = unfinished();
           live.client?.close();
           live.worker!.proc.kill('SIGKILL');
           await live.worker!.exit;
           result.workerKills++;
           if (victim >= 0) interrupted.add(victim);
-          log(`soak: call ${i}: worker SIGKILLed ${kill.delayMs} ms after ${marker} (call ${victim} unfinished)`);
+          log(`soak: worker SIGKILLed ${when} (call ${victim} unfinished)`);
           await start();
         } else {
           const qemu = await callQemu(home);
+          const victim = unfinished();
           if (qemu) {
             process.kill(qemu, 'SIGKILL');
             result.qemuKills++;
             if (victim >= 0) interrupted.add(victim);
-            log(`soak: call ${i}: QEMU ${qemu} SIGKILLed ${kill.delayMs} ms after ${marker} (call ${victim} unfinished)`);
-          } else log(`soak: call ${i}: no QEMU with the session disk to kill`);
+            log(`soak: QEMU SIGKILLed ${when} (call ${victim} unfinished)`);
+          } else log(`soak: no QEMU with the session disk to kill ${when}`);
         }
       }
       await dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to be answered`);
