@@ -19,6 +19,9 @@ import type { DiskRoot, DiskUsage, SessionDiskGuest } from '../../guest/session-
 import type { DiskLayers, SessionDiskPort } from '../session-disk';
 import type { FirecrackerApi } from './api';
 import { RawExport } from './disk-export';
+import { logger } from '../../log';
+
+const log = logger('sandbox:firecracker');
 
 /** The drive id (and the placeholder file, relative to the VM's directory) of the session disk. */
 export const SESSION_DRIVE = { id: 'sdisk', placeholder: 'sdisk.raw' } as const;
@@ -43,7 +46,7 @@ export class FirecrackerSessionDisk implements SessionDiskPort {
   private ending: Promise<void> | null = null;
 
   constructor(private readonly vm: FirecrackerDiskHost, readonly bytes: number) {
-    this.closed = vm.exited.then(() => this.end());
+    this.closed = vm.exited.then(() => this.end()).catch((err: Error) => log.error(`session disk: ending the export of a VM that is gone failed: ${err.message}`));
   }
 
   async attach(layers: DiskLayers): Promise<void> {
