@@ -162,7 +162,9 @@ export async function sessionDiskBench(o: { calls: number; log: (l: string) => v
   }
 }
 
-if (require.main === module) {
+// Standalone only: inside the bench bundle `require.main === module` holds too (it would run beside the chosen
+// sections and end the bench with its process.exit), so the file name decides, as in persist-bench.ts.
+if (/session-disk-bench\.ts$/.test(process.argv[1] ?? '')) {
   const json = process.argv.includes('--json');
   const i = process.argv.indexOf('--calls');
   const calls = i >= 0 ? Number(process.argv[i + 1]) : 11;
