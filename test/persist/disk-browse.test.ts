@@ -2,7 +2,8 @@
 // N-1 through a short-lived browse VM (read-only mount over a throwaway layer), paging, names with a newline and
 // escape sequences (listed exactly, shown escaped by `perimeter persist ls`, read by `perimeter persist cat`), a 255-byte component, no symlink followed;
 // `perimeter persist export` of a generation (hostile names skipped and shown escaped, a guest symlink and FIFO not
-// exported, a file of several read slices intact, a symlink in the target directory not followed). Skips (saying why) only
+// exported, a file of several read slices intact, a symlink in the target directory not followed); a browse VM on an
+// old generation while compaction wants to merge under it. Skips (saying why) only
 // when QEMU or a template with a session disk is absent.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -170,5 +171,38 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     assert.equal(trapped.status, 1, trapped.stderr);
     assert.match(trapped.stderr, /not written: workspace is a symlink: not followed/);
     assert.deepEqual(readdirSync(outside), []);
+  });
+
+  it('a browse VM reading an old generation while the session commits: compaction waits for it, the generation reads the same, and runs once the VM is gone', async function () {
+    this.timeout(900_000);
+    // keep one old generation, so compaction wants to merge the layer above the base while the browse VM still reads
+    // a generation whose chain lacks that layer (made over generation 0 before a rollback to 0): the browse VM is kept
+    // (browseIdleMs) across the commits, so the overlap happens every time
+    const persist = { ...TEST_LIMITS, maxBytes: templateDiskBytes()!, keepGenerations: 1 };
+    let browseVms = 0;
+    const browse = () => { browseVms += 1; return driver.acquire({ sessionId: 'perimeter-browse' }); };
+    const p = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse, browseIdleMs: 600_000 });
+    const s = 'sesn_disk_race';
+    assert.equal(await bash(p, driver, s, 'printf one > /workspace/a.txt'), 1);
+    await p.rollback(s, 0);
+    assert.equal(await readAll(p, s, 1, '/workspace/a.txt'), 'one');
+    const store = await p.store(s);
+    assert.equal(await bash(p, driver, s, 'printf three > /workspace/a.txt && seq 1 20000 > /workspace/b.txt'), 3);
+    for (let i = 4; i <= 6; i++) assert.equal(await bash(p, driver, s, `printf ${i} > /workspace/a.txt && seq 1 ${i * 10000} > /workspace/c${i}.txt`), i);
+    await store.idle();
+    assert.deepEqual((await store.list()).map((g) => g.generation), [6, 5], 'generation 1 is no longer kept');
+    assert.equal((await store.current()).layers.length, 5, 'nothing was merged under the browse VM');
+    assert.equal(await readAll(p, s, 1, '/workspace/a.txt'), 'one');
+    assert.deepEqual((await p.entries(s, 1, { limit: 100, cursor: null })).items.map((e) => e.path).filter((x) => x.startsWith('/workspace/')), ['/workspace/a.txt']);
+    assert.equal(browseVms, 1, 'one browse VM throughout');
+    await p.close();
+    await store.idle();
+    assert.ok((await store.current()).layers.length <= 1 + 1 + 2, 'compaction ran once the browse VM was gone');
+    const top = await store.current();
+    const fresh = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse });
+    try {
+      assert.equal(await readAll(fresh, s, top.generation, '/workspace/a.txt'), '6');
+      assert.equal((await fresh.readFile(s, top.generation, '/workspace/b.txt', 0, 1024 * 1024)).size, Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('').length);
+    } finally { await fresh.close(); }
   });
 });

@@ -75,6 +75,8 @@ export interface DiskPersistenceOptions {
    *  sandbox lives on across calls, each commit switching it to a new layer. */
   mode: 'per-call' | 'per-session';
   preparedIdleMs?: number;
+  /** How long a browse VM nobody uses is kept (default BROWSE_IDLE_MS). */
+  browseIdleMs?: number;
   /** A fresh sandbox (no network) for reading a generation from the host; absent: generations cannot be browsed. */
   browse?: () => Promise<Sandbox>;
   /** Deletes the disks of sessions that ended `persist.retainDays` ago at start and then this often (retention.ts);
@@ -342,7 +344,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
       b ??= await this.openBrowser(sessionId, generation);
       try {
         const out = await fn(b.sandbox);
-        b.idle = setTimeout(() => { this.browsing = this.browsing.then(() => this.closeBrowser(b)); }, BROWSE_IDLE_MS);
+        b.idle = setTimeout(() => { this.browsing = this.browsing.then(() => this.closeBrowser(b)); }, this.opts.browseIdleMs ?? BROWSE_IDLE_MS);
         b.idle.unref();
         return out;
       } catch (err) {
