@@ -7,6 +7,9 @@
 // ones, sometimes one of several MiB), sometimes pausing half-way, and appends its marker to the call log. Every step is
 // a pure function of the tree it starts on (writes of fixed content, `rm -f`, moves only of files that exist), so the
 // host models the tree for every outcome of a call.
+// Kill points (the plan is seeded; where a kill lands depends on timing, the oracle does not): during the command,
+// after its last line (the guest's seal, QEMU's stop), at the store's write of the call's generation record or of
+// CURRENT (watched with inotify), and later (between calls: the next call's prepared VM, the next call itself).
 // Oracle (zero tolerance): the tree a call prints equals the modelled tree exactly. For a call a kill interrupted
 // (its result not yet posted when the kill came) the next printed tree must equal EITHER the tree before it OR the tree
 // after it (never a mix), and the model adopts whichever it is. A call marker twice in the log is a re-run; every tool
