@@ -22,6 +22,7 @@ import type { ExecRequest } from '../../companion/guest/types';
 import { SHELL_BASE_ENV, shellArgv } from '../../companion/guest/ready-shell';
 import { setLogLevel } from '../../companion/log';
 import { persistSection } from './persist-bench';
+import { firecrackerDiskSection } from './firecracker-disk-bench';
 import { loadSection } from './load-bench';
 import { templateSection } from './template-bench';
 import { runSessionSoak } from '../vm/session-soak';
@@ -228,6 +229,7 @@ export const SECTIONS: Section[] = [
     },
   },
   persistSection,
+  firecrackerDiskSection,
   loadSection,
   templateSection,
   {
