@@ -3,11 +3,12 @@
 // probes (via select.ts), how each VM is confined (namespaces, uid, host cgroup, seccomp), a built template, the
 // template build's inputs in this installation, free disk space (an error below minFreeMiB: the worker claims nothing
 // then) and a writable state directory, whether a companion uses it, a readable journal, ripgrep for the process
-// driver. `--json` prints {ok, checks:[{name, ok, severity, detail, fix}], confinement: {...}}
-// (companion/protocol/doctor.ts); the exit code is 1 when an error-severity check failed (warnings do not fail).
+// driver (without it grep falls back to a slower host-side search). `--json` prints {ok, checks:[{name, ok, severity,
+// detail, fix}], confinement: {...}} (companion/protocol/doctor.ts); the exit code is 1 when an error-severity check failed (warnings do not fail).
 // Fixes fit the host the doctor runs on: CLI commands are named as this installation is run there (`perimeter …` when
 // that is on PATH, else `node <this script> …`, e.g. the copy the extension installs over SSH), and access to
-// /dev/kvm is fixed through the group that owns it, never a `kvm` group the host does not have.
+// /dev/kvm is fixed through the group that owns it, never a `kvm` group the host does not have (for a root companion's
+// VMs, which run as their own uids: the device's group and mode, qemu/confine.ts kvmProblemForVmUids).
 import { execFile } from 'node:child_process';
 import { promises as fs, constants as fsc, readFileSync, realpathSync } from 'node:fs';
 import os from 'node:os';
@@ -17,12 +18,13 @@ import { findTemplate, type Template } from '../sandbox/template/manifest';
 import { TEMPLATE_ASSETS, findAsset } from '../sandbox/template/build';
 import { EventHub } from '../events';
 import { probeDrivers } from '../sandbox/select';
-import { Confinement, type ConfinementReport } from '../sandbox/qemu/confine';
+import { Confinement, groupName, kvmProblemForVmUids, type ConfinementReport } from '../sandbox/qemu/confine';
 import { diskLowMessage } from '../host/health';
 import { stateLockHolder } from '../host/state-lock';
 import { JournalCorrupt, readJournalText } from '../journal/journal-file';
 import { JOURNAL_FILE, JournalLine } from '../protocol/journal';
 import { errorMessage } from '../errors';
+import { SHELL_BASE_ENV } from '../guest/ready-shell';
 import { CONFIG_FLAGS, configFromFlags, parse } from './options';
 import type { Command } from './types';
 
@@ -30,10 +32,22 @@ import type { DoctorCheck } from '../protocol/doctor';
 
 const MIN_FREE_BYTES = 2 * 1024 * 1024 * 1024;
 
-function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string }> {
+function run(cmd: string, args: string[], searchPath = process.env.PATH ?? '/usr/bin:/bin'): Promise<{ ok: boolean; out: string }> {
   return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 10_000, env: { PATH: process.env.PATH ?? '/usr/bin:/bin' } }, (err, stdout, stderr) => resolve({ ok: !err, out: `${stdout}${stderr}`.trim() }));
+    execFile(cmd, args, { timeout: 10_000, env: { PATH: searchPath } }, (err, stdout, stderr) => resolve({ ok: !err, out: `${stdout}${stderr}`.trim() }));
   });
+}
+
+/** ripgrep on this host, found on the PATH the process driver's tool calls get (`rg --version`'s first line, or null):
+ *  what the grep tool loses without it, and the fix. MicroVMs use the rg of their template, not the host's. */
+export function ripgrepCheck(version: string | null): DoctorCheck {
+  if (version) return { name: 'ripgrep', ok: true, severity: 'warning', detail: `${version} (the process driver's grep tool runs it)`, fix: null };
+  return {
+    name: 'ripgrep', ok: false, severity: 'warning',
+    detail: 'rg not found on this host: with the process driver, grep falls back to a host-side search of the companion\'s own, which is slower on large trees, '
+      + 'takes JavaScript regular expressions instead of rg\'s and does not skip what .gitignore lists (microVMs use the rg in their template)',
+    fix: 'sudo apt-get install ripgrep',
+  };
 }
 
 /**
@@ -55,16 +69,20 @@ async function kvmCheck(config: Config): Promise<DoctorCheck> {
   if (!template) return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm opens; `perimeter template build` test-boots a guest under KVM and uses it if that works', fix: null };
   if (template.manifest.accel === 'kvm') return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm is usable: the template booted under KVM, VMs run with hardware acceleration', fix: null };
   if (config.sandbox.accel === 'tcg') return { name: 'kvm', ok: true, severity: 'warning', detail: '/dev/kvm opens, but sandbox.accel is "tcg": VMs run under TCG by configuration', fix: null };
+  // a root companion's VMs run as their own uid: the device must be open to them, not only to the companion
+  const forVms = Confinement.fromConfig(config.sandbox).enabled && process.getuid?.() === 0 ? await kvmProblemForVms() : null;
   let why = '';
   try { // the template build's test-boot verdicts (qemu/accel.ts): the latest failure says why
     const verdicts = Object.values(JSON.parse(await fs.readFile(path.join(config.home, 'cache', 'accel.json'), 'utf8')) as Record<string, { accel?: unknown; detail?: unknown }>);
     const failed = verdicts.filter((v) => v.accel === 'tcg' && typeof v.detail === 'string').pop();
     why = (/^KVM test boot failed \((.*)\): using TCG/.exec(String(failed?.detail ?? '')) ?? [])[1] ?? '';
   } catch { /* no verdict cache: no reason to quote */ }
+  if (/not usable by VMs running as their own uid/.test(why)) why = '';   // said below as it is now, with its fix
   return {
     name: 'kvm', ok: false, severity: 'warning',
-    detail: `/dev/kvm opens, but a test boot under KVM failed${why ? ` (${why})` : ''}: VMs run under TCG (software CPU, much slower)`,
-    fix: 'use a host whose KVM runs guests (bare metal, or a cloud VM with nested virtualization), then: perimeter template build --force',
+    detail: `/dev/kvm opens, but a test boot under KVM failed${why ? ` (${why})` : ''}${forVms ? `; ${forVms.problem}` : ''}: VMs run under TCG (software CPU, much slower)`,
+    fix: forVms ? `${forVms.fix}, then: perimeter template build --force`
+      : 'use a host whose KVM runs guests (bare metal, or a cloud VM with nested virtualization), then: perimeter template build --force',
   };
 }
 
@@ -73,12 +91,13 @@ async function deviceGroup(device: string): Promise<string | null> {
   try { return groupName((await fs.stat(device)).gid, readFileSync('/etc/group', 'utf8')); } catch { return null; }
 }
 
-export function groupName(gid: number, etcGroup: string): string | null {
-  for (const line of etcGroup.split('\n')) {
-    const [name, , id] = line.split(':');
-    if (name && Number(id) === gid) return name;
-  }
-  return null;
+export { groupName };
+
+/** Why VMs running as their own uid cannot open /dev/kvm here, and the fix (qemu/confine.ts), or null. */
+async function kvmProblemForVms(): Promise<{ problem: string; fix: string } | null> {
+  try {
+    return kvmProblemForVmUids(await fs.stat('/dev/kvm'), readFileSync('/etc/group', 'utf8'));
+  } catch { return null; }
 }
 
 /** How this user gets access to /dev/kvm, given the group that owns it (root or none: there is no group to join). */
@@ -204,8 +223,8 @@ export const doctorCommand: Command = {
       add({ name: 'journal', ok: false, severity: 'error', detail: errorMessage(err), fix: err instanceof JournalCorrupt ? `repair or remove line ${err.line}, or move the journal aside (mv ${err.file} ${err.file}.damaged)` : null });
     }
 
-    const rg = await run('rg', ['--version']);
-    add({ name: 'ripgrep', ok: rg.ok, severity: 'warning', detail: rg.ok ? rg.out.split('\n')[0]! : 'rg not found on this host (the process driver runs grep with the host rg)', fix: rg.ok ? null : 'sudo apt-get install ripgrep' });
+    const rg = await run('rg', ['--version'], SHELL_BASE_ENV.PATH);
+    add(ripgrepCheck(rg.ok ? rg.out.split('\n')[0]! : null));
 
     const cli = cliInvocation();
     for (const c of checks) { c.detail = fitCommands(c.detail, cli); c.fix = c.fix && fitCommands(c.fix, cli); }

@@ -3,10 +3,11 @@
 // (no `usermod -aG kvm` on a host without a kvm group). The pure helpers, and the built CLI run from such a copy.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { cpSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { cliInvocation, fitCommands, groupName, kvmAccessFix } from '../../companion/commands/doctor';
+import { cliInvocation, fitCommands, groupName, kvmAccessFix, ripgrepCheck } from '../../companion/commands/doctor';
+import { kvmProblemForVmUids } from '../../companion/sandbox/qemu/confine';
 import { DoctorReport } from '../../companion/protocol/doctor';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -23,6 +24,39 @@ describe('doctor fixes fit the host', () => {
     }
     assert.equal(groupName(993, 'root:x:0:\nkvm:x:993:ann\n'), 'kvm');
     assert.equal(groupName(993, 'root:x:0:\n'), null);
+  });
+
+  it('lets a root companion\'s VMs (their own uids) open /dev/kvm through the group the host has, or one it creates', () => {
+    const etc = (...groups: string[]) => ['root:x:0:', ...groups].join('\n');
+    const CHR = 0o20000;
+    assert.equal(kvmProblemForVmUids({ mode: CHR | 0o660, gid: 993 }, etc('kvm:x:993:')), null);
+    assert.equal(kvmProblemForVmUids({ mode: CHR | 0o666, gid: 0 }, etc()), null, 'open to all');
+    const rule = (g: string) => `; to keep it across reboots, add the udev rule 'KERNEL=="kvm", GROUP="${g}", MODE="0660"' to /etc/udev/rules.d/65-kvm.rules`;
+    // root's device on a host without a kvm group (this container's case): the group is created first
+    assert.deepEqual(kvmProblemForVmUids({ mode: CHR | 0o600, gid: 0 }, etc('users:x:100:')), {
+      problem: '/dev/kvm (mode 600, group root) is not usable by VMs running as their own uid',
+      fix: `sudo groupadd -r kvm && sudo chgrp kvm /dev/kvm && sudo chmod 660 /dev/kvm${rule('kvm')}`,
+    });
+    assert.equal(kvmProblemForVmUids({ mode: CHR | 0o660, gid: 0 }, etc('kvm:x:993:'))!.fix, `sudo chgrp kvm /dev/kvm && sudo chmod 660 /dev/kvm${rule('kvm')}`,
+      'root\'s group is never handed to VMs; an existing kvm group is used');
+    assert.equal(kvmProblemForVmUids({ mode: CHR | 0o600, gid: 994 }, etc('vmusers:x:994:'))!.fix, `sudo chmod 660 /dev/kvm${rule('vmusers')}`,
+      'the group that owns the device stays');
+    for (const gid of [0, 994]) {
+      for (const groups of [etc(), etc('vmusers:x:994:')]) {
+        const fix = kvmProblemForVmUids({ mode: CHR | 0o600, gid }, groups)!.fix;
+        assert.ok(!fix.includes('chgrp kvm') || fix.includes('groupadd -r kvm') || groups.includes('\nkvm:'), `no kvm group is assumed: ${fix}`);
+      }
+    }
+  });
+
+  it('says what grep loses without ripgrep, and how to install it', () => {
+    const missing = ripgrepCheck(null);
+    assert.equal(missing.ok, false);
+    assert.equal(missing.severity, 'warning', 'the tools still work');
+    assert.match(missing.detail, /^rg not found on this host: with the process driver, grep falls back to a host-side search .*slower/);
+    assert.match(missing.detail, /\.gitignore/);
+    assert.equal(missing.fix, 'sudo apt-get install ripgrep');
+    assert.deepEqual(ripgrepCheck('ripgrep 13.0.0'), { name: 'ripgrep', ok: true, severity: 'warning', detail: 'ripgrep 13.0.0 (the process driver\'s grep tool runs it)', fix: null });
   });
 
   it('names the CLI as this installation runs it', () => {
@@ -57,5 +91,35 @@ describe('doctor fixes fit the host', () => {
       const texts = report.checks.flatMap((c) => [c.detail, c.fix ?? '']);
       assert.ok(!texts.some((t) => /(^|[\s`:])perimeter template build/.test(t)), texts.filter((t) => /perimeter template/.test(t)).join('\n'));
     } finally { rmSync(dir, { recursive: true, force: true }); }
+  });
+
+  it('with a template that runs under TCG, the kvm check\'s fix fits this host\'s /dev/kvm and groups (built CLI)', function () {
+    this.timeout(60_000);
+    const home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-doctor-kvm-'));
+    try {
+      const tdir = path.join(home, 'templates', '0123456789abcdef');
+      mkdirSync(tdir, { recursive: true });
+      writeFileSync(path.join(home, 'templates', 'current'), '0123456789abcdef');
+      writeFileSync(path.join(tdir, 'template.json'), JSON.stringify({ version: 1, hash: '0123456789abcdef', createdAt: new Date().toISOString(), kernel: 'tiny', accel: 'tcg',
+        qemuVersion: 'QEMU 7.2', memoryMiB: 256, vcpus: 1, writableMiB: 128, append: '', machineOpts: '', rootfsSource: 'mmdebstrap', files: {}, bootMs: 1, snapshotMs: 1 }));
+      mkdirSync(path.join(home, 'cache'));
+      // a verdict recorded before this fix, with the advice it gave then
+      writeFileSync(path.join(home, 'cache', 'accel.json'), JSON.stringify({ k: { accel: 'tcg',
+        detail: 'KVM test boot failed (/dev/kvm (mode 600, gid 0) is not usable by VMs running as their own uid (fix: chgrp kvm /dev/kvm && chmod 660 /dev/kvm, as Debian\'s udev rules do)): using TCG (software CPU: for testing only, much slower)' } }));
+      let out: string;
+      try {
+        out = execFileSync(process.execPath, [path.join(ROOT, 'dist', 'perimeter.js'), 'doctor', '--json', '--home', home], { encoding: 'utf8', env: { PATH: '/usr/bin:/bin', HOME: process.env.HOME ?? '/root' } });
+      } catch (err) { out = (err as { stdout: string }).stdout; }
+      const kvm = DoctorReport.parse(JSON.parse(out)).checks.find((c) => c.name === 'kvm')!;
+      const etcGroup = readFileSync('/etc/group', 'utf8');
+      const text = `${kvm.detail} ${kvm.fix ?? ''}`;
+      if (!/^kvm:/m.test(etcGroup)) assert.ok(!/chgrp kvm/.test(text) || /groupadd -r kvm && sudo chgrp kvm/.test(text), `no kvm group here: ${text}`);
+      if (!existsSync('/dev/kvm')) return;   // the check says it is missing; nothing about VM uids to fit
+      const forVms = process.getuid?.() === 0 ? kvmProblemForVmUids(statSync('/dev/kvm'), etcGroup) : null;
+      if (forVms) {
+        assert.match(kvm.detail, new RegExp(`; ${forVms.problem.replace(/[()]/g, '\\$&')}: VMs run under TCG`));
+        assert.ok(kvm.fix!.startsWith(`${forVms.fix}, then: `), kvm.fix!);
+      } else assert.doesNotMatch(text, /not usable by VMs running as their own uid/);
+    } finally { rmSync(home, { recursive: true, force: true }); }
   });
 });

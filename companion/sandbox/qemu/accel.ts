@@ -1,8 +1,9 @@
 // Accelerator choice. KVM is used only when a test boot of the real kernel + initramfs under KVM reaches the agent's
 // HELLO in time: a /dev/kvm that opens is not enough (a nested kvm-pvm device accepts KVM_CREATE_VM yet cannot run
 // normal guests). Otherwise TCG, which is for testing only. The verdict is cached per (kernel, initramfs, QEMU, host
-// kernel) in <home>/cache/accel.json so the probe runs once, not at every start.
-import { existsSync, mkdirSync, readFileSync, writeFileSync, rmSync } from 'node:fs';
+// kernel, /dev/kvm's owner and mode) in <home>/cache/accel.json so the probe runs once, not at every start, and again
+// once the device's access was fixed.
+import { existsSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -35,7 +36,9 @@ export async function chooseAccel(o: { wanted: 'auto' | 'kvm' | 'tcg'; binary: s
     return { accel: 'tcg', detail: 'no /dev/kvm: using TCG (software CPU: for testing only, much slower)' };
   }
   const cacheFile = path.join(o.home, 'cache', 'accel.json');
-  const key = createHash('sha256').update(JSON.stringify([o.imageKey, qemuVersion(o.binary), os.release()])).digest('hex');
+  // who may open the device is part of the key: after its fix (doctor, qemu/confine.ts) the probe runs again
+  const kvm = statSync('/dev/kvm');
+  const key = createHash('sha256').update(JSON.stringify([o.imageKey, qemuVersion(o.binary), os.release(), kvm.mode, kvm.uid, kvm.gid])).digest('hex');
   let cache: Record<string, AccelVerdict> = {};
   try { cache = JSON.parse(readFileSync(cacheFile, 'utf8')) as Record<string, AccelVerdict>; } catch { /* no cache yet */ }
   let verdict = cache[key];

@@ -177,6 +177,38 @@ const LAUNCHER = [
   'while :; do wait "$jail"; status=$?; kill -0 "$jail" 2>/dev/null || exit "$status"; done',
 ].join('\n');
 
+/** The name of the group `gid` in /etc/group's text, or null when it has none there. */
+export function groupName(gid: number, etcGroup: string): string | null {
+  for (const line of etcGroup.split('\n')) {
+    const [name, , id] = line.split(':');
+    if (name && Number(id) === gid) return name;
+  }
+  return null;
+}
+
+function readEtcGroup(): string {
+  try { return readFileSync('/etc/group', 'utf8'); } catch { return ''; }
+}
+
+/**
+ * Why VMs running as their own uid (a root companion's) cannot open /dev/kvm with this owner and mode, and the fix
+ * that fits this host, or null when they can: they get the device's group as their one supplementary group, so it
+ * must be a group other than root with read-write access, or the device open to all. The fix names the group that
+ * owns the device, else the host's kvm group, else creates one; a udev rule keeps it across reboots.
+ */
+export function kvmProblemForVmUids(kvm: { mode: number; gid: number }, etcGroup: string): { problem: string; fix: string } | null {
+  if ((kvm.mode & 0o006) === 0o006 || ((kvm.mode & 0o060) === 0o060 && kvm.gid !== 0)) return null;
+  const owner = kvm.gid === 0 ? null : groupName(kvm.gid, etcGroup);
+  const hasKvmGroup = etcGroup.split('\n').some((l) => l.split(':')[0] === 'kvm');
+  const group = owner ?? 'kvm';
+  const steps = [...(owner || hasKvmGroup ? [] : ['sudo groupadd -r kvm']), ...(owner ? [] : ['sudo chgrp kvm /dev/kvm']), 'sudo chmod 660 /dev/kvm'];
+  const rule = `KERNEL=="kvm", GROUP="${group}", MODE="0660"`;
+  return {
+    problem: `/dev/kvm (mode ${(kvm.mode & 0o777).toString(8)}, group ${owner ?? (kvm.gid === 0 ? 'root' : `gid ${kvm.gid}`)}) is not usable by VMs running as their own uid`,
+    fix: `${steps.join(' && ')}; to keep it across reboots, add the udev rule '${rule}' to /etc/udev/rules.d/65-kvm.rules`,
+  };
+}
+
 /** The child of `reaper` (QEMU, started by the jail's PID 1), or `reaper` itself while it has none. */
 function childOf(reaper: number): number {
   try {
@@ -322,9 +354,8 @@ export class Confinement {
       let kvmGid: number | null = null;
       if (req.kvm && owner) {
         const kvm = statSync('/dev/kvm');
-        if ((kvm.mode & 0o006) !== 0o006 && ((kvm.mode & 0o060) !== 0o060 || kvm.gid === 0)) {
-          throw fatal('confinement_unavailable', `/dev/kvm (mode ${(kvm.mode & 0o777).toString(8)}, gid ${kvm.gid}) is not usable by VMs running as their own uid (fix: chgrp kvm /dev/kvm && chmod 660 /dev/kvm, as Debian's udev rules do)`);
-        }
+        const problem = kvmProblemForVmUids(kvm, readEtcGroup());
+        if (problem) throw fatal('confinement_unavailable', `${problem.problem} (fix: ${problem.fix})`);
         kvmGid = kvm.gid;
       }
       const bwrapArgs = this.bwrapArgs(req, ro, ram.env);
