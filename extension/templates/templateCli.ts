@@ -1,8 +1,10 @@
 // This machine's templates through the companion's CLI (`perimeter template ls|build|rm`, the bundle the extension
 // carries): the rows of `template ls --json` and a build's progress from `template build --json`, each line checked
 // against the shared schemas (companion/protocol/template.ts). No `vscode` here: unit tests load it in plain Node.
-// Invariants: a build runs in its own process group, so cancelling it stops the CLI and everything it started
-// (mmdebstrap, the template VM); output that is not a known line is passed on as a plain message, never trusted.
+// Invariants: a build runs in its own process group; cancelling it sends that group SIGTERM (SIGKILL 3 s later), on
+// which the CLI ends everything it started (mmdebstrap, make, the unpack jail, the template VM: each in a group of its
+// own, companion/sandbox/template/build-tools.ts) and removes its partial outputs before it exits; output that is not
+// a known line is passed on as a plain message, never trusted.
 import { spawn } from 'node:child_process';
 import { BuildLineSchema, TemplateListSchema, type BuildLine, type TemplateRow } from '../../companion/protocol/template';
 

@@ -124,9 +124,6 @@ export function trackPartial(file: string): () => void {
   return () => { partials.delete(file); };
 }
 
-/** Helpers of this process still running (for tests and diagnostics). */
-export function liveHelperCount(): number { return live.size; }
-
 const pidAlive = (pid: number) => {
   try { process.kill(pid, 0); return true; } catch (err) { return (err as NodeJS.ErrnoException).code === 'EPERM'; }
 };
