@@ -115,9 +115,10 @@ describe('a stopped template build (built CLI, real mmdebstrap)', function () {
     const build = await whenCommandRuns(cli.pid!, marker);
     assert.match(stdout, /rootfs: mmdebstrap --mode=unshare/);
     process.kill(cli.pid!, 'SIGTERM');   // the CLI alone, as `kill` or a service manager does
-    assert.deepEqual(await exited, { code: 143, signal: null }, stderr);
-    assert.match(stderr, /build stopped by SIGTERM/);
+    const status = await exited;
     await assertNothingLeft(home, build, marker);
+    assert.deepEqual(status, { code: 143, signal: null }, stderr);
+    assert.match(stderr, /build stopped by SIGTERM/);
   });
 
   it('the extension\'s Cancel ends the build the same way', async () => {
