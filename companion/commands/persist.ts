@@ -199,7 +199,7 @@ async function withGeneration<T>(config: Config, sessionId: string, generation: 
 }
 
 /** A file's bytes in order, PERSIST_READ_MAX at a time; `size` (what the listing said): a file that answers with
- *  another size, or more bytes, fails. */
+ *  another size, more bytes or fewer, fails. */
 async function* fileChunks(g: GenerationReader, file: string, size: number | null): AsyncGenerator<Buffer> {
   for (let offset = 0; ;) {
     const r = await g.read(file, offset);
@@ -207,7 +207,8 @@ async function* fileChunks(g: GenerationReader, file: string, size: number | nul
     if (r.data.length > 0) yield r.data;
     offset += r.data.length;
     if (offset > r.size) throw fatal('persist_export_size', `${showPath(file)} gave more bytes than its size`);
-    if (offset >= r.size || r.data.length === 0) return;
+    if (offset === r.size) return;
+    if (r.data.length === 0) throw fatal('persist_export_size', `${showPath(file)} ended after ${offset} of its ${r.size} bytes`);
   }
 }
 

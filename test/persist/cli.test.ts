@@ -10,6 +10,7 @@ import type { WorkerControl } from '../../companion/control/types';
 import { EventHub } from '../../companion/events';
 import { Journal } from '../../companion/journal/journal';
 import type { ControlEvent } from '../../companion/protocol/control';
+import type { PersistHistory } from '../../companion/persist/types';
 import { newPersistence, processDriver, runCall, tempDir } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
@@ -141,6 +142,25 @@ describe('persist: perimeter persist CLI', function () {
         assert.deepEqual(readdirSync(live), ['sub']);
         assert.equal(readFileSync(path.join(live, 'sub/big.txt'), 'utf8'), big);
       } finally { await server.close(); }
+      // a reader that stops answering bytes before the listed size: the export fails, it does not end the file short
+      const short: PersistHistory = {
+        generations: (id) => persistence.generations(id), entries: (id, g, page) => persistence.entries(id, g, page), rollback: (id, g) => persistence.rollback(id, g),
+        readFile: async (id, g, file, offset, length) => {
+          const r = await persistence.readFile(id, g, file, offset, length);
+          return offset > 0 ? { size: r.size, data: Buffer.alloc(0) } : r;
+        },
+      };
+      const shortServer = await startControlServer({ home, hub: new EventHub(), journal: Journal.open(path.join(home, 'journal')), persistence, persistHistory: short, worker });
+      try {
+        const r = await new Promise<{ code: number | null; err: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'export', '--home', home, '--session', s, '--to', path.join(home, 'out-short'), '/workspace/sub'], { cwd: ROOT });
+          let err = '';
+          child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+          child.on('exit', (code) => resolve({ code, err }));
+        });
+        assert.equal(r.code, 1);
+        assert.match(r.err, new RegExp(`"/workspace/sub/big\\.txt" ended after 1048576 of its ${big.length} bytes`));
+      } finally { await shortServer.close(); }
     } finally { await sbx.dispose(); rmSync(outside, { recursive: true, force: true }); }
   });
 
