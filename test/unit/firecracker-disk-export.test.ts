@@ -160,8 +160,12 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     shareForExports(jailRoot);
     vmDir = jailRoot;
     const jailed = await exported(2);
-    assert.equal(sweepOrphans(path.join(home, 'jail', 'firecracker'), 'root'), 1);
-    await jailed.exp.exited;
+    // a jailed Firecracker's command line names its VM id, not its directory
+    const firecracker = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 600000)', 'firecracker', '--id', 'fc-jailed', '--api-sock', '/fc.sock'], { stdio: 'ignore' });
+    writeFileSync(path.join(jailRoot, 'firecracker.pid'), String(firecracker.pid));
+    const firecrackerGone = new Promise((r) => firecracker.once('exit', r));
+    assert.equal(sweepOrphans(path.join(home, 'jail', 'firecracker'), 'root'), 2, 'the jail\'s qsd and Firecracker were killed');
+    await Promise.all([jailed.exp.exited, firecrackerGone]);
     assert.deepEqual(mountPoints().filter((m) => m.startsWith(`${home}/`)), [], 'the export and the shared root are unmounted');
     assert.ok(!existsSync(path.dirname(jailRoot)), 'the jail directory is removed');
   });

@@ -5,7 +5,8 @@
 // - One Firecracker process per VM, in its own run directory (or its own jailer chroot), spawned with an empty
 //   environment; paths stored in the snapshot are relative to that directory, so every clone resolves them to its
 //   own copies (the root image is hard-linked, read-only).
-// - The Firecracker snapshot is built once per template and Firecracker version under <template>/firecracker-<v>/.
+// - The Firecracker snapshot is built once per template and Firecracker version under <template>/firecracker-<v>/
+//   (firecracker-<v>-sdisk/ for a template with a session disk: its snapshot has the placeholder drive).
 // - Every sandbox is ready only after snapshot load + vsock connect + ping + init (clock, entropy, limits).
 // - A template with a session disk is snapshotted with a second, writable drive on a sparse placeholder of the disk's
 //   size; each VM gets its own placeholder (never shared: the drive is writable), and the session's layers are

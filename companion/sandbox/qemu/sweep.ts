@@ -3,8 +3,9 @@
 // left alone; a QEMU (or the jail around it, whose pid the launcher records in jail.pid: killing it takes the whole
 // PID namespace down) is killed only if its pidfile names a live process whose command line is a QEMU or jail started
 // with that very run directory, so a recycled pid is never killed by mistake. The same holds for the
-// qemu-storage-daemon of a Firecracker VM's session disk (qsd-*.pid); a FUSE mount it left in the run directory (it
-// was killed) is unmounted before the directory is removed.
+// qemu-storage-daemon of a Firecracker VM's session disk (qsd-*.pid) and a jailed Firecracker (firecracker.pid, its
+// command line naming the jail's VM id); a FUSE mount left in the run directory (its qsd was killed) and the jail
+// root's own bind mount are unmounted before the directory is removed.
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -49,11 +50,12 @@ export function sweepOrphans(vmsDir: string, inner = ''): number {
     if (owner === process.pid) continue;
     const ownerCmd = owner ? cmdline(owner) : null;
     if (ownerCmd && /node|perimeter/.test(ownerCmd)) continue; // a live companion owns it
-    const pidFiles = ['qemu.pid', 'vmm.pid', 'jail.pid', ...files.filter((f) => /^qsd-[\w.-]+\.pid$/.test(f))];
+    const pidFiles = ['qemu.pid', 'vmm.pid', 'jail.pid', 'firecracker.pid', ...files.filter((f) => /^qsd-[\w.-]+\.pid$/.test(f))];
     for (const pidFile of pidFiles) {
       const vmm = readPid(path.join(dir, pidFile));
       const vmmCmd = vmm ? cmdline(vmm) : null;
-      if (vmm && vmmCmd && /qemu-system|qemu-storage-daemon|firecracker|bwrap/.test(vmmCmd) && vmmCmd.includes(dir)) {
+      // a jailed Firecracker's command line names its VM id (the jail directory), not the directory
+      if (vmm && vmmCmd && /qemu-system|qemu-storage-daemon|firecracker|bwrap/.test(vmmCmd) && (vmmCmd.includes(dir) || (inner !== '' && vmmCmd.includes(`--id ${name} `)))) {
         try { process.kill(vmm, 'SIGKILL'); killed++; } catch { /* exited meanwhile */ }
       }
     }
