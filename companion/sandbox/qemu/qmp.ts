@@ -1,6 +1,7 @@
 // Minimal QMP client over QEMU's per-VM Unix socket (`-qmp unix:<vm dir>/qmp.sock,server=on,wait=off`).
 // Invariants: one command in flight at a time per client (QMP answers in order); every command has a deadline;
-// asynchronous events are ignored; any malformed line or closed socket fails all pending commands.
+// asynchronous events are ignored; any malformed line or closed socket fails all pending commands, always with a
+// QmpError.
 import net from 'node:net';
 import { z } from 'zod';
 
@@ -43,7 +44,9 @@ export class Qmp {
       }
     });
     sock.on('close', () => this.fail(new QmpError('QMP socket closed')));
-    sock.on('error', (e) => this.fail(e));
+    // A socket error (QEMU died with a command unread: ECONNRESET, EPIPE) is QEMU's failure, reported as one: callers
+    // tell host I/O failures (errors with a syscall) from the VM's by type.
+    sock.on('error', (e) => this.fail(new QmpError(`QMP connection to QEMU lost (${(e as NodeJS.ErrnoException).code ?? e.message})`)));
   }
 
   /** Connects (retrying while QEMU creates the socket), reads the greeting and negotiates capabilities. */
