@@ -66,8 +66,10 @@ const zombie = (pid: string) => { try { return /^State:\s+Z/m.test(readFileSync(
 
 /** Live processes (other than `except`) whose command line names something under `dir`, as "pid: command line". */
 export function processesUnder(dir: string, except: number[] = []): string[] {
+  // Each command line is read once: a process may exit between two reads.
   return readdirSync('/proc').filter((p) => /^\d+$/.test(p) && !except.includes(Number(p)))
-    .filter((p) => !zombie(p) && (cmdlineOf(p) ?? '').includes(`${dir}/`)).map((p) => `${p}: ${cmdlineOf(p)!.slice(0, 160)}`);
+    .map((p) => ({ p, cmdline: zombie(p) ? null : cmdlineOf(p) }))
+    .filter(({ cmdline }) => cmdline?.includes(`${dir}/`)).map(({ p, cmdline }) => `${p}: ${cmdline!.slice(0, 160)}`);
 }
 
 /** The QEMU processes of the VMs of the companion whose state directory is `home`. */

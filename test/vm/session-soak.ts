@@ -39,7 +39,9 @@ export interface SoakResult {
   calls: number;
   workerKills: number;
   qemuKills: number;
-  /** Calls a kill interrupted (no result posted yet), by what the next call saw. */
+  /** Kills that came before the agent made the next call (that call must then run as if nothing happened). */
+  betweenCalls: number;
+  /** Calls a kill interrupted (made, no result posted yet), by what the next call saw. */
   interruptedCommitted: number;
   interruptedNotCommitted: number;
   /** Files the model holds that a call did not find. */
@@ -233,7 +235,7 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
   }
   plans.push({ ops: [], kill: null }); // a last call that only prints the tree the soak left
 
-  const result: SoakResult = { calls: o.calls, workerKills: 0, qemuKills: 0, interruptedCommitted: 0, interruptedNotCommitted: 0, lost: 0, stale: 0, reruns: 0, failedCalls: 0, unanswered: 0, firstProblem: '', minutes: 0 };
+  const result: SoakResult = { calls: o.calls, workerKills: 0, qemuKills: 0, betweenCalls: 0, interruptedCommitted: 0, interruptedNotCommitted: 0, lost: 0, stale: 0, reruns: 0, failedCalls: 0, unanswered: 0, firstProblem: '', minutes: 0 };
   const problem = (what: string) => { if (!result.firstProblem) result.firstProblem = what; log(`soak: ${what}`); };
   const dq: DevQueue = await startDevQueue({ leaseTtlSeconds: 5 });
   const home = tmpDir('perimeter-soak-');
@@ -268,7 +270,13 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
   try {
     await start();
     const sid = dq.createSession(scenario(plans.map((p, i) => ({ label: `soak call ${i}`, tool: 'bash', input: { command: callScript(i, p.ops) } }))));
-    const unfinished = () => dq.report(sid).steps.findIndex((s) => !answered(s));
+    // The call a kill interrupts: the first one unanswered, if the agent has already made it (a call not yet made
+    // cannot be in the worker's hands, so a kill before it must leave it untouched: a kill between calls).
+    const unfinished = () => {
+      const steps = dq.report(sid).steps;
+      const k = steps.findIndex((s) => !answered(s));
+      return k >= 0 && steps[k]!.toolUseId !== null ? k : -1;
+    };
     for (let i = 0; i < plans.length; i++) {
       const kill = plans[i]!.kill;
       if (kill) {
@@ -283,8 +291,8 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
           live.worker!.proc.kill('SIGKILL');
           await live.worker!.exit;
           result.workerKills++;
-          if (victim >= 0) interrupted.add(victim);
-          log(`soak: worker SIGKILLed ${when} (call ${victim} unfinished)`);
+          if (victim >= 0) interrupted.add(victim); else result.betweenCalls++;
+          log(`soak: worker SIGKILLed ${when} (${victim >= 0 ? `call ${victim} unfinished` : 'between calls'})`);
           await start();
         } else {
           const qemu = await callQemu(home);
@@ -292,8 +300,8 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
           if (qemu) {
             process.kill(qemu, 'SIGKILL');
             result.qemuKills++;
-            if (victim >= 0) interrupted.add(victim);
-            log(`soak: QEMU SIGKILLed ${when} (call ${victim} unfinished)`);
+            if (victim >= 0) interrupted.add(victim); else result.betweenCalls++;
+            log(`soak: QEMU SIGKILLed ${when} (${victim >= 0 ? `call ${victim} unfinished` : 'between calls'})`);
           } else log(`soak: no QEMU with the session disk to kill ${when}`);
         }
       }
