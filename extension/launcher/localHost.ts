@@ -12,11 +12,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, watch, type FSWatcher, mkdirSync, openSync, closeSync, statSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { LAUNCH_FILE, type WorkerLaunch } from '../../companion/protocol/launch';
-import { Emitter } from '../common/emitter';
-import { Disposable, toDisposable } from '../common/lifecycle';
+import { toDisposable } from '../common/lifecycle';
+import { HostEvents } from './hostEvents';
 import { LogFollower, tailLines } from './logFollower';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep, type CliOptions,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type CliOptions,
   launchFor, parseEndpointFile, parseEnvironmentCheck, pidAlive, delay, runProgram, workerStartFailure,
 } from './workerHost';
 import type { EnvironmentCheck } from '../../companion/protocol/environment';
@@ -36,18 +36,12 @@ export interface LocalHostOptions {
   nodePath?: string;
 }
 
-export class LocalHost extends Disposable implements WorkerHost {
+export class LocalHost extends HostEvents implements WorkerHost {
   readonly hostId = 'local';
   readonly label = 'This machine';
   readonly remote = false;
   private child: ChildProcess | null = null;
   private follower: LogFollower | null = null;
-  private readonly linkDown = this._register(new Emitter<string>());
-  private readonly logs = this._register(new Emitter<string>());
-  private readonly steps = this._register(new Emitter<{ step: HostStep; detail: string }>());
-  readonly onLinkDown = this.linkDown.event;
-  readonly onLog = this.logs.event;
-  onStep(listener: (step: HostStep, detail: string) => void) { return this.steps.event(({ step, detail }) => listener(step, detail)); }
 
   constructor(private readonly opts: LocalHostOptions) {
     super();

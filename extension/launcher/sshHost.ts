@@ -20,12 +20,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { EnvironmentCheck } from '../../companion/protocol/environment';
-import { Emitter } from '../common/emitter';
-import { Disposable, toDisposable } from '../common/lifecycle';
+import { toDisposable } from '../common/lifecycle';
+import { HostEvents } from './hostEvents';
 import { scriptArgs, tunnelArgs, resolveArgs, type SshTarget } from './ssh';
 import { packTar, needsInstall, type CompanionBundle } from './bundle';
 import {
-  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type HostStep, type CliOptions,
+  type WorkerHost, type WorkerSettings, type ConnectTarget, type CommandResult, type CliOptions,
   HostUnreachableError, HostKeyError, launchFor, parseEndpointFile, parseEnvironmentCheck, delay, freePort, runProgram,
   lineSplitter, workerStartFailure,
 } from './workerHost';
@@ -37,17 +37,11 @@ export interface SshHostOptions {
   sshPath?: string;
 }
 
-export class SshHost extends Disposable implements WorkerHost {
+export class SshHost extends HostEvents implements WorkerHost {
   readonly hostId: string;
   readonly label: string;
   readonly remote = true;
   private tunnel: ChildProcess | null = null;
-  private readonly linkDown = this._register(new Emitter<string>());
-  private readonly logs = this._register(new Emitter<string>());
-  private readonly steps = this._register(new Emitter<{ step: HostStep; detail: string }>());
-  readonly onLinkDown = this.linkDown.event;
-  readonly onLog = this.logs.event;
-  onStep(listener: (step: HostStep, detail: string) => void) { return this.steps.event(({ step, detail }) => listener(step, detail)); }
   /** known_hosts lines for the host keys last shown in a HostKeyError (what trustHostKey adds). */
   private scannedKeys: { file: string; lines: string[] } | null = null;
 
