@@ -32,6 +32,8 @@ describe('persist: a Firecracker session disk\'s raw export under a real guest k
   let driver: QemuDriver;
   let home: string;
   let store: DiskStore;
+  /** Every export a test started (ended after it, whatever it asserted). */
+  let started: RawExport[] = [];
   before(function () {
     skipWithoutVms(this);
     const why = !templateDiskBytes() ? 'the template has no session disk (rebuild it: perimeter template build)' : exportMissing();
@@ -44,6 +46,8 @@ describe('persist: a Firecracker session disk\'s raw export under a real guest k
     store = await DiskStore.open(home, 'sesn_fcvm', { bytes: DISK_BYTES, keepGenerations: 3 });
   });
   afterEach(async () => {
+    await Promise.all(started.map((e) => e.kill()));
+    started = [];
     await store.idle();
     rmSync(home, { recursive: true, force: true });
   });
@@ -55,6 +59,7 @@ describe('persist: a Firecracker session disk\'s raw export under a real guest k
     try {
       const pending = await store.openLayer(async (layer, backing) => {
         exp = await RawExport.start({ layers: [layer.path, ...backing], mountpoint: path.join(home, `sdisk-${n}.raw`), pidFile: path.join(home, `qsd-${n}.pid`) });
+        started.push(exp);
         const q = await sb.vm.qmp();
         await q.cmd('blockdev-add', { driver: 'file', 'node-name': 'fc-export', filename: exp.mountpoint, locking: 'off' });
         await q.cmd('blockdev-reopen', { options: [{ driver: 'raw', 'node-name': 'sdisk', file: 'fc-export' }] });

@@ -48,6 +48,8 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
   let home: string;
   let vmDir: string;
   let store: DiskStore;
+  /** Every export a test started (ended after it, whatever it asserted). */
+  let started: RawExport[] = [];
   before(function () { if (why) { console.log(`      SKIPPED: ${why}`); this.skip(); } });
   beforeEach(async () => {
     home = mkdtempSync(path.join(os.tmpdir(), 'fc-export-'));
@@ -58,6 +60,8 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     store = await DiskStore.open(home, 'sesn_fc', { bytes: 64 * MiB, keepGenerations: 3 });
   });
   afterEach(async () => {
+    await Promise.all(started.map((e) => e.kill()));
+    started = [];
     await store.idle();
     unmountUnder(home);
     rmSync(home, { recursive: true, force: true });
@@ -69,6 +73,7 @@ describe(why ? `firecracker session-disk export: SKIPPED (${why})` : 'firecracke
     const file = path.join(vmDir, `sdisk-${n}.raw`);
     const pending = await store.openLayer(async (layer, backing) => {
       exp = await RawExport.start({ layers: [layer.path, ...backing], mountpoint: file, pidFile: path.join(vmDir, `qsd-${n}.pid`), owner: JAIL });
+      started.push(exp);
     }, over);
     return { pending, exp: exp!, file };
   }
