@@ -27,6 +27,7 @@ import { DiskPersistence } from '../persist/disk/persistence';
 import { DiskStore } from '../persist/disk/store';
 import { collectDisks } from '../persist/disk/retention';
 import { SESSION_UNKNOWN, sessionKnownOnDisk, unknownSession } from '../persist/known-session';
+import type { PersistHistory } from '../persist/types';
 import type { Config } from '../config';
 import { formatBytes } from '../protocol/format';
 import type { PersistState } from '../protocol/control';
@@ -57,7 +58,7 @@ const USAGE = [
   '(created if absent) at their path below the PATH\'s parent (without PATH: /workspace/a.txt goes to DIR/workspace/a.txt).',
   'Never written: symlinks (persisted ones, or one met in DIR), names that are not plain (control characters, ., ..,',
   'over 255 bytes), a destination that is not a regular file, an existing file unless --overwrite. Each is reported;',
-  'the exit status is 1 when DIR refused a file.',
+  'the exit status is 1 when DIR refused a file or the generation holds more entries than one listing (50 000).',
 ].join('\n');
 
 type CliMethod = Extract<ControlMethod, 'getPersist' | 'setPersist' | 'rollbackPersist' | 'listPersistFiles' | 'readPersistFile' | 'collectDisks'>;
@@ -161,7 +162,7 @@ async function withBrowseVms<T>(config: Config, fn: (disks: DiskPersistence) => 
 /** One generation of a session, read a page or a slice at a time. */
 interface GenerationReader {
   readonly generation: number;
-  entries(page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }>;
+  entries(page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null; truncated?: boolean }>;
   /** At most PERSIST_READ_MAX bytes of `file` from `offset`, and the file's size. */
   read(file: string, offset: number): Promise<{ size: number; data: Buffer }>;
 }
@@ -179,7 +180,7 @@ async function withGeneration<T>(config: Config, sessionId: string, generation: 
     };
     return fn({
       generation: gen,
-      entries: async (page) => { const r = await ask('listPersistFiles', { sessionId, generation: gen, ...page }); return { items: r.items, nextCursor: r.nextCursor }; },
+      entries: async (page) => { const r = await ask('listPersistFiles', { sessionId, generation: gen, ...page }); return { items: r.items, nextCursor: r.nextCursor, truncated: r.truncated }; },
       read: async (file, offset) => {
         const r = await ask('readPersistFile', { sessionId, generation: gen, path: file, offset, length: PERSIST_READ_MAX });
         return { size: r.size, data: Buffer.from(r.data, 'base64') };
@@ -187,7 +188,7 @@ async function withGeneration<T>(config: Config, sessionId: string, generation: 
     });
   }
   if (!await sessionKnownOnDisk(config.home, sessionId)) throw unknownSession(sessionId);
-  const local = (history: Pick<DiskPersistence, 'entries' | 'readFile'>, gen: number): GenerationReader => ({
+  const local = (history: Pick<PersistHistory, 'entries' | 'readFile'>, gen: number): GenerationReader => ({
     generation: gen,
     entries: (page) => history.entries(sessionId, gen, page),
     read: (file, offset) => history.readFile(sessionId, gen, file, offset, PERSIST_READ_MAX),
@@ -226,6 +227,8 @@ export interface ExportReport {
   skipped: ExportPlan['skipped'];
   /** Files the target directory refused (a symlink or non-file there, an existing file without --overwrite). */
   refused: string[];
+  /** The generation holds more entries than its listing: files beyond it were not exported. */
+  truncated: boolean;
 }
 
 /** Exports the regular files of a generation under `roots` into `to` (created when absent; it must be a real
@@ -236,12 +239,14 @@ async function exportFiles(config: Config, sessionId: string, generation: number
   if (!st.isDirectory()) throw fatal('persist_export_target', `${to} is not a directory${st.isSymbolicLink() ? ' (a symlink: not followed)' : ''}`);
   return withGeneration(config, sessionId, generation, async (g) => {
     const entries: PersistEntry[] = [];
+    let truncated = false;
     for (let cursor: string | null = null; ;) {
-      const page: { items: PersistEntry[]; nextCursor: string | null } = await g.entries({ limit: LS_ENTRIES, cursor });
+      const page: { items: PersistEntry[]; nextCursor: string | null; truncated?: boolean } = await g.entries({ limit: LS_ENTRIES, cursor });
       entries.push(...page.items);
+      truncated ||= page.truncated === true;
       if ((cursor = page.nextCursor) === null) break;
     }
-    const report: ExportReport = { generation: g.generation, written: [], skipped: [], refused: [] };
+    const report: ExportReport = { generation: g.generation, written: [], skipped: [], refused: [], truncated };
     for (const root of roots) {
       const plan = planExport(entries, root);
       report.skipped.push(...plan.skipped);
@@ -310,8 +315,9 @@ export const persistCommand: Command = {
         process.stdout.write(`exported ${report.written.length} file(s) of generation ${report.generation} to ${shownName(path.resolve(values.to))}\n`);
         for (const x of report.skipped) process.stderr.write(`skipped ${shownName(x.guestPath)}: ${shownName(x.reason)}\n`);
         for (const x of report.refused) process.stderr.write(`not written: ${shownName(x)}\n`);
+        if (report.truncated) process.stderr.write(`incomplete: generation ${report.generation} holds more entries than its listing; files beyond it were not exported\n`);
       }
-      return report.refused.length > 0 ? 1 : 0;
+      return report.refused.length > 0 || report.truncated ? 1 : 0;
     }
     if (action === 'ls' && patterns.length > 0) throw new UsageError('ls takes no patterns');
     if (action !== 'ls' && patterns.length === 0) throw new UsageError(`${action} needs at least one PATTERN`);

@@ -55,8 +55,8 @@ export const PERSIST_NOT_FOUND = 'persist_not_found';
  *  files. Unknown generations and paths are PerimeterErrors with code PERSIST_NOT_FOUND. */
 export interface PersistHistory {
   generations(sessionId: string): Promise<{ current: number; generations: PersistGeneration[] }>;
-  /** A page of a generation's entries, sorted by path. */
-  entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }>;
+  /** A page of a generation's entries, sorted by path; `truncated` when the listing does not hold them all. */
+  entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null; truncated?: boolean }>;
   /** Up to `length` bytes of one regular file of a generation from `offset` (the whole file is verified by hash). */
   readFile(sessionId: string, generation: number, path: string, offset: number, length: number): Promise<{ size: number; data: Buffer }>;
   /** Commits a new generation with the content of `generation` (kept, not current); publishes `persist.changed`. */

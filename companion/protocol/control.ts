@@ -241,7 +241,8 @@ export const ControlResults = {
   setPersist: PersistState,
   getTranscript: z.object({ items: z.array(TranscriptEntry), nextCursor: z.string().nullable() }),
   listGenerations: z.object({ sessionId: z.string(), current: z.number().int().nonnegative(), generations: z.array(PersistGeneration) }),
-  listPersistFiles: z.object({ sessionId: z.string(), generation: z.number().int().nonnegative(), items: z.array(PersistEntry), nextCursor: z.string().nullable() }),
+  /** `truncated`: the generation holds more entries than its listing (a session disk's is capped). */
+  listPersistFiles: z.object({ sessionId: z.string(), generation: z.number().int().nonnegative(), items: z.array(PersistEntry), nextCursor: z.string().nullable(), truncated: z.boolean().optional() }),
   readPersistFile: z.object({ size: z.number().int().nonnegative(), offset: z.number().int().nonnegative(), data: z.string(), eof: z.boolean() }),
   rollbackPersist: PersistState,
   collectDisks: z.object({ removed: z.array(z.string()), retained: z.array(z.string()) }),

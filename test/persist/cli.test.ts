@@ -142,9 +142,11 @@ describe('persist: perimeter persist CLI', function () {
         assert.deepEqual(readdirSync(live), ['sub']);
         assert.equal(readFileSync(path.join(live, 'sub/big.txt'), 'utf8'), big);
       } finally { await server.close(); }
-      // a reader that stops answering bytes before the listed size: the export fails, it does not end the file short
+      // a reader that stops answering bytes before the listed size: the export fails, it does not end the file short;
+      // a listing that does not hold the whole generation: what it holds is exported, and the export says it is incomplete
       const short: PersistHistory = {
-        generations: (id) => persistence.generations(id), entries: (id, g, page) => persistence.entries(id, g, page), rollback: (id, g) => persistence.rollback(id, g),
+        generations: (id) => persistence.generations(id), rollback: (id, g) => persistence.rollback(id, g),
+        entries: async (id, g, page) => ({ ...await persistence.entries(id, g, page), truncated: true }),
         readFile: async (id, g, file, offset, length) => {
           const r = await persistence.readFile(id, g, file, offset, length);
           return offset > 0 ? { size: r.size, data: Buffer.alloc(0) } : r;
@@ -160,6 +162,14 @@ describe('persist: perimeter persist CLI', function () {
         });
         assert.equal(r.code, 1);
         assert.match(r.err, new RegExp(`"/workspace/sub/big\\.txt" ended after 1048576 of its ${big.length} bytes`));
+        const partial = await new Promise<{ code: number | null; out: string }>((resolve) => {
+          const child = spawn(process.execPath, ['--import=tsx', path.join(ROOT, 'companion/cli.ts'), 'persist', 'export', '--home', home, '--session', s, '--to', path.join(home, 'out-partial'), '--json', '/workspace/a.txt'], { cwd: ROOT });
+          let out = '';
+          child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+          child.on('exit', (code) => resolve({ code, out }));
+        });
+        assert.equal(partial.code, 1);
+        assert.deepEqual(JSON.parse(partial.out), { generation: 1, written: ['a.txt'], skipped: [], refused: [], truncated: true });
       } finally { await shortServer.close(); }
     } finally { await sbx.dispose(); rmSync(outside, { recursive: true, force: true }); }
   });

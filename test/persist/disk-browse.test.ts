@@ -202,7 +202,14 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
     const fresh = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse });
     try {
       assert.equal(await readAll(fresh, s, top.generation, '/workspace/a.txt'), '6');
+      assert.equal((await fresh.entries(s, top.generation, { limit: 1000, cursor: null })).truncated, false);
       assert.equal((await fresh.readFile(s, top.generation, '/workspace/b.txt', 0, 1024 * 1024)).size, Array.from({ length: 20000 }, (_, i) => `${i + 1}\n`).join('').length);
     } finally { await fresh.close(); }
+    // a listing capped below what the generation holds says so (the CLI's export reports itself incomplete)
+    const capped = new DiskPersistence({ home, persist, files: new Persistence({ home, persist }), mode: 'per-session', browse, browseMaxEntries: 3 });
+    try {
+      const page = await capped.entries(s, top.generation, { limit: 1000, cursor: null });
+      assert.deepEqual([page.items.length <= 3, page.truncated], [true, true]);
+    } finally { await capped.close(); }
   });
 });

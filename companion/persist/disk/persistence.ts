@@ -77,6 +77,8 @@ export interface DiskPersistenceOptions {
   preparedIdleMs?: number;
   /** How long a browse VM nobody uses is kept (default BROWSE_IDLE_MS). */
   browseIdleMs?: number;
+  /** Entries one listing holds at most (default BROWSE_MAX_ENTRIES). */
+  browseMaxEntries?: number;
   /** A fresh sandbox (no network) for reading a generation from the host; absent: generations cannot be browsed. */
   browse?: () => Promise<Sandbox>;
   /** Deletes the disks of sessions that ended `persist.retainDays` ago at start and then this often (retention.ts);
@@ -99,7 +101,7 @@ interface Browser {
 }
 
 /** One generation's files as a browse VM listed them, sorted by path. */
-interface Listing { sessionId: string; generation: number; items: PersistEntry[]; byPath: Map<string, PersistEntry>; at: number }
+interface Listing { sessionId: string; generation: number; items: PersistEntry[]; byPath: Map<string, PersistEntry>; at: number; truncated: boolean }
 
 /** A sandbox whose session disk is attached for one session. */
 interface Attached {
@@ -263,10 +265,10 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     return { current: (await store.current()).generation, generations };
   }
 
-  async entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null }> {
-    const { items } = await this.list(sessionId, generation);
+  async entries(sessionId: string, generation: number, page: { limit: number; cursor: string | null }): Promise<{ items: PersistEntry[]; nextCursor: string | null; truncated: boolean }> {
+    const { items, truncated } = await this.list(sessionId, generation);
     const start = page.cursor ? Math.max(0, Number.parseInt(page.cursor, 10) || 0) : 0;
-    return { items: items.slice(start, start + page.limit), nextCursor: start + page.limit < items.length ? String(start + page.limit) : null };
+    return { items: items.slice(start, start + page.limit), nextCursor: start + page.limit < items.length ? String(start + page.limit) : null, truncated };
   }
 
   async readFile(sessionId: string, generation: number, guestPath: string, offset: number, length: number): Promise<{ size: number; data: Buffer }> {
@@ -313,8 +315,9 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
     const next = (async () => {
       if (cached && await fresh) return cached;
       return this.inBrowseVm(sessionId, generation, async (sb) => {
-        const walked = await sb.walk(DISK_ROOT, { hash: false, maxEntries: BROWSE_MAX_ENTRIES });
-        if (walked.truncated) log.warn(`session ${sessionId}: generation ${generation} holds more than ${BROWSE_MAX_ENTRIES} entries; the listing shows the first`);
+        const maxEntries = this.opts.browseMaxEntries ?? BROWSE_MAX_ENTRIES;
+        const walked = await sb.walk(DISK_ROOT, { hash: false, maxEntries });
+        if (walked.truncated) log.warn(`session ${sessionId}: generation ${generation} holds more than ${maxEntries} entries; the listing shows the first`);
         const items: PersistEntry[] = [];
         for (const e of walked.entries) {
           if (e.type === 'other') continue;
@@ -324,7 +327,7 @@ export class DiskPersistence implements CallPersistence, PersistHistory {
           items.push({ path: p, type: e.type, size: e.type === 'file' ? e.size : 0, mode: e.type === 'symlink' ? 0o777 : e.mode, mtimeMs: e.mtimeMs, sha256: null, target: e.type === 'symlink' ? e.linkTarget ?? null : null });
         }
         items.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-        return { sessionId, generation, items, byPath: new Map(items.map((i) => [i.path, i])), at: Date.now() };
+        return { sessionId, generation, items, byPath: new Map(items.map((i) => [i.path, i])), at: Date.now(), truncated: walked.truncated };
       });
     })();
     this.listing = next;
