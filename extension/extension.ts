@@ -25,7 +25,7 @@ import { PersistFileSystem } from './persist/persistFileSystem';
 import { PERSIST_SCHEME } from './persist/persistUri';
 import { OfflineHistory } from './history/offlineHistory';
 import { registerToolCommands } from './commands/toolCommands';
-import { registerTemplates } from './templates/templatesView';
+import { registerTemplates, type TemplatesTree } from './templates/templatesView';
 import { registerHostCommands, applyDoctorContext } from './commands/hostCommands';
 import { trackKeyPresence } from './secrets';
 import * as settings from './settings';
@@ -42,6 +42,8 @@ export interface PerimeterApi {
   sessionsTree: SessionsTree;
   workerTree: WorkerTree;
   persistTree: PersistTree;
+  /** The Templates view's content: the selected host's templates. */
+  templatesTree: TemplatesTree;
   statusBar: vscode.StatusBarItem;
   /** Where VS Code writes the Worker Log channel (`<context.logUri>/<channel name>.log`). */
   logFile: vscode.Uri;
@@ -122,6 +124,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   }, TICK_MS);
   const sessionsView = vscode.window.createTreeView('perimeter.sessions', { treeDataProvider: sessionsTree, showCollapseAll: true });
 
+  const templates = registerTemplates(context, model, registry, log);
   context.subscriptions.push(
     output, statusBar, workerTree, sessionsTree, persistTree, documents, registry,
     toDisposable(() => clearInterval(ticker)),
@@ -147,7 +150,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
     ...registerHostCommands({ registry, output, doctorReports }),
     ...registerPersistCommands(registry, model, persistSource, persistTree),
     ...registerToolCommands(registry, model, output, log),
-    ...registerTemplates(context, model, (line) => log('This machine', line)),
+    ...templates.disposables,
   );
 
   // Show workers that already run (an earlier window, a remote host left running). Only in trusted workspaces:
@@ -158,7 +161,7 @@ export function activate(context: vscode.ExtensionContext): PerimeterApi {
   else context.subscriptions.push(vscode.workspace.onDidGrantWorkspaceTrust(whenTrusted));
 
   const logFile = vscode.Uri.joinPath(context.logUri, `${WORKER_LOG_CHANNEL}.log`);
-  return { model, registry, sessionsTree, workerTree, persistTree, statusBar, logFile, notices, history: offlineHistory };
+  return { model, registry, sessionsTree, workerTree, persistTree, templatesTree: templates.tree, statusBar, logFile, notices, history: offlineHistory };
 }
 
 /** Runs `perimeter doctor --json` on this machine once, so the welcome views can explain a missing KVM or template. */

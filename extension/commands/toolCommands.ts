@@ -24,6 +24,7 @@ export function registerToolCommands(registry: HostRegistry, model: PerimeterMod
       if (r.code === 0) {
         void vscode.window.showInformationMessage(`Perimeter: template built on ${sup.host.label}.`);
         await vscode.commands.executeCommand('setContext', 'perimeter.templateMissing', false);
+        if (sup.hostId === registry.selectedHostId()) void vscode.commands.executeCommand('perimeter.refreshTemplates');
         return true;
       }
       void vscode.window.showErrorMessage(`Perimeter: template build failed on ${sup.host.label}: ${r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`}`, 'Show Worker Log')

@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import { readdirSync, readFileSync, statSync, existsSync } from 'node:fs';
 import path from 'node:path';
 
-export interface BundleFile { name: string; data: Buffer; mode: number }
+/** An archive member: a regular file, or (`directory`, with empty `data`) a directory entry. */
+export interface BundleFile { name: string; data: Buffer; mode: number; directory?: boolean }
 export interface CompanionBundle { version: string; files: BundleFile[] }
 
 /** Reads the bundle from an extension folder (where `dist/` holds the build output). */
@@ -36,7 +37,8 @@ export function needsInstall(remoteVersionLine: string, bundle: CompanionBundle)
   return remoteVersionLine.trim() !== bundle.version;
 }
 
-/** A ustar archive of the files (directories are implied by the member names; GNU and BSD tar accept that). */
+/** A ustar archive of the files (directories are implied by the member names, which GNU and BSD tar accept, or given
+ *  as directory entries where their mode or emptiness matters). */
 export function packTar(files: BundleFile[], mtime = Math.floor(Date.now() / 1000)): Buffer {
   const blocks: Buffer[] = [];
   for (const f of files) {
@@ -48,7 +50,7 @@ export function packTar(files: BundleFile[], mtime = Math.floor(Date.now() / 100
     h.write(octal(f.data.length, 12), 124);
     h.write(octal(mtime, 12), 136);
     h.fill(' ', 148, 156);
-    h.write('0', 156);
+    h.write(f.directory ? '5' : '0', 156);
     h.write('ustar\u000000', 257, 'binary');
     let sum = 0;
     for (const b of h) sum += b;

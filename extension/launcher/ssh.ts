@@ -11,6 +11,12 @@
 //   user's ssh configuration says (we never pass StrictHostKeyChecking=no).
 import { readFileSync } from 'node:fs';
 
+/** The largest template upload (template file plus the files it copies in, as a tar archive) sent to an SSH host. */
+export const TEMPLATE_UPLOAD_MAX_BYTES = 64 * 1024 * 1024;
+
+/** A template name or hash as the `templateRemove` script accepts it (it refuses anything else itself, too). */
+export const TEMPLATE_NAME_OR_HASH = /^(?!-)[A-Za-z0-9._-]{1,128}$/;
+
 export const HOST_PATTERN = /^[A-Za-z0-9_][A-Za-z0-9._@-]*$/;
 export const REMOTE_DIR_PATTERN = /^(?!.*(^|\/)\.\.(\/|$))[A-Za-z0-9._][A-Za-z0-9._/-]*$/;
 
@@ -103,6 +109,30 @@ const SCRIPTS = {
   /** Builds the template; the first stdin line names the VM size (small, medium or large; empty: the host's configuration). */
   templateBuild: 'IFS= read -r S; case "$S" in "") set --;; small|medium|large) set -- --vm-size "$S";; *) echo "refusing VM size" >&2; exit 2;; esac; ' +
     'node "$D/bin/perimeter.js" template build --home "$H" "$@"',
+  /** The host's templates as JSON rows (companion/protocol/template.ts TemplateListSchema). */
+  templateList: 'node "$D/bin/perimeter.js" template ls --json --home "$H"',
+  /** Removes a template: its name or hash is the first stdin line (letters, digits, ".", "_", "-", not starting with
+   *  "-"), the second is empty or `force`. */
+  templateRemove: 'IFS= read -r R; IFS= read -r O; case "$R" in ""|-*|*[!A-Za-z0-9._-]*) echo "refusing template name" >&2; exit 2;; esac; ' +
+    'case "$O" in "") set --;; force) set -- --force;; *) echo "refusing option" >&2; exit 2;; esac; ' +
+    'node "$D/bin/perimeter.js" template rm "$R" --home "$H" "$@"',
+  /**
+   * Builds a template file sent from the extension. stdin: the template file's name (letters, digits, ".", "_", "-",
+   * ending in .json, .yaml or .yml), the byte count of the tar archive that follows (at most TEMPLATE_UPLOAD_MAX_BYTES),
+   * then the archive: the template file and the files it copies in, at their paths relative to it. It is unpacked into a
+   * fresh private directory under the state directory (removed when the script ends) and built there with `--json`
+   * progress. stdin stays open for the build: when it ends (the extension cancelled, or the connection dropped) the
+   * build gets SIGTERM, which ends what it started and keeps nothing of it (companion/commands/template.ts).
+   */
+  templateBuildFile: 'IFS= read -r F; IFS= read -r N; ' +
+    'case "$F" in ""|-*|.*|*[!A-Za-z0-9._-]*) echo "refusing template file name" >&2; exit 2;; *.json|*.yaml|*.yml) ;; *) echo "refusing template file name" >&2; exit 2;; esac; ' +
+    `case "$N" in ""|*[!0-9]*) echo "refusing upload size" >&2; exit 2;; esac; if [ "\${#N}" -gt 10 ] || [ "$N" -gt ${TEMPLATE_UPLOAD_MAX_BYTES} ]; then echo "refusing upload size" >&2; exit 2; fi; ` +
+    'umask 077; mkdir -p "$H"; T=$(mktemp -d "$H/template-upload.XXXXXX") || exit 1; trap \'rm -rf "$T"\' EXIT; trap "exit 129" HUP; trap "exit 143" TERM; ' +
+    'head -c "$N" | tar -x -p --no-same-owner -f - -C "$T" || { echo "could not unpack the uploaded template file" >&2; exit 1; }; ' +
+    '[ -f "$T/$F" ] || { echo "the upload holds no template file $F" >&2; exit 1; }; exec 3<&0; ' +
+    'node "$D/bin/perimeter.js" template build -f "$T/$F" --json --home "$H" </dev/null & B=$!; ' +
+    '{ while IFS= read -r _ <&3; do :; done; kill -TERM "$B"; } >/dev/null 2>&1 & W=$!; ' +
+    'wait "$B"; S=$?; kill "$W" 2>/dev/null; exit $S',
 } as const;
 
 export const REMOTE_SCRIPTS = Object.fromEntries(Object.entries(SCRIPTS).map(([name, body]) => [name, PRELUDE + body])) as Record<keyof typeof SCRIPTS, string>;

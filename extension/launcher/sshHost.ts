@@ -259,6 +259,40 @@ export class SshHost extends HostEvents implements WorkerHost {
     return this.ssh(command, command === 'templateBuild' ? `${opts.vmSize ?? ''}\n` : undefined, 30 * 60_000, onOutput);
   }
 
+  /** Lists (`templateList`) or removes (`templateRemove`: the name and `force` on stdin, checked by the script) the
+   *  host's templates, after installing the companion there if needed. */
+  async templateScript(script: 'templateList' | 'templateRemove', stdin?: string): Promise<CommandResult> {
+    await this.ensureInstalled();
+    return this.ssh(script, stdin, 120_000);
+  }
+
+  /**
+   * Runs `templateBuildFile` with `upload` (its header lines and archive) on stdin, which then stays open for the
+   * build: aborting `signal` ends stdin, and the remote script stops the build with SIGTERM and removes the upload.
+   * ssh itself is stopped only if the host does not end the build within a minute of that.
+   */
+  async templateBuildUpload(upload: Buffer, onStdout: (text: string) => void, signal?: AbortSignal): Promise<CommandResult & { cancelled: boolean }> {
+    await this.ensureInstalled();
+    const r = await new Promise<CommandResult & { cancelled: boolean }>((resolve, reject) => {
+      const child = spawn(this.opts.sshPath ?? 'ssh', scriptArgs(this.opts.target, 'templateBuildFile'), { shell: false, stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '', stderr = '', cancelled = false;
+      const cancel = () => {
+        cancelled = true;
+        child.stdin.end();
+        setTimeout(() => { if (child.exitCode === null) child.kill('SIGTERM'); }, 60_000).unref();
+      };
+      child.stdout.on('data', (b: Buffer) => { stdout += b.toString(); onStdout(b.toString()); });
+      child.stderr.on('data', (b: Buffer) => { stderr = (stderr + b.toString()).slice(-16_000); });
+      child.stdin.on('error', () => { /* ssh exited before reading all of it */ });
+      child.once('error', reject);
+      child.once('close', (code) => { signal?.removeEventListener('abort', cancel); resolve({ code, stdout, stderr, cancelled }); });
+      child.stdin.write(upload);
+      if (signal?.aborted) cancel(); else signal?.addEventListener('abort', cancel, { once: true });
+    });
+    if (r.code === 255 && !r.cancelled) throw await this.unreachable(r.stderr);
+    return r;
+  }
+
   /** The key and the ID travel on stdin (the remote script checks the ID's characters); nothing in argv. */
   async checkEnvironment(environmentId: string, key: string): Promise<EnvironmentCheck> {
     await this.ensureInstalled();

@@ -15,9 +15,48 @@ export interface TemplateCliOptions {
   nodePath?: string;
 }
 
+export type BuildProgress = Extract<BuildLine, { type: 'progress' }>;
 export interface BuildOutcome { ok: boolean; cancelled: boolean; built: Extract<BuildLine, { type: 'built' }> | null; error: string }
 
-export class TemplateCli {
+/** What the Templates view does with a host's templates. */
+export interface TemplateStore {
+  list(): Promise<TemplateRow[]>;
+  /** Builds the template file `file` (a path on this machine); every progress line goes to `onProgress`. */
+  build(file: string, onProgress: (line: BuildProgress) => void, signal?: AbortSignal): Promise<BuildOutcome>;
+  remove(ref: string, force?: boolean): Promise<void>;
+}
+
+/** The rows of `template ls --json` output, or an error saying the output is not what the companion writes. */
+export function parseTemplateList(stdout: string): TemplateRow[] {
+  let json: unknown;
+  try { json = JSON.parse(stdout); } catch { throw new Error(`template ls did not print JSON: ${stdout.trim().slice(0, 200)}`); }
+  const parsed = TemplateListSchema.safeParse(json);
+  if (!parsed.success) throw new Error(`template ls printed rows this extension does not understand: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  return parsed.data;
+}
+
+/** Reads a build's stdout lines: progress goes to `onProgress` (a line that is not JSON as a plain message), the
+ *  `built` line is kept. */
+export function buildOutputReader(onProgress: (line: BuildProgress) => void): { line: (text: string) => void; built: () => BuildOutcome['built'] } {
+  let built: BuildOutcome['built'] = null;
+  return {
+    line: (text) => {
+      let parsed: BuildLine | null = null;
+      try { parsed = BuildLineSchema.parse(JSON.parse(text)); } catch { /* a plain line (a warning): shown as it is */ }
+      if (!parsed) onProgress({ type: 'progress', stage: 'build', percent: 0, message: text.slice(0, 500) });
+      else if (parsed.type === 'built') built = parsed;
+      else onProgress(parsed);
+    },
+    built: () => built,
+  };
+}
+
+/** The reason a CLI run failed: its last stderr line without the command's prefix. */
+export function cliFailure(stderr: string, code: number | null): string {
+  return (stderr.trim().split('\n').pop() || `exit ${code}`).replace(/^perimeter template: /, '');
+}
+
+export class TemplateCli implements TemplateStore {
   constructor(private readonly opts: TemplateCliOptions) {}
 
   private run(args: string[], onStdoutLine?: (line: string) => void, signal?: AbortSignal): Promise<{ code: number | null; stdout: string; stderr: string; cancelled: boolean }> {
@@ -48,27 +87,20 @@ export class TemplateCli {
   /** The templates built on this machine. */
   async list(): Promise<TemplateRow[]> {
     const r = await this.run(['ls', '--json']);
-    if (r.code !== 0) throw new Error(r.stderr.trim().split('\n').pop() || `perimeter template ls exited ${r.code}`);
-    return TemplateListSchema.parse(JSON.parse(r.stdout));
+    if (r.code !== 0) throw new Error(cliFailure(r.stderr, r.code));
+    return parseTemplateList(r.stdout);
   }
 
-  /** Builds the template a file describes; every progress line goes to `onProgress`. */
-  async build(file: string, onProgress: (line: Extract<BuildLine, { type: 'progress' }>) => void, signal?: AbortSignal): Promise<BuildOutcome> {
-    let built: BuildOutcome['built'] = null;
-    const r = await this.run(['build', '-f', file, '--json'], (line) => {
-      let parsed: BuildLine | null = null;
-      try { parsed = BuildLineSchema.parse(JSON.parse(line)); } catch { /* a plain line (a warning): shown as it is */ }
-      if (!parsed) onProgress({ type: 'progress', stage: 'build', percent: 0, message: line.slice(0, 500) });
-      else if (parsed.type === 'built') built = parsed;
-      else onProgress(parsed);
-    }, signal);
-    const error = r.cancelled ? 'cancelled' : r.code === 0 ? '' : (r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`).replace(/^perimeter template: /, '');
-    return { ok: r.code === 0 && !r.cancelled, cancelled: r.cancelled, built, error };
+  async build(file: string, onProgress: (line: BuildProgress) => void, signal?: AbortSignal): Promise<BuildOutcome> {
+    const reader = buildOutputReader(onProgress);
+    const r = await this.run(['build', '-f', file, '--json'], reader.line, signal);
+    const error = r.cancelled ? 'cancelled' : r.code === 0 ? '' : cliFailure(r.stderr, r.code);
+    return { ok: r.code === 0 && !r.cancelled, cancelled: r.cancelled, built: reader.built(), error };
   }
 
   async remove(ref: string, force = false): Promise<void> {
     const r = await this.run(['rm', ref, ...(force ? ['--force'] : [])]);
-    if (r.code !== 0) throw new Error((r.stderr.trim().split('\n').pop() ?? `exit ${r.code}`).replace(/^perimeter template: /, ''));
+    if (r.code !== 0) throw new Error(cliFailure(r.stderr, r.code));
   }
 }
 
