@@ -102,7 +102,7 @@ describe('template build tools', () => {
   describe('`perimeter template build` (built CLI)', () => {
     /** Builds a Debian template from a small template file with PATH = a directory holding `programs` (links to
      *  this host's, or scripts), in a fresh state directory. */
-    function build(programs: Record<string, string | null>): { status: number | null; stdout: string; stderr: string } {
+    function build(programs: Record<string, string | null>, tmp = dir): { status: number | null; stdout: string; stderr: string } {
       if (!existsSync(path.join(ROOT, 'dist', 'perimeter.js'))) throw new Error('dist/perimeter.js is missing: build first (node scripts/build.mjs)');
       const bin = mkdtempSync(path.join(dir, 'bin-'));
       for (const [name, text] of Object.entries(programs)) {
@@ -116,19 +116,24 @@ describe('template build tools', () => {
       const file = path.join(dir, 'perimeter.template.yaml');
       writeFileSync(file, 'name: tools-test\nkernel: debian\ncommands:\n  - echo never runs\n');
       const r = spawnSync(process.execPath, [path.join(ROOT, 'dist', 'perimeter.js'), 'template', 'build', '-f', file, '--home', home],
-        { env: { PATH: bin, HOME: dir }, encoding: 'utf8', timeout: 120_000 });
+        { env: { PATH: bin, HOME: dir, TMPDIR: tmp }, encoding: 'utf8', timeout: 120_000 });
       return { status: r.status, stdout: r.stdout, stderr: r.stderr };
     }
     const uidMaps = { newuidmap: null, newgidmap: null };
 
-    it('without nice, or with an mmdebstrap that cannot run, fails with one line naming it and the fix (exit 1, not a crash)', function () {
+    it('without nice, or with an mmdebstrap that cannot run, fails with one line naming it and the fix (exit 1, not a crash)', async function () {
       this.timeout(240_000);
       const noNice = build({ mmdebstrap: null, ...uidMaps });
       assert.notEqual(noNice.status, EXIT_CRASHED, noNice.stderr);
       assert.equal(noNice.status, 1, noNice.stderr);
       assert.match(noNice.stderr, /^perimeter template: cannot build a template on this host: nice is missing \(fix: sudo apt-get install coreutils\)\n$/);
-      const broken = build({ mmdebstrap: '#!/nonexistent/perl\n', nice: null, ...uidMaps });
+      // what a killed bootstrap left in the temporary directory goes when the next one starts; the failed one's own too
+      const tmp = mkdtempSync(path.join(dir, 'tmp-'));
+      const deadPid = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+      mkdirSync(path.join(tmp, `perimeter-mmdebstrap-root-${deadPid}-AbC123`, 'half-bootstrapped'), { recursive: true });
+      const broken = build({ mmdebstrap: '#!/nonexistent/perl\n', nice: null, ...uidMaps }, tmp);
       assert.equal(broken.status, 1, broken.stderr);
+      await eventually(() => readdirSync(tmp).length === 0, `left in the temporary directory: ${readdirSync(tmp).join(', ')}`);
       assert.match(broken.stdout, /rootfs: mmdebstrap --mode=unshare/, 'the bootstrap was started');
       assert.equal(broken.stderr, 'perimeter template: the template build cannot start mmdebstrap: it or its interpreter is missing (fix: sudo apt-get install mmdebstrap)\n');
     });

@@ -8,6 +8,8 @@
 //   rootfs key, command line, memory, vCPUs, accelerator, QEMU version, the ready shell and what tool calls get
 //   from it (environment, working directory). It is built in a temporary directory and renamed into place complete;
 //   `current` is updated last (unless the build is not to become the default).
+// - The programs it runs (compiler, apt-get, lz4, mkfs) go through build-tools.ts: one that cannot start is named with
+//   its package; a stopped build ends them and removes its work directories; one killed outright is swept later.
 // - Every step prints progress through `progress` (the CLI prints it; the extension shows the CLI's output).
 // - The snapshot is taken warm: configured limits applied, a real bash tool call run and common programs read (so
 //   clones find them in the page cache), and the guest's ready shell started (guest/ready-shell.ts).
