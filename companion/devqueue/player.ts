@@ -296,7 +296,11 @@ export class ScenarioPlayer {
     if (!current || (current.status !== 'passed' && current.status !== 'failed')) return;
     s.stepIndex++;
     this.emit(s, { type: 'session.status_running' });
-    if (s.stepIndex < s.scenario.steps.length) { this.beginStep(s); return; }
+    if (s.stepIndex < s.scenario.steps.length) {
+      const think = s.scenario.steps[s.stepIndex]!.thinkMs;
+      if (think > 0) this.later(s, think, () => this.beginStep(s)); else this.beginStep(s);
+      return;
+    }
     const passed = s.steps.filter((r) => r.status === 'passed').length;
     this.emit(s, { type: 'agent.message', content: [{ type: 'text', text: `Scenario "${s.scenario.name}" finished: ${passed}/${s.steps.length} steps passed.` }] });
     this.emit(s, { type: 'session.status_idle', stop_reason: { type: 'end_turn' } });

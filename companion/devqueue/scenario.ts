@@ -18,6 +18,9 @@ export const ScenarioStep = z.object({
   evaluated_permission: z.enum(['allow', 'ask', 'deny']).optional(),
   /** The scripted user's verdict for an `ask`-gated call (default allow). */
   confirmation: z.enum(['allow', 'deny']).optional(),
+  /** Milliseconds the scripted agent thinks before it makes this call, after the previous result (default 0: at once),
+   *  as a model does between two calls (a session's idle companion-side time: its prepared VM waits). */
+  thinkMs: z.number().int().min(0).max(600_000).default(0),
   /** Milliseconds before the scripted user confirms (default 300). */
   confirmAfterMs: z.number().int().min(0).max(600_000).optional(),
   expectError: z.boolean().optional(),

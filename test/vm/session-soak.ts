@@ -9,7 +9,9 @@
 // host models the tree for every outcome of a call.
 // Kill points (the plan is seeded; where a kill lands depends on timing, the oracle does not): during the command,
 // after its last line (the guest's seal, QEMU's stop), at the store's write of the call's generation record or of
-// CURRENT (watched with inotify), and later (between calls: the next call's prepared VM, the next call itself).
+// CURRENT (watched with inotify), and after its result while the scripted agent thinks (the dev queue's `thinkMs`:
+// the idle worker, the next call's prepared VM). A kill that came before the agent made the next call must leave that
+// call untouched (it is checked like any other).
 // Oracle (zero tolerance): the tree a call prints equals the modelled tree exactly. For a call a kill interrupted
 // (its result not yet posted when the kill came) the next printed tree must equal EITHER the tree before it OR the tree
 // after it (never a mix), and the model adopts whichever it is. A call marker twice in the log is a re-run; every tool
@@ -41,7 +43,8 @@ export interface SoakResult {
   qemuKills: number;
   /** Kills that came before the agent made the next call (that call must then run as if nothing happened). */
   betweenCalls: number;
-  /** Calls a kill interrupted (made, no result posted yet), by what the next call saw. */
+  /** Calls a kill interrupted (made, no result posted yet) that got no normal result, by what the next call saw:
+   *  the tree after the call (it committed) or the tree before it. */
   interruptedCommitted: number;
   interruptedNotCommitted: number;
   /** Files the model holds that a call did not find. */
@@ -210,30 +213,45 @@ const sameLog = (a: string[], b: string[]) => a.length === b.length && a.every((
 /** A step the worker answered (the dev queue judged its result). */
 const answered = (s: StepReport) => s.status === 'passed' || s.status === 'failed';
 
-/** When a kill comes: `delayMs` after the call printed its first (`start`) or last (`end`) line, or at once when the
- *  session's store writes the call's generation record (`record`) or replaces CURRENT with it (`current`). */
-type Kill = { kind: 'worker' | 'qemu'; after: 'start' | 'end' | 'record' | 'current'; delayMs: number };
+/** When a kill comes: `delayMs` after the call printed its first (`start`) or last (`end`) line, or after its result
+ *  (`answered`: the agent then thinks longer than that before the next call), or at once when the session's store
+ *  writes the call's generation record (`record`) or replaces CURRENT with it (`current`). */
+type Kill = { kind: 'worker' | 'qemu'; after: 'start' | 'end' | 'answered' | 'record' | 'current'; delayMs: number };
+/** How long the agent thinks before a call that follows an `answered` kill (longer than any such delay). */
+const THINK_AFTER_KILL_MS = 2500;
+
+/** One call of the plan: its changes, how long the agent thinks before it, and whether (and when) a kill comes. */
+export interface CallPlan { ops: Op[]; thinkMs: number; kill: Kill | null }
+
+/** The soak's calls, fixed by the seed; the last one changes nothing (it prints the tree the soak left). */
+export function planSoak(o: Pick<SoakOptions, 'calls' | 'seed' | 'killRate'>): CallPlan[] {
+  const rng = prng(o.seed);
+  const plans: CallPlan[] = [];
+  let predicted: Tree = { files: new Map(), log: [] };
+  let thinkNext = false;
+  for (let i = 0; i < o.calls; i++) {
+    const ops = randomOps(rng, predicted, i, [2, 6]);
+    predicted = apply(predicted, ops, callMarker(i));
+    const thinkMs = thinkNext ? THINK_AFTER_KILL_MS : rng.next() < 0.2 ? rng.int(300, 2000) : 0;
+    const killed = i > 0 && plans[i - 1]!.kill === null && rng.next() < o.killRate;
+    const after = rng.pick(['start', 'start', 'end', 'end', 'answered', 'record', 'current'] as const);
+    // Within the command, the seal, the commit's steps, between calls (the idle worker, the next call's prepared VM).
+    const delayMs = after === 'start' ? rng.int(0, 500) : after === 'end' ? (rng.next() < 0.7 ? rng.int(0, 200) : rng.int(200, 1500))
+      : after === 'answered' ? rng.int(0, THINK_AFTER_KILL_MS - 1000) : 0;
+    // QEMU is gone by the time the store writes (the VM is destroyed first): a QEMU kill there hits the next VM.
+    const kind = rng.next() < (after === 'record' || after === 'current' ? 0.8 : 0.5) ? 'worker' : 'qemu';
+    plans.push({ ops, thinkMs, kill: killed ? { kind, after, delayMs } : null });
+    thinkNext = killed && after === 'answered';
+  }
+  plans.push({ ops: [], thinkMs: thinkNext ? THINK_AFTER_KILL_MS : 0, kill: null });
+  return plans;
+}
 
 /** Runs the soak; cleans up everything it started (worker, VMs, dev queue, home). */
 export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
   const log = o.log ?? (() => {});
   const t0 = Date.now();
-  const rng = prng(o.seed);
-  // The plan: every call's changes and whether (and when) a kill comes, fixed by the seed.
-  const plans: Array<{ ops: Op[]; kill: Kill | null }> = [];
-  let predicted: Tree = { files: new Map(), log: [] };
-  for (let i = 0; i < o.calls; i++) {
-    const ops = randomOps(rng, predicted, i, [2, 6]);
-    predicted = apply(predicted, ops, callMarker(i));
-    const killed = i > 0 && plans[i - 1]!.kill === null && rng.next() < o.killRate;
-    const after = rng.pick(['start', 'start', 'end', 'end', 'record', 'current'] as const);
-    // Within the command, the seal, the commit's steps; sometimes later (between calls: the next call's prepared VM).
-    const delayMs = after === 'start' ? rng.int(0, 500) : after === 'end' ? (rng.next() < 0.7 ? rng.int(0, 200) : rng.int(200, 1500)) : 0;
-    // QEMU is gone by the time the store writes (the VM is destroyed first): a QEMU kill there hits the next VM.
-    const kind = rng.next() < (after === 'record' || after === 'current' ? 0.8 : 0.5) ? 'worker' : 'qemu';
-    plans.push({ ops, kill: killed ? { kind, after, delayMs } : null });
-  }
-  plans.push({ ops: [], kill: null }); // a last call that only prints the tree the soak left
+  const plans = planSoak(o);
 
   const result: SoakResult = { calls: o.calls, workerKills: 0, qemuKills: 0, betweenCalls: 0, interruptedCommitted: 0, interruptedNotCommitted: 0, lost: 0, stale: 0, reruns: 0, failedCalls: 0, unanswered: 0, firstProblem: '', minutes: 0 };
   const problem = (what: string) => { if (!result.firstProblem) result.firstProblem = what; log(`soak: ${what}`); };
@@ -269,7 +287,7 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
   const interrupted = new Set<number>();
   try {
     await start();
-    const sid = dq.createSession(scenario(plans.map((p, i) => ({ label: `soak call ${i}`, tool: 'bash', input: { command: callScript(i, p.ops) } }))));
+    const sid = dq.createSession(scenario(plans.map((p, i) => ({ label: `soak call ${i}`, tool: 'bash', input: { command: callScript(i, p.ops) }, thinkMs: p.thinkMs }))));
     // The call a kill interrupts: the first one unanswered, if the agent has already made it (a call not yet made
     // cannot be in the worker's hands, so a kill before it must leave it untouched: a kill between calls).
     const unfinished = () => {
@@ -282,9 +300,11 @@ export async function runSessionSoak(o: SoakOptions): Promise<SoakResult> {
       if (kill) {
         const marker = kill.after === 'end' ? endMarker(i) : startMarker(i);
         await printedOrAnswered(sid, i, marker);
+        if (kill.after === 'answered') await dq.waitFor(() => answered(dq.report(sid).steps[i]!), 600_000, `call ${i} to be answered`);
         if (kill.after === 'record' || kill.after === 'current') await commitStep(sid, i, kill.after);
         await delay(kill.delayMs);
-        const when = kill.after === 'record' || kill.after === 'current' ? `at the ${kill.after === 'record' ? 'generation record' : 'CURRENT'} write of call ${i}` : `${kill.delayMs} ms after ${marker}`;
+        const when = kill.after === 'record' || kill.after === 'current' ? `at the ${kill.after === 'record' ? 'generation record' : 'CURRENT'} write of call ${i}`
+          : `${kill.delayMs} ms after ${kill.after === 'answered' ? `the result of call ${i}` : marker}`;
         if (kill.kind === 'worker') {
           const victim = unfinished();
           live.client?.close();
