@@ -120,14 +120,15 @@ const SCRIPTS = {
    * Builds a template file sent from the extension. stdin: the template file's name (letters, digits, ".", "_", "-",
    * ending in .json, .yaml or .yml), the byte count of the tar archive that follows (at most TEMPLATE_UPLOAD_MAX_BYTES),
    * then the archive: the template file and the files it copies in, at their paths relative to it. It is unpacked into a
-   * fresh private directory under the state directory (removed when the script ends) and built there with `--json`
-   * progress. stdin stays open for the build: when it ends (the extension cancelled, or the connection dropped) the
-   * build gets SIGTERM, which ends what it started and keeps nothing of it (companion/commands/template.ts).
+   * fresh private directory under the state directory (mktemp: mode 0700; removed when the script ends) and built
+   * there with `--json` progress, under the login's own umask (the VM's uid must read what the build writes). stdin
+   * stays open for the build: when it ends (the extension cancelled, or the connection dropped) the build gets
+   * SIGTERM, which ends what it started and keeps nothing of it (companion/commands/template.ts).
    */
   templateBuildFile: 'IFS= read -r F; IFS= read -r N; ' +
     'case "$F" in ""|-*|.*|*[!A-Za-z0-9._-]*) echo "refusing template file name" >&2; exit 2;; *.json|*.yaml|*.yml) ;; *) echo "refusing template file name" >&2; exit 2;; esac; ' +
     `case "$N" in ""|*[!0-9]*) echo "refusing upload size" >&2; exit 2;; esac; if [ "\${#N}" -gt 10 ] || [ "$N" -gt ${TEMPLATE_UPLOAD_MAX_BYTES} ]; then echo "refusing upload size" >&2; exit 2; fi; ` +
-    'umask 077; mkdir -p "$H"; T=$(mktemp -d "$H/template-upload.XXXXXX") || exit 1; trap \'rm -rf "$T"\' EXIT; trap "exit 129" HUP; trap "exit 143" TERM; ' +
+    '(umask 077; mkdir -p "$H"); T=$(mktemp -d "$H/template-upload.XXXXXX") || exit 1; trap \'rm -rf "$T"\' EXIT; trap "exit 129" HUP; trap "exit 143" TERM; ' +
     'head -c "$N" | tar -x -p --no-same-owner -f - -C "$T" || { echo "could not unpack the uploaded template file" >&2; exit 1; }; ' +
     '[ -f "$T/$F" ] || { echo "the upload holds no template file $F" >&2; exit 1; }; exec 3<&0; ' +
     'node "$D/bin/perimeter.js" template build -f "$T/$F" --json --home "$H" </dev/null & B=$!; ' +

@@ -111,8 +111,17 @@ export class SshHost extends HostEvents implements WorkerHost {
     return new Error(`${what} on ${this.label} failed: ${why}`);
   }
 
+  /** The install under way: callers at the same time (a doctor run, the Templates view) share it, since two installs
+   *  into the same remote directory at once would race. */
+  private installing: Promise<boolean> | null = null;
+
   /** Installs the companion bundle when the remote copy is missing or differs. Returns whether it installed. */
-  async ensureInstalled(): Promise<boolean> {
+  ensureInstalled(): Promise<boolean> {
+    this.installing ??= this.install().finally(() => { this.installing = null; });
+    return this.installing;
+  }
+
+  private async install(): Promise<boolean> {
     this.steps.fire({ step: 'connecting', detail: `connecting to ${this.label}` });
     const probe = await this.ssh('probe', undefined, 30_000);
     if (probe.code !== 0) throw this.fail('probing the host', probe);

@@ -3,8 +3,8 @@
 // perimeter.template.json/yaml of the workspace, built on that host with a cancellable progress notification that
 // shows the build's stages and percent; for an SSH host the file and the files it copies in are sent over the SSH
 // connection, see sshTemplates.ts), Refresh Templates and Remove Template. The view re-reads the host's templates
-// when the selection changes and after a build or removal, never on a timer; an answer for a host no longer shown is
-// dropped. Building runs the file's commands, so it needs a trusted workspace. "Sessions using it" counts the
+// when the selection changes (a hidden view when it is next shown) and after a build or removal, never on a timer;
+// an answer for a host no longer shown is dropped. Building runs the file's commands, so it needs a trusted workspace. "Sessions using it" counts the
 // sessions of that host whose latest call ran in that template (what the call's placement records).
 import * as vscode from 'vscode';
 import path from 'node:path';
@@ -51,15 +51,22 @@ export class TemplatesTree extends Disposable implements vscode.TreeDataProvider
   /** The templates last read (null while none were read yet, or reading them failed). */
   get templates(): TemplateRow[] | null { return this.rows; }
 
-  /** Re-reads the selected host's templates (switching the view to that host if the selection changed). */
-  async refresh(): Promise<void> {
+  /** Why the templates could not be read the last time (null when they were). */
+  get failure(): string | null { return this.problem; }
+
+  /**
+   * Re-reads the selected host's templates, switching the view to that host if the selection changed. With
+   * `readNow` false (a hidden view) it only switches: the templates are read when the view next asks for them.
+   */
+  async refresh(readNow = true): Promise<void> {
     const host = this.selected();
     const generation = ++this.generation;
     if (host.hostId !== this.shownHost.hostId) { this.rows = null; this.problem = null; }
     this.shownHost = host;
     this.hostChanged.fire(host);
-    this.loading = true;
+    this.loading = readNow;
     this.changed.fire();
+    if (!readNow) return;
     let rows: TemplateRow[] | null = null, problem: string | null = null;
     try { rows = await host.store.list(); } catch (err) { problem = (err as Error).message; }
     if (generation !== this.generation) return;
@@ -157,7 +164,7 @@ export function registerTemplates(context: vscode.ExtensionContext, model: Perim
       tree,
       view,
       tree.onDidChangeHost(title),
-      registry.onDidChange(() => { if (registry.selectedHostId() !== tree.host.hostId) void tree.refresh(); }),
+      registry.onDidChange(() => { if (registry.selectedHostId() !== tree.host.hostId) void tree.refresh(view.visible); }),
       vscode.commands.registerCommand('perimeter.refreshTemplates', () => tree.refresh()),
       vscode.commands.registerCommand('perimeter.buildTemplateFromFile', async (uri?: vscode.Uri) => {
         if (!requireTrust('build a template from a workspace file')) return false;
