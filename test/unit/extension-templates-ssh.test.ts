@@ -213,19 +213,17 @@ describe('SshTemplates through SshHost (a stand-in ssh running the remote comman
   let dir: string;
   let remoteHome: string;
   let store: SshTemplates;
+  let fakeSsh: string;
+  const fakeBundle = () => ({ version: 'test 1', files: [{ name: 'perimeter.js', data: Buffer.from(FAKE_CLI), mode: 0o755 }, { name: 'VERSION', data: Buffer.from('test 1\n'), mode: 0o644 }] });
   before(() => {
     dir = mkdtempSync(path.join(os.tmpdir(), 'perimeter-sshtpl-'));
     remoteHome = path.join(dir, 'remote');
     mkdirSync(remoteHome);
-    const fakeSsh = path.join(dir, 'ssh');
+    fakeSsh = path.join(dir, 'ssh');
     // ssh's options, "--" and the destination are dropped; the remote command runs with HOME=remoteHome
     writeFileSync(fakeSsh, `#!/bin/sh\nwhile [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done\nshift 2\nHOME='${remoteHome}' exec sh -c "$1"\n`);
     chmodSync(fakeSsh, 0o755);
-    const host = new SshHost({
-      target, sshPath: fakeSsh,
-      bundle: () => ({ version: 'test 1', files: [{ name: 'perimeter.js', data: Buffer.from(FAKE_CLI), mode: 0o755 }, { name: 'VERSION', data: Buffer.from('test 1\n'), mode: 0o644 }] }),
-    });
-    store = new SshTemplates(host);
+    store = new SshTemplates(new SshHost({ target, sshPath: fakeSsh, bundle: fakeBundle }));
   });
   after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -242,6 +240,16 @@ describe('SshTemplates through SshHost (a stand-in ssh running the remote comman
     assert.deepEqual(await store.list(), []);
     await assert.rejects(store.remove('default'), /^Error: template default is the default template$/);
     await assert.rejects(store.remove('--all'), /refusing template name/);
+  });
+
+  it('installs the companion once when the view and another command need it at the same time', async () => {
+    const host = new SshHost({ target: { ...target, remoteDir: '.perimeter-concurrent' }, sshPath: fakeSsh, bundle: fakeBundle });
+    const installs: string[] = [];
+    host.onLog((l) => { if (l.startsWith('installing the companion')) installs.push(l); });
+    const concurrent = new SshTemplates(host);
+    assert.deepEqual(await Promise.all([concurrent.list(), concurrent.list(), host.ensureInstalled().then(() => [])]), [[], [], []]);
+    assert.equal(installs.length, 1, installs.join('\n'));
+    host.dispose();
   });
 
   it('cancel ends the remote build (SIGTERM there) and reports it cancelled once it has ended', async () => {
