@@ -177,16 +177,7 @@ export class Persistence implements CallPersistence, PersistHistory {
     const entry = (await this.keptManifest(sessionId, generation)).entries.get(guestPath);
     if (entry?.type !== 'file') throw fatal(PERSIST_NOT_FOUND, `generation ${generation} of session ${sessionId} has no file ${guestPath}`);
     const store = await this.store(sessionId);
-    const parts: Buffer[] = [];
-    let at = 0;
-    const end = Math.min(entry.size, offset + length);
-    for await (const chunk of store.readBlobChunks(entry.sha256, CHUNK_BYTES)) {
-      const from = Math.max(offset, at);
-      const to = Math.min(end, at + chunk.length);
-      if (to > from) parts.push(chunk.subarray(from - at, to - at));
-      at += chunk.length;
-    }
-    return { size: entry.size, data: Buffer.concat(parts) };
+    return { size: entry.size, data: await store.readBlobRange(entry.sha256, offset, length) };
   }
 
   async rollback(sessionId: string, generation: number): Promise<PersistState> {

@@ -23,6 +23,10 @@ import { type Manifest, ManifestFile, emptyManifest, fromFile, toFile, SHA256_HE
 const log = logger('persist:store');
 const CREATE_FLAGS = C.O_WRONLY | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
 const GEN_FILE = /^gen-(\d{1,15})\.json$/;
+/** Read size while a blob is verified whole. */
+const BLOB_VERIFY_CHUNK = 8 * 1024 * 1024;
+/** Blobs remembered as verified (the set is simply emptied when full). */
+const VERIFIED_BLOBS_MAX = 4096;
 
 export function sha256(data: Buffer): string { return createHash('sha256').update(data).digest('hex'); }
 
@@ -163,6 +167,8 @@ export class SessionStore {
   private readonly gensDir: string;
   private readonly stagingRoot: string;
   private currentManifest: Manifest | null = null;
+  /** Blob hash → the file identity (inode, size, mtime) it was last verified whole at (readBlobRange). */
+  private readonly verifiedBlobs = new Map<string, string>();
   /** Blob hashes referenced by each kept generation (for pruning without re-reading manifests). */
   private readonly keptRefs = new Map<number, Set<string>>();
 
@@ -217,6 +223,41 @@ export class SessionStore {
         yield chunk;
       }
       if (digest.digest('hex') !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
+    } finally { await h.close(); }
+  }
+
+  /**
+   * `length` bytes of a blob from `offset` (fewer at its end). The whole blob is verified against its name once, then
+   * again only when its file changed (inode, size or mtime): a file read slice by slice costs its size once, not once
+   * per slice.
+   */
+  async readBlobRange(hash: string, offset: number, length: number): Promise<Buffer> {
+    if (!SHA256_HEX.test(hash)) throw fatal('persist_store_corrupt', `invalid blob hash ${hash}`);
+    const h = await fsp.open(this.blobPath(hash), C.O_RDONLY | C.O_NOFOLLOW);
+    try {
+      const st = await h.stat();
+      if (!st.isFile()) throw fatal('persist_store_corrupt', `blob ${hash} is not a regular file`);
+      const identity = `${st.ino}:${st.size}:${st.mtimeMs}`;
+      if (this.verifiedBlobs.get(hash) !== identity) {
+        const digest = createHash('sha256');
+        const buf = Buffer.alloc(Math.min(BLOB_VERIFY_CHUNK, Math.max(1, st.size)));
+        for (let at = 0; ;) {
+          const { bytesRead } = await h.read(buf, 0, buf.length, at);
+          if (bytesRead === 0) break;
+          digest.update(buf.subarray(0, bytesRead));
+          at += bytesRead;
+        }
+        if (digest.digest('hex') !== hash) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged`);
+        if (this.verifiedBlobs.size >= VERIFIED_BLOBS_MAX) this.verifiedBlobs.clear();
+        this.verifiedBlobs.set(hash, identity);
+      }
+      const out = Buffer.alloc(Math.max(0, Math.min(length, st.size - offset)));
+      for (let got = 0; got < out.length;) {
+        const { bytesRead } = await h.read(out, got, out.length - got, offset + got);
+        if (bytesRead === 0) throw fatal('persist_store_corrupt', `persist store of session ${this.sessionId}: blob ${hash} is damaged (shorter than it was)`);
+        got += bytesRead;
+      }
+      return out;
     } finally { await h.close(); }
   }
 

@@ -3,7 +3,8 @@
 // generation with an older content, which the next call then gets; the state lists only files under the session's
 // persisted paths; each commit reports what it added, changed and removed.
 import assert from 'node:assert/strict';
-import { rmSync, writeFileSync, readdirSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, rmSync, writeFileSync, writeSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { EventHub } from '../../companion/events';
 import { PerimeterError } from '../../companion/errors';
@@ -61,6 +62,28 @@ describe('persisted-file history: generations, reading, rollback', () => {
     const state = await p.setPatterns('s2', ['/workspace/keep']);
     assert.deepEqual(state.files.map((f) => f.path), ['/workspace/keep/w.txt']);
     assert.equal(state.totalBytes, 2);
+  });
+
+  it('reads a large file slice by slice intact, and refuses a slice once its blob was damaged after a read', async () => {
+    const p = newPersistence(home);
+    const r = await runCall(sbx.driver, p, 's4', 'bash', { command: 'head -c 20000003 /dev/urandom > big.bin && sha256sum < big.bin | cut -c1-64' });
+    const slices: Buffer[] = [];
+    let size = Infinity;
+    for (let at = 0; at < size; at += 1024 * 1024 - 3) {
+      const got = await p.readFile('s4', r.report.generation, '/workspace/big.bin', at, 1024 * 1024 - 3);
+      size = got.size;
+      slices.push(got.data);
+    }
+    assert.equal(size, 20000003);
+    assert.equal(createHash('sha256').update(Buffer.concat(slices)).digest('hex'), r.outcome.text.trim());
+    const blobs = path.join(home, 'sessions', 's4', 'blobs');
+    for (const shard of readdirSync(blobs)) for (const b of readdirSync(path.join(blobs, shard))) {
+      const file = path.join(blobs, shard, b);
+      const fd = openSync(file, 'r+');
+      writeSync(fd, Buffer.from('X'), 0, 1, 12_345_678);   // same size, one byte changed far from the slice read next
+      closeSync(fd);
+    }
+    await assert.rejects(() => p.readFile('s4', r.report.generation, '/workspace/big.bin', 0, 10), /damaged/);
   });
 
   it('refuses to read a blob that was damaged on disk', async () => {
