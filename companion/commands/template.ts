@@ -19,7 +19,7 @@ import { debianRootfs, debianRootfsCached, type RootfsImage } from '../sandbox/t
 import { imageRootfs } from '../sandbox/template/oci';
 import { currentHash, findNamedTemplate, listTemplates, nameTemplate, removeTemplate, type TemplateEntry } from '../sandbox/template/registry';
 import { formatBytes } from '../protocol/format';
-import { buildStage } from '../protocol/template';
+import { buildStage, type TemplateRow } from '../protocol/template';
 import { VM_SIZES, VmSize } from '../protocol/launch';
 
 const ACTIONS = ['build', 'check', 'ls', 'inspect', 'rm', 'schema'] as const;
@@ -106,7 +106,9 @@ export async function templateCommand(argv: string[], config: Config, print: (li
       case 'schema': print(JSON.stringify(templateJsonSchema(), null, 2)); return 0;
       case 'ls': {
         const entries = listTemplates(home);
-        if (args.json) print(JSON.stringify(entries.map(({ manifest, ...e }) => ({ ...e, kernel: manifest?.kernel, memoryMiB: manifest?.memoryMiB, vcpus: manifest?.vcpus, createdAt: manifest?.createdAt, accel: manifest?.accel }))));
+        // the rows the extension reads with TemplateListSchema (protocol/template.ts), locally and over SSH
+        const rows: TemplateRow[] = entries.map(({ manifest, ...e }) => ({ ...e, kernel: manifest?.kernel, memoryMiB: manifest?.memoryMiB, vcpus: manifest?.vcpus, createdAt: manifest?.createdAt, accel: manifest?.accel }));
+        if (args.json) print(JSON.stringify(rows));
         else for (const l of lsTable(entries)) print(l);
         return 0;
       }
