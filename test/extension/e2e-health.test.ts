@@ -92,7 +92,7 @@ describe('e2e: health of the worker in the workbench (Chromium)', function () {
     assert.match(await toast.innerText(), /failed polls in a row; last: .+\)/, 'the toast names the last error');
     await toast.locator('a', { hasText: 'Show Worker Log' }).waitFor();
     await wb.sidebarRow('Polling').filter({ hasText: 'failed in a row' }).waitFor();
-    const warningIcon = wb.sidebarRow('This machine').locator('.codicon-warning');
+    const warningIcon = wb.sidebarRow('This machine').filter({ has: browser.page.locator('.label-name', { hasText: /^This machine$/ }) }).locator('.codicon-warning');
     await warningIcon.waitFor();
     relay.up = true;
     await toast.waitFor({ state: 'detached', timeout: 120_000 });

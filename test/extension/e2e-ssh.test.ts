@@ -46,6 +46,8 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
     `  IdentityFile ${env.SSH_TEST_KEY}`, '  IdentitiesOnly yes', `  UserKnownHostsFile ${knownHosts}`, '  StrictHostKeyChecking yes',
     `  SetEnv PERIMETER_HOME=${remoteState}`, '',
   ].join('\n')); renameSync(`${sshConfig}.new`, sshConfig); };
+  /** The host's own row label (the Templates view's rows may name the host too, e.g. while it reads its templates). */
+  const hostLabel = () => wb.sidebarLabel(new RegExp(`^${ALIAS}$`));
   const remotePid = () => JSON.parse(readFileSync(path.join(remoteState, 'control.json'), 'utf8')).pid as number;
   const settingsText = () => ['User', 'Machine'].map((d) => { try { return readFileSync(path.join(profileRoot, 'ud', d, 'settings.json'), 'utf8'); } catch { return ''; } }).join('\n');
 
@@ -111,7 +113,7 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
     assert.ok(existsSync(path.join(os.homedir(), remoteDir, 'bin', 'perimeter.js')), 'the companion was installed over SSH');
     await wb.palette('Perimeter: Show Worker Log');
     await browser.page.locator('.part.panel .view-line', { hasText: `installing the companion` }).first().waitFor();
-    await wb.sidebarLabel('This machine').waitFor();   // still listed beside the SSH host, idle
+    await wb.sidebarLabel(/^This machine$/).waitFor();   // still listed beside the SSH host, idle
     // With host rows in the tree (no welcome view any more), Try Locally and Connect Environment stay one click away.
     const row = wb.sidebarRow(ALIAS).filter({ hasText: 'selected' });
     await row.hover();
@@ -160,14 +162,14 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
 
   it('Remove Host stops the worker there when asked and forgets the host', async () => {
     const pid = remotePid();
-    await wb.sidebarLabel(ALIAS).click({ button: 'right' });
+    await hostLabel().click({ button: 'right' });
     // The context menu lists Remove Host last: move there with the keyboard (the menu ignores a click that lands while it opens).
     await browser.page.locator('.context-view .action-label', { hasText: 'Remove Host' }).waitFor();
     await browser.page.keyboard.press('ArrowUp');
     await browser.page.locator('.context-view .action-item.focused', { hasText: 'Remove Host' }).waitFor();
     await browser.page.keyboard.press('Enter');
     await wb.dialog(`remove ${ALIAS}?`).locator('a.monaco-button', { hasText: 'Stop Worker and Remove' }).click();
-    await wb.sidebarLabel(ALIAS).waitFor({ state: 'detached' });
+    await hostLabel().waitFor({ state: 'detached' });
     assert.doesNotMatch(settingsText(), new RegExp(`"${ALIAS}"`), 'gone from perimeter.hosts');
     assert.throws(() => process.kill(pid, 0), 'the remote worker was stopped');
     await wb.palette('Perimeter: Select Host');
