@@ -8,7 +8,7 @@ import { EnvironmentCheck, verdictOf } from '../protocol/environment';
 import { loadEnvironmentKey, refuseApiKey } from '../queue/credentials';
 import { causeChain, errorMessage } from '../errors';
 import { redact } from '../log';
-import { CONFIG_FLAGS, configFromFlags, parse, requireValue, UsageError } from './options';
+import { CONFIG_FLAGS, ENVIRONMENT_FLAGS, configFromFlags, parse, requireValue, UsageError } from './options';
 import type { Command } from './types';
 
 const USAGE = `usage: perimeter environment check --environment-id ID [--key-stdin | --key-file FILE] [--base-url URL] [--json]
@@ -37,9 +37,7 @@ export const environmentCommand: Command = {
     if (sub !== 'check') throw new UsageError(`unknown subcommand ${JSON.stringify(sub ?? '')}; expected "check"`);
     const { values } = parse(rest, {
       ...CONFIG_FLAGS,
-      'environment-id': { type: 'string' },
-      'key-file': { type: 'string' },
-      'key-stdin': { type: 'boolean' },
+      ...ENVIRONMENT_FLAGS,
       'base-url': { type: 'string' },
       json: { type: 'boolean' },
     });

@@ -15,6 +15,13 @@ export const CONFIG_FLAGS = {
   help: { type: 'boolean', short: 'h' },
 } as const satisfies NonNullable<ParseArgsConfig['options']>;
 
+/** How a command is told which environment to serve and where its key is (the key itself never on the command line). */
+export const ENVIRONMENT_FLAGS = {
+  'environment-id': { type: 'string' },
+  'key-file': { type: 'string' },
+  'key-stdin': { type: 'boolean' },
+} as const satisfies NonNullable<ParseArgsConfig['options']>;
+
 export class UsageError extends Error {}
 
 export function parse<O extends NonNullable<ParseArgsConfig['options']>>(argv: string[], options: O) {

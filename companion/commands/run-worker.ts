@@ -13,7 +13,7 @@ import { loadScenario, parseScenario } from '../devqueue/scenario';
 import demoScenario from '../devqueue/scenarios/demo.json';
 import { logger } from '../log';
 import { logToJournal } from '../service/journald';
-import { CONFIG_FLAGS, configFromFlags, intFlag, parse, requireValue } from './options';
+import { CONFIG_FLAGS, ENVIRONMENT_FLAGS, configFromFlags, intFlag, parse, requireValue } from './options';
 import type { Command } from './types';
 
 const log = logger('cli');
@@ -38,9 +38,7 @@ export const workerCommand: Command = {
   async run(argv) {
     const { values } = parse(argv, {
       ...CONFIG_FLAGS,
-      'environment-id': { type: 'string' },
-      'key-file': { type: 'string' },
-      'key-stdin': { type: 'boolean' },
+      ...ENVIRONMENT_FLAGS,
       'base-url': { type: 'string' },
       'max-idle-ms': { type: 'string' },
       'drain-timeout-ms': { type: 'string' },

@@ -6,7 +6,7 @@ import { scrubEnviron } from '../queue/environ';
 import { loadConfig } from '../config';
 import { defaultCredentialKind, installService, serviceStatus, uninstallService, SYSTEM_USER } from '../service/install';
 import type { ServiceScope } from '../service/unit';
-import { intFlag, parse, requireValue, UsageError } from './options';
+import { ENVIRONMENT_FLAGS, intFlag, parse, requireValue, UsageError } from './options';
 import type { Command } from './types';
 
 const USAGE = `usage: perimeter service install [--system | --user] [--environment-id ID] [--key-file FILE | --key-stdin]
@@ -45,7 +45,7 @@ export const serviceCommand: Command = {
     switch (verb) {
       case 'install': {
         const { values } = parse(rest, {
-          ...FLAGS, 'environment-id': { type: 'string' }, 'key-file': { type: 'string' }, 'key-stdin': { type: 'boolean' },
+          ...FLAGS, ...ENVIRONMENT_FLAGS,
           credential: { type: 'string' }, 'run-as': { type: 'string' }, metrics: { type: 'string' }, concurrency: { type: 'string' },
           'drain-timeout-ms': { type: 'string' }, 'no-start': { type: 'boolean' },
         });
