@@ -5,24 +5,21 @@
 // Locally while the environment worker runs offers a restart in local mode; Run Doctor shows a readable report that
 // agrees with its toast; Forget Key deletes the key. The control plane is `perimeter dev-queue`.
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Page } from 'playwright-core';
 import { requireHarness } from './harness/host';
-import { ROOT, Relay, Workbench, startDevQueue, type DevQueueProcess } from './harness/workbench';
+import { ROOT, Relay, openWorkbench, screenshotOnFailure, startDevQueue, type Browser, type CodeServer, type DevQueueProcess, type Workbench } from './harness/workbench';
 
-const results = path.join(ROOT, 'test-results');
 
 describe('e2e: health of the worker in the workbench (Chromium)', function () {
-  let server: { url: string; authority: string; stop(): Promise<void> };
-  let browser: { page: Page; close(): Promise<void> };
+  let server: CodeServer;
+  let browser: Browser;
   let profileRoot: string;
   let home: string;
   let wb: Workbench;
   let queue: DevQueueProcess;
   let relay: Relay;
-  let failures = 0;
 
   before(async function () {
     requireHarness();
@@ -30,7 +27,6 @@ describe('e2e: health of the worker in the workbench (Chromium)', function () {
     relay = new Relay(queue.baseUrl);
     const apiUrl = await relay.start();
     const cs = await import('./harness/code-server.mjs' as string);
-    const br = await import('./harness/browser.mjs' as string);
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-health-'));
     const profile = cs.makeProfile({
       'perimeter.home': home,
@@ -41,21 +37,11 @@ describe('e2e: health of the worker in the workbench (Chromium)', function () {
     profileRoot = profile.root;
     writeFileSync(path.join(profile.workspace, 'README.md'), '# e2e workspace\n');
     server = await cs.startCodeServer(profile, { env: { ANTHROPIC_BASE_URL: apiUrl } });
-    browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
-    wb = new Workbench(browser.page);
-    browser.page.setDefaultTimeout(60_000);
-    const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${ROOT}`]];
-    await browser.page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}&payload=${encodeURIComponent(JSON.stringify(payload))}`);
-    await browser.page.locator('.monaco-workbench .part.activitybar').waitFor();
+    ({ browser, wb } = await openWorkbench(server, profile.workspace, { devExtension: true }));
     await wb.openPanel();
   });
 
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && browser) {
-      mkdirSync(results, { recursive: true });
-      await browser.page.screenshot({ path: path.join(results, `e2e-health-fail-${++failures}.png`) }).catch(() => {});
-    }
-  });
+  afterEach(screenshotOnFailure('e2e-health', () => browser?.page));
 
   after(async () => {
     if (wb) await wb.palette('Perimeter: Stop Worker').catch(() => {});

@@ -9,30 +9,26 @@
 // folder). The panel picture goes to a temporary folder, or to PERIMETER_SCREENSHOT (what `npm run screenshot` sets
 // to the README's picture); failures save test-results/e2e-sessions-fail-<n>.png.
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
 import { requireHarness } from './harness/host';
-
-const root = path.resolve(__dirname, '../..');
-const results = path.join(root, 'test-results');
+import { ROOT as root, installPackagedExtension, openWorkbench, screenshotOnFailure, type Browser, type CodeServer, type Workbench } from './harness/workbench';
 
 describe('e2e: transcripts, persisted files and history in the workbench (Chromium)', function () {
-  let server: { url: string; authority: string; stop(): Promise<void> };
-  let browser: { page: Page; close(): Promise<void> };
+  let server: CodeServer;
+  let browser: Browser;
+  let wb: Workbench;
   let profile: { root: string; workspace: string };
   let home: string;
   let shots: string;
   let page: Page;
-  let failures = 0;
   let url: string;
 
   before(async function () {
     requireHarness();
     const cs = await import('./harness/code-server.mjs' as string);
-    const br = await import('./harness/browser.mjs' as string);
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-sessions-'));
     shots = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-shots-'));
     const machineSettings = {
@@ -46,28 +42,14 @@ describe('e2e: transcripts, persisted files and history in the workbench (Chromi
     mkdirSync(path.join(profile.root, 'ud', 'Machine'), { recursive: true });
     writeFileSync(path.join(profile.root, 'ud', 'Machine', 'settings.json'), JSON.stringify(machineSettings, null, 2));
     const fromVsix = process.env.PERIMETER_E2E_MODE !== 'dev';
-    if (fromVsix) {
-      const vsix = path.join(profile.root, 'perimeter.vsix');
-      execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: root, stdio: 'pipe' });
-      cs.installVsix(profile, vsix);
-    }
+    if (fromVsix) installPackagedExtension(cs, profile);
     server = await cs.startCodeServer(profile);
-    browser = await br.launchBrowser({ viewport: { width: 1600, height: 900 } });
+    ({ browser, wb, url } = await openWorkbench(server, profile.workspace, { devExtension: !fromVsix, viewport: { width: 1600, height: 900 }, timeoutMs: 45_000 }));
     page = browser.page;
-    page.setDefaultTimeout(45_000);
-    const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${root}`]];
-    url = `${server.url}/?folder=${encodeURIComponent(profile.workspace)}${fromVsix ? '' : `&payload=${encodeURIComponent(JSON.stringify(payload))}`}`;
-    await page.goto(url);
-    await page.locator('.monaco-workbench .part.activitybar').waitFor();
     await page.locator('.part.activitybar a.action-label[aria-label="Perimeter"]').click();
   });
 
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && page) {
-      mkdirSync(results, { recursive: true });
-      await page.screenshot({ path: path.join(results, `e2e-sessions-fail-${++failures}.png`) }).catch(() => {});
-    }
-  });
+  afterEach(screenshotOnFailure('e2e-sessions', () => page));
 
   after(async () => {
     if (page) await palette('Perimeter: Stop Worker').catch(() => {});
@@ -76,8 +58,9 @@ describe('e2e: transcripts, persisted files and history in the workbench (Chromi
     for (const d of [profile?.root, home, shots]) if (d) rmSync(d, { recursive: true, force: true });
   });
 
-  const sidebarLabel = (text: string) => page.locator('.part.sidebar .monaco-list-row .label-name', { hasText: text });
-  const sidebarRow = (text: string) => page.locator('.part.sidebar .monaco-list-row', { hasText: text });
+  const sidebarLabel = (text: string) => wb.sidebarLabel(text);
+  const sidebarRow = (text: string) => wb.sidebarRow(text);
+  const palette = (title: string) => wb.palette(title);
   const editorLine = (text: string) => page.locator('.part.editor .view-line', { hasText: text }).first();
   /** A row label of the Persisted Files view that reads exactly `text`. */
   const persistedLabel = (text: string) => page.locator('.part.sidebar .pane').filter({ has: page.locator('.pane-header', { hasText: /persisted files/i }) })
@@ -94,17 +77,6 @@ describe('e2e: transcripts, persisted files and history in the workbench (Chromi
     await editorLine(text).waitFor();
   }
 
-  async function palette(title: string): Promise<void> {
-    const input = page.locator('.quick-input-widget .quick-input-box input');
-    await page.keyboard.press('F1');
-    try { await input.waitFor({ state: 'visible', timeout: 5000 }); } catch {
-      await page.keyboard.press('Control+Shift+P');
-      await input.waitFor({ state: 'visible' });
-    }
-    await input.fill('>' + title);
-    await page.locator('.quick-input-widget .quick-input-list .monaco-list-row', { hasText: title }).first().waitFor();
-    await page.keyboard.press('Enter');
-  }
 
   it('lists a call waiting for its confirmation, with how long it has waited, before it is approved', async () => {
     await palette('Perimeter: Try Locally');

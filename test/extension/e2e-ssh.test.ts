@@ -6,14 +6,12 @@
 // bar's Select Host works with a row focused; Remove Host stops the worker there and forgets the host.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import type { Page } from 'playwright-core';
 import { requireHarness } from './harness/host';
-import { ROOT, Workbench } from './harness/workbench';
+import { openWorkbench, screenshotOnFailure, type Browser, type CodeServer, type Workbench } from './harness/workbench';
 
-const results = path.join(ROOT, 'test-results');
 const sshd = path.join(__dirname, 'harness/sshd.sh');
 const ALIAS = 'kvmbox';
 
@@ -28,8 +26,8 @@ function tunnelPids(configFile: string): number[] {
 }
 
 describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', function () {
-  let server: { url: string; authority: string; stop(): Promise<void> };
-  let browser: { page: Page; close(): Promise<void> };
+  let server: CodeServer;
+  let browser: Browser;
   let profileRoot: string;
   let dir: string;
   let env: Record<string, string>;
@@ -38,7 +36,6 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
   let remoteState: string;
   let remoteDir: string;
   let wb: Workbench;
-  let failures = 0;
 
   /** Writes the ssh_config (replacing it at once, so an ssh never reads half of it); port 1: the host is unreachable. */
   const writeConfig = (port: string) => { writeFileSync(`${sshConfig}.new`, [
@@ -63,7 +60,6 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
     remoteDir = `.perimeter-e2e-${process.pid}-${Date.now()}`;
     writeConfig(env.SSH_TEST_PORT!);
     const cs = await import('./harness/code-server.mjs' as string);
-    const br = await import('./harness/browser.mjs' as string);
     const profile = cs.makeProfile({
       'perimeter.home': path.join(dir, 'local-home'),
       'perimeter.sandboxDriver': 'process',
@@ -72,21 +68,11 @@ describe('e2e: an SSH host in the workbench (Chromium, throw-away sshd)', functi
     });
     profileRoot = profile.root;
     server = await cs.startCodeServer(profile);
-    browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
-    wb = new Workbench(browser.page);
-    browser.page.setDefaultTimeout(60_000);
-    const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${ROOT}`]];
-    await browser.page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}&payload=${encodeURIComponent(JSON.stringify(payload))}`);
-    await browser.page.locator('.monaco-workbench .part.activitybar').waitFor();
+    ({ browser, wb } = await openWorkbench(server, profile.workspace, { devExtension: true }));
     await wb.openPanel();
   });
 
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && browser) {
-      mkdirSync(results, { recursive: true });
-      await browser.page.screenshot({ path: path.join(results, `e2e-ssh-fail-${++failures}.png`) }).catch(() => {});
-    }
-  });
+  afterEach(screenshotOnFailure('e2e-ssh', () => browser?.page));
 
   after(async () => {
     if (existsSync(path.join(remoteState, 'control.json'))) { try { process.kill(remotePid(), 'SIGTERM'); } catch { /* gone */ } }

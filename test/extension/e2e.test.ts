@@ -5,42 +5,31 @@
 // driver; the extension is installed from the packaged .vsix (PERIMETER_E2E_MODE=dev loads the source folder).
 // Failures save test-results/e2e-fail-<n>.png (the README's panel picture comes from e2e-sessions.test.ts).
 import assert from 'node:assert/strict';
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Page } from 'playwright-core';
 import { requireHarness } from './harness/host';
-
-const root = path.resolve(__dirname, '../..');
-const results = path.join(root, 'test-results');
+import {
+  ROOT as root, installPackagedExtension, openWorkbench, screenshotOnFailure, startDevQueue,
+  type Browser, type CodeServer, type DevQueueProcess, type Workbench,
+} from './harness/workbench';
 
 describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', function () {
-  let server: { url: string; authority: string; stop(): Promise<void> };
-  let browser: { page: Page; close(): Promise<void> };
+  let server: CodeServer;
+  let browser: Browser;
+  let wb: Workbench;
   let profileRoot: string;
   let home: string;
   let page: Page;
-  let failures = 0;
   // `perimeter dev-queue` stands in for Anthropic in the Connect Environment flow (the worker finds it through
   // ANTHROPIC_BASE_URL, inherited from code-server's environment).
-  let devQueue: ChildProcess;
-  let queue: { baseUrl: string; environmentId: string; key: string; session: string };
+  let queue: DevQueueProcess;
 
   before(async function () {
     requireHarness();
-    devQueue = spawn(process.execPath, [path.join(root, 'dist/perimeter.js'), 'dev-queue', '--scenario', path.join(root, 'test/extension/fixtures/environment-scenario.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
-    queue = await new Promise((resolve, reject) => {
-      let out = '';
-      devQueue.stdout!.on('data', (b: Buffer) => {
-        out += b.toString();
-        const m = /base URL:\s+(\S+)\s+environment id:\s+(\S+)\s+environment key:\s+(\S+).*\s+sessions:\s+(\S+)/s.exec(out);
-        if (m) resolve({ baseUrl: m[1]!, environmentId: m[2]!, key: m[3]!, session: m[4]! });
-      });
-      devQueue.once('exit', (code) => reject(new Error(`dev-queue exited (${code}): ${out}`)));
-    });
+    queue = await startDevQueue(path.join(root, 'test/extension/fixtures/environment-scenario.json'));
     const cs = await import('./harness/code-server.mjs' as string);
-    const br = await import('./harness/browser.mjs' as string);
     home = mkdtempSync(path.join(os.tmpdir(), 'perimeter-e2e-home-'));
     const sshConfig = path.join(home, 'ssh_config');
     writeFileSync(sshConfig, 'Host kvm-box\n  HostName 127.0.0.1\n  User builder\n');
@@ -58,26 +47,13 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     // Default: install the packaged .vsix into a fresh extensions directory, as a user would (PERIMETER_E2E_MODE=dev
     // loads the source folder through the workbench URL payload instead).
     const fromVsix = process.env.PERIMETER_E2E_MODE !== 'dev';
-    if (fromVsix) {
-      const vsix = path.join(profile.root, 'perimeter.vsix');
-      execFileSync(path.join(root, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: root, stdio: 'pipe' });
-      cs.installVsix(profile, vsix);
-    }
+    if (fromVsix) installPackagedExtension(cs, profile);
     server = await cs.startCodeServer(profile, { env: { ANTHROPIC_BASE_URL: queue.baseUrl } });
-    browser = await br.launchBrowser({ viewport: { width: 1400, height: 860 } });
+    ({ browser, wb } = await openWorkbench(server, profile.workspace, { devExtension: !fromVsix, timeoutMs: 45_000 }));
     page = browser.page;
-    page.setDefaultTimeout(45_000);
-    const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${root}`]];
-    await page.goto(`${server.url}/?folder=${encodeURIComponent(profile.workspace)}${fromVsix ? '' : `&payload=${encodeURIComponent(JSON.stringify(payload))}`}`);
-    await page.locator('.monaco-workbench .part.activitybar').waitFor();
   });
 
-  afterEach(async function () {
-    if (this.currentTest?.state === 'failed' && page) {
-      mkdirSync(results, { recursive: true });
-      await page.screenshot({ path: path.join(results, `e2e-fail-${++failures}.png`) }).catch(() => {});
-    }
-  });
+  afterEach(screenshotOnFailure('e2e', () => page));
 
   after(async () => {
     // Stop a worker a failed test left running, then tear everything down.
@@ -86,24 +62,13 @@ describe('e2e: the Perimeter panel in the VS Code workbench (Chromium)', functio
     await server?.stop();
     if (profileRoot) rmSync(profileRoot, { recursive: true, force: true });
     if (home) rmSync(home, { recursive: true, force: true });
-    devQueue?.kill('SIGTERM');
+    queue?.proc.kill('SIGTERM');
   });
 
-  const sidebarLabel = (text: string | RegExp) => page.locator('.part.sidebar .monaco-list-row .label-name', { hasText: text });
-  const sidebarRow = (text: string) => page.locator('.part.sidebar .monaco-list-row', { hasText: text });
+  const sidebarLabel = (text: string | RegExp) => wb.sidebarLabel(text);
+  const sidebarRow = (text: string) => wb.sidebarRow(text);
+  const palette = (title: string) => wb.palette(title);
 
-  async function palette(title: string): Promise<void> {
-    const input = page.locator('.quick-input-widget .quick-input-box input');
-    // F1 opens the palette wherever focus is; if a view swallowed it, the standard chord does.
-    await page.keyboard.press('F1');
-    try { await input.waitFor({ state: 'visible', timeout: 5000 }); } catch {
-      await page.keyboard.press('Control+Shift+P');
-      await input.waitFor({ state: 'visible' });
-    }
-    await input.fill('>' + title);
-    await page.locator('.quick-input-widget .quick-input-list .monaco-list-row', { hasText: title }).first().waitFor();
-    await page.keyboard.press('Enter');
-  }
 
   it('shows the Perimeter activity bar icon and its welcome view for a fresh install', async () => {
     await page.locator('.part.activitybar a.action-label[aria-label="Perimeter"]').click();

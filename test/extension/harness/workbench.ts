@@ -1,14 +1,17 @@
 // What the browser tests do in the VS Code workbench, as a user would: open the Perimeter panel from the activity bar,
 // run a palette command, find tree rows, toasts and dialogs. Selectors are those of VS Code 1.100.3 (code-server
 // 4.100.3); see docs/testing-vscode.md §7. The dev queue (`perimeter dev-queue`) and an on/off HTTP relay in front of it
-// (a control plane that can become unreachable) are here too.
-import { spawn, type ChildProcess } from 'node:child_process';
+// (a control plane that can become unreachable) are here too, and opening the workbench in a fresh Chromium with the
+// extension loaded from this folder or installed from its packaged .vsix.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 import type { Locator, Page } from 'playwright-core';
 
 export const ROOT = path.resolve(__dirname, '..', '..', '..');
+const RESULTS = path.join(ROOT, 'test-results');
 
 export class Workbench {
   constructor(readonly page: Page) {}
@@ -45,6 +48,44 @@ export class Workbench {
     await this.quickInput().fill(value);
     await this.page.keyboard.press('Enter');
   }
+}
+
+/** A running code-server (harness/code-server.mjs startCodeServer). */
+export interface CodeServer { url: string; authority: string; stop(): Promise<void> }
+export interface Browser { page: Page; close(): Promise<void> }
+
+/**
+ * Opens `server`'s workbench on `workspace` in a fresh headless Chromium and waits for it. With `devExtension` the
+ * extension is loaded from this folder (the URL's payload); otherwise the window runs what the profile has installed
+ * (installPackagedExtension). `url` opens the same window again (a reload).
+ */
+export async function openWorkbench(server: CodeServer, workspace: string, o: { devExtension: boolean; viewport?: { width: number; height: number }; timeoutMs?: number }): Promise<{ browser: Browser; wb: Workbench; url: string }> {
+  const br = await import('./browser.mjs' as string);
+  const browser: Browser = await br.launchBrowser({ viewport: o.viewport ?? { width: 1400, height: 860 } });
+  browser.page.setDefaultTimeout(o.timeoutMs ?? 60_000);
+  const payload = [['extensionDevelopmentPath', `vscode-remote://${server.authority}${ROOT}`]];
+  const url = `${server.url}/?folder=${encodeURIComponent(workspace)}${o.devExtension ? `&payload=${encodeURIComponent(JSON.stringify(payload))}` : ''}`;
+  await browser.page.goto(url);
+  await browser.page.locator('.monaco-workbench .part.activitybar').waitFor();
+  return { browser, wb: new Workbench(browser.page), url };
+}
+
+/** Packages this folder as a .vsix and installs it into the code-server profile, as a user installs it. */
+export function installPackagedExtension(cs: { installVsix(profile: { root: string }, vsix: string): void }, profile: { root: string }): void {
+  const vsix = path.join(profile.root, 'perimeter.vsix');
+  execFileSync(path.join(ROOT, 'node_modules/.bin/vsce'), ['package', '--no-dependencies', '--no-rewrite-relative-links', '-o', vsix], { cwd: ROOT, stdio: 'pipe' });
+  cs.installVsix(profile, vsix);
+}
+
+/** A mocha `afterEach` hook that saves each failed test's screenshot as test-results/<name>-fail-<n>.png. */
+export function screenshotOnFailure(name: string, page: () => Page | undefined): (this: Mocha.Context) => Promise<void> {
+  let failures = 0;
+  return async function () {
+    const p = page();
+    if (this.currentTest?.state !== 'failed' || !p) return;
+    mkdirSync(RESULTS, { recursive: true });
+    await p.screenshot({ path: path.join(RESULTS, `${name}-fail-${++failures}.png`) }).catch(() => {});
+  };
 }
 
 /** `perimeter dev-queue` with a scenario: its base URL, environment ID and key, and the session it created. */
