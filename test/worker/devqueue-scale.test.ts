@@ -9,7 +9,7 @@ import { closeSync, existsSync, openSync, readdirSync, writeSync } from 'node:fs
 import path from 'node:path';
 import type { DevQueue } from '../../companion/devqueue/server';
 import { setStderrLogging } from '../../companion/log';
-import { answeredOnce, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
+import { answeredOnce, killAll, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
 
 const SESSIONS = 200;
 const WORKERS = 4;
@@ -20,7 +20,7 @@ describe('dev queue at 200 concurrent sessions (process driver)', function () {
   const dirs: string[] = [];
   const children: Child[] = [];
   afterEach(async () => {
-    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await killAll(children);
     await dq?.close();
     for (const d of dirs.splice(0)) rmDir(d);
   });

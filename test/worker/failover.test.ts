@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { DevQueue } from '../../companion/devqueue/server';
 import { setStderrLogging } from '../../companion/log';
-import { answeredOnce, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
+import { answeredOnce, killAll, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
 
 const SESSIONS = 8;
 const LEASE_TTL_S = 3;
@@ -32,7 +32,7 @@ describe('failover: two companions on one queue, one killed', function () {
   const dirs: string[] = [];
   const children: Child[] = [];
   afterEach(async () => {
-    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await killAll(children);
     await dq?.close();
     for (const d of dirs.splice(0)) rmDir(d);
   });

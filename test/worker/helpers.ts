@@ -59,6 +59,11 @@ export function runCli(args: string[], env: Record<string, string> = {}, stdin?:
   return { proc, stderr: () => err, stdout: () => out, exit };
 }
 
+/** SIGKILLs every child still running (emptying the list) and waits for each to exit. */
+export async function killAll(children: Child[]): Promise<void> {
+  for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+}
+
 export function workerArgs(dq: DevQueue, home: string, extra: string[] = []): string[] {
   return ['worker', '--home', home, '--base-url', dq.baseUrl, '--environment-id', dq.environmentId, '--driver', 'process', '--no-control', '--max-idle-ms', '800', ...extra];
 }

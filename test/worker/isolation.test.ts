@@ -8,7 +8,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { DevQueue } from '../../companion/devqueue/server';
-import { CLI, ROOT, rmDir, runCli, scenario, startDevQueue, tmpDir, type Child } from './helpers';
+import { CLI, killAll, rmDir, ROOT, runCli, scenario, startDevQueue, tmpDir, type Child } from './helpers';
 
 describe('worker isolation: no silent fallback to no isolation', function () {
   this.timeout(180_000);
@@ -18,7 +18,7 @@ describe('worker isolation: no silent fallback to no isolation', function () {
   const tmp = () => { const d = tmpDir(); dirs.push(d); return d; };
   const cli = (args: string[], env: Record<string, string> = {}, stdin?: string) => { const c = runCli(args, env, stdin); children.push(c); return c; };
   afterEach(async () => {
-    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await killAll(children);
     await dq?.close();
     dq = undefined;
     for (const d of dirs.splice(0)) rmDir(d);

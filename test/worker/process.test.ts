@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import path from 'node:path';
 import type { DevQueue } from '../../companion/devqueue/server';
-import { answeredOnce, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
+import { answeredOnce, killAll, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
 
 function lines(file: string): string[] { return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean) : []; }
 
@@ -20,7 +20,7 @@ describe('worker process: crashes, signals, secrets', () => {
     return c;
   };
   afterEach(async () => {
-    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await killAll(children);
     await dq?.close();
     for (const d of dirs.splice(0)) rmDir(d);
   });

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { acquireStateLock, processStartTime, STATE_LOCK_FILE } from '../../companion/host/state-lock';
 import { PerimeterError } from '../../companion/errors';
 import type { DevQueue } from '../../companion/devqueue/server';
-import { rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
+import { killAll, rmDir, runCli, scenario, startDevQueue, tmpDir, workerArgs, type Child } from './helpers';
 
 async function polling(w: Child): Promise<void> {
   for (let i = 0; i < 600; i++) {
@@ -27,7 +27,7 @@ describe('worker: one companion per state directory', function () {
   const children: Child[] = [];
   beforeEach(async () => { dq = await startDevQueue(); home = tmpDir('perimeter-lock-'); });
   afterEach(async () => {
-    for (const c of children.splice(0)) if (c.proc.exitCode === null && c.proc.signalCode === null) { c.proc.kill('SIGKILL'); await c.exit; }
+    await killAll(children);
     await dq.close();
     rmDir(home);
   });
