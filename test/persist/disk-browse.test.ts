@@ -11,21 +11,15 @@ import { mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:
 import path from 'node:path';
 import type { QemuDriver } from '../../companion/sandbox/qemu/driver';
 import { loadConfig } from '../../companion/config';
-import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { Persistence } from '../../companion/persist/persistence';
 import { DiskPersistence } from '../../companion/persist/disk/persistence';
 import { showPath } from '../../companion/persist/paths';
 import type { PersistEntry } from '../../companion/protocol/control';
 import { runTool } from '../../companion/tools/semantics';
-import { newDriver, skipWithoutVms } from '../vm/helpers';
+import { newDriver, skipWithoutSessionDisk, skipWithoutVms, templateDiskBytes } from '../vm/helpers';
 import { tempDir, TEST_LIMITS } from './helpers';
 
 const ROOT = path.resolve(__dirname, '..', '..');
-
-function templateDiskBytes(): number | null {
-  const config = loadConfig({});
-  return findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null;
-}
 
 async function bash(p: DiskPersistence, driver: QemuDriver, sessionId: string, command: string): Promise<number> {
   const sb = await p.acquire(sessionId, () => driver.acquire({ sessionId }));
@@ -62,10 +56,7 @@ describe('persist: browsing session-disk generations from the host (real VMs)', 
   let home: string;
   before(function () {
     skipWithoutVms(this);
-    if (!templateDiskBytes()) {
-      console.log('      SKIPPED: the template has no session disk (rebuild it: perimeter template build)');
-      this.skip();
-    }
+    skipWithoutSessionDisk(this);
     driver = newDriver({ poolSize: 1 });
   });
   after(async () => { await driver?.close(); });

@@ -8,8 +8,6 @@ import { once } from 'node:events';
 import { lstatSync, readdirSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import type { QemuDriver, QemuSandbox } from '../../companion/sandbox/qemu/driver';
-import { loadConfig } from '../../companion/config';
-import { findTemplate } from '../../companion/sandbox/template/manifest';
 import { Persistence } from '../../companion/persist/persistence';
 import { DiskPersistence } from '../../companion/persist/disk/persistence';
 import { DiskStore } from '../../companion/persist/disk/store';
@@ -17,15 +15,10 @@ import type { Sandbox } from '../../companion/sandbox/types';
 import { runTool, type ToolOutcome } from '../../companion/tools/semantics';
 import type { ToolName } from '../../companion/tools/schemas';
 import type { CommitReport } from '../../companion/persist/types';
-import { newDriver, skipWithoutVms } from '../vm/helpers';
+import { newDriver, skipWithoutSessionDisk, skipWithoutVms, templateDiskBytes } from '../vm/helpers';
 import { fingerprint, tempDir, TEST_LIMITS } from './helpers';
 
 const CRASH_CHILD = path.join(__dirname, 'fixtures', 'disk-crash-child.ts');
-
-function templateDiskBytes(): number | null {
-  const config = loadConfig({});
-  return findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null;
-}
 
 /** Bytes the host filesystem has allocated to the files under `dir` (what the session's disks cost the host; a
  *  filesystem-wide free-space reading would also count whatever else runs on the machine). */
@@ -68,10 +61,7 @@ describe('persist: session disks (real VMs)', function () {
   let home: string;
   before(function () {
     skipWithoutVms(this);
-    if (!templateDiskBytes()) {
-      console.log('      SKIPPED: the template has no session disk (rebuild it: perimeter template build)');
-      this.skip();
-    }
+    skipWithoutSessionDisk(this);
     driver = newDriver({ poolSize: 1 });
   });
   after(async () => { await driver?.close(); });

@@ -16,17 +16,10 @@ import { SESSION_DISK_SERIAL } from '../../companion/sandbox/qemu/session-disk';
 import { DiskStore, type PendingLayer } from '../../companion/persist/disk/store';
 import { RawExport, exportMissing } from '../../companion/sandbox/firecracker/disk-export';
 import { mountPoints } from '../../companion/sandbox/qemu/sweep';
-import { loadConfig } from '../../companion/config';
-import { findTemplate } from '../../companion/sandbox/template/manifest';
-import { newDriver, sh, skipWithoutVms, text } from '../vm/helpers';
+import { newDriver, sh, skipWithoutVms, templateDiskBytes, text } from '../vm/helpers';
 import { tempDir } from './helpers';
 
 const DISK_BYTES = 256 * 1024 * 1024;
-
-function templateDiskBytes(): number | null {
-  const config = loadConfig({});
-  return findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null;
-}
 
 describe('persist: a Firecracker session disk\'s raw export under a real guest kernel (QEMU standing in for Firecracker)', function () {
   let driver: QemuDriver;

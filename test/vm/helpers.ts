@@ -37,6 +37,19 @@ export function skipWithoutVms(ctx: Mocha.Context): void {
   }
 }
 
+/** The default template's session-disk size in bytes, or null when it has none (built before session disks). */
+export function templateDiskBytes(): number | null {
+  const config = loadConfig({});
+  return findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk?.bytes ?? null;
+}
+
+/** Skips the suite, saying how to fix it, when the default template has no session disk. */
+export function skipWithoutSessionDisk(ctx: Mocha.Context): void {
+  if (templateDiskBytes()) return;
+  console.log('      SKIPPED: the template has no session disk (rebuild it: perimeter template build)');
+  ctx.skip();
+}
+
 export function newDriver(sandbox: Record<string, unknown> = {}): QemuDriver {
   return new QemuDriver(vmConfig(sandbox));
 }

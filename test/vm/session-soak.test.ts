@@ -5,9 +5,7 @@
 // once. The driver and its oracle: session-soak.ts. PERIMETER_SESSION_SOAK_CALLS / _SEED change the run (the full
 // 500-call run is the bench's `soak` section).
 import assert from 'node:assert/strict';
-import { loadConfig } from '../../companion/config';
-import { findTemplate } from '../../companion/sandbox/template/manifest';
-import { skipWithoutVms } from './helpers';
+import { skipWithoutSessionDisk, skipWithoutVms } from './helpers';
 import { runSessionSoak } from './session-soak';
 
 const CALLS = Number(process.env.PERIMETER_SESSION_SOAK_CALLS ?? 40);
@@ -17,11 +15,7 @@ describe('session disks through kills of the worker and of QEMU (real VMs, built
   this.timeout(1_800_000);
   before(function () {
     skipWithoutVms(this);
-    const config = loadConfig({});
-    if (!findTemplate(config.home, config.sandbox.template)?.manifest.sessionDisk) {
-      console.log('      SKIPPED: the template has no session disk (rebuild it: perimeter template build)');
-      this.skip();
-    }
+    skipWithoutSessionDisk(this);
   });
 
   it(`${CALLS} calls changing, adding and deleting files, kills of both kinds: nothing lost or stale, nothing re-run`, async () => {
